@@ -1,0 +1,225 @@
+//! Who may connect and what they may touch: password hashes and topic ACLs.
+//!
+//! Passwords are stored as Argon2id hashes in PHC format. Verifying one costs
+//! milliseconds and several MiB on purpose, which a reconnect storm of many
+//! sensors would multiply; so a successful verification is remembered as a
+//! salted SHA-256 of the password (salt random per process) and later logins
+//! of the same user with the same password are checked against that instead.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use sha2::{Digest, Sha256};
+
+use super::config::{AclConfig, BrokerConfig};
+use crate::topic;
+
+/// A stored password hash that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "is not an Argon2 password hash in PHC format ({0}); create one with `perch passwd` \
+     and paste the line it prints"
+)]
+pub struct HashError(String);
+
+/// Checks that `hash` is a usable Argon2 PHC string.
+pub fn parse_hash(hash: &str) -> Result<(), HashError> {
+    let parsed = PasswordHash::new(hash).map_err(|e| HashError(e.to_string()))?;
+    match parsed.algorithm.as_str() {
+        "argon2id" | "argon2i" | "argon2d" => Ok(()),
+        other => Err(HashError(format!("algorithm {other:?} is not Argon2"))),
+    }
+}
+
+/// Hashes a password for `[[broker.users]].password_hash`.
+///
+/// Parameters: Argon2id, 9 MiB, 4 passes, 1 lane: one of OWASP's equivalent
+/// recommended settings, picked for the smallest memory so that a login on a
+/// 512 MiB board does not hurt.
+pub fn hash_password(password: &str) -> String {
+    let params = Params::new(9 * 1024, 4, 1, None).expect("constant Argon2 parameters are valid");
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    argon
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hashing with valid parameters cannot fail")
+        .to_string()
+}
+
+/// What one client may publish and subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acl {
+    publish: Vec<String>,
+    subscribe: Vec<String>,
+}
+
+impl Acl {
+    pub fn new(publish: &[String], subscribe: &[String]) -> Acl {
+        Acl {
+            publish: publish.to_vec(),
+            subscribe: subscribe.to_vec(),
+        }
+    }
+
+    /// Whether a publish to `topic` may be delivered.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        topic::matches_any(&self.publish, topic)
+    }
+
+    /// Whether a subscription to `filter` stays inside what this client may
+    /// read. A shared subscription (`$share/group/filter`) is judged by the
+    /// filter it shares.
+    pub fn may_subscribe(&self, filter: &str) -> bool {
+        let filter = shared_inner(filter).unwrap_or(filter);
+        self.subscribe
+            .iter()
+            .any(|allowed| topic::covers(allowed, filter))
+    }
+}
+
+fn shared_inner(filter: &str) -> Option<&str> {
+    let rest = filter.strip_prefix("$share/")?;
+    rest.split_once('/').map(|(_, f)| f)
+}
+
+/// Why a login was refused; each maps to its CONNACK code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown user or wrong password (3.1.1: 4, 5.0: 0x86).
+    BadCredentials,
+    /// No username on a listener that requires one (3.1.1: 5, 5.0: 0x87).
+    NotAuthorized,
+}
+
+/// The users of one broker and the cache of verified logins.
+pub struct Users {
+    users: HashMap<String, (String, Arc<Acl>)>,
+    anonymous: Arc<Acl>,
+    /// Salt for the cache of verified logins, random per process.
+    salt: [u8; 16],
+    /// user name -> salted digest of the password that last verified.
+    verified: Mutex<HashMap<String, [u8; 32]>>,
+}
+
+impl Users {
+    pub fn new(config: &BrokerConfig) -> Users {
+        let users = config
+            .users
+            .iter()
+            .map(|u| {
+                let acl = Arc::new(Acl::new(&u.publish, &u.subscribe));
+                (u.name.clone(), (u.password_hash.clone(), acl))
+            })
+            .collect();
+        let AclConfig { publish, subscribe } = &config.anonymous;
+        Users {
+            users,
+            anonymous: Arc::new(Acl::new(publish, subscribe)),
+            salt: rand::random(),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The ACL of a client without a username.
+    pub fn anonymous(&self) -> Arc<Acl> {
+        self.anonymous.clone()
+    }
+
+    /// Checks a username and password; returns the user's ACL.
+    pub fn login(&self, user: &str, password: &str) -> Result<Arc<Acl>, Refusal> {
+        let Some((hash, acl)) = self.users.get(user) else {
+            return Err(Refusal::BadCredentials);
+        };
+        let digest = self.digest(password);
+        let cached = self
+            .verified
+            .lock()
+            .expect("lock poisoned")
+            .get(user)
+            .copied();
+        if cached.is_some_and(|d| constant_time_eq(&d, &digest)) {
+            return Ok(acl.clone());
+        }
+        let ok = PasswordHash::new(hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        if !ok {
+            return Err(Refusal::BadCredentials);
+        }
+        self.verified
+            .lock()
+            .expect("lock poisoned")
+            .insert(user.to_owned(), digest);
+        Ok(acl.clone())
+    }
+
+    fn digest(&self, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::config::UserConfig;
+
+    fn users() -> Users {
+        let mut config = BrokerConfig::default();
+        config.users.push(UserConfig {
+            name: "sensor".into(),
+            password_hash: hash_password("s3cret"),
+            publish: vec!["sensors/#".into()],
+            subscribe: vec!["alerts/+".into()],
+        });
+        Users::new(&config)
+    }
+
+    #[test]
+    fn the_right_password_logs_in_and_wrong_ones_do_not() {
+        let users = users();
+        assert!(users.login("sensor", "s3cret").is_ok());
+        // Twice: the second goes through the cache.
+        assert!(users.login("sensor", "s3cret").is_ok());
+        assert_eq!(users.login("sensor", "wrong"), Err(Refusal::BadCredentials));
+        assert_eq!(
+            users.login("nobody", "s3cret"),
+            Err(Refusal::BadCredentials)
+        );
+    }
+
+    #[test]
+    fn hashes_are_salted_and_parse() {
+        let a = hash_password("x");
+        let b = hash_password("x");
+        assert_ne!(a, b);
+        assert!(parse_hash(&a).is_ok());
+        assert!(parse_hash("$5$rounds=5000$abc$def").is_err());
+        assert!(parse_hash("plain").is_err());
+    }
+
+    #[test]
+    fn acls_bound_publish_and_subscribe() {
+        let acl = users().login("sensor", "s3cret").unwrap();
+        assert!(acl.may_publish("sensors/t1/temp"));
+        assert!(!acl.may_publish("alerts/t1"));
+        assert!(acl.may_subscribe("alerts/fire"));
+        assert!(acl.may_subscribe("alerts/+"));
+        assert!(!acl.may_subscribe("alerts/#"));
+        assert!(!acl.may_subscribe("#"));
+        assert!(acl.may_subscribe("$share/g/alerts/x"));
+        assert!(!acl.may_subscribe("$share/g/sensors/x"));
+    }
+}

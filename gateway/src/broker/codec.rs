@@ -1,0 +1,552 @@
+//! The MQTT codec perch puts between a client's socket and rumqttd: it
+//! delegates framing to rumqttd's own V4/V5 codecs and adds what rumqttd
+//! lacks, without forking it.
+//!
+//! rumqttd clones one codec value per connection and calls it for every packet
+//! read from and written to that connection, so the codec is the one place
+//! that sees a connection's whole conversation. It:
+//!
+//! - serves MQTT 3.1.1 and 5.0 on one port, picking the codec from the
+//!   protocol level in the CONNECT (rumqttd needs one port per version);
+//! - authenticates the CONNECT against [`Users`] and, when it refuses, answers
+//!   with the right CONNACK code (rumqttd would close the socket without
+//!   one). A refused CONNECT is handed to rumqttd under a throwaway client id
+//!   with a clean session and no will, so it can never take over or wipe the
+//!   session of the client whose id it used; the CONNACK rumqttd answers with
+//!   is rewritten into the refusal, and the next read closes the connection;
+//! - accepts keep-alive 0 ("off", allowed by both specs; rumqttd refuses it);
+//! - enforces the client's ACL on PUBLISH and SUBSCRIBE.
+//!
+//! A denied publish is never routed. When the client expects an answer (QoS 1
+//! or 2, or a SUBSCRIBE whose every filter is denied) the denied packet is
+//! turned into a PINGREQ and the answer is queued: rumqttd answers the PINGREQ
+//! in order with its other acks, and the PINGRESP is written out as the queued
+//! answer instead. Real PINGREQs queue a real PINGRESP, so order is kept.
+//! Answers follow the specs: 3.1.1 acknowledges a denied publish positively
+//! (§3.3.5, MQTT-3.3.5-2) and fails a denied filter with 0x80; 5.0 uses reason
+//! 0x87 (Not authorized) for both.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, BytesMut};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingReq, Protocol};
+
+use super::auth::{Acl, Refusal, Users};
+
+/// Keep-alive used for clients that ask for none (0 = off): the largest the
+/// protocol can express, 18.2 h, which rumqttd enforces at 1.5x.
+pub const KEEP_ALIVE_OFF_S: u16 = u16::MAX;
+
+/// Settings shared by every connection on one listener.
+pub struct Policy {
+    pub users: Arc<Users>,
+    /// Whether this listener lets clients in without a username.
+    pub allow_anonymous: bool,
+}
+
+/// Counts of what the codecs refused, for logs and metrics.
+#[derive(Default)]
+pub struct Refusals {
+    pub logins: AtomicU64,
+    pub publishes: AtomicU64,
+    pub subscriptions: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V4,
+    V5,
+}
+
+/// What the next PINGRESP from rumqttd stands for.
+enum Pending {
+    /// The client sent a PINGREQ and gets a PINGRESP.
+    Ping,
+    /// Our answer to a packet we turned into a PINGREQ, already encoded.
+    Answer(Vec<u8>),
+}
+
+/// One connection's codec. Cloned from a template per connection.
+pub struct Codec {
+    policy: Arc<Policy>,
+    refusals: Arc<Refusals>,
+    version: Option<Version>,
+    acl: Option<Arc<Acl>>,
+    /// Set when the CONNECT was refused: the CONNACK to send instead of
+    /// rumqttd's, after which nothing else is read or written.
+    refused: Option<ConnectReturnCode>,
+    /// `write` takes `&self`, so the answers it pops sit behind a lock. One
+    /// task uses the codec, so the lock is never contended nor held across
+    /// an await.
+    pending: Mutex<VecDeque<Pending>>,
+    /// SUBSCRIBEs from which denied filters were removed: packet id -> which
+    /// positions of the client's list were denied.
+    partial_subacks: Mutex<HashMap<u16, Vec<bool>>>,
+    /// 3.1.1 QoS 2 publishes we denied and answered with PUBREC: their PUBREL
+    /// is answered by us too.
+    denied_qos2: HashSet<u16>,
+    /// 5.0 topic aliases the client set up, so aliased publishes are judged
+    /// by their real topic.
+    aliases: HashMap<u16, String>,
+}
+
+impl Codec {
+    pub fn new(policy: Arc<Policy>, refusals: Arc<Refusals>) -> Codec {
+        Codec {
+            policy,
+            refusals,
+            version: None,
+            acl: None,
+            refused: None,
+            pending: Mutex::new(VecDeque::new()),
+            partial_subacks: Mutex::new(HashMap::new()),
+            denied_qos2: HashSet::new(),
+            aliases: HashMap::new(),
+        }
+    }
+}
+
+impl Clone for Codec {
+    /// A clone is a fresh connection's codec: it shares the policy, not the
+    /// state.
+    fn clone(&self) -> Codec {
+        Codec::new(self.policy.clone(), self.refusals.clone())
+    }
+}
+
+impl Protocol for Codec {
+    fn read_mut(
+        &mut self,
+        stream: &mut BytesMut,
+        max_size: usize,
+    ) -> Result<Packet, protocol::Error> {
+        if self.refused.is_some() {
+            // The refusal CONNACK has been written; end the connection.
+            return Err(protocol::Error::InvalidProtocol);
+        }
+        let version = match self.version {
+            Some(v) => v,
+            None => return self.read_connect(stream, max_size),
+        };
+        loop {
+            let peeked = peek(stream);
+            let packet = match version {
+                Version::V4 => V4.read_mut(stream, max_size)?,
+                Version::V5 => V5.read_mut(stream, max_size)?,
+            };
+            match self.police(packet, peeked) {
+                Some(packet) => return Ok(packet),
+                // Dropped (a denied QoS 0 publish): read the next one.
+                None => continue,
+            }
+        }
+    }
+
+    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
+        let version = self.version.unwrap_or(Version::V4);
+        if let Some(code) = self.refused {
+            return Ok(match packet {
+                Packet::ConnAck(..) => encode_refusal(version, code, write),
+                _ => 0,
+            });
+        }
+        match packet {
+            Packet::PingResp(resp) => {
+                let next = self.pending.lock().expect("codec lock").pop_front();
+                match next {
+                    Some(Pending::Answer(bytes)) => {
+                        write.extend_from_slice(&bytes);
+                        Ok(bytes.len())
+                    }
+                    Some(Pending::Ping) | None => self.inner_write(Packet::PingResp(resp), write),
+                }
+            }
+            Packet::SubAck(mut ack, props) => {
+                let denied = self
+                    .partial_subacks
+                    .lock()
+                    .expect("codec lock")
+                    .remove(&ack.pkid);
+                let Some(denied) = denied else {
+                    return self.inner_write(Packet::SubAck(ack, props), write);
+                };
+                let mut granted = ack.return_codes.into_iter();
+                ack.return_codes = denied
+                    .iter()
+                    .map(|&d| {
+                        if d {
+                            protocol::SubscribeReasonCode::Failure
+                        } else {
+                            granted
+                                .next()
+                                .unwrap_or(protocol::SubscribeReasonCode::Failure)
+                        }
+                    })
+                    .collect();
+                let n = self.inner_write(Packet::SubAck(ack, props), write)?;
+                if version == Version::V5 {
+                    // rumqttd cannot say 0x87; the codes are the packet's last bytes.
+                    let start = write.len() - denied.len();
+                    for (i, &d) in denied.iter().enumerate() {
+                        if d {
+                            write[start + i] = NOT_AUTHORIZED;
+                        }
+                    }
+                }
+                Ok(n)
+            }
+            packet => self.inner_write(packet, write),
+        }
+    }
+}
+
+/// 5.0 reason code 0x87.
+const NOT_AUTHORIZED: u8 = 0x87;
+
+impl Codec {
+    fn inner_write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
+        match self.version {
+            Some(Version::V5) => V5.write(packet, write),
+            _ => V4.write(packet, write),
+        }
+    }
+
+    fn read_connect(
+        &mut self,
+        stream: &mut BytesMut,
+        max_size: usize,
+    ) -> Result<Packet, protocol::Error> {
+        let header = connect_header(stream)?;
+        let version = match header.level {
+            4 => Version::V4,
+            5 => Version::V5,
+            _ => {
+                // 3.1 ("MQIsdp", level 3) and unknown levels: answer CONNACK
+                // 0x01 as §3.1.2.2 asks, in the 3.1.1 encoding the client can
+                // read, and close.
+                let _ = stream.split_to(header.total_len);
+                self.version = Some(Version::V4);
+                self.refused = Some(ConnectReturnCode::RefusedProtocolVersion);
+                self.refusals.logins.fetch_add(1, Ordering::Relaxed);
+                return Ok(throwaway_connect());
+            }
+        };
+        self.version = Some(version);
+        let packet = match version {
+            Version::V4 => V4.read_mut(stream, max_size)?,
+            Version::V5 => V5.read_mut(stream, max_size)?,
+        };
+        let Packet::Connect(mut connect, props, will, will_props, login) = packet else {
+            return Err(protocol::Error::IncorrectPacketFormat);
+        };
+        let outcome = match &login {
+            Some(l) => self.policy.users.login(&l.username, &l.password),
+            None if self.policy.allow_anonymous => Ok(self.policy.users.anonymous()),
+            None => Err(Refusal::NotAuthorized),
+        };
+        match outcome {
+            Ok(acl) => {
+                self.acl = Some(acl);
+                if connect.keep_alive == 0 {
+                    connect.keep_alive = KEEP_ALIVE_OFF_S;
+                }
+                Ok(Packet::Connect(connect, props, will, will_props, login))
+            }
+            Err(refusal) => {
+                tracing::info!(
+                    client_id = %connect.client_id,
+                    user = login.as_ref().map(|l| l.username.as_str()).unwrap_or(""),
+                    reason = ?refusal,
+                    "login refused"
+                );
+                self.refusals.logins.fetch_add(1, Ordering::Relaxed);
+                self.refused = Some(match refusal {
+                    Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
+                    Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
+                });
+                Ok(throwaway_connect())
+            }
+        }
+    }
+
+    /// Applies the ACL to one packet; `None` drops it.
+    fn police(&mut self, packet: Packet, peeked: Peeked) -> Option<Packet> {
+        let acl = self.acl.as_ref()?;
+        match packet {
+            Packet::Publish(publish, props) => {
+                let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+                let alias = props.as_ref().and_then(|p| p.topic_alias);
+                let topic = match alias {
+                    Some(a) if topic.is_empty() => {
+                        self.aliases.get(&a).map(String::as_str).unwrap_or("")
+                    }
+                    Some(a) => {
+                        self.aliases.insert(a, topic.to_owned());
+                        topic
+                    }
+                    None => topic,
+                };
+                if acl.may_publish(topic) {
+                    return Some(Packet::Publish(publish, props));
+                }
+                self.refusals.publishes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(topic, "publish outside the client's ACL not delivered");
+                let v5 = self.version == Some(Version::V5);
+                match (peeked.qos, peeked.pkid) {
+                    (1, Some(pkid)) => Some(self.answer(ack(0x40, pkid, v5))),
+                    (2, Some(pkid)) => {
+                        if !v5 {
+                            self.denied_qos2.insert(pkid);
+                        }
+                        Some(self.answer(ack(0x50, pkid, v5)))
+                    }
+                    _ => None,
+                }
+            }
+            Packet::PubRel(rel, props) => {
+                if self.denied_qos2.remove(&rel.pkid) {
+                    return Some(self.answer(ack(0x70, rel.pkid, false)));
+                }
+                Some(Packet::PubRel(rel, props))
+            }
+            Packet::Subscribe(mut subscribe, props) => {
+                let denied: Vec<bool> = subscribe
+                    .filters
+                    .iter()
+                    .map(|f| !acl.may_subscribe(&f.path))
+                    .collect();
+                let n_denied = denied.iter().filter(|&&d| d).count();
+                if n_denied == 0 {
+                    return Some(Packet::Subscribe(subscribe, props));
+                }
+                self.refusals
+                    .subscriptions
+                    .fetch_add(n_denied as u64, Ordering::Relaxed);
+                tracing::debug!(
+                    denied = n_denied,
+                    "subscription outside the client's ACL refused"
+                );
+                if n_denied == denied.len() {
+                    let v5 = self.version == Some(Version::V5);
+                    return Some(self.answer(all_failed_suback(subscribe.pkid, denied.len(), v5)));
+                }
+                let mut i = 0;
+                subscribe.filters.retain(|_| {
+                    i += 1;
+                    !denied[i - 1]
+                });
+                self.partial_subacks
+                    .get_mut()
+                    .expect("codec lock")
+                    .insert(subscribe.pkid, denied);
+                Some(Packet::Subscribe(subscribe, props))
+            }
+            Packet::PingReq(p) => {
+                self.pending
+                    .get_mut()
+                    .expect("codec lock")
+                    .push_back(Pending::Ping);
+                Some(Packet::PingReq(p))
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Queues `bytes` as the answer to the PINGREQ returned in its place.
+    fn answer(&mut self, bytes: Vec<u8>) -> Packet {
+        self.pending
+            .get_mut()
+            .expect("codec lock")
+            .push_back(Pending::Answer(bytes));
+        Packet::PingReq(PingReq)
+    }
+}
+
+/// A CONNECT that rumqttd can register without touching any real session.
+fn throwaway_connect() -> Packet {
+    // rumqttd refuses ids starting with '$'; a per-process random part keeps
+    // these from colliding with any real client's id.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let nonce = *NONCE.get_or_init(rand::random);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let connect = protocol::Connect {
+        keep_alive: 10,
+        client_id: format!("perch-refused-{nonce:016x}-{id}"),
+        clean_session: true,
+    };
+    Packet::Connect(connect, None, None, None, None)
+}
+
+fn encode_refusal(version: Version, code: ConnectReturnCode, write: &mut BytesMut) -> usize {
+    let ack = ConnAck {
+        session_present: false,
+        code,
+    };
+    let result = match version {
+        Version::V4 => V4.write(Packet::ConnAck(ack, None), write),
+        Version::V5 => V5.write(Packet::ConnAck(ack, None), write),
+    };
+    result.unwrap_or(0)
+}
+
+/// A PUBACK (0x40), PUBREC (0x50) or PUBCOMP (0x70); in 5.0 with reason 0x87.
+fn ack(kind: u8, pkid: u16, v5: bool) -> Vec<u8> {
+    let [hi, lo] = pkid.to_be_bytes();
+    if v5 {
+        vec![kind, 3, hi, lo, NOT_AUTHORIZED]
+    } else {
+        vec![kind, 2, hi, lo]
+    }
+}
+
+fn all_failed_suback(pkid: u16, n: usize, v5: bool) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_u8(0x90);
+    let props = usize::from(v5);
+    // Cannot fail: a SUBSCRIBE that fit in a packet has fewer filters than
+    // the largest remaining length.
+    let _ = protocol::v4::write_remaining_length(&mut out, 2 + props + n);
+    out.put_u16(pkid);
+    if v5 {
+        out.put_u8(0);
+    }
+    out.put_bytes(if v5 { NOT_AUTHORIZED } else { 0x80 }, n);
+    out.to_vec()
+}
+
+/// QoS and packet id of a PUBLISH at the head of `stream`, read before the
+/// inner codec consumes it (rumqttd keeps them private in `Publish`).
+#[derive(Clone, Copy, Default)]
+struct Peeked {
+    qos: u8,
+    pkid: Option<u16>,
+}
+
+fn peek(stream: &[u8]) -> Peeked {
+    let Some(&first) = stream.first() else {
+        return Peeked::default();
+    };
+    let qos = (first >> 1) & 0b11;
+    if first >> 4 != 3 || qos == 0 {
+        return Peeked { qos, pkid: None };
+    }
+    let pkid = (|| {
+        let (_, len_len) = remaining_length(&stream[1..])?;
+        let at = 1 + len_len;
+        let topic_len = usize::from(u16::from_be_bytes([*stream.get(at)?, *stream.get(at + 1)?]));
+        let at = at + 2 + topic_len;
+        Some(u16::from_be_bytes([*stream.get(at)?, *stream.get(at + 1)?]))
+    })();
+    Peeked { qos, pkid }
+}
+
+/// Decodes an MQTT variable-length integer: (value, bytes used).
+fn remaining_length(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, &b) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+struct ConnectHeader {
+    level: u8,
+    total_len: usize,
+}
+
+/// Reads the protocol level of the CONNECT at the head of `stream` without
+/// consuming it.
+fn connect_header(stream: &[u8]) -> Result<ConnectHeader, protocol::Error> {
+    let Some(&first) = stream.first() else {
+        return Err(protocol::Error::InsufficientBytes(2));
+    };
+    if first != 0x10 {
+        // MQTT-3.1.0-1: the first packet must be CONNECT.
+        return Err(protocol::Error::InvalidPacketType(first >> 4));
+    }
+    let (remaining, len_len) = match remaining_length(&stream[1..]) {
+        Some(r) => r,
+        None if stream.len() >= 5 => return Err(protocol::Error::MalformedRemainingLength),
+        None => return Err(protocol::Error::InsufficientBytes(1)),
+    };
+    let body = 1 + len_len;
+    let need = |n: usize| protocol::Error::InsufficientBytes(n.saturating_sub(stream.len()).max(1));
+    let name_len = match (stream.get(body), stream.get(body + 1)) {
+        (Some(&h), Some(&l)) => usize::from(u16::from_be_bytes([h, l])),
+        _ => return Err(need(body + 2)),
+    };
+    if name_len > 6 {
+        return Err(protocol::Error::InvalidProtocol);
+    }
+    let level_at = body + 2 + name_len;
+    let Some(&level) = stream.get(level_at) else {
+        return Err(need(level_at + 1));
+    };
+    let total_len = body + remaining;
+    if stream.len() < total_len {
+        return Err(need(total_len));
+    }
+    Ok(ConnectHeader { level, total_len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remaining_length_decodes_the_spec_examples() {
+        assert_eq!(remaining_length(&[0x00]), Some((0, 1)));
+        assert_eq!(remaining_length(&[0x7f]), Some((127, 1)));
+        assert_eq!(remaining_length(&[0x80, 0x01]), Some((128, 2)));
+        assert_eq!(
+            remaining_length(&[0xff, 0xff, 0xff, 0x7f]),
+            Some((268_435_455, 4))
+        );
+        assert_eq!(remaining_length(&[0xff, 0xff, 0xff, 0xff, 0x01]), None);
+    }
+
+    #[test]
+    fn peek_finds_qos_and_packet_id() {
+        // PUBLISH QoS 1, topic "a/b", pkid 0x1234, payload "x".
+        let p = [0x32, 8, 0, 3, b'a', b'/', b'b', 0x12, 0x34, b'x'];
+        let got = peek(&p);
+        assert_eq!((got.qos, got.pkid), (1, Some(0x1234)));
+        let q0 = [0x30, 6, 0, 3, b'a', b'/', b'b', b'x'];
+        assert_eq!(peek(&q0).pkid, None);
+    }
+
+    #[test]
+    fn the_connect_header_tells_the_level_and_waits_for_bytes() {
+        // CONNECT, 3.1.1: name "MQTT", level 4, flags, keep-alive, client id "".
+        let c = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0];
+        let h = connect_header(&c).unwrap();
+        assert_eq!((h.level, h.total_len), (4, 14));
+        assert!(matches!(
+            connect_header(&c[..5]),
+            Err(protocol::Error::InsufficientBytes(_))
+        ));
+        assert!(matches!(
+            connect_header(&[0x30, 0]),
+            Err(protocol::Error::InvalidPacketType(3))
+        ));
+    }
+
+    #[test]
+    fn answers_are_encoded_per_version() {
+        assert_eq!(ack(0x40, 7, false), vec![0x40, 2, 0, 7]);
+        assert_eq!(ack(0x40, 7, true), vec![0x40, 3, 0, 7, 0x87]);
+        assert_eq!(
+            all_failed_suback(9, 2, false),
+            vec![0x90, 4, 0, 9, 0x80, 0x80]
+        );
+        assert_eq!(all_failed_suback(9, 1, true), vec![0x90, 4, 0, 9, 0, 0x87]);
+    }
+}

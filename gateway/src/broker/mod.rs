@@ -1,0 +1,273 @@
+//! The embedded MQTT broker: rumqttd's router and listeners, composed on
+//! perch's own runtime so that perch has what `rumqttd::Broker` lacks.
+//!
+//! - **Bind errors and readiness.** `rumqttd::Broker::start` only logs a bind
+//!   error and never says when it listens. perch runs each listener's
+//!   `rumqttd::Server` future itself and polls it once: binding is the first
+//!   thing it does and completes in that poll, so after it either the error is
+//!   in hand or the socket is listening.
+//! - **Shutdown.** Each listener is a task perch holds and aborts.
+//! - **Validation without panics.** The config is checked by
+//!   [`BrokerConfig::validate`] before anything starts; rumqttd's own checks
+//!   (which panic) never see a bad value.
+//! - **Bounded memory.** rumqttd keeps a log per subscribed filter in
+//!   segments; `max_segment_size_bytes * max_segment_count` bounds it, and
+//!   `max_connections` bounds how many there are.
+//! - **Auth, ACLs, both protocol versions on one port, keep-alive 0 and the
+//!   right CONNACK codes**: see [`codec`].
+//!
+//! The gateway's own parts (functions, upstream) talk to the router through
+//! in-process links ([`Broker::link`]), not TCP.
+
+pub mod auth;
+mod codec;
+mod config;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use tokio::task::JoinHandle;
+
+use self::auth::Users;
+use self::codec::{Codec, Policy};
+pub use self::codec::{Refusals, KEEP_ALIVE_OFF_S};
+pub use self::config::{AclConfig, BrokerConfig, ListenerConfig, TlsConfig, UserConfig};
+
+/// Why the broker could not start or serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(
+        "cannot listen on {addr} (listener {name:?}): {source}; \
+         is another MQTT broker running there? Pick another address with --listen or in \
+         [[broker.listeners]]"
+    )]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open an in-process link {client_id:?} to the broker: {source}")]
+    Link {
+        client_id: String,
+        source: LinkError,
+    },
+}
+
+/// A listener that is accepting connections.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub name: String,
+    /// The bound address (the real port when port 0 was asked for).
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+type Linker =
+    dyn Fn(&str) -> Result<(LinkTx, LinkRx, rumqttd::Notification), LinkError> + Send + Sync;
+
+/// The running broker.
+pub struct Broker {
+    /// Opens in-process links. A closure because the router's channel type is
+    /// private to rumqttd: it can be captured, not named.
+    linker: Box<Linker>,
+    listening: Vec<Listening>,
+    /// Accept loops, aborted on shutdown.
+    tasks: Vec<JoinHandle<()>>,
+    refusals: Arc<Refusals>,
+}
+
+impl Broker {
+    /// Starts the router and every listener; returns once all are listening.
+    /// Must be called inside a tokio runtime: the listeners run on it.
+    pub fn start(config: &BrokerConfig) -> Result<Broker, BrokerError> {
+        let router = RouterConfig {
+            max_connections: config.max_connections,
+            max_outgoing_packet_count: config.max_outgoing_packet_count,
+            max_segment_size: config.max_segment_size_bytes,
+            max_segment_count: config.max_segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        };
+        let router_tx = Router::new(0, router).spawn();
+        let users = Arc::new(Users::new(config));
+        let refusals = Arc::new(Refusals::default());
+
+        let mut broker = Broker {
+            linker: Box::new({
+                let router_tx = router_tx.clone();
+                move |id: &str| LinkBuilder::new(id, router_tx.clone()).build()
+            }),
+            listening: Vec::new(),
+            tasks: Vec::new(),
+            refusals: refusals.clone(),
+        };
+        for l in &config.listeners {
+            let addr = resolve_port(l)?;
+            let settings = ServerSettings {
+                name: l.name.clone(),
+                listen: addr,
+                tls: l.tls.as_ref().map(|t| rumqttd::TlsConfig::Rustls {
+                    capath: None,
+                    certpath: t.cert_path.display().to_string(),
+                    keypath: t.key_path.display().to_string(),
+                }),
+                next_connection_delay_ms: 0,
+                connections: ConnectionSettings {
+                    connection_timeout_ms: config.connection_timeout_ms,
+                    max_payload_size: config.max_packet_size_bytes,
+                    max_inflight_count: config.max_inflight_count,
+                    auth: None,
+                    external_auth: None,
+                    dynamic_filters: true,
+                },
+            };
+            let policy = Arc::new(Policy {
+                users: users.clone(),
+                allow_anonymous: l.allow_anonymous,
+            });
+            let server = Server::new(
+                settings,
+                router_tx.clone(),
+                Codec::new(policy, refusals.clone()),
+            );
+            let task = listen(async move {
+                let mut server = server;
+                server.start(LinkType::Remote).await
+            })
+            .map_err(|source| BrokerError::Bind {
+                name: l.name.clone(),
+                addr,
+                source,
+            })?;
+            broker.tasks.push(task);
+            broker.listening.push(Listening {
+                name: l.name.clone(),
+                addr,
+                tls: l.tls.is_some(),
+            });
+        }
+        Ok(broker)
+    }
+
+    /// An in-process connection to the router, for the gateway's own parts.
+    pub fn link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
+        (self.linker)(client_id)
+            .map(|(tx, rx, _ack)| (tx, rx))
+            .map_err(|source| BrokerError::Link {
+                client_id: client_id.to_owned(),
+                source,
+            })
+    }
+
+    /// The listeners, with the addresses they are bound to.
+    pub fn listening(&self) -> &[Listening] {
+        &self.listening
+    }
+
+    /// What the broker refused so far (logins, publishes, subscriptions).
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
+    /// Stops accepting connections. Connected clients are dropped when the
+    /// runtime that serves them stops.
+    pub fn stop_listening(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop_listening();
+    }
+}
+
+/// Picks a concrete port for port 0, since rumqttd cannot report the port it
+/// bound. The port is free when picked and rumqttd binds it microseconds
+/// later; another process taking it in between shows up as a bind error.
+fn resolve_port(l: &ListenerConfig) -> Result<SocketAddr, BrokerError> {
+    if l.listen.port() != 0 {
+        return Ok(l.listen);
+    }
+    let bind_err = |source| BrokerError::Bind {
+        name: l.name.clone(),
+        addr: l.listen,
+        source,
+    };
+    let probe = std::net::TcpListener::bind(l.listen).map_err(bind_err)?;
+    probe.local_addr().map_err(bind_err)
+}
+
+/// Runs a listener's accept loop as a task, once it is bound.
+fn listen<F, E>(run: F) -> Result<JoinHandle<()>, std::io::Error>
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + 'static,
+{
+    let mut run = Box::pin(run);
+    // Binding is the first thing the server does and completes within the
+    // first poll (the address is already resolved), so Pending means
+    // "listening" and Ready means it could not bind.
+    let mut cx = Context::from_waker(Waker::noop());
+    match run.as_mut().poll(&mut cx) {
+        Poll::Ready(Err(e)) => {
+            // rumqttd's error type is private; its source is the io::Error.
+            let kind = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .map_or(std::io::ErrorKind::Other, std::io::Error::kind);
+            let message =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            return Err(std::io::Error::new(kind, message));
+        }
+        Poll::Ready(Ok(())) => return Err(std::io::Error::other("the listener stopped at once")),
+        Poll::Pending => {}
+    }
+    Ok(tokio::spawn(async move {
+        if let Err(e) = run.await {
+            tracing::error!(error = %e, "listener stopped");
+        }
+    }))
+}
+
+/// Checks that a listener's certificate and key load, so a bad path is a
+/// config error instead of every TLS handshake failing later.
+pub(crate) fn tls_check(tls: &TlsConfig) -> Result<(), String> {
+    let read = |p: &Path, what: &str| {
+        std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+    };
+    let cert = read(&tls.cert_path, "certificate file")?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            format!(
+                "{} is not a PEM certificate file: {e}",
+                tls.cert_path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+            tls.cert_path.display()
+        ));
+    }
+    let key = read(&tls.key_path, "key file")?;
+    match rustls_pemfile::private_key(&mut key.as_slice()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            tls.key_path.display()
+        )),
+        Err(e) => Err(format!(
+            "{} is not a PEM key file: {e}",
+            tls.key_path.display()
+        )),
+    }
+}

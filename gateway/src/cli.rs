@@ -1,0 +1,158 @@
+//! The `perch` command line. Each subcommand is a thin layer over a module;
+//! `main.rs` calls [`main`] and turns its result into an exit code.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, DEFAULT_TOML};
+use crate::telemetry::{self, LogFormat};
+
+/// Serverless functions at the edge: an MQTT broker, sandboxed WebAssembly
+/// functions and store-and-forward, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "perch", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Print the default config or check a config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Hash a password for [[broker.users]].password_hash (reads it from stdin).
+    Passwd,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Config file (TOML). Without one, perch runs on the defaults
+    /// (`perch config default` prints them).
+    #[arg(long, short, env = "PERCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for perch's state; overrides gateway.data_dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the main MQTT listener; overrides the first
+    /// [[broker.listeners]] entry. Port 0 picks a free port.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the annotated default config.
+    Default,
+    /// Check a config file; print every problem and exit non-zero if any.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+/// Exit code for a config that was refused.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+/// Runs the command line; returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => Config::load(&file)
+            .map(|_| println!("{}: ok", file.display()))
+            .map_err(anyhow::Error::from),
+        Command::Passwd => passwd(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        config.gateway.data_dir = dir;
+    }
+    if let Some(addr) = args.listen {
+        match config.broker.listeners.first_mut() {
+            Some(l) => l.listen = addr,
+            None => config.broker.listeners.push(Default::default()),
+        }
+        config.broker.listeners[0].listen = addr;
+    }
+    // The overrides may have made a valid file invalid (e.g. --listen on a
+    // network address with anonymous clients allowed).
+    let origin = match &args.config {
+        Some(p) => format!("{} with command-line overrides", p.display()),
+        None => "the default config with command-line overrides".to_owned(),
+    };
+    config.validate(&origin)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("perch")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(crate::gateway::run(config, shutdown_signal()));
+    // Connections still open are dropped here.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result.map_err(anyhow::Error::from)
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name} received, shutting down");
+}
+
+fn passwd() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprintln!("password (the input is shown; pipe it in to avoid that):");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "the password is empty; type it, or pipe it in: echo 'secret' | perch passwd"
+    );
+    println!("{}", crate::broker::auth::hash_password(password));
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The gateway's configuration: one strict TOML file.
+//!
+//! Every stage owns its own section (`[broker]` lives in `broker::config`);
+//! this module owns the file as a whole: parsing (strict, so a misspelt key is
+//! an error, not a silently ignored default), the semantic checks that span
+//! sections, and the annotated default that `perch config default` prints.
+//!
+//! A config is either entirely valid or refused: [`Config::from_toml`] returns
+//! every problem it finds, each naming the key, so `perch config check` can
+//! print them all and a bad file never starts a half-working gateway.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::broker::BrokerConfig;
+
+/// The annotated default configuration, printed by `perch config default`.
+/// `Config::default()` and this text describe the same values; a unit test
+/// keeps them in step.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Everything perch reads from its config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identity and local state of this gateway.
+    pub gateway: GatewayConfig,
+    /// The embedded MQTT broker: limits, listeners, users and their ACLs.
+    pub broker: BrokerConfig,
+}
+
+/// `[gateway]`: who this gateway is and where it keeps its state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Identity of this gateway: names its control topics (`perch/<id>/...`)
+    /// and prefixes the ids of the records it forwards. Empty means the host
+    /// name.
+    pub id: String,
+    /// Directory for perch's state (SQLite databases). Created if missing.
+    pub data_dir: PathBuf,
+    /// How long a shutdown may take before the stages still running are named
+    /// in the log and stopped.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            id: String::new(),
+            data_dir: PathBuf::from("./perch-data"),
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The configured id, or the host name when none is configured.
+    pub fn resolved_id(&self) -> String {
+        if !self.id.is_empty() {
+            return self.id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| valid_id(h))
+            .unwrap_or_else(|| "perch".to_owned())
+    }
+}
+
+/// A gateway id is used in topic names, so it may not contain MQTT wildcards
+/// or separators.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// One thing wrong with a config: the key it concerns and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, e.g. `broker.listeners[0].listen`.
+    pub key: String,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema. The message
+    /// from the TOML parser names the line, the key and what was expected.
+    #[error("{origin} is not a valid perch config:\n{message}")]
+    Parse { origin: String, message: String },
+    /// The file parsed but its values do not make a gateway.
+    #[error("{origin} is not a valid perch config:\n{}", list(.problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Checks what the schema alone cannot: values that are in range one by
+    /// one but do not make a safe, working gateway together.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if !self.gateway.id.is_empty() && !valid_id(&self.gateway.id) {
+            problems.push(Problem::new(
+                "gateway.id",
+                format!(
+                    "{:?} is not a usable id: use 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.' \
+                     (it becomes part of MQTT topic names)",
+                    self.gateway.id
+                ),
+            ));
+        }
+        if self.gateway.data_dir.as_os_str().is_empty() {
+            problems.push(Problem::new(
+                "gateway.data_dir",
+                "must not be empty: give a directory perch may write to",
+            ));
+        }
+        if self.gateway.shutdown_timeout_ms == 0 {
+            problems.push(Problem::new(
+                "gateway.shutdown_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        self.broker.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_default_is_the_default() {
+        let parsed = Config::from_toml(DEFAULT_TOML, "default").expect("default config is valid");
+        let built = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+
+    #[test]
+    fn an_empty_file_is_the_default() {
+        let parsed = Config::from_toml("", "empty").unwrap();
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_line_and_expected_keys() {
+        let err = Config::from_toml("[gateway]\nid = \"a\"\ndata_dri = \"/x\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("data_dri"), "{err}");
+        assert!(err.contains("data_dir"), "names the expected keys: {err}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key_and_the_line() {
+        let err = Config::from_toml("[gateway]\nshutdown_timeout_ms = \"soon\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("shutdown_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn an_id_with_topic_characters_is_refused() {
+        let err = Config::from_toml("[gateway]\nid = \"a/#\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gateway.id"), "{err}");
+    }
+
+    #[test]
+    fn the_host_name_is_the_id_when_none_is_set() {
+        let id = GatewayConfig::default().resolved_id();
+        assert!(valid_id(&id), "{id}");
+    }
+}

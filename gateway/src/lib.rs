@@ -1,0 +1,26 @@
+//! perch: serverless functions at the edge, in one binary.
+//!
+//! # Layout
+//!
+//! One module per stage of an event's trip, then the glue around them:
+//!
+//! - [`broker`]: the embedded MQTT broker (rumqttd): listeners, TLS, logins,
+//!   ACLs, in-process links for the gateway's own parts.
+//! - [`topic`]: MQTT topic names and filters: validation and matching, shared
+//!   by the broker's ACLs and the functions' triggers.
+//! - [`config`]: the TOML config file: parsing, validation, the annotated
+//!   default.
+//! - [`gateway`]: starts the stages in order, reports ready, stops them in
+//!   stages on shutdown.
+//! - [`telemetry`]: logging (human or JSON lines).
+//! - [`cli`]: the `perch` command line; `main.rs` only calls it.
+//!
+//! The trip of an event and the promises each stage keeps are in the
+//! project's DESIGN.md.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod telemetry;
+pub mod topic;

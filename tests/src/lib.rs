@@ -1,0 +1,1 @@
+//! Helpers live in `tests/tests/util.rs`; this crate only hosts the end-to-end tests.
