@@ -1,0 +1,206 @@
+# Shared by the scripts in cross/: the targets perch supports, the boards,
+# and checks that name what is missing with the one command that installs it.
+# Sourced, not run.
+# shellcheck shell=bash
+# The variables target_facts sets are read by the scripts that source this.
+# shellcheck disable=SC2034
+
+PERCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Cross builds get a target dir of their own so that switching between the
+# host build and a board build does not rebuild either. Override with
+# PERCH_CROSS_TARGET_DIR (CI points it at a cache that outlives the clone).
+PERCH_CROSS_TARGET_DIR="${PERCH_CROSS_TARGET_DIR:-$PERCH_ROOT/target/cross}"
+
+SUPPORTED_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+note() {
+    printf '%s\n' "$*" >&2
+}
+
+# Why a target that people ask for is not supported (empty: no known reason).
+unsupported_reason() {
+    case "$1" in
+    arm-unknown-linux-gnueabihf | arm-unknown-linux-gnueabi | armv6*)
+        cat <<'EOF'
+ARMv6 (Raspberry Pi Zero W / Zero / Pi 1) is not supported. Debian's
+gcc-arm-linux-gnueabihf and its libc6-dev-armhf-cross are built for ARMv7
+(Thumb-2, VFPv3): the crt1.o, libc_nonshared.a and libc.a that every binary
+links contain ARMv7 instructions, so the result dies with SIGILL on an ARM1176
+(checked: a static build under `qemu-arm -cpu arm1176`). Debian ships no
+ARMv6 hard-float sysroot. Building for ARMv6 needs Raspberry Pi's own
+toolchain or a crosstool-ng ARMv6 toolchain; see cross/README.md.
+EOF
+        ;;
+    esac
+}
+
+# Sets the variables describing TARGET, or explains why it cannot be built.
+target_facts() {
+    TARGET="$1"
+    case "$TARGET" in
+    aarch64-unknown-linux-gnu)
+        GNU_TRIPLE=aarch64-linux-gnu
+        APT_GCC=gcc-aarch64-linux-gnu
+        APT_LIBC=libc6-dev-arm64-cross
+        DEB_ARCH=arm64
+        QEMU=qemu-aarch64
+        # ELF e_machine: EM_AARCH64
+        ELF_MACHINE=183
+        ;;
+    armv7-unknown-linux-gnueabihf)
+        GNU_TRIPLE=arm-linux-gnueabihf
+        APT_GCC=gcc-arm-linux-gnueabihf
+        APT_LIBC=libc6-dev-armhf-cross
+        DEB_ARCH=armhf
+        QEMU=qemu-arm
+        # ELF e_machine: EM_ARM
+        ELF_MACHINE=40
+        ;;
+    *)
+        local reason
+        reason="$(unsupported_reason "$TARGET")"
+        if [[ -n "$reason" ]]; then
+            die "unsupported target $TARGET:
+$reason
+Supported targets: ${SUPPORTED_TARGETS[*]}"
+        fi
+        die "unsupported target '$TARGET'. Supported targets: ${SUPPORTED_TARGETS[*]} (boards: $(board_names | tr '\n' ' '))"
+        ;;
+    esac
+    LINKER="$GNU_TRIPLE-gcc"
+    SYSROOT="/usr/$GNU_TRIPLE"
+    BINARY="$PERCH_CROSS_TARGET_DIR/$TARGET/release/perch"
+}
+
+board_names() {
+    local d
+    for d in "$PERCH_ROOT"/boards/*/board.toml; do
+        basename "$(dirname "$d")"
+    done
+}
+
+# Prints the value of KEY in boards/BOARD/board.toml (flat `key = value`).
+board_get() {
+    local board="$1" key="$2" file="$PERCH_ROOT/boards/$1/board.toml" line
+    [[ -f "$file" ]] || die "unknown board '$board'. Boards: $(board_names | tr '\n' ' ')(see boards/README.md to add one)"
+    line="$(grep -E "^${key}[[:space:]]*=" "$file" | head -n1)" ||
+        die "boards/$board/board.toml has no '$key'"
+    line="${line#*=}"
+    line="${line#"${line%%[![:space:]]*}"}"
+    line="${line%"${line##*[![:space:]]}"}"
+    line="${line#\"}"
+    printf '%s\n' "${line%\"}"
+}
+
+# The toolchain rustc runs as, for the rustup hint (RUSTUP_TOOLCHAIN, a
+# rust-toolchain file, or the default).
+rustup_toolchain_flag() {
+    if [[ -n "${RUSTUP_TOOLCHAIN:-}" ]]; then
+        printf ' --toolchain %s' "$RUSTUP_TOOLCHAIN"
+    fi
+}
+
+# Checks everything TARGET needs to build. Prints one line per missing piece
+# with the command that installs it. With INSTALL_MISSING=1 it installs them
+# instead. Returns non-zero if something is still missing.
+check_toolchain() {
+    local missing=() fixes=() apt=()
+    if ! command -v cargo >/dev/null || ! command -v rustc >/dev/null; then
+        die "cargo/rustc not found in PATH; install Rust with rustup (https://rustup.rs), then run this again"
+    fi
+    local libdir
+    libdir="$(rustc --print sysroot)/lib/rustlib/$TARGET/lib"
+    if ! compgen -G "$libdir/libstd-*.rlib" >/dev/null; then
+        missing+=("the Rust standard library for $TARGET (rustup target)")
+        fixes+=("rustup target add$(rustup_toolchain_flag) $TARGET")
+    fi
+    if ! command -v "$LINKER" >/dev/null; then
+        missing+=("the cross C compiler and linker $LINKER")
+        apt+=("$APT_GCC")
+    fi
+    # The C library and start files the linker needs (the package above does
+    # not always pull them in).
+    if [[ ! -e "$SYSROOT/lib/crt1.o" ]]; then
+        missing+=("the $DEB_ARCH C library for linking ($SYSROOT/lib/crt1.o)")
+        apt+=("$APT_LIBC")
+    fi
+    if ((${#apt[@]})); then
+        fixes+=("apt-get install -y ${apt[*]}")
+    fi
+    if ((${#missing[@]} == 0)); then
+        return 0
+    fi
+    if [[ "${INSTALL_MISSING:-0}" == 1 ]]; then
+        local fix
+        for fix in "${fixes[@]}"; do
+            note "installing: $fix"
+            if [[ "$fix" == apt-get* ]]; then
+                # shellcheck disable=SC2086 # the package list splits on purpose
+                apt_install ${fix#apt-get install -y }
+            else
+                # shellcheck disable=SC2086
+                $fix >&2
+            fi
+        done
+        INSTALL_MISSING=0 check_toolchain
+        return
+    fi
+    local m
+    note "error: cannot build for $TARGET, missing:"
+    for m in "${missing[@]}"; do
+        note "  - $m"
+    done
+    note "install with:"
+    for m in "${fixes[@]}"; do
+        note "  $m"
+    done
+    return 1
+}
+
+# apt-get install, with one `apt-get update` first when the package lists are
+# empty (fresh machines) or the package is unknown.
+apt_install() {
+    local sudo=()
+    if ((EUID != 0)); then
+        sudo=(sudo)
+    fi
+    if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >&2; then
+        "${sudo[@]}" apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >&2
+    fi
+}
+
+# Ensures COMMAND exists, installing Debian package PACKAGE if allowed.
+need_command() {
+    local cmd="$1" pkg="$2"
+    command -v "$cmd" >/dev/null && return 0
+    if [[ "${INSTALL_MISSING:-0}" == 1 ]]; then
+        note "installing: apt-get install -y $pkg"
+        apt_install "$pkg"
+        command -v "$cmd" >/dev/null && return 0
+    fi
+    die "$cmd not found; install it with: apt-get install -y $pkg"
+}
+
+# The ELF machine number of FILE (e_machine, little-endian).
+elf_machine() {
+    local bytes
+    bytes="$(od -An -tu1 -j18 -N2 "$1" | tr -s ' ')"
+    read -r lo hi <<<"$bytes"
+    printf '%s\n' "$((lo + 256 * hi))"
+}
+
+# The newest glibc symbol version FILE needs, e.g. 2.34 (empty: static).
+glibc_needed() {
+    readelf --dyn-syms -W "$1" | grep -o 'GLIBC_2\.[0-9]*' | sed 's/GLIBC_//' | sort -V | tail -n1
+}
+
+# The version from the crate's Cargo.toml (workspace version).
+perch_version() {
+    sed -n '/^\[workspace.package\]/,/^\[/{s/^version *= *"\(.*\)"/\1/p}' "$PERCH_ROOT/Cargo.toml"
+}
