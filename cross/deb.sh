@@ -108,8 +108,8 @@ Description: serverless functions at the edge: MQTT broker, WebAssembly, store-a
  WebAssembly functions on the events they publish, keeps what the functions
  produce in SQLite until upstream has it, and forwards it, in one binary.
  .
- Built for $TARGET; /etc/perch/perch.toml is tuned for the board $board, the
- configs of the other boards are in /usr/share/perch/boards/.
+ Built for $TARGET. /etc/perch/perch.toml is tuned for the board
+ $board; the configs of the other boards are in /usr/share/perch/boards/.
 EOF
 
 dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >&2

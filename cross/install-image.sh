@@ -156,11 +156,14 @@ install_into_image() {
         fi
     done
     check_libc "$libc"
-    # One debugfs session: create directories (errors for existing ones are
-    # expected), replace files and links, set owner root and the mode.
+    # One debugfs session: create the missing directories, replace files and
+    # links, set owner root and the mode. Only missing directories: debugfs
+    # 1.47's mkdir of an existing name leaves an orphaned inode behind.
     {
         (cd "$stage" && find . -mindepth 1 -type d -printf '%P\n') | while IFS= read -r rel; do
-            printf 'mkdir "/%s"\n' "$rel"
+            if debugfs -R "stat \"/$rel\"" "$fs" 2>&1 | grep -q 'File not found'; then
+                printf 'mkdir "/%s"\n' "$rel"
+            fi
         done
         (cd "$stage" && find . -type f -printf '%P %m\n') | while read -r rel mode; do
             printf 'rm "/%s"\nwrite "%s" "/%s"\n' "$rel" "$stage/$rel" "$rel"

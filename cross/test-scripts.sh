@@ -124,6 +124,7 @@ make_rootfs() {
     ln -s usr/bin "$r/bin"
     cp -L /usr/aarch64-linux-gnu/lib/{ld-linux-aarch64.so.1,libc.so.6,libm.so.6,libgcc_s.so.1} \
         "$r/usr/lib/aarch64-linux-gnu/"
+    ln -s aarch64-linux-gnu/ld-linux-aarch64.so.1 "$r/usr/lib/ld-linux-aarch64.so.1"
     printf 'root:x:0:0:root:/root:/bin/bash\n' >"$r/etc/passwd"
     printf 'root:x:0:\n' >"$r/etc/group"
     printf 'root:*:19000:0:99999:7:::\n' >"$r/etc/shadow"
