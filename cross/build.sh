@@ -45,12 +45,18 @@ check_toolchain || exit 1
 
 cd "$PERCH_ROOT"
 note "building perch for $TARGET into $PERCH_CROSS_TARGET_DIR"
-cargo build --release --locked --target "$TARGET" --target-dir "$PERCH_CROSS_TARGET_DIR" -p perch
+cargo=(cargo)
+if [[ "$BUILD_STD" == 1 ]]; then
+    # shellcheck disable=SC2054 # the comma belongs to the flag
+    cargo=(cargo +nightly -Zbuild-std=std,panic_abort)
+fi
+"${cargo[@]}" build --release --locked --target "$TARGET" --target-dir "$PERCH_CROSS_TARGET_DIR" -p perch
 
 [[ -f "$BINARY" ]] || die "cargo reported success but $BINARY is missing"
 machine="$(elf_machine "$BINARY")"
 [[ "$machine" == "$ELF_MACHINE" ]] ||
     die "$BINARY is not a $TARGET binary (ELF machine $machine, expected $ELF_MACHINE)"
 "$PERCH_ROOT/cross/size-budget.sh" "$TARGET" "$BINARY"
-note "needs glibc $(glibc_needed "$BINARY") or newer on the board"
+glibc="$(glibc_needed "$BINARY")"
+note "${glibc:+needs glibc $glibc or newer on the board}${glibc:-static binary: runs with any C library on the board}"
 printf '%s\n' "$BINARY"

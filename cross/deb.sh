@@ -40,6 +40,7 @@ if [[ -z "$board" ]]; then
     case "$TARGET" in
     aarch64-unknown-linux-gnu) board=rpi-zero2w ;;
     armv7-unknown-linux-gnueabihf) board=generic-armv7 ;;
+    arm-unknown-linux-gnueabi) board=rpi-zero ;;
     esac
 fi
 [[ "$(board_get "$board" target)" == "$TARGET" ]] ||
@@ -50,7 +51,10 @@ fi
 # Dependencies from what the binary actually links, so a new shared library
 # cannot slip in unnoticed.
 libc_version="$(glibc_needed "$BINARY")"
-depends=("libc6 (>= $libc_version)")
+depends=()
+if [[ -n "$libc_version" ]]; then
+    depends+=("libc6 (>= $libc_version)")
+fi
 while read -r lib; do
     case "$lib" in
     libc.so.6 | libm.so.6 | libpthread.so.0 | libdl.so.2 | librt.so.1 | libutil.so.1 | ld-linux-*) ;;
@@ -58,12 +62,16 @@ while read -r lib; do
     *) die "$BINARY links $lib, which cross/deb.sh does not know the Debian package of; add it to the map in cross/deb.sh" ;;
     esac
 done < <(readelf -d "$BINARY" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
-depends_line="$(printf '%s, ' "${depends[@]}")"
-depends_line="${depends_line%, }"
+depends_line=""
+if ((${#depends[@]})); then
+    depends_line="$(printf '%s, ' "${depends[@]}")"
+    depends_line="Depends: ${depends_line%, }"
+fi
 
 version="$(perch_version)"
-out_dir="$PERCH_CROSS_TARGET_DIR/deb"
-stage="$out_dir/stage-$DEB_ARCH"
+# One directory per target: the armv7 and the ARMv6 package are both armhf.
+out_dir="$PERCH_CROSS_TARGET_DIR/deb/$TARGET"
+stage="$out_dir/stage"
 deb="$out_dir/perch_${version}_${DEB_ARCH}.deb"
 rm -rf "$stage"
 mkdir -p "$stage/DEBIAN" "$out_dir"
@@ -98,7 +106,7 @@ Version: $version
 Architecture: $DEB_ARCH
 Maintainer: perch developers <perch@perch-edge.invalid>
 Installed-Size: $installed_kib
-Depends: $depends_line
+$depends_line
 Recommends: systemd
 Section: net
 Priority: optional
@@ -112,6 +120,8 @@ Description: serverless functions at the edge: MQTT broker, WebAssembly, store-a
  $board; the configs of the other boards are in /usr/share/perch/boards/.
 EOF
 
+# A static binary has no Depends: line; an empty line would end the stanza.
+sed -i '/^$/d' "$stage/DEBIAN/control"
 dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >&2
 rm -rf "$stage"
 printf '%s\n' "$deb"

@@ -81,6 +81,9 @@ EOF
 # copy of the image's libc.so.6 (or empty when the image has none).
 check_libc() {
     local libc="$1"
+    if [[ -z "$glibc" ]]; then
+        return # a static binary brings its own C library
+    fi
     if [[ -z "$libc" ]]; then
         note "warning: no libc.so.6 for $GNU_TRIPLE in the image; cannot check that it has glibc $glibc or newer"
         return
@@ -195,4 +198,4 @@ elif [[ -f "$dest" ]]; then
 else
     die "$dest is neither a directory nor an image file"
 fi
-note "installed perch ($TARGET, board $board, needs glibc $glibc) into $dest; perch.service is enabled and starts on first boot"
+note "installed perch ($TARGET, board $board, ${glibc:+needs glibc $glibc}${glibc:-static}) into $dest; perch.service is enabled and starts on first boot"

@@ -11,7 +11,7 @@ PERCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # PERCH_CROSS_TARGET_DIR (CI points it at a cache that outlives the clone).
 PERCH_CROSS_TARGET_DIR="${PERCH_CROSS_TARGET_DIR:-$PERCH_ROOT/target/cross}"
 
-SUPPORTED_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+SUPPORTED_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf arm-unknown-linux-gnueabi)
 
 die() {
     printf 'error: %s\n' "$*" >&2
@@ -25,15 +25,16 @@ note() {
 # Why a target that people ask for is not supported (empty: no known reason).
 unsupported_reason() {
     case "$1" in
-    arm-unknown-linux-gnueabihf | arm-unknown-linux-gnueabi | armv6*)
+    arm-unknown-linux-gnueabihf | armv6*)
         cat <<'EOF'
-ARMv6 (Raspberry Pi Zero W / Zero / Pi 1) is not supported. Debian's
-gcc-arm-linux-gnueabihf and its libc6-dev-armhf-cross are built for ARMv7
-(Thumb-2, VFPv3): the crt1.o, libc_nonshared.a and libc.a that every binary
-links contain ARMv7 instructions, so the result dies with SIGILL on an ARM1176
-(checked: a static build under `qemu-arm -cpu arm1176`). Debian ships no
-ARMv6 hard-float sysroot. Building for ARMv6 needs Raspberry Pi's own
-toolchain or a crosstool-ng ARMv6 toolchain; see cross/README.md.
+hard-float ARMv6 cannot be built with Debian's toolchain. Debian's
+gcc-arm-linux-gnueabihf and libc6-dev-armhf-cross are built for ARMv7
+(Thumb-2, VFPv3): the crt1.o and libc.a that every binary links contain ARMv7
+instructions, so the result dies with SIGILL on the ARM1176 of a Pi Zero W /
+Pi 1 (checked under `qemu-arm -cpu arm1176`), and Debian ships no ARMv6
+hard-float sysroot. For those boards build arm-unknown-linux-gnueabi instead
+(board rpi-zero): ARMv6, soft-float, linked statically against Debian's armel
+glibc, so it runs on the armhf Raspberry Pi OS of a Pi Zero W / Pi 1.
 EOF
         ;;
     esac
@@ -61,6 +62,17 @@ target_facts() {
         # ELF e_machine: EM_ARM
         ELF_MACHINE=40
         ;;
+    arm-unknown-linux-gnueabi)
+        # ARMv6 (Pi Zero W, Zero, Pi 1): soft-float calls, linked statically
+        # (.cargo/config.toml) against Debian's armel glibc (ARMv5TE code), so
+        # it needs no matching userland and runs on armhf Raspberry Pi OS.
+        GNU_TRIPLE=arm-linux-gnueabi
+        APT_GCC=gcc-arm-linux-gnueabi
+        APT_LIBC=libc6-dev-armel-cross
+        DEB_ARCH=armhf
+        QEMU=qemu-arm
+        ELF_MACHINE=40
+        ;;
     *)
         local reason
         reason="$(unsupported_reason "$TARGET")"
@@ -75,6 +87,9 @@ Supported targets: ${SUPPORTED_TARGETS[*]}"
     LINKER="$GNU_TRIPLE-gcc"
     SYSROOT="/usr/$GNU_TRIPLE"
     BINARY="$PERCH_CROSS_TARGET_DIR/$TARGET/release/perch"
+    # Where the standard library comes from: rustup's prebuilt one, or
+    # (BUILD_STD=1, set by check_toolchain) built from source with nightly.
+    BUILD_STD=0
 }
 
 board_names() {
@@ -115,9 +130,16 @@ check_toolchain() {
     fi
     local libdir
     libdir="$(rustc --print sysroot)/lib/rustlib/$TARGET/lib"
-    if ! compgen -G "$libdir/libstd-*.rlib" >/dev/null; then
-        missing+=("the Rust standard library for $TARGET (rustup target)")
-        fixes+=("rustup target add$(rustup_toolchain_flag) $TARGET")
+    if [[ "$BUILD_STD" != 1 ]] && ! compgen -G "$libdir/libstd-*.rlib" >/dev/null; then
+        if [[ "${INSTALL_MISSING:-0}" == 1 ]] && rustup_target_add; then
+            :
+        elif [[ "${INSTALL_MISSING:-0}" == 1 ]] && build_std_available; then
+            note "rustup has no prebuilt standard library for $TARGET here: building it from source with nightly (-Zbuild-std)"
+            BUILD_STD=1
+        else
+            missing+=("the Rust standard library for $TARGET (rustup target)")
+            fixes+=("rustup target add$(rustup_toolchain_flag) $TARGET")
+        fi
     fi
     if ! command -v "$LINKER" >/dev/null; then
         missing+=("the cross C compiler and linker $LINKER")
@@ -159,7 +181,37 @@ check_toolchain() {
     for m in "${fixes[@]}"; do
         note "  $m"
     done
+    if [[ "${fixes[*]}" == *"rustup target add"* ]]; then
+        note "(where rustup cannot download it, cross/build.sh --install-missing $TARGET builds it from source with nightly and rust-src)"
+    fi
     return 1
+}
+
+# rustup target add TARGET, quietly; says in one line when it failed.
+rustup_target_add() {
+    local log
+    log="$(mktemp)"
+    note "installing: rustup target add$(rustup_toolchain_flag) $TARGET"
+    # shellcheck disable=SC2046 # the flag is empty or two words
+    if rustup target add $(rustup_toolchain_flag) "$TARGET" >"$log" 2>&1; then
+        rm -f "$log"
+        return 0
+    fi
+    note "rustup could not add $TARGET: $(grep -m1 -E 'error|status code' "$log")"
+    rm -f "$log"
+    return 1
+}
+
+# Whether a nightly toolchain with rust-src can build std (installing them
+# when allowed); for targets whose prebuilt std cannot be downloaded.
+build_std_available() {
+    local src
+    src="$(rustc +nightly --print sysroot 2>/dev/null)/lib/rustlib/src/rust/library/std"
+    if [[ ! -d "$src" ]]; then
+        rustup toolchain install nightly --profile minimal --component rust-src >&2 || return 1
+        src="$(rustc +nightly --print sysroot)/lib/rustlib/src/rust/library/std"
+    fi
+    [[ -d "$src" ]]
 }
 
 # apt-get install, with one `apt-get update` first when the package lists are
@@ -197,7 +249,7 @@ elf_machine() {
 
 # The newest glibc symbol version FILE needs, e.g. 2.34 (empty: static).
 glibc_needed() {
-    readelf --dyn-syms -W "$1" | grep -o 'GLIBC_2\.[0-9]*' | sed 's/GLIBC_//' | sort -V | tail -n1
+    readelf --dyn-syms -W "$1" | { grep -o 'GLIBC_2\.[0-9]*' || true; } | sed 's/GLIBC_//' | sort -V | tail -n1
 }
 
 # The version from the crate's Cargo.toml (workspace version).

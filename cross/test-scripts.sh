@@ -10,6 +10,8 @@ cd "$PERCH_ROOT"
 
 target_facts armv7-unknown-linux-gnueabihf
 ARMV7_BINARY="$BINARY"
+target_facts arm-unknown-linux-gnueabi
+ARMV6_BINARY="$BINARY"
 target_facts aarch64-unknown-linux-gnu
 for b in "$BINARY" "$ARMV7_BINARY"; do
     [[ -f "$b" ]] || die "$b is missing; build it first (cross/ci.sh does)"
@@ -67,8 +69,8 @@ expect() {
 expect_fail "unsupported target is named with the supported ones" \
     "unsupported target 'x86_64-pc-windows-gnu'" "aarch64-unknown-linux-gnu" "armv7-unknown-linux-gnueabihf" -- \
     cross/build.sh x86_64-pc-windows-gnu
-expect_fail "ARMv6 is refused with the reason" \
-    "unsupported target arm-unknown-linux-gnueabihf" "ARMv6" "SIGILL" -- \
+expect_fail "hard-float ARMv6 is refused with the reason and the alternative" \
+    "unsupported target arm-unknown-linux-gnueabihf" "hard-float ARMv6" "SIGILL" "build arm-unknown-linux-gnueabi instead" -- \
     cross/build.sh arm-unknown-linux-gnueabihf
 expect_fail "unknown board" "unknown board 'rpi9'" "rpi4" -- cross/build.sh --board rpi9
 
@@ -180,6 +182,19 @@ expect_fail "an image with too old a glibc is refused" "Bullseye (2.31) does not
     note "FAILED: the refused install wrote files"
     failed=$((failed + 1))
 }
+
+# The static ARMv6 binary brings its own C library: an old image is fine.
+armv6_into_old_image() {
+    cross/install-image.sh --board rpi-zero "$old" &&
+        qemu-arm -cpu arm1176 "$old/usr/bin/perch" config check "$old/etc/perch/perch.toml" &&
+        grep -qx 'MemoryMax=64M' "$old/etc/systemd/system/perch.service.d/board.conf"
+}
+if [[ -f "$ARMV6_BINARY" ]]; then
+    expect "the static ARMv6 build installs into an image with an old glibc and runs on an ARM1176" \
+        armv6_into_old_image
+else
+    note "(no ARMv6 binary built; skipped the static-binary install test)"
+fi
 
 expect_fail "a binary for another architecture is refused" "is not a aarch64-unknown-linux-gnu binary" -- \
     cross/install-image.sh --board rpi4 --binary "$ARMV7_BINARY" "$rootfs"
