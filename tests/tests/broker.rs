@@ -17,9 +17,13 @@ async fn a_message_round_trips_through_the_broker() {
         vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
     );
     let (publ, mut pub_el) = connect(mqtt::options("pub", gw.addr())).await.unwrap();
-    publ.publish("x/y", QoS::AtLeastOnce, false, "hi").await.unwrap();
+    publ.publish("x/y", QoS::AtLeastOnce, false, "hi")
+        .await
+        .unwrap();
     wait_puback(&mut pub_el).await;
-    let got = next_publish(&mut sub_el, mqtt::WAIT).await.expect("the message arrives");
+    let got = next_publish(&mut sub_el, mqtt::WAIT)
+        .await
+        .expect("the message arrives");
     assert_eq!(&got.topic, "x/y");
     assert_eq!(&got.payload[..], b"hi");
 }
@@ -35,7 +39,10 @@ async fn mqtt5_clients_share_the_port_with_311_clients() {
 
     let opts = O5::new("pub5", gw.addr().ip().to_string(), gw.addr().port());
     let (client, mut el) = C5::new(opts, 16);
-    client.publish("v5/t", Q5::AtLeastOnce, false, "five").await.unwrap();
+    client
+        .publish("v5/t", Q5::AtLeastOnce, false, "five")
+        .await
+        .unwrap();
     let acked = tokio::time::timeout(mqtt::WAIT, async {
         loop {
             if let E5::Incoming(P5::PubAck(_)) = el.poll().await.expect("v5 connection") {
@@ -45,7 +52,9 @@ async fn mqtt5_clients_share_the_port_with_311_clients() {
     })
     .await;
     assert!(acked.is_ok(), "the 5.0 client got its PUBACK");
-    let got = next_publish(&mut sub_el, mqtt::WAIT).await.expect("delivered across versions");
+    let got = next_publish(&mut sub_el, mqtt::WAIT)
+        .await
+        .expect("delivered across versions");
     assert_eq!(&got.payload[..], b"five");
 }
 
@@ -81,7 +90,11 @@ async fn keep_alive_zero_is_accepted_in_both_versions() {
 fn auth_config() -> (tempfile::TempDir, std::path::PathBuf) {
     // The hash comes from the real `perch passwd`.
     let out = perch_with_stdin(&["passwd"], "s3cret\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     temp_file(
@@ -146,7 +159,9 @@ async fn mqtt5_wrong_password_gets_reason_0x86() {
     let mut opts = O5::new("intruder5", gw.addr().ip().to_string(), gw.addr().port());
     opts.set_credentials("admin", "wrong");
     let (_client, mut el) = C5::new(opts, 4);
-    let result = tokio::time::timeout(mqtt::WAIT, el.poll()).await.expect("an answer");
+    let result = tokio::time::timeout(mqtt::WAIT, el.poll())
+        .await
+        .expect("an answer");
     match result {
         Err(CE5::ConnectionRefused(code)) => assert_eq!(code, R5::BadUserNamePassword),
         other => panic!("expected a refusal, got {other:?}"),
@@ -170,10 +185,15 @@ async fn a_refused_login_does_not_take_over_the_real_clients_session() {
     let mut opts = mqtt::options("publisher", gw.addr());
     opts.set_credentials("admin", "s3cret");
     let (publ, mut pub_el) = connect(opts).await.unwrap();
-    publ.publish("news/1", QoS::AtLeastOnce, false, "still here").await.unwrap();
+    publ.publish("news/1", QoS::AtLeastOnce, false, "still here")
+        .await
+        .unwrap();
     wait_puback(&mut pub_el).await;
     let got = next_publish(&mut victim_el, mqtt::WAIT).await;
-    assert_eq!(got.map(|p| p.payload.to_vec()), Some(b"still here".to_vec()));
+    assert_eq!(
+        got.map(|p| p.payload.to_vec()),
+        Some(b"still here".to_vec())
+    );
 }
 
 #[tokio::test]
@@ -199,14 +219,21 @@ async fn publishes_and_subscriptions_outside_the_acl_are_refused() {
         .await
         .unwrap();
     let codes = loop {
-        match tokio::time::timeout(mqtt::WAIT, sensor_el.poll()).await.unwrap().unwrap() {
+        match tokio::time::timeout(mqtt::WAIT, sensor_el.poll())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)) => break a.return_codes,
             _ => continue,
         }
     };
     assert_eq!(
         codes,
-        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce), SubscribeReasonCode::Failure]
+        vec![
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure
+        ]
     );
     assert_eq!(
         subscribe(&sensor, &mut sensor_el, "#").await,
@@ -216,12 +243,24 @@ async fn publishes_and_subscriptions_outside_the_acl_are_refused() {
 
     // A QoS 1 publish outside the ACL is acknowledged (MQTT-3.3.5-2) but not
     // delivered; the allowed one after it is.
-    sensor.publish("commands/1", QoS::AtLeastOnce, false, "forged").await.unwrap();
+    sensor
+        .publish("commands/1", QoS::AtLeastOnce, false, "forged")
+        .await
+        .unwrap();
     wait_puback(&mut sensor_el).await;
-    sensor.publish("sensors/1/t", QoS::AtLeastOnce, false, "21.5").await.unwrap();
+    sensor
+        .publish("sensors/1/t", QoS::AtLeastOnce, false, "21.5")
+        .await
+        .unwrap();
     wait_puback(&mut sensor_el).await;
-    sensor.publish("alerts/x", QoS::AtMostOnce, false, "forged too").await.unwrap();
-    sensor.publish("sensors/1/h", QoS::AtMostOnce, false, "40").await.unwrap();
+    sensor
+        .publish("alerts/x", QoS::AtMostOnce, false, "forged too")
+        .await
+        .unwrap();
+    sensor
+        .publish("sensors/1/h", QoS::AtMostOnce, false, "40")
+        .await
+        .unwrap();
     // QoS 0 publishes leave only when the event loop runs.
     tokio::spawn(async move { while sensor_el.poll().await.is_ok() {} });
 
@@ -267,8 +306,13 @@ async fn tls_clients_connect_with_the_configured_certificate() {
     ));
     let (client, mut el) = connect(opts).await.expect("TLS connect");
     subscribe(&client, &mut el, "tls/#").await;
-    client.publish("tls/t", QoS::AtLeastOnce, false, "secret").await.unwrap();
-    let got = next_publish(&mut el, mqtt::WAIT).await.expect("round trip over TLS");
+    client
+        .publish("tls/t", QoS::AtLeastOnce, false, "secret")
+        .await
+        .unwrap();
+    let got = next_publish(&mut el, mqtt::WAIT)
+        .await
+        .expect("round trip over TLS");
     assert_eq!(&got.payload[..], b"secret");
 
     // A plain-TCP client on the TLS port gets no MQTT session.

@@ -25,14 +25,20 @@ fn an_unknown_key_names_the_key_the_line_and_what_was_expected() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("line 5"), "{err}");
     assert!(err.contains("max_conections"), "{err}");
-    assert!(err.contains("max_connections"), "lists the expected keys: {err}");
+    assert!(
+        err.contains("max_connections"),
+        "lists the expected keys: {err}"
+    );
 }
 
 #[test]
 fn a_value_of_the_wrong_type_is_named() {
     let (code, err) = check("[broker]\nmax_packet_size_bytes = \"big\"\n");
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("line 2") && err.contains("max_packet_size_bytes"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("max_packet_size_bytes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -59,7 +65,11 @@ fn every_problem_is_reported_at_once() {
          [[broker.users]]\nname = \"u\"\npassword_hash = \"plain\"\n",
     );
     assert_eq!(code, 2, "{err}");
-    for key in ["gateway.id", "broker.max_segment_size_bytes", "broker.users[0].password_hash"] {
+    for key in [
+        "gateway.id",
+        "broker.max_segment_size_bytes",
+        "broker.users[0].password_hash",
+    ] {
         assert!(err.contains(key), "{key} missing from: {err}");
     }
 }

@@ -34,7 +34,9 @@ fn sigint_stops_the_gateway_with_exit_code_zero() {
 fn a_taken_port_is_reported_and_nothing_starts() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let err = Gateway::try_start(&["--listen", &addr]).err().expect("start refused");
+    let err = Gateway::try_start(&["--listen", &addr])
+        .err()
+        .expect("start refused");
     assert!(err.contains("cannot listen on"), "{err}");
     assert!(err.contains(&addr), "{err}");
     assert!(err.contains("exit status: 1"), "{err}");
@@ -53,7 +55,9 @@ fn a_bad_config_never_starts_a_gateway() {
 
 #[test]
 fn listen_on_a_network_address_with_anonymous_clients_is_refused() {
-    let err = Gateway::try_start(&["--listen", "0.0.0.0:0"]).err().expect("start refused");
+    let err = Gateway::try_start(&["--listen", "0.0.0.0:0"])
+        .err()
+        .expect("start refused");
     assert!(err.contains("allow_anonymous"), "{err}");
     assert!(err.contains("command-line overrides"), "{err}");
 }

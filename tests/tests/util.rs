@@ -79,7 +79,9 @@ fn wait_output(child: Child, timeout: Duration) -> Output {
     match rx.recv_timeout(timeout) {
         Ok(out) => out.expect("waiting for perch"),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             panic!("perch did not finish within {timeout:?}");
         }
     }
@@ -223,7 +225,10 @@ impl Drop for Gateway {
 
 /// "... listening on mqtt://127.0.0.1:1883 (local), mqtts://127.0.0.1:8883 (tls)"
 fn parse_listeners(line: &str) -> Vec<(String, SocketAddr)> {
-    let rest = line.split("listening on ").nth(1).expect("ready line names listeners");
+    let rest = line
+        .split("listening on ")
+        .nth(1)
+        .expect("ready line names listeners");
     rest.split(", ")
         .map(|item| {
             let (url, name) = item.split_once(" (").expect("url (name)");
@@ -291,7 +296,10 @@ pub mod mqtt {
     pub async fn connect(opts: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
         let (client, mut el) = AsyncClient::new(opts, 64);
         loop {
-            match timeout(WAIT, el.poll()).await.expect("no answer to CONNECT") {
+            match timeout(WAIT, el.poll())
+                .await
+                .expect("no answer to CONNECT")
+            {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((client, el)),
                 Ok(_) => continue,
                 Err(e) => return Err(e),
