@@ -15,7 +15,7 @@ done
 
 # --target=wasm32 -nostdlib: a bare module, no libc, no start function.
 # -mcpu=mvp plus the features ABI.md allows, nothing newer.
-# stack-size: 16 KiB is plenty here and keeps memory at 2 pages.
+# stack-size: 16 KiB is plenty here and keeps memory at one 64 KiB page.
 # Exports come from the export_name attributes in the source; imports from
 # import_module/import_name, so nothing may stay undefined.
 clang --target=wasm32 -O2 -nostdlib -ffreestanding \
