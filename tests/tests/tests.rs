@@ -6,3 +6,4 @@ mod util;
 mod broker;
 mod cli;
 mod lifecycle;
+mod upstream;
