@@ -48,6 +48,10 @@ pub enum BufferCommand {
         #[arg(short = 'n', long, default_value_t = 10)]
         count: usize,
     },
+    /// Records the upstream refused for good (HTTP 4xx), with its answer.
+    Dead(DataDirArgs),
+    /// Put every dead letter back in the queue to be sent again.
+    Replay(DataDirArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,7 +204,10 @@ fn passwd() -> anyhow::Result<()> {
 
 fn buffer(command: BufferCommand) -> anyhow::Result<()> {
     let dir = match &command {
-        BufferCommand::Stats(d) | BufferCommand::Tail { dir: d, .. } => d.resolve()?,
+        BufferCommand::Stats(d)
+        | BufferCommand::Tail { dir: d, .. }
+        | BufferCommand::Dead(d)
+        | BufferCommand::Replay(d) => d.resolve()?,
     };
     let path = dir.join(crate::buffer::FILE_NAME);
     anyhow::ensure!(
@@ -209,7 +216,39 @@ fn buffer(command: BufferCommand) -> anyhow::Result<()> {
         path.display()
     );
     let reader = crate::buffer::Reader::open(&path)?;
+    let kind_name = |kind| match kind {
+        crate::buffer::KIND_AGGREGATE => "aggregate",
+        crate::buffer::KIND_SUMMARY => "summary",
+        _ => "record",
+    };
     match command {
+        BufferCommand::Dead(_) => {
+            let dead = reader
+                .dead_letters()
+                .with_context(|| format!("reading {}", path.display()))?;
+            if dead.is_empty() {
+                println!("no dead letters");
+            }
+            for d in dead {
+                let text: String = String::from_utf8_lossy(&d.record.payload)
+                    .chars()
+                    .take(120)
+                    .collect();
+                println!(
+                    "{:>8}  {:<24} {:<9} HTTP {} {:?}  {}",
+                    d.record.seq,
+                    d.record.stream,
+                    kind_name(d.record.kind),
+                    d.status,
+                    d.response.chars().take(80).collect::<String>(),
+                    text
+                );
+            }
+        }
+        BufferCommand::Replay(_) => {
+            let n = crate::buffer::replay_dead_letters(&path)?;
+            println!("{n} dead letters queued again");
+        }
         BufferCommand::Stats(_) => {
             let (records, bytes, oldest) = reader
                 .totals()
@@ -230,11 +269,7 @@ fn buffer(command: BufferCommand) -> anyhow::Result<()> {
                 .tail(count)
                 .with_context(|| format!("reading {}", path.display()))?;
             for r in rows {
-                let kind = match r.kind {
-                    crate::buffer::KIND_AGGREGATE => "aggregate",
-                    crate::buffer::KIND_SUMMARY => "summary",
-                    _ => "record",
-                };
+                let kind = kind_name(r.kind);
                 let text = String::from_utf8_lossy(&r.payload);
                 let text: String = text.chars().take(200).collect();
                 println!("{:>8}  {:<24} {:<9} {}", r.seq, r.stream, kind, text);

@@ -93,6 +93,22 @@ impl Gateway {
                 tokio::spawn(delivery.run(stopped.clone())),
             ));
         }
+        if let Some(http) = &config.upstream.http {
+            let delivery = upstream::HttpDelivery {
+                config: http.clone(),
+                gateway: id.clone(),
+                reader: Arc::new(Mutex::new(buffer.reader()?)),
+                intake: buffer.intake(),
+                new_records: buffer.new_records(),
+                stats: upstream_stats.clone(),
+                backoff_initial: Duration::from_millis(config.upstream.backoff_initial_ms),
+                backoff_max: Duration::from_millis(config.upstream.backoff_max_ms),
+            };
+            tasks.push((
+                "upstream http delivery",
+                tokio::spawn(delivery.run(stopped.clone())),
+            ));
+        }
         let listening = broker
             .listening()
             .iter()

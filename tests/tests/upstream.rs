@@ -191,3 +191,183 @@ async fn committed_records_survive_kill_9() {
     cloud.collect(100, Duration::from_secs(20)).await;
     cloud.assert_complete_and_ordered(100);
 }
+
+/// (authorization header, decoded body, status answered) per request.
+type Requests = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>, u16)>>>;
+
+/// A minimal HTTP/1.1 ingestion endpoint: records every POST and answers
+/// with the status `answer` picks for it.
+struct Endpoint {
+    addr: std::net::SocketAddr,
+    /// (authorization header, decoded body) of every request.
+    requests: Requests,
+}
+
+impl Endpoint {
+    async fn start(answer: impl Fn(usize, &[u8]) -> u16 + Send + Sync + 'static) -> Endpoint {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer = std::sync::Arc::new(answer);
+        let log = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (log, answer) = (log.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let (mut len, mut auth, mut gzip) = (0usize, String::new(), false);
+                        loop {
+                            let mut h = String::new();
+                            stream.read_line(&mut h).await.unwrap();
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            let (name, value) = h.split_once(':').unwrap();
+                            match name.to_ascii_lowercase().as_str() {
+                                "content-length" => len = value.trim().parse().unwrap(),
+                                "authorization" => auth = value.trim().to_owned(),
+                                "content-encoding" => gzip = value.trim() == "gzip",
+                                _ => {}
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        stream.read_exact(&mut body).await.unwrap();
+                        if gzip {
+                            let mut plain = Vec::new();
+                            std::io::Read::read_to_end(
+                                &mut flate2::read::GzDecoder::new(&body[..]),
+                                &mut plain,
+                            )
+                            .unwrap();
+                            body = plain;
+                        }
+                        let n = log.lock().unwrap().len();
+                        let status = answer(n, &body);
+                        log.lock().unwrap().push((auth, body, status));
+                        let reply =
+                            format!("HTTP/1.1 {status} X\r\nContent-Length: 8\r\n\r\nanswered");
+                        stream.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        Endpoint { addr, requests }
+    }
+
+    /// The `n` of every record in accepted batches, in arrival order.
+    fn accepted(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (_, body, status) in self.requests.lock().unwrap().iter() {
+            if *status != 200 {
+                continue;
+            }
+            let events: serde_json::Value = serde_json::from_slice(body).unwrap();
+            for e in events.as_array().unwrap() {
+                out.push(e["data"]["n"].as_u64().unwrap());
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_delivery_retries_5xx_and_dead_letters_4xx() {
+    let reject_3 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reject = reject_3.clone();
+    let endpoint = Endpoint::start(move |i, body| {
+        let text = String::from_utf8_lossy(body);
+        if i == 0 {
+            503
+        } else if reject.load(std::sync::atomic::Ordering::SeqCst) && text.contains("\"n\":3}") {
+            400
+        } else {
+            200
+        }
+    })
+    .await;
+    let (_dir, config) = temp_file(
+        "perch.toml",
+        &format!(
+            r#"
+[gateway]
+id = "gw-http"
+[[broker.listeners]]
+name = "local"
+listen = "127.0.0.1:0"
+allow_anonymous = true
+[upstream]
+forward_topics = ["alerts/#"]
+backoff_initial_ms = 100
+backoff_max_ms = 200
+[upstream.http]
+url = "http://{}/ingest"
+bearer_token = "s3cret"
+gzip = true
+batch_size = 1
+"#,
+            endpoint.addr
+        ),
+    );
+    let gw = Gateway::start(&["--config", config.to_str().unwrap()]);
+    publish_alerts(&gw, 0..10).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while endpoint.accepted().len() < 9 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        endpoint.accepted(),
+        vec![0, 1, 2, 4, 5, 6, 7, 8, 9],
+        "the 503 was retried, 3 refused; requests: {:?}\n{}",
+        endpoint
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.2)
+            .collect::<Vec<_>>(),
+        gw.log_text()
+    );
+    {
+        let requests = endpoint.requests.lock().unwrap();
+        assert_eq!(requests[0].2, 503);
+        assert!(requests.iter().all(|(auth, _, _)| auth == "Bearer s3cret"));
+        let first: serde_json::Value = serde_json::from_slice(&requests[1].1).unwrap();
+        assert_eq!(first[0]["specversion"], "1.0");
+        assert_eq!(first[0]["subject"], "alerts/a");
+        assert!(first[0]["id"].as_str().unwrap().starts_with("gw-http-"));
+    }
+
+    let data_dir = gw.data_dir.path().to_str().unwrap().to_owned();
+    let dead = tokio::task::spawn_blocking({
+        let d = data_dir.clone();
+        move || perch(&["buffer", "dead", "--data-dir", &d])
+    })
+    .await
+    .unwrap();
+    let dead = String::from_utf8_lossy(&dead.stdout).into_owned();
+    assert!(
+        dead.contains("HTTP 400") && dead.contains("\"n\":3"),
+        "{dead}"
+    );
+
+    // The endpoint is fixed; replaying sends the dead letter again.
+    reject_3.store(false, std::sync::atomic::Ordering::SeqCst);
+    let replay =
+        tokio::task::spawn_blocking(move || perch(&["buffer", "replay", "--data-dir", &data_dir]))
+            .await
+            .unwrap();
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("1 dead letters queued again"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while endpoint.accepted().len() < 10 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(endpoint.accepted().last(), Some(&3));
+}

@@ -43,6 +43,8 @@
 //!          created_ms INTEGER, payload BLOB)
 //! windows (metric TEXT, key TEXT, closed_until_ms INTEGER, open TEXT /* JSON */,
 //!          PRIMARY KEY (metric, key))
+//! dead_letters (seq INTEGER PRIMARY KEY, stream, kind, created_ms, payload,
+//!               status INTEGER, response TEXT, failed_ms INTEGER)
 //! ```
 //!
 //! Invariants:
@@ -84,8 +86,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use self::config::{BufferConfig, Synchronous, WhenFull};
-use self::store::{NewRecord, Store};
-pub use self::store::{Reader, StoredRecord, KIND_AGGREGATE, KIND_RECORD, KIND_SUMMARY};
+pub use self::store::{
+    replay_dead_letters, DeadLetter, Reader, StoredRecord, KIND_AGGREGATE, KIND_RECORD,
+    KIND_SUMMARY,
+};
+use self::store::{NewRecord, Pending, Store};
 use crate::aggregate::{AggregateConfig, Aggregator, Emitted};
 
 /// File name of the buffer's database inside the data directory.
@@ -152,6 +157,11 @@ enum Command {
         ts_ms: i64,
     },
     Ack(i64),
+    DeadLetter {
+        seqs: Vec<i64>,
+        status: u16,
+        response: String,
+    },
     Flush(mpsc::SyncSender<()>),
 }
 
@@ -195,6 +205,16 @@ impl Intake {
     /// transaction.
     pub fn ack(&self, seq: i64) {
         let _ = self.tx.send(Command::Ack(seq));
+    }
+
+    /// Moves records the upstream refused for good to the dead-letter table
+    /// (with the status and response that refused them).
+    pub fn dead_letter(&self, seqs: Vec<i64>, status: u16, response: String) {
+        let _ = self.tx.send(Command::DeadLetter {
+            seqs,
+            status,
+            response,
+        });
     }
 
     /// Commits what waits now and returns when it is committed (or the
@@ -272,10 +292,12 @@ impl Buffer {
             agg,
             config: config.clone(),
             stats: stats.clone(),
-            pending: pending.clone(),
+            waiting: pending.clone(),
             new_records: new_records.clone(),
-            batch: Vec::with_capacity(config.commit_batch),
-            acks: Vec::new(),
+            pending: Pending {
+                records: Vec::with_capacity(config.commit_batch),
+                ..Pending::default()
+            },
             closed: Vec::new(),
             emitted: false,
         };
@@ -326,10 +348,11 @@ struct Writer {
     agg: Aggregator,
     config: BufferConfig,
     stats: Arc<Stats>,
-    pending: Arc<AtomicUsize>,
+    /// Shared with the intakes: records sent but not yet taken.
+    waiting: Arc<AtomicUsize>,
     new_records: Arc<tokio::sync::Notify>,
-    batch: Vec<NewRecord>,
-    acks: Vec<i64>,
+    /// What the next transaction writes.
+    pending: Pending,
     closed: Vec<crate::aggregate::Window>,
     /// Values were emitted since the last commit: windows need saving.
     emitted: bool,
@@ -352,14 +375,14 @@ impl Writer {
                 }
             }
             // Drain what else is queued without waiting, up to a batch.
-            while self.batch.len() < self.config.commit_batch && flush.is_none() {
+            while self.pending.records.len() < self.config.commit_batch && flush.is_none() {
                 match rx.try_recv() {
                     Ok(command) => self.take(command, &mut flush),
                     Err(_) => break,
                 }
             }
             let due = Instant::now() >= next_commit;
-            if flush.is_some() || due || self.batch.len() >= self.config.commit_batch {
+            if flush.is_some() || due || self.pending.records.len() >= self.config.commit_batch {
                 if self.commit() {
                     retry_delay = interval;
                     next_commit = Instant::now() + interval;
@@ -377,8 +400,8 @@ impl Writer {
     fn take(&mut self, command: Command, flush: &mut Option<mpsc::SyncSender<()>>) {
         match command {
             Command::Forward(record) => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                self.batch.push(record);
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.pending.records.push(record);
             }
             Command::Emit {
                 metric,
@@ -386,7 +409,7 @@ impl Writer {
                 value,
                 ts_ms,
             } => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
                 self.emitted = true;
                 match self.agg.emit(&metric, &key, value, ts_ms, &mut self.closed) {
                     Emitted::Merged => {}
@@ -399,7 +422,12 @@ impl Writer {
                 }
                 self.move_closed();
             }
-            Command::Ack(seq) => self.acks.push(seq),
+            Command::Ack(seq) => self.pending.acks.push(seq),
+            Command::DeadLetter {
+                seqs,
+                status,
+                response,
+            } => self.pending.dead.push((seqs, status, response)),
             Command::Flush(reply) => *flush = Some(reply),
         }
     }
@@ -408,7 +436,7 @@ impl Writer {
         let stream = &self.agg.config().stream;
         for w in self.closed.drain(..) {
             self.stats.aggregates.fetch_add(1, Ordering::Relaxed);
-            self.batch.push(NewRecord {
+            self.pending.records.push(NewRecord {
                 stream: stream.clone(),
                 kind: KIND_AGGREGATE,
                 created_ms: w.end_ms(),
@@ -422,17 +450,12 @@ impl Writer {
         let now = now_ms();
         self.agg.close_due(now, &mut self.closed);
         self.move_closed();
-        let added = !self.batch.is_empty();
-        if self.batch.is_empty()
-            && self.acks.is_empty()
-            && !self.emitted
-            && !self.store_needs_pass(now)
-        {
+        let added = !self.pending.records.is_empty();
+        if self.pending.is_empty() && !self.emitted && !self.store_needs_pass(now) {
             return true;
         }
         match self.store.commit(
-            &mut self.batch,
-            &mut self.acks,
+            &mut self.pending,
             &mut self.agg,
             now,
             &self.config,
@@ -453,7 +476,7 @@ impl Writer {
                 if n.is_multiple_of(100) {
                     tracing::error!(
                         error = %e,
-                        waiting = self.batch.len(),
+                        waiting = self.pending.records.len(),
                         "buffer: commit failed; keeping the batch in memory and retrying"
                     );
                 }

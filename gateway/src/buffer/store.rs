@@ -23,6 +23,16 @@ CREATE TABLE IF NOT EXISTS records (
     created_ms INTEGER NOT NULL,
     payload    BLOB    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq        INTEGER PRIMARY KEY,
+    stream     TEXT    NOT NULL,
+    kind       INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    payload    BLOB    NOT NULL,
+    status     INTEGER NOT NULL,
+    response   TEXT    NOT NULL,
+    failed_ms  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS windows (
     metric          TEXT    NOT NULL,
     key             TEXT    NOT NULL,
@@ -47,6 +57,24 @@ impl NewRecord {
     }
 }
 
+/// What one transaction writes.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// New records, in arrival order.
+    pub records: Vec<NewRecord>,
+    /// Records upstream acknowledged: deleted.
+    pub acks: Vec<i64>,
+    /// Records upstream refused for good: (seqs, status, response), moved
+    /// to dead letters.
+    pub dead: Vec<(Vec<i64>, u16, String)>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.acks.is_empty() && self.dead.is_empty()
+    }
+}
+
 /// A committed record, as upstream reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRecord {
@@ -62,6 +90,10 @@ pub struct Store {
     conn: Connection,
     bytes: u64,
     records: u64,
+    /// SQLite's `data_version` as of our last look: it changes when another
+    /// connection (`perch buffer replay`) commits, and then the totals are
+    /// counted again.
+    data_version: i64,
 }
 
 pub fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, BufferError> {
@@ -104,10 +136,17 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
+        let data_version = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|source| BufferError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Store {
             conn,
             bytes: bytes as u64,
             records: records as u64,
+            data_version,
         })
     }
 
@@ -162,17 +201,27 @@ impl Store {
     /// Commits one batch in one transaction: deletes acknowledged records,
     /// inserts new ones (under the `drop_newest` policy, as many as fit),
     /// saves changed windows, expires old records and enforces `max_bytes`.
-    /// On error nothing changed and `batch` is untouched, so it can be
+    /// On error nothing changed and `pending` is untouched, so it can be
     /// retried.
     pub fn commit(
         &mut self,
-        batch: &mut Vec<NewRecord>,
-        acks: &mut Vec<i64>,
+        pending: &mut Pending,
         agg: &mut Aggregator,
         now_ms: i64,
         config: &BufferConfig,
         stats: &Stats,
     ) -> rusqlite::Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version != self.data_version {
+            let (n, b): (i64, i64) = self.conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(stream) + length(payload)), 0) FROM records",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            (self.records, self.bytes, self.data_version) = (n as u64, b as u64, version);
+        }
         let mut bytes = self.bytes;
         let mut records = self.records;
         let mut counts = Counts::default();
@@ -181,17 +230,33 @@ impl Store {
             let mut delete = tx.prepare_cached(
                 "DELETE FROM records WHERE seq = ?1 RETURNING length(stream) + length(payload)",
             )?;
-            for seq in acks.iter() {
+            for seq in pending.acks.iter() {
                 if let Some(size) = delete.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
                     bytes -= size as u64;
                     records -= 1;
                     counts.acked += 1;
                 }
             }
+            let mut to_dead = tx.prepare_cached(
+                "INSERT OR REPLACE INTO dead_letters \
+                 SELECT seq, stream, kind, created_ms, payload, ?2, ?3, ?4 FROM records WHERE seq = ?1",
+            )?;
+            for (seqs, status, response) in pending.dead.iter() {
+                for seq in seqs {
+                    if to_dead.execute(params![seq, status, response, now_ms])? == 1 {
+                        if let Some(size) =
+                            delete.query_row([seq], |r| r.get::<_, i64>(0)).optional()?
+                        {
+                            bytes -= size as u64;
+                            records -= 1;
+                        }
+                    }
+                }
+            }
             let mut insert = tx.prepare_cached(
                 "INSERT INTO records (stream, kind, created_ms, payload) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for r in batch.iter() {
+            for r in pending.records.iter() {
                 if config.when_full == WhenFull::DropNewest && bytes + r.size() > config.max_bytes {
                     counts.dropped_newest += 1;
                     continue;
@@ -265,8 +330,9 @@ impl Store {
         tx.commit()?;
         self.bytes = bytes;
         self.records = records;
-        batch.clear();
-        acks.clear();
+        pending.records.clear();
+        pending.acks.clear();
+        pending.dead.clear();
         counts.apply(stats);
         Ok(())
     }
@@ -482,4 +548,60 @@ impl Reader {
             .optional()?;
         Ok((n as u64, bytes as u64, oldest))
     }
+}
+
+/// A batch the upstream refused for good, kept for inspection and replay.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub record: StoredRecord,
+    pub status: u16,
+    pub response: String,
+    pub failed_ms: i64,
+}
+
+impl Reader {
+    /// Every dead letter, oldest first.
+    pub fn dead_letters(&self) -> rusqlite::Result<Vec<DeadLetter>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, stream, kind, created_ms, payload, status, response, failed_ms \
+             FROM dead_letters ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeadLetter {
+                record: StoredRecord {
+                    seq: r.get(0)?,
+                    stream: r.get(1)?,
+                    kind: r.get(2)?,
+                    created_ms: r.get(3)?,
+                    payload: r.get(4)?,
+                },
+                status: r.get(5)?,
+                response: r.get(6)?,
+                failed_ms: r.get(7)?,
+            })
+        })?;
+        rows.collect()
+    }
+}
+
+/// Moves every dead letter back into `records` (with new seqs, so they are
+/// sent again after what waits now). Safe while perch runs: SQLite serialises
+/// this writer with the gateway's. Returns how many moved.
+pub fn replay_dead_letters(path: &Path) -> Result<usize, BufferError> {
+    let err = |source| BufferError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = open_connection(path, Synchronous::Full)?;
+    let tx = conn.transaction().map_err(err)?;
+    let n = tx
+        .execute(
+            "INSERT INTO records (stream, kind, created_ms, payload) \
+             SELECT stream, kind, created_ms, payload FROM dead_letters ORDER BY seq",
+            [],
+        )
+        .map_err(err)?;
+    tx.execute("DELETE FROM dead_letters", []).map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(n)
 }

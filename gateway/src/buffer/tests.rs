@@ -247,7 +247,7 @@ fn a_full_disk_keeps_the_batch_and_recovers() {
     store_conn(&store)
         .pragma_update(None, "max_page_count", pages)
         .unwrap();
-    let mut batch: Vec<_> = (0..200)
+    let records: Vec<_> = (0..200)
         .map(|i| NewRecord {
             stream: "s".into(),
             kind: KIND_RECORD,
@@ -255,24 +255,65 @@ fn a_full_disk_keeps_the_batch_and_recovers() {
             payload: vec![i as u8; 1000],
         })
         .collect();
-    let mut acks = Vec::new();
+    let mut pending = Pending {
+        records,
+        ..Pending::default()
+    };
     let err = store
-        .commit(&mut batch, &mut acks, &mut agg, now_ms(), &cfg, &stats)
+        .commit(&mut pending, &mut agg, now_ms(), &cfg, &stats)
         .unwrap_err();
     assert!(err.to_string().contains("full"), "{err}");
-    assert_eq!(batch.len(), 200, "the batch is kept for the retry");
+    assert_eq!(
+        pending.records.len(),
+        200,
+        "the batch is kept for the retry"
+    );
     assert_eq!(store.records(), 0);
     // Space returns.
     store_conn(&store)
         .pragma_update(None, "max_page_count", 1_000_000)
         .unwrap();
     store
-        .commit(&mut batch, &mut acks, &mut agg, now_ms(), &cfg, &stats)
+        .commit(&mut pending, &mut agg, now_ms(), &cfg, &stats)
         .unwrap();
-    assert!(batch.is_empty());
+    assert!(pending.is_empty());
     assert_eq!(store.records(), 200);
 }
 
 fn store_conn(store: &Store) -> &rusqlite::Connection {
     store.connection()
+}
+
+#[test]
+fn dead_letters_are_kept_apart_and_replay_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = open(dir.path(), &config());
+    let intake = buffer.intake();
+    for i in 0..5u8 {
+        intake.forward("s", &[i]).unwrap();
+    }
+    intake.flush().unwrap();
+    let rows = buffer.reader().unwrap().after(0, 10).unwrap();
+    intake.dead_letter(
+        rows[..2].iter().map(|r| r.seq).collect(),
+        400,
+        "bad field".into(),
+    );
+    intake.flush().unwrap();
+    let reader = buffer.reader().unwrap();
+    assert_eq!(reader.after(0, 10).unwrap().len(), 3);
+    let dead = reader.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        (dead[0].status, dead[0].response.as_str()),
+        (400, "bad field")
+    );
+    assert_eq!(buffer.stats().records.load(Relaxed), 3);
+    assert_eq!(replay_dead_letters(&dir.path().join(FILE_NAME)).unwrap(), 2);
+    let rows = reader.after(0, 10).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.payload[0]).collect::<Vec<_>>(),
+        vec![2, 3, 4, 0, 1]
+    );
+    assert!(reader.dead_letters().unwrap().is_empty());
 }

@@ -21,6 +21,51 @@ pub struct UpstreamConfig {
     /// Deliver to an MQTT broker. Without `[upstream.mqtt]`, records stay in
     /// the buffer (within its bounds) and `perch buffer stats` shows them.
     pub mqtt: Option<MqttUpstreamConfig>,
+    /// Deliver to an HTTP(S) endpoint as CloudEvents batches instead.
+    pub http: Option<HttpUpstreamConfig>,
+}
+
+/// `[upstream.http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUpstreamConfig {
+    /// The endpoint batches are POSTed to (`https://...`; `http://` only for
+    /// tests and trusted networks).
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>` when not empty.
+    #[serde(default)]
+    pub bearer_token: String,
+    /// Compress request bodies (`Content-Encoding: gzip`).
+    #[serde(default)]
+    pub gzip: bool,
+    /// Records per POST at most.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Longest a POST may take, connection included.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Extra CA and client certificate (mTLS).
+    #[serde(default)]
+    pub tls: Option<HttpTls>,
+}
+
+/// `[upstream.http.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// CA to trust instead of the built-in web roots (PEM).
+    #[serde(default)]
+    pub ca_path: Option<PathBuf>,
+    /// Client certificate for mTLS (PEM).
+    #[serde(default)]
+    pub cert_path: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key_path: Option<PathBuf>,
+}
+
+fn default_timeout() -> u64 {
+    10_000
 }
 
 impl Default for UpstreamConfig {
@@ -30,6 +75,7 @@ impl Default for UpstreamConfig {
             backoff_initial_ms: 500,
             backoff_max_ms: 30_000,
             mqtt: None,
+            http: None,
         }
     }
 }
@@ -120,6 +166,46 @@ impl UpstreamConfig {
                 "upstream.backoff_initial_ms",
                 "must be greater than 0 and at most upstream.backoff_max_ms",
             ));
+        }
+        if let Some(h) = &self.http {
+            if self.mqtt.is_some() {
+                problems.push(Problem::new(
+                    "upstream",
+                    "both [upstream.mqtt] and [upstream.http] are set; choose one",
+                ));
+            }
+            if !(h.url.starts_with("https://") || h.url.starts_with("http://")) {
+                problems.push(Problem::new(
+                    "upstream.http.url",
+                    format!("{:?} is not an http:// or https:// URL", h.url),
+                ));
+            }
+            if h.batch_size == 0 || h.timeout_ms == 0 {
+                problems.push(Problem::new(
+                    "upstream.http.batch_size",
+                    "batch_size and timeout_ms must be greater than 0",
+                ));
+            }
+            if let Some(t) = &h.tls {
+                for (k, p) in [
+                    ("ca_path", &t.ca_path),
+                    ("cert_path", &t.cert_path),
+                    ("key_path", &t.key_path),
+                ] {
+                    if let Some(p) = p.as_ref().filter(|p| !p.exists()) {
+                        problems.push(Problem::new(
+                            format!("upstream.http.tls.{k}"),
+                            format!("{} does not exist", p.display()),
+                        ));
+                    }
+                }
+                if t.cert_path.is_some() != t.key_path.is_some() {
+                    problems.push(Problem::new(
+                        "upstream.http.tls",
+                        "cert_path and key_path go together: give both or neither",
+                    ));
+                }
+            }
         }
         let Some(m) = &self.mqtt else { return };
         if m.host.is_empty() {

@@ -24,6 +24,11 @@
 //!
 //! Reconnects back off exponentially with jitter up to `backoff_max_ms`.
 //!
+//! # Delivery (HTTP)
+//!
+//! See [`http`]: CloudEvents batches, 2xx acknowledges, 408/429/5xx retry,
+//! other 4xx go to the dead-letter table.
+//!
 //! # Capture
 //!
 //! `forward_topics` lists local topic filters whose messages go upstream
@@ -31,6 +36,7 @@
 //! and forwards each message as a record in the stream named by its topic.
 
 mod config;
+mod http;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +49,10 @@ use rumqttc::{
 };
 use tokio::sync::{watch, Notify};
 
-pub use self::config::{MqttUpstreamConfig, UpstreamConfig, UpstreamTls};
+pub use self::config::{
+    HttpTls, HttpUpstreamConfig, MqttUpstreamConfig, UpstreamConfig, UpstreamTls,
+};
+pub use self::http::{cloud_events, HttpDelivery};
 use crate::buffer::{Intake, Reader, StoredRecord, KIND_AGGREGATE, KIND_SUMMARY};
 
 /// Why upstream could not be set up.
@@ -72,6 +81,8 @@ pub struct Stats {
     pub connection_errors: AtomicU64,
     pub captured: AtomicU64,
     pub capture_refused: AtomicU64,
+    /// Records the HTTP endpoint refused for good (4xx), moved to dead letters.
+    pub dead_lettered: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
