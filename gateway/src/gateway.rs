@@ -2,17 +2,25 @@
 //! them in stages on shutdown.
 //!
 //! Start order follows the data's trip backwards so that nothing produces
-//! into a stage that is not there yet: state directory, then the broker.
-//! Shutdown runs the other way: stop accepting clients first, then let the
-//! stages behind drain, all within `gateway.shutdown_timeout_ms`; a stage
-//! still running at the deadline is named in the log and dropped.
+//! into a stage that is not there yet: state directory, buffer, broker,
+//! upstream. Shutdown runs the other way: stop accepting clients first, then
+//! stop the tasks that feed and drain the buffer, then commit what the buffer
+//! holds, all within `gateway.shutdown_timeout_ms`; a stage still running at
+//! the deadline is named in the log and dropped.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
 use crate::broker::{Broker, BrokerError};
+use crate::buffer::{Buffer, BufferError};
 use crate::config::Config;
+use crate::upstream::{self, UpstreamError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +35,10 @@ pub enum GatewayError {
     },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
 }
 
 /// A running gateway.
@@ -34,6 +46,12 @@ pub struct Gateway {
     id: String,
     config: Config,
     broker: Broker,
+    buffer: Buffer,
+    upstream_stats: Arc<upstream::Stats>,
+    /// Turns true when the tasks below must stop.
+    stop: watch::Sender<bool>,
+    /// Long-lived tasks, with a name for the shutdown log.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Gateway {
@@ -42,7 +60,55 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         let id = config.gateway.resolved_id();
         prepare_data_dir(&config.gateway.data_dir)?;
+        // rustls needs one process-wide crypto provider for outgoing TLS.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let buffer = Buffer::open(&config.buffer, &config.aggregate, &config.gateway.data_dir)?;
         let broker = Broker::start(&config.broker)?;
+        let (stop, stopped) = watch::channel(false);
+        let upstream_stats = Arc::new(upstream::Stats::default());
+        let mut tasks = Vec::new();
+        if !config.upstream.forward_topics.is_empty() {
+            let task = upstream::capture(
+                &broker,
+                config.upstream.forward_topics.clone(),
+                buffer.intake(),
+                upstream_stats.clone(),
+                stopped.clone(),
+            )?;
+            tasks.push(("upstream capture", task));
+        }
+        if let Some(mqtt) = &config.upstream.mqtt {
+            let delivery = upstream::Delivery {
+                config: mqtt.clone(),
+                gateway: id.clone(),
+                reader: Arc::new(Mutex::new(buffer.reader()?)),
+                intake: buffer.intake(),
+                new_records: buffer.new_records(),
+                stats: upstream_stats.clone(),
+                backoff_initial: Duration::from_millis(config.upstream.backoff_initial_ms),
+                backoff_max: Duration::from_millis(config.upstream.backoff_max_ms),
+            };
+            tasks.push((
+                "upstream delivery",
+                tokio::spawn(delivery.run(stopped.clone())),
+            ));
+        }
+        if let Some(http) = &config.upstream.http {
+            let delivery = upstream::HttpDelivery {
+                config: http.clone(),
+                gateway: id.clone(),
+                reader: Arc::new(Mutex::new(buffer.reader()?)),
+                intake: buffer.intake(),
+                new_records: buffer.new_records(),
+                stats: upstream_stats.clone(),
+                backoff_initial: Duration::from_millis(config.upstream.backoff_initial_ms),
+                backoff_max: Duration::from_millis(config.upstream.backoff_max_ms),
+            };
+            tasks.push((
+                "upstream http delivery",
+                tokio::spawn(delivery.run(stopped.clone())),
+            ));
+        }
         let listening = broker
             .listening()
             .iter()
@@ -56,7 +122,15 @@ impl Gateway {
             "perch ready: gateway {id}, data in {}, listening on {listening}",
             config.gateway.data_dir.display()
         );
-        Ok(Gateway { id, config, broker })
+        Ok(Gateway {
+            id,
+            config,
+            broker,
+            buffer,
+            upstream_stats,
+            stop,
+            tasks,
+        })
     }
 
     /// This gateway's id.
@@ -69,18 +143,34 @@ impl Gateway {
         &self.broker
     }
 
+    /// The store-and-forward buffer.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    /// Counters of the upstream link.
+    pub fn upstream_stats(&self) -> &upstream::Stats {
+        &self.upstream_stats
+    }
+
     /// Stops the stages in order within the configured deadline.
     pub async fn shutdown(mut self) {
-        let deadline = Duration::from_millis(self.config.gateway.shutdown_timeout_ms);
-        let stages = async {
-            tracing::info!("shutdown: no longer accepting MQTT clients");
-            self.broker.stop_listening();
-        };
-        if tokio::time::timeout(deadline, stages).await.is_err() {
-            tracing::warn!(
-                ?deadline,
-                "shutdown: stages still running at the deadline were stopped"
-            );
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.config.gateway.shutdown_timeout_ms);
+        tracing::info!("shutdown: no longer accepting MQTT clients");
+        self.broker.stop_listening();
+        let _ = self.stop.send(true);
+        for (name, task) in self.tasks.drain(..) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("shutdown: {name} still running at the deadline; stopped");
+                abort.abort();
+            }
+        }
+        let buffer = self.buffer;
+        let flush = tokio::task::spawn_blocking(move || buffer.close());
+        if tokio::time::timeout_at(deadline, flush).await.is_err() {
+            tracing::warn!("shutdown: the buffer's last commit did not finish by the deadline");
         }
         tracing::info!("shutdown complete");
     }

@@ -6,6 +6,11 @@
 //!
 //! - [`broker`]: the embedded MQTT broker (rumqttd): listeners, TLS, logins,
 //!   ACLs, in-process links for the gateway's own parts.
+//! - [`aggregate`]: tumbling windows over the metrics functions emit.
+//! - [`buffer`]: the SQLite outbox (store-and-forward): batched commits,
+//!   bounds, the crash-loss window; hosts the aggregator.
+//! - [`upstream`]: delivery of buffered records to an upstream MQTT broker,
+//!   acknowledged per record; capture of local topics into the buffer.
 //! - [`topic`]: MQTT topic names and filters: validation and matching, shared
 //!   by the broker's ACLs and the functions' triggers.
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
@@ -18,9 +23,12 @@
 //! The trip of an event and the promises each stage keeps are in the
 //! project's DESIGN.md.
 
+pub mod aggregate;
 pub mod broker;
+pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod telemetry;
 pub mod topic;
+pub mod upstream;

@@ -54,7 +54,8 @@ pub enum BrokerError {
     #[error("cannot open an in-process link {client_id:?} to the broker: {source}")]
     Link {
         client_id: String,
-        source: LinkError,
+        // Boxed: rumqttd's LinkError is over 800 bytes.
+        source: Box<LinkError>,
     },
 }
 
@@ -67,8 +68,7 @@ pub struct Listening {
     pub tls: bool,
 }
 
-type Linker =
-    dyn Fn(&str) -> Result<(LinkTx, LinkRx, rumqttd::Notification), LinkError> + Send + Sync;
+type Linker = dyn Fn(&str) -> Result<(LinkTx, LinkRx), Box<LinkError>> + Send + Sync;
 
 /// The running broker.
 pub struct Broker {
@@ -101,7 +101,12 @@ impl Broker {
         let mut broker = Broker {
             linker: Box::new({
                 let router_tx = router_tx.clone();
-                move |id: &str| LinkBuilder::new(id, router_tx.clone()).build()
+                move |id: &str| {
+                    LinkBuilder::new(id, router_tx.clone())
+                        .build()
+                        .map(|(tx, rx, _ack)| (tx, rx))
+                        .map_err(Box::new)
+                }
             }),
             listening: Vec::new(),
             tasks: Vec::new(),
@@ -157,12 +162,10 @@ impl Broker {
 
     /// An in-process connection to the router, for the gateway's own parts.
     pub fn link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
-        (self.linker)(client_id)
-            .map(|(tx, rx, _ack)| (tx, rx))
-            .map_err(|source| BrokerError::Link {
-                client_id: client_id.to_owned(),
-                source,
-            })
+        (self.linker)(client_id).map_err(|source| BrokerError::Link {
+            client_id: client_id.to_owned(),
+            source,
+        })
     }
 
     /// The listeners, with the addresses they are bound to.
