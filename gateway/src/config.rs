@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::broker::BrokerConfig;
+use crate::functions::FunctionsConfig;
 
 /// The annotated default configuration, printed by `perch config default`.
 /// `Config::default()` and this text describe the same values; a unit test
@@ -29,6 +30,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// The embedded MQTT broker: limits, listeners, users and their ACLs.
     pub broker: BrokerConfig,
+    /// Gateway-wide settings of the functions stage.
+    pub functions: FunctionsConfig,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its state.
@@ -179,6 +182,7 @@ impl Config {
             ));
         }
         self.broker.validate(&mut problems);
+        self.functions.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -1,18 +1,24 @@
 //! The daemon: starts the stages in order, says when it is ready, and stops
 //! them in stages on shutdown.
 //!
-//! Start order follows the data's trip backwards so that nothing produces
-//! into a stage that is not there yet: state directory, then the broker.
-//! Shutdown runs the other way: stop accepting clients first, then let the
-//! stages behind drain, all within `gateway.shutdown_timeout_ms`; a stage
-//! still running at the deadline is named in the log and dropped.
+//! Start order: state directory, the broker (its router first: every other
+//! stage talks to it through in-process links), then the functions, whose
+//! trigger links subscribe before the ready line is logged, so a client that
+//! waits for it cannot publish past a function. Shutdown runs the other way:
+//! stop accepting clients first, then stop the functions (each flushes its
+//! state), then the broker's router goes with the runtime, all within
+//! `gateway.shutdown_timeout_ms`; a stage still running at the deadline is
+//! named in the log and dropped.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
+use crate::functions::{Functions, FunctionsError, Output};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +33,8 @@ pub enum GatewayError {
     },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Functions(#[from] FunctionsError),
 }
 
 /// A running gateway.
@@ -34,6 +42,10 @@ pub struct Gateway {
     id: String,
     config: Config,
     broker: Broker,
+    functions: Functions,
+    /// Takes `emit`/`forward` records until the aggregate and buffer stages
+    /// (issue 4) take the receiving end of the channel instead.
+    outputs: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -43,6 +55,16 @@ impl Gateway {
         let id = config.gateway.resolved_id();
         prepare_data_dir(&config.gateway.data_dir)?;
         let broker = Broker::start(&config.broker)?;
+        let (outputs_tx, outputs_rx) = mpsc::channel(config.functions.output_queue_len);
+        let functions = Functions::start(
+            broker.links(),
+            &config.functions,
+            &config.gateway.data_dir,
+            &id,
+            outputs_tx,
+        )
+        .await?;
+        let outputs = tokio::spawn(drain_outputs(outputs_rx));
         let listening = broker
             .listening()
             .iter()
@@ -56,7 +78,13 @@ impl Gateway {
             "perch ready: gateway {id}, data in {}, listening on {listening}",
             config.gateway.data_dir.display()
         );
-        Ok(Gateway { id, config, broker })
+        Ok(Gateway {
+            id,
+            config,
+            broker,
+            functions,
+            outputs,
+        })
     }
 
     /// This gateway's id.
@@ -69,16 +97,27 @@ impl Gateway {
         &self.broker
     }
 
+    /// The functions stage.
+    pub fn functions(&self) -> &Functions {
+        &self.functions
+    }
+
     /// Stops the stages in order within the configured deadline.
     pub async fn shutdown(mut self) {
         let deadline = Duration::from_millis(self.config.gateway.shutdown_timeout_ms);
+        let mut stage = "listeners";
         let stages = async {
             tracing::info!("shutdown: no longer accepting MQTT clients");
             self.broker.stop_listening();
+            stage = "functions";
+            self.functions.shutdown().await;
+            tracing::info!("shutdown: functions stopped, state saved");
+            self.outputs.abort();
         };
         if tokio::time::timeout(deadline, stages).await.is_err() {
             tracing::warn!(
                 ?deadline,
+                stage,
                 "shutdown: stages still running at the deadline were stopped"
             );
         }
@@ -92,6 +131,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     shutdown.await;
     gateway.shutdown().await;
     Ok(())
+}
+
+/// The end of the `emit`/`forward` channel until the aggregate and buffer
+/// stages exist: records are logged at debug level and dropped. The channel
+/// and the [`Output`] type are the interface those stages plug into.
+async fn drain_outputs(mut outputs: mpsc::Receiver<Output>) {
+    while let Some(output) = outputs.recv().await {
+        tracing::debug!(?output, "function output (no aggregate/buffer stage yet)");
+    }
 }
 
 /// Creates the data directory and proves it is writable, so a read-only or

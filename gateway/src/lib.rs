@@ -6,6 +6,9 @@
 //!
 //! - [`broker`]: the embedded MQTT broker (rumqttd): listeners, TLS, logins,
 //!   ACLs, in-process links for the gateway's own parts.
+//! - [`functions`]: sandboxed WebAssembly functions on MQTT events: the
+//!   registry (SQLite), the wasmi runtime and host ABI, triggers and queues,
+//!   per-function state, the deploy control plane.
 //! - [`topic`]: MQTT topic names and filters: validation and matching, shared
 //!   by the broker's ACLs and the functions' triggers.
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
@@ -21,6 +24,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod functions;
 pub mod gateway;
 pub mod telemetry;
 pub mod topic;
