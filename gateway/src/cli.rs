@@ -34,6 +34,9 @@ pub enum Command {
     /// Deploy and list functions on a running gateway (over MQTT).
     #[command(subcommand)]
     Fn(FnCommand),
+    /// Look into the store-and-forward buffer (works while perch runs).
+    #[command(subcommand)]
+    Buffer(BufferCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +77,47 @@ pub struct FnTarget {
     /// How long to wait for the gateway's reply.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BufferCommand {
+    /// Records waiting for upstream: count, bytes, oldest.
+    Stats(DataDirArgs),
+    /// The newest records, oldest first.
+    Tail {
+        #[command(flatten)]
+        dir: DataDirArgs,
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: usize,
+    },
+    /// Records the upstream refused for good (HTTP 4xx), with its answer.
+    Dead(DataDirArgs),
+    /// Put every dead letter back in the queue to be sent again.
+    Replay(DataDirArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataDirArgs {
+    /// The gateway's data directory (default: gateway.data_dir of --config,
+    /// else ./perch-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Config file to take gateway.data_dir from.
+    #[arg(long, short, env = "PERCH_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        Ok(match &self.config {
+            Some(path) => Config::load(path)?.gateway.data_dir,
+            None => Config::default().gateway.data_dir,
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,6 +165,7 @@ pub fn main(cli: Cli) -> ExitCode {
             .map_err(anyhow::Error::from),
         Command::Passwd => passwd(),
         Command::Fn(command) => fn_command(command),
+        Command::Buffer(command) => buffer(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -242,5 +287,82 @@ fn passwd() -> anyhow::Result<()> {
         "the password is empty; type it, or pipe it in: echo 'secret' | perch passwd"
     );
     println!("{}", crate::broker::auth::hash_password(password));
+    Ok(())
+}
+
+fn buffer(command: BufferCommand) -> anyhow::Result<()> {
+    let dir = match &command {
+        BufferCommand::Stats(d)
+        | BufferCommand::Tail { dir: d, .. }
+        | BufferCommand::Dead(d)
+        | BufferCommand::Replay(d) => d.resolve()?,
+    };
+    let path = dir.join(crate::buffer::FILE_NAME);
+    anyhow::ensure!(
+        path.exists(),
+        "no buffer at {}: has perch run with this data directory? Pass --data-dir or --config",
+        path.display()
+    );
+    let reader = crate::buffer::Reader::open(&path)?;
+    let kind_name = |kind| match kind {
+        crate::buffer::KIND_AGGREGATE => "aggregate",
+        crate::buffer::KIND_SUMMARY => "summary",
+        _ => "record",
+    };
+    match command {
+        BufferCommand::Dead(_) => {
+            let dead = reader
+                .dead_letters()
+                .with_context(|| format!("reading {}", path.display()))?;
+            if dead.is_empty() {
+                println!("no dead letters");
+            }
+            for d in dead {
+                let text: String = String::from_utf8_lossy(&d.record.payload)
+                    .chars()
+                    .take(120)
+                    .collect();
+                println!(
+                    "{:>8}  {:<24} {:<9} HTTP {} {:?}  {}",
+                    d.record.seq,
+                    d.record.stream,
+                    kind_name(d.record.kind),
+                    d.status,
+                    d.response.chars().take(80).collect::<String>(),
+                    text
+                );
+            }
+        }
+        BufferCommand::Replay(_) => {
+            let n = crate::buffer::replay_dead_letters(&path)?;
+            println!("{n} dead letters queued again");
+        }
+        BufferCommand::Stats(_) => {
+            let (records, bytes, oldest) = reader
+                .totals()
+                .with_context(|| format!("reading {}", path.display()))?;
+            println!("buffer:  {}", path.display());
+            println!("records: {records}");
+            println!("bytes:   {bytes}");
+            match oldest {
+                Some(ms) => {
+                    let age_s = (crate::buffer::now_ms() - ms).max(0) as f64 / 1000.0;
+                    println!("oldest:  {age_s:.1} s ago");
+                }
+                None => println!("oldest:  -"),
+            }
+        }
+        BufferCommand::Tail { count, .. } => {
+            let rows = reader
+                .tail(count)
+                .with_context(|| format!("reading {}", path.display()))?;
+            for r in rows {
+                let kind = kind_name(r.kind);
+                let text = String::from_utf8_lossy(&r.payload);
+                let text: String = text.chars().take(200).collect();
+                println!("{:>8}  {:<24} {:<9} {}", r.seq, r.stream, kind, text);
+            }
+        }
+    }
     Ok(())
 }

@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::aggregate::AggregateConfig;
 use crate::broker::BrokerConfig;
+use crate::buffer::BufferConfig;
 use crate::functions::FunctionsConfig;
+use crate::upstream::UpstreamConfig;
 
 /// The annotated default configuration, printed by `perch config default`.
 /// `Config::default()` and this text describe the same values; a unit test
@@ -32,6 +35,12 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Gateway-wide settings of the functions stage.
     pub functions: FunctionsConfig,
+    /// The store-and-forward outbox.
+    pub buffer: BufferConfig,
+    /// Windows over emitted metrics.
+    pub aggregate: AggregateConfig,
+    /// Delivery of records to the cloud.
+    pub upstream: UpstreamConfig,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its state.
@@ -183,6 +192,9 @@ impl Config {
         }
         self.broker.validate(&mut problems);
         self.functions.validate(&mut problems);
+        self.buffer.validate(&mut problems);
+        self.aggregate.validate(&mut problems);
+        self.upstream.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -1,24 +1,30 @@
 //! The daemon: starts the stages in order, says when it is ready, and stops
 //! them in stages on shutdown.
 //!
-//! Start order: state directory, the broker (its router first: every other
-//! stage talks to it through in-process links), then the functions, whose
-//! trigger links subscribe before the ready line is logged, so a client that
-//! waits for it cannot publish past a function. Shutdown runs the other way:
-//! stop accepting clients first, then stop the functions (each flushes its
-//! state), then the broker's router goes with the runtime, all within
-//! `gateway.shutdown_timeout_ms`; a stage still running at the deadline is
-//! named in the log and dropped.
+//! Start order follows the data's trip backwards so that nothing produces
+//! into a stage that is not there yet: state directory, buffer, broker,
+//! upstream, functions (whose trigger links subscribe before the ready line
+//! is logged, so a client that waits for it cannot publish past a function).
+//! Shutdown runs the other way: stop accepting clients first, then stop the
+//! functions (each flushes its state; their last outputs reach the buffer),
+//! then the tasks that feed and drain the buffer, then commit what the
+//! buffer holds, all within `gateway.shutdown_timeout_ms`; a stage still
+//! running at the deadline is named in the log and dropped.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, BrokerError};
+use crate::buffer::{Buffer, BufferError};
 use crate::config::Config;
 use crate::functions::{Functions, FunctionsError, Output};
+use crate::upstream::{self, UpstreamError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +40,10 @@ pub enum GatewayError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
+    Buffer(#[from] BufferError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
     Functions(#[from] FunctionsError),
 }
 
@@ -42,10 +52,13 @@ pub struct Gateway {
     id: String,
     config: Config,
     broker: Broker,
+    buffer: Buffer,
     functions: Functions,
-    /// Takes `emit`/`forward` records until the aggregate and buffer stages
-    /// (issue 4) take the receiving end of the channel instead.
-    outputs: tokio::task::JoinHandle<()>,
+    upstream_stats: Arc<upstream::Stats>,
+    /// Turns true when the tasks below must stop.
+    stop: watch::Sender<bool>,
+    /// Long-lived tasks, with a name for the shutdown log.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Gateway {
@@ -54,7 +67,57 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         let id = config.gateway.resolved_id();
         prepare_data_dir(&config.gateway.data_dir)?;
+        // rustls needs one process-wide crypto provider for outgoing TLS.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let buffer = Buffer::open(&config.buffer, &config.aggregate, &config.gateway.data_dir)?;
         let broker = Broker::start(&config.broker)?;
+        let (stop, stopped) = watch::channel(false);
+        let upstream_stats = Arc::new(upstream::Stats::default());
+        let mut tasks = Vec::new();
+        if !config.upstream.forward_topics.is_empty() {
+            let task = upstream::capture(
+                &broker,
+                config.upstream.forward_topics.clone(),
+                buffer.intake(),
+                upstream_stats.clone(),
+                stopped.clone(),
+            )?;
+            tasks.push(("upstream capture", task));
+        }
+        if let Some(mqtt) = &config.upstream.mqtt {
+            let delivery = upstream::Delivery {
+                config: mqtt.clone(),
+                gateway: id.clone(),
+                reader: Arc::new(Mutex::new(buffer.reader()?)),
+                intake: buffer.intake(),
+                new_records: buffer.new_records(),
+                stats: upstream_stats.clone(),
+                backoff_initial: Duration::from_millis(config.upstream.backoff_initial_ms),
+                backoff_max: Duration::from_millis(config.upstream.backoff_max_ms),
+            };
+            tasks.push((
+                "upstream delivery",
+                tokio::spawn(delivery.run(stopped.clone())),
+            ));
+        }
+        if let Some(http) = &config.upstream.http {
+            let delivery = upstream::HttpDelivery {
+                config: http.clone(),
+                gateway: id.clone(),
+                reader: Arc::new(Mutex::new(buffer.reader()?)),
+                intake: buffer.intake(),
+                new_records: buffer.new_records(),
+                stats: upstream_stats.clone(),
+                backoff_initial: Duration::from_millis(config.upstream.backoff_initial_ms),
+                backoff_max: Duration::from_millis(config.upstream.backoff_max_ms),
+            };
+            tasks.push((
+                "upstream http delivery",
+                tokio::spawn(delivery.run(stopped.clone())),
+            ));
+        }
+        // Functions' emit/forward records go through a bounded channel to
+        // the buffer's intake; `Output` is the interface between the stages.
         let (outputs_tx, outputs_rx) = mpsc::channel(config.functions.output_queue_len);
         let functions = Functions::start(
             broker.links(),
@@ -64,7 +127,10 @@ impl Gateway {
             outputs_tx,
         )
         .await?;
-        let outputs = tokio::spawn(drain_outputs(outputs_rx));
+        tasks.push((
+            "function outputs",
+            tokio::spawn(outputs_to_buffer(outputs_rx, buffer.intake())),
+        ));
         let listening = broker
             .listening()
             .iter()
@@ -82,8 +148,11 @@ impl Gateway {
             id,
             config,
             broker,
+            buffer,
             functions,
-            outputs,
+            upstream_stats,
+            stop,
+            tasks,
         })
     }
 
@@ -97,31 +166,71 @@ impl Gateway {
         &self.broker
     }
 
+    /// The store-and-forward buffer.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
     /// The functions stage.
     pub fn functions(&self) -> &Functions {
         &self.functions
     }
 
+    /// Counters of the upstream link.
+    pub fn upstream_stats(&self) -> &upstream::Stats {
+        &self.upstream_stats
+    }
+
     /// Stops the stages in order within the configured deadline.
     pub async fn shutdown(mut self) {
-        let deadline = Duration::from_millis(self.config.gateway.shutdown_timeout_ms);
-        let mut stage = "listeners";
-        let stages = async {
-            tracing::info!("shutdown: no longer accepting MQTT clients");
-            self.broker.stop_listening();
-            stage = "functions";
-            self.functions.shutdown().await;
-            tracing::info!("shutdown: functions stopped, state saved");
-            self.outputs.abort();
-        };
-        if tokio::time::timeout(deadline, stages).await.is_err() {
-            tracing::warn!(
-                ?deadline,
-                stage,
-                "shutdown: stages still running at the deadline were stopped"
-            );
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.config.gateway.shutdown_timeout_ms);
+        tracing::info!("shutdown: no longer accepting MQTT clients");
+        self.broker.stop_listening();
+        if tokio::time::timeout_at(deadline, self.functions.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: functions still running at the deadline; stopped");
+        }
+        let _ = self.stop.send(true);
+        for (name, task) in self.tasks.drain(..) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("shutdown: {name} still running at the deadline; stopped");
+                abort.abort();
+            }
+        }
+        let buffer = self.buffer;
+        let flush = tokio::task::spawn_blocking(move || buffer.close());
+        if tokio::time::timeout_at(deadline, flush).await.is_err() {
+            tracing::warn!("shutdown: the buffer's last commit did not finish by the deadline");
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+/// Feeds what functions emit and forward into the buffer. Ends when every
+/// function is gone (the channel closes).
+async fn outputs_to_buffer(mut outputs: mpsc::Receiver<Output>, intake: crate::buffer::Intake) {
+    while let Some(output) = outputs.recv().await {
+        let result = match &output {
+            Output::Record { stream, record, .. } => intake.forward(stream, record),
+            Output::Metric {
+                metric,
+                key,
+                value,
+                timestamp_ms,
+                ..
+            } => intake.emit(metric, key.as_deref().unwrap_or(""), *value, *timestamp_ms),
+        };
+        if let Err(e) = result {
+            // The buffer counts what it refuses; the log names the function.
+            let function = match &output {
+                Output::Record { function, .. } | Output::Metric { function, .. } => function,
+            };
+            tracing::warn!(function = %function, error = %e, "function output not buffered");
+        }
     }
 }
 
@@ -131,15 +240,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     shutdown.await;
     gateway.shutdown().await;
     Ok(())
-}
-
-/// The end of the `emit`/`forward` channel until the aggregate and buffer
-/// stages exist: records are logged at debug level and dropped. The channel
-/// and the [`Output`] type are the interface those stages plug into.
-async fn drain_outputs(mut outputs: mpsc::Receiver<Output>) {
-    while let Some(output) = outputs.recv().await {
-        tracing::debug!(?output, "function output (no aggregate/buffer stage yet)");
-    }
 }
 
 /// Creates the data directory and proves it is writable, so a read-only or

@@ -9,6 +9,11 @@
 //! - [`functions`]: sandboxed WebAssembly functions on MQTT events: the
 //!   registry (SQLite), the wasmi runtime and host ABI, triggers and queues,
 //!   per-function state, the deploy control plane.
+//! - [`aggregate`]: tumbling windows over the metrics functions emit.
+//! - [`buffer`]: the SQLite outbox (store-and-forward): batched commits,
+//!   bounds, the crash-loss window; hosts the aggregator.
+//! - [`upstream`]: delivery of buffered records to an upstream MQTT broker,
+//!   acknowledged per record; capture of local topics into the buffer.
 //! - [`topic`]: MQTT topic names and filters: validation and matching, shared
 //!   by the broker's ACLs and the functions' triggers.
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
@@ -21,10 +26,13 @@
 //! The trip of an event and the promises each stage keeps are in the
 //! project's DESIGN.md.
 
+pub mod aggregate;
 pub mod broker;
+pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod functions;
 pub mod gateway;
 pub mod telemetry;
 pub mod topic;
+pub mod upstream;

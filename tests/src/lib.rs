@@ -1,2 +1,1 @@
-//! End-to-end tests of perch live in `tests/` (one binary, `tests/main.rs`);
-//! helpers shared by them are in `tests/util.rs`. This crate has no code.
+//! Helpers live in `tests/tests/util.rs`; this crate only hosts the end-to-end tests.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::util::{file, wasm_file, Client, Gateway};
+use crate::util::functions::{file, wasm_file, Client, Gateway};
 
 fn threshold_manifest(name: &str, version: &str) -> String {
     format!(

@@ -1,322 +1,408 @@
-//! Helpers shared by the end-to-end tests: build and start the real `perch`
-//! binary, talk to it with rumqttc, and wait with deadlines.
+//! Shared helpers for the end-to-end tests: build and start the real `perch`
+//! binary, learn its port from the ready line, stop it, and connect real MQTT
+//! clients. Every wait is bounded so a broken gateway fails a test instead of
+//! hanging it.
+
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+pub mod functions;
 
-/// How long anything in a test may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+/// How long a gateway may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The `perch` binary of this workspace, built once per test run. The e2e
-/// crate is a separate package, so cargo does not hand it the binary's path;
-/// it sits next to the test executable's `deps/` directory. It is built with
-/// the whole workspace's test feature set (`--workspace --tests`), the same
-/// resolution `cargo test --workspace` uses, so this build and the outer one
-/// share their artifacts instead of rebuilding each other's dependencies.
-pub fn perch_bin() -> &'static Path {
+/// The `perch` binary, built once per test process so it is never stale.
+pub fn perch_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        if let Some(bin) = std::env::var_os("PERCH_BIN") {
+            return PathBuf::from(bin);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        // With the whole workspace's test feature set (`--workspace
+        // --tests`), the resolution `cargo test --workspace` uses: a plain
+        // `-p perch` build resolves dependency features differently, and the
+        // two builds then rebuild each other's dependencies on every run.
         let status = Command::new(cargo)
             .args([
                 "build",
-                "-j2",
                 "--quiet",
                 "--workspace",
                 "--tests",
                 "--bin",
                 "perch",
             ])
+            .current_dir(workspace_root())
             .status()
             .expect("running cargo build for the perch binary");
-        assert!(status.success(), "building the perch binary failed");
-        let exe = std::env::current_exe().expect("the test executable's path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executables live in <target>/<profile>/deps");
-        profile_dir.join("perch")
+        assert!(status.success(), "cargo build -p perch failed");
+        // target/debug/deps/<test> -> target/debug/perch
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let bin = dir.join("perch");
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
     })
+    .clone()
 }
 
-/// A running gateway process; killed on drop.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_owned()
+}
+
+/// Runs `perch ARGS` to completion (for the one-shot subcommands).
+pub fn perch(args: &[&str]) -> Output {
+    perch_with_stdin(args, "")
+}
+
+pub fn perch_with_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(perch_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting perch");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    wait_output(child, Duration::from_secs(30))
+}
+
+fn wait_output(child: Child, timeout: Duration) -> Output {
+    let (tx, rx) = mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("waiting for perch"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("perch did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// A running `perch run`, killed when dropped.
 pub struct Gateway {
-    child: Child,
-    pub addr: SocketAddr,
-    pub id: String,
-    pub data_dir: PathBuf,
-    config: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
+    child: Option<Child>,
+    /// Listener name -> bound address, from the ready line.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// Every stderr line so far (the reader thread keeps appending).
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub data_dir: tempfile::TempDir,
 }
 
 impl Gateway {
-    /// Starts a gateway with id `id` on a free loopback port, keeping its
-    /// state in `data_dir`.
-    pub fn start(id: &str, data_dir: &Path) -> Gateway {
-        let config = data_dir.join("perch.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\nid = \"{id}\"\nshutdown_timeout_ms = 5000\n\n\
-                 [functions]\nstate_commit_interval_ms = 100\n"
-            ),
-        )
-        .unwrap();
-        Gateway::spawn(id, data_dir, config)
+    /// Starts `perch run` on a free loopback port with a fresh data dir, plus
+    /// `extra` arguments, and waits for its ready line.
+    pub fn start(extra: &[&str]) -> Gateway {
+        Gateway::try_start(extra).unwrap_or_else(|log| panic!("perch did not become ready:\n{log}"))
     }
 
-    fn spawn(id: &str, data_dir: &Path, config: PathBuf) -> Gateway {
+    /// Like `start`, but returns the log if perch exits or never gets ready.
+    pub fn try_start(extra: &[&str]) -> Result<Gateway, String> {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = vec!["run".into()];
+        if !extra.contains(&"--data-dir") {
+            args.push("--data-dir".into());
+            args.push(data_dir.path().display().to_string());
+        }
+        if !extra.contains(&"--config") && !extra.contains(&"--listen") {
+            args.push("--listen".into());
+            args.push("127.0.0.1:0".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(perch_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("PERCH_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info,rumqttd=off")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting perch");
+            .expect("starting perch run");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         {
             let log = log.clone();
-            // Reads stderr to the end so the pipe never fills and blocks perch.
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = ready_addr(&line) {
-                        let _ = ready_tx.send(addr);
+                    let line = strip_ansi(&line);
+                    if line.contains("perch ready") {
+                        let _ = ready_tx.send(line.clone());
                     }
                     log.lock().unwrap().push(line);
                 }
             });
         }
-        let addr = match ready_rx.recv_timeout(DEADLINE) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "perch did not log its ready line within {DEADLINE:?}; log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(line) = ready_rx.recv_timeout(Duration::from_millis(50)) {
+                return Ok(Gateway {
+                    child: Some(child),
+                    listeners: parse_listeners(&line),
+                    log,
+                    data_dir,
+                });
             }
-        };
-        Gateway {
-            child,
-            addr,
-            id: id.to_owned(),
-            data_dir: data_dir.to_owned(),
-            config,
-            log,
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                let log = log.lock().unwrap().join("\n");
+                return Err(format!("exited with {status}:\n{log}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let log = log.lock().unwrap().join("\n");
+                return Err(format!("no ready line within {READY_TIMEOUT:?}:\n{log}"));
+            }
         }
     }
 
-    /// Stops the gateway with SIGTERM (a clean, staged shutdown) and starts
-    /// it again on the same data directory.
-    pub fn restart(mut self) -> Gateway {
-        self.terminate();
-        let (id, dir, config) = (self.id.clone(), self.data_dir.clone(), self.config.clone());
-        Gateway::spawn(&id, &dir, config)
+    /// The address of the first listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners[0].1
     }
 
-    /// SIGTERM, then waits for the exit (SIGKILL after the deadline).
-    pub fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < DEADLINE {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "perch exited with {status}");
-                return;
+    /// The address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no listener {name:?} in {:?}", self.listeners))
+            .1
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal (e.g. "TERM", "INT", "KILL").
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        panic!("perch did not stop within {DEADLINE:?} after SIGTERM");
     }
 
-    /// Whether the process still runs.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Everything perch logged so far.
-    pub fn log(&self) -> String {
+    pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
-    }
-
-    /// Runs `perch fn <args>` against this gateway; returns (success,
-    /// stdout + stderr). The CLI has its own reply timeout, so this ends.
-    pub fn perch_fn(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(perch_bin())
-            .arg("fn")
-            .args(args)
-            .args(["--broker", &self.addr.to_string(), "--gateway", &self.id])
-            .args(["--timeout-ms", "15000"])
-            .output()
-            .expect("running perch fn");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    /// `perch fn list`, parsed.
-    pub fn list(&self) -> Vec<serde_json::Value> {
-        let (ok, text) = self.perch_fn(&["list"]);
-        assert!(ok, "perch fn list failed: {text}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-    }
-
-    /// The `perch fn list` entry of one function.
-    pub fn function(&self, name: &str) -> serde_json::Value {
-        self.list()
-            .into_iter()
-            .find(|f| f["name"] == name)
-            .unwrap_or_else(|| panic!("{name} is not listed"))
-    }
-
-    /// Polls `perch fn list` until `check` holds for `name`.
-    pub fn wait_for_function(
-        &self,
-        name: &str,
-        check: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let start = Instant::now();
-        loop {
-            let f = self.function(name);
-            if check(&f) {
-                return f;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{name} did not reach the expected state: {f:#}\nlog:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
-/// The address in perch's ready line: "perch ready: ... listening on
-/// mqtt://ADDR (name)".
-fn ready_addr(line: &str) -> Option<SocketAddr> {
-    if !line.contains("perch ready") {
-        return None;
-    }
-    let rest = line.split("listening on mqtt://").nth(1)?;
-    rest.split(' ').next()?.parse().ok()
+/// "... listening on mqtt://127.0.0.1:1883 (local), mqtts://127.0.0.1:8883 (tls)"
+fn parse_listeners(line: &str) -> Vec<(String, SocketAddr)> {
+    let rest = line
+        .split("listening on ")
+        .nth(1)
+        .expect("ready line names listeners");
+    rest.split(", ")
+        .map(|item| {
+            let (url, name) = item.split_once(" (").expect("url (name)");
+            let addr = url.split("://").nth(1).expect("scheme://addr");
+            (
+                name.trim_end_matches(')').to_owned(),
+                addr.parse().expect("socket address"),
+            )
+        })
+        .collect()
 }
 
-/// Compiles a WAT file from `tests/wat/` to wasm in `dir`; returns its path.
-pub fn wasm_file(dir: &Path, name: &str) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("wat")
-        .join(format!("{name}.wat"));
-    let wasm = wat::parse_file(&source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::write(&path, wasm).unwrap();
-    path
-}
-
-/// Writes a file into `dir`; returns its path.
-pub fn file(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    path
-}
-
-/// An MQTT client of the gateway: publishes, and collects what arrives on
-/// its subscriptions.
-pub struct Client {
-    client: AsyncClient,
-    received: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Client {
-    /// Connects and subscribes to `filters` (waiting for the SUBACKs).
-    pub async fn connect(addr: SocketAddr, name: &str, filters: &[&str]) -> Client {
-        let mut options = MqttOptions::new(name, addr.ip().to_string(), addr.port());
-        options.set_keep_alive(Duration::from_secs(30));
-        let (client, mut eventloop) = AsyncClient::new(options, 100);
-        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
-        let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = tx.send((p.topic, p.payload.to_vec()));
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = acked_tx.send(());
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
                 }
             }
-        });
-        for f in filters {
-            client.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
+        } else {
+            out.push(c);
         }
-        for _ in filters {
-            tokio::time::timeout(DEADLINE, acked_rx.recv())
+    }
+    out
+}
+
+/// Writes `text` to a file in a new temp dir; returns (dir, path).
+pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// A free loopback port (for configs that must name one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub mod mqtt {
+    //! rumqttc clients with bounded waits.
+
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
+    use tokio::time::timeout;
+
+    pub const WAIT: Duration = Duration::from_secs(10);
+
+    pub fn options(id: &str, addr: SocketAddr) -> MqttOptions {
+        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    }
+
+    /// Connects and waits for the CONNACK; returns the refusal if any.
+    pub async fn connect(opts: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
+        let (client, mut el) = AsyncClient::new(opts, 64);
+        loop {
+            match timeout(WAIT, el.poll())
                 .await
-                .expect("SUBACK within the deadline");
+                .expect("no answer to CONNECT")
+            {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((client, el)),
+                Ok(_) => continue,
+                Err(e) => return Err(e),
+            }
         }
-        Client {
-            client,
-            received,
-            task,
+    }
+
+    /// Subscribes and waits for the SUBACK; returns its return codes.
+    pub async fn subscribe(
+        client: &AsyncClient,
+        el: &mut EventLoop,
+        filter: &str,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        loop {
+            match timeout(WAIT, el.poll()).await.expect("no SUBACK").unwrap() {
+                Event::Incoming(Packet::SubAck(ack)) => return ack.return_codes,
+                _ => continue,
+            }
         }
     }
 
-    pub async fn publish(&self, topic: &str, payload: &str) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
-            .await
-            .unwrap();
+    /// Polls until a PUBLISH arrives or `wait` passes.
+    pub async fn next_publish(el: &mut EventLoop, wait: Duration) -> Option<rumqttc::Publish> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match timeout(left, el.poll()).await {
+                Err(_) => return None,
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => return Some(p),
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => panic!("connection failed while waiting for a publish: {e}"),
+            }
+        }
     }
 
-    /// The next message on the subscriptions, within the deadline.
-    pub async fn next(&mut self) -> (String, String) {
-        let (topic, payload) = tokio::time::timeout(DEADLINE, self.received.recv())
-            .await
-            .expect("a message within the deadline")
-            .expect("the client task runs");
-        (topic, String::from_utf8_lossy(&payload).into_owned())
-    }
-
-    /// Whether nothing arrives within `wait`.
-    pub async fn nothing_within(&mut self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.received.recv())
-            .await
-            .is_err()
+    /// Drives the event loop until the PUBACK for the latest QoS 1 publish.
+    pub async fn wait_puback(el: &mut EventLoop) {
+        loop {
+            match timeout(WAIT, el.poll()).await.expect("no PUBACK").unwrap() {
+                Event::Incoming(Packet::PubAck(_)) => return,
+                _ => continue,
+            }
+        }
     }
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.task.abort();
+/// A TCP proxy on loopback that the test can cut and restore, to fake an
+/// upstream outage while the real upstream broker stays up.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::broadcast::Sender<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::broadcast::channel(4);
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let mut cut = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.recv() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up, cut }
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.cut.send(());
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -54,7 +54,8 @@ pub enum BrokerError {
     #[error("cannot open an in-process link {client_id:?} to the broker: {source}")]
     Link {
         client_id: String,
-        source: LinkError,
+        // Boxed: rumqttd's LinkError is over 800 bytes.
+        source: Box<LinkError>,
     },
 }
 
@@ -67,8 +68,7 @@ pub struct Listening {
     pub tls: bool,
 }
 
-type Linker =
-    dyn Fn(&str) -> Result<(LinkTx, LinkRx, rumqttd::Notification), LinkError> + Send + Sync;
+type Linker = dyn Fn(&str) -> Result<(LinkTx, LinkRx), Box<LinkError>> + Send + Sync;
 
 /// Opens in-process links to the router; cheap to clone, so a stage can keep
 /// one and open links later (e.g. when a function with a new trigger is
@@ -84,12 +84,10 @@ impl Links {
     /// An in-process connection to the router. Blocks until the router has
     /// accepted it (microseconds; the router answers from its own thread).
     pub fn open(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
-        (self.linker)(client_id)
-            .map(|(tx, rx, _ack)| (tx, rx))
-            .map_err(|source| BrokerError::Link {
-                client_id: client_id.to_owned(),
-                source,
-            })
+        (self.linker)(client_id).map_err(|source| BrokerError::Link {
+            client_id: client_id.to_owned(),
+            source,
+        })
     }
 }
 
@@ -132,6 +130,8 @@ impl Broker {
                         LinkBuilder::new(id, router_tx.clone())
                             .dynamic_filters(true)
                             .build()
+                            .map(|(tx, rx, _ack)| (tx, rx))
+                            .map_err(Box::new)
                     }
                 }),
             },

@@ -639,7 +639,7 @@ impl Triggers {
             // this call returns is routed with the subscription in place.
             tx.subscribe(filter).map_err(|source| BrokerError::Link {
                 client_id: format!("perch-trigger-{}", self.next_id),
-                source,
+                source: Box::new(source),
             })?;
             let (subs_tx, subs_rx) = watch::channel(subscribers);
             let task = tokio::spawn(run_trigger_link(filter.to_owned(), rx, subs_rx));

@@ -193,7 +193,7 @@ impl Functions {
         ] {
             tx.subscribe(topic).map_err(|source| BrokerError::Link {
                 client_id: "perch-functions-control".into(),
-                source,
+                source: Box::new(source),
             })?;
         }
         let control = tokio::spawn(run_control(inner.clone(), tx, rx));

@@ -54,6 +54,9 @@ pub enum RegistryError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+/// A function's state rows: (key, value).
+pub type StateRows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A version as stored.
 #[derive(Debug, Clone)]
 pub struct StoredVersion {
@@ -238,7 +241,7 @@ impl Registry {
     }
 
     /// A function's persisted state.
-    pub fn load_state(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RegistryError> {
+    pub fn load_state(&self, name: &str) -> Result<StateRows, RegistryError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT key, value FROM function_state WHERE name = ?1")?;
         let rows = stmt.query_map(params![name], |r| Ok((r.get(0)?, r.get(1)?)))?;

@@ -1,0 +1,91 @@
+//! `[buffer]`: the store-and-forward outbox's durability, bounds and policy.
+
+use serde::Deserialize;
+
+use crate::config::Problem;
+
+/// `[buffer]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Longest a record waits in memory before its transaction commits. This
+    /// is the crash-loss window: a power cut loses at most the records
+    /// accepted in the last `commit_interval_ms`.
+    pub commit_interval_ms: u64,
+    /// Records per transaction at most; a full batch commits at once.
+    pub commit_batch: usize,
+    /// SQLite `synchronous` setting: `normal` (WAL: a commit survives a crash
+    /// of perch, the last commits may be lost on power loss) or `full` (a
+    /// commit survives power loss, each commit waits for the disk).
+    pub synchronous: Synchronous,
+    /// Most bytes of records kept (payload and stream name). At the bound
+    /// `when_full` applies.
+    pub max_bytes: u64,
+    /// Records older than this are deleted and counted as expired.
+    pub max_age_s: u64,
+    /// What to do at `max_bytes`.
+    pub when_full: WhenFull,
+    /// Records accepted but not yet committed, at most; beyond it new records
+    /// are refused and counted (protects memory when the disk stalls).
+    pub max_pending_records: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            commit_interval_ms: 50,
+            commit_batch: 1_000,
+            synchronous: Synchronous::Normal,
+            max_bytes: 64 * 1024 * 1024,
+            max_age_s: 7 * 24 * 3600,
+            when_full: WhenFull::DropOldest,
+            max_pending_records: 50_000,
+        }
+    }
+}
+
+/// SQLite's `synchronous` pragma, as far as perch lets it be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    Normal,
+    Full,
+}
+
+/// The policy at `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Delete the oldest records to make room.
+    DropOldest,
+    /// Refuse new records until upstream has drained some.
+    DropNewest,
+    /// Replace the oldest raw records by one summary per stream (count, time
+    /// range, min/max/mean of each numeric JSON field) before dropping
+    /// anything; if summaries alone still exceed the bound, drop the oldest.
+    Degrade,
+}
+
+impl BufferConfig {
+    pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
+        for (key, value) in [
+            ("buffer.commit_interval_ms", self.commit_interval_ms),
+            ("buffer.commit_batch", self.commit_batch as u64),
+            ("buffer.max_age_s", self.max_age_s),
+            (
+                "buffer.max_pending_records",
+                self.max_pending_records as u64,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(key, "must be greater than 0"));
+            }
+        }
+        if self.max_bytes < 64 * 1024 {
+            problems.push(Problem::new(
+                "buffer.max_bytes",
+                "must be at least 65536 (64 KiB); the buffer needs room for a few batches",
+            ));
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! The store-and-forward buffer: an outbox in SQLite between the functions
+//! (and aggregates) that produce records and the upstream that delivers them.
+//!
+//! # Design
+//!
+//! One writer thread owns the write connection. Producers hand it records
+//! through [`Intake`] (never blocking: when more than `max_pending_records`
+//! wait, new ones are refused and counted). The thread collects them and
+//! commits **one transaction per batch**: when `commit_batch` records wait or
+//! `commit_interval_ms` has passed since the last commit, whichever comes
+//! first. Upstream reads committed records through its own read-only
+//! connection (WAL: readers never block the writer) and reports
+//! acknowledgements back through [`Intake::ack`]; the writer deletes
+//! acknowledged rows in its next transaction.
+//!
+//! The aggregator ([`crate::aggregate`]) runs on the same thread: a closed
+//! window becomes a record in the same batch, and open windows are saved in
+//! the same transaction, so records and windows never disagree after a crash.
+//!
+//! # Durability and the crash-loss window
+//!
+//! `journal_mode=WAL` always (checked: SQLite answers Ok even when WAL did
+//! not take). A record is *committed* when its transaction commits; before
+//! that it is only in memory. So:
+//!
+//! - `kill -9` of perch loses at most the records accepted in the last
+//!   `commit_interval_ms` (default 50 ms), with either `synchronous` setting;
+//! - a power cut with `synchronous = "normal"` (default) may also lose the
+//!   last commits that the OS had not yet written (WAL stays consistent);
+//!   `synchronous = "full"` makes every commit survive power loss, at about
+//!   ten times the cost per commit on an SD card.
+//!
+//! A committed record is deleted only after upstream acknowledged it (MQTT
+//! PUBACK / HTTP 2xx), or by the bounds below, which are counted. After a
+//! restart upstream starts from the oldest row again, so records sent but not
+//! yet acknowledged before a crash are sent again: delivery is at least once,
+//! and the id lets the receiver drop duplicates.
+//!
+//! # Schema
+//!
+//! ```sql
+//! records (seq INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT, kind INTEGER,
+//!          created_ms INTEGER, payload BLOB)
+//! windows (metric TEXT, key TEXT, closed_until_ms INTEGER, open TEXT /* JSON */,
+//!          PRIMARY KEY (metric, key))
+//! dead_letters (seq INTEGER PRIMARY KEY, stream, kind, created_ms, payload,
+//!               status INTEGER, response TEXT, failed_ms INTEGER)
+//! ```
+//!
+//! Invariants:
+//! - `seq` grows with every insert and is never reused (AUTOINCREMENT keeps
+//!   the high-water mark even when the table empties), so `<gateway id>-<seq>`
+//!   is a stable, unique record id. Upstream sends in `seq` order, which is
+//!   also the order within each stream.
+//! - `kind`: 0 a record a function forwarded, 1 an aggregate, 2 a summary that
+//!   replaced raw records under the `degrade` policy.
+//! - The writer's running totals of rows and bytes (`length(stream) +
+//!   length(payload)`) match the table after every commit; they are loaded
+//!   with one query at start.
+//!
+//! # Bounds
+//!
+//! After each commit: records older than `max_age_s` are deleted (counted as
+//! expired); then while the table holds more than `max_bytes`, `when_full`
+//! applies: `drop_oldest` deletes the oldest rows, `drop_newest` refuses the
+//! new ones that do not fit (before inserting them), `degrade` replaces the
+//! oldest raw records of a stream by one summary record, and drops the oldest
+//! rows only when no raw records are left. Each is counted in [`Stats`].
+//!
+//! # Errors
+//!
+//! A failed commit (disk full, read-only file system, I/O error) changes
+//! nothing: the batch stays in memory, the error is logged and counted, and
+//! the commit is retried with a growing delay (up to 5 s). While it fails,
+//! producers are refused once `max_pending_records` wait. The gateway stays
+//! up and recovers by itself when the disk does.
+
+mod config;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use self::config::{BufferConfig, Synchronous, WhenFull};
+pub use self::store::{
+    replay_dead_letters, DeadLetter, Reader, StoredRecord, KIND_AGGREGATE, KIND_RECORD,
+    KIND_SUMMARY,
+};
+use self::store::{NewRecord, Pending, Store};
+use crate::aggregate::{AggregateConfig, Aggregator, Emitted};
+
+/// File name of the buffer's database inside the data directory.
+pub const FILE_NAME: &str = "buffer.db";
+
+/// Longest metric or key name `emit` accepts; names live inline so an emit
+/// allocates nothing.
+pub const MAX_NAME_LEN: usize = 64;
+type Name = heapless::String<MAX_NAME_LEN>;
+
+/// Why the buffer failed or refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("cannot open the buffer database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the buffer database {path} cannot use WAL journaling (got {mode:?}); put the data \
+         directory on a local file system that supports shared memory (not NFS)"
+    )]
+    NoWal { path: PathBuf, mode: String },
+    #[error("cannot start the buffer's writer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the buffer is not accepting records: {0} records wait for the disk already")]
+    Backlog(usize),
+    #[error("the buffer has stopped")]
+    Stopped,
+    #[error("the name {0:?} is longer than {MAX_NAME_LEN} bytes")]
+    NameTooLong(String),
+}
+
+/// Counters and gauges of the buffer, updated by the writer thread.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    /// created_ms of the oldest record, 0 when empty.
+    pub oldest_ms: AtomicI64,
+    pub commits: AtomicU64,
+    pub committed: AtomicU64,
+    pub acked: AtomicU64,
+    pub dropped_oldest: AtomicU64,
+    pub dropped_newest: AtomicU64,
+    pub expired: AtomicU64,
+    pub degraded: AtomicU64,
+    /// Refused at intake because too many records waited for the disk.
+    pub refused_backlog: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub aggregates: AtomicU64,
+    pub late_events: AtomicU64,
+    pub refused_emits: AtomicU64,
+    pub open_windows: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+enum Command {
+    Forward(NewRecord),
+    Emit {
+        metric: Name,
+        key: Name,
+        value: f64,
+        ts_ms: i64,
+    },
+    Ack(i64),
+    DeadLetter {
+        seqs: Vec<i64>,
+        status: u16,
+        response: String,
+    },
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// The producers' side: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Command>,
+    /// Records sent but not yet committed; bounds the channel, which std
+    /// offers unbounded only.
+    pending: Arc<AtomicUsize>,
+    max_pending: usize,
+    stats: Arc<Stats>,
+}
+
+impl Intake {
+    /// Accepts a record for upstream in `stream`.
+    pub fn forward(&self, stream: &str, record: &[u8]) -> Result<(), BufferError> {
+        self.reserve()?;
+        self.send(Command::Forward(NewRecord {
+            stream: stream.to_owned(),
+            kind: KIND_RECORD,
+            created_ms: now_ms(),
+            payload: record.to_vec(),
+        }))
+    }
+
+    /// Adds a value to the (metric, key) window that holds `ts_ms`.
+    pub fn emit(&self, metric: &str, key: &str, value: f64, ts_ms: i64) -> Result<(), BufferError> {
+        let name = |s: &str| Name::try_from(s).map_err(|_| BufferError::NameTooLong(s.to_owned()));
+        let (metric, key) = (name(metric)?, name(key)?);
+        self.reserve()?;
+        self.send(Command::Emit {
+            metric,
+            key,
+            value,
+            ts_ms,
+        })
+    }
+
+    /// Marks a record acknowledged by upstream; it is deleted in the next
+    /// transaction.
+    pub fn ack(&self, seq: i64) {
+        let _ = self.tx.send(Command::Ack(seq));
+    }
+
+    /// Moves records the upstream refused for good to the dead-letter table
+    /// (with the status and response that refused them).
+    pub fn dead_letter(&self, seqs: Vec<i64>, status: u16, response: String) {
+        let _ = self.tx.send(Command::DeadLetter {
+            seqs,
+            status,
+            response,
+        });
+    }
+
+    /// Commits what waits now and returns when it is committed (or the
+    /// commit failed).
+    pub fn flush(&self) -> Result<(), BufferError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Command::Flush(tx))
+            .map_err(|_| BufferError::Stopped)?;
+        rx.recv().map_err(|_| BufferError::Stopped)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn reserve(&self) -> Result<(), BufferError> {
+        let waiting = self.pending.fetch_add(1, Ordering::Relaxed);
+        if waiting >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.stats.refused_backlog.fetch_add(1, Ordering::Relaxed);
+            return Err(BufferError::Backlog(waiting));
+        }
+        Ok(())
+    }
+
+    fn send(&self, command: Command) -> Result<(), BufferError> {
+        self.tx.send(command).map_err(|_| {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            BufferError::Stopped
+        })
+    }
+}
+
+/// The running buffer.
+pub struct Buffer {
+    intake: Intake,
+    path: PathBuf,
+    new_records: Arc<tokio::sync::Notify>,
+    /// Detached: the writer ends when the last intake is dropped.
+    _thread: JoinHandle<()>,
+}
+
+impl Buffer {
+    /// Opens (or creates) `buffer.db` in `data_dir`, restores open windows
+    /// and starts the writer thread.
+    pub fn open(
+        config: &BufferConfig,
+        aggregate: &AggregateConfig,
+        data_dir: &Path,
+    ) -> Result<Buffer, BufferError> {
+        let path = data_dir.join(FILE_NAME);
+        let store = Store::open(&path, config)?;
+        let mut agg = Aggregator::new(aggregate.clone());
+        let restored = store
+            .restore_windows(&mut agg)
+            .map_err(|source| BufferError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let stats = Arc::new(Stats::default());
+        publish_gauges(&store, &agg, &stats);
+        tracing::info!(
+            records = store.records(),
+            bytes = store.bytes(),
+            windows = restored,
+            "buffer open: {}",
+            path.display()
+        );
+        let (tx, rx) = mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let new_records = Arc::new(tokio::sync::Notify::new());
+        let writer = Writer {
+            store,
+            agg,
+            config: config.clone(),
+            stats: stats.clone(),
+            waiting: pending.clone(),
+            new_records: new_records.clone(),
+            pending: Pending {
+                records: Vec::with_capacity(config.commit_batch),
+                ..Pending::default()
+            },
+            closed: Vec::new(),
+            emitted: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("perch-buffer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(BufferError::Thread)?;
+        Ok(Buffer {
+            intake: Intake {
+                tx,
+                pending,
+                max_pending: config.max_pending_records,
+                stats,
+            },
+            path,
+            new_records,
+            _thread: thread,
+        })
+    }
+
+    pub fn intake(&self) -> Intake {
+        self.intake.clone()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.intake.stats
+    }
+
+    /// A new read-only connection for a reader (upstream, CLI).
+    pub fn reader(&self) -> Result<Reader, BufferError> {
+        Reader::open(&self.path)
+    }
+
+    /// Notified after each commit that added records.
+    pub fn new_records(&self) -> Arc<tokio::sync::Notify> {
+        self.new_records.clone()
+    }
+
+    /// Commits what waits. The writer thread ends by itself once every
+    /// intake handle is dropped.
+    pub fn close(self) {
+        let _ = self.intake.flush();
+    }
+}
+
+struct Writer {
+    store: Store,
+    agg: Aggregator,
+    config: BufferConfig,
+    stats: Arc<Stats>,
+    /// Shared with the intakes: records sent but not yet taken.
+    waiting: Arc<AtomicUsize>,
+    new_records: Arc<tokio::sync::Notify>,
+    /// What the next transaction writes.
+    pending: Pending,
+    closed: Vec<crate::aggregate::Window>,
+    /// Values were emitted since the last commit: windows need saving.
+    emitted: bool,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        let interval = Duration::from_millis(self.config.commit_interval_ms);
+        let mut next_commit = Instant::now() + interval;
+        let mut retry_delay = interval;
+        loop {
+            let wait = next_commit.saturating_duration_since(Instant::now());
+            let mut flush = None;
+            match rx.recv_timeout(wait) {
+                Ok(command) => self.take(command, &mut flush),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.commit();
+                    return;
+                }
+            }
+            // Drain what else is queued without waiting, up to a batch.
+            while self.pending.records.len() < self.config.commit_batch && flush.is_none() {
+                match rx.try_recv() {
+                    Ok(command) => self.take(command, &mut flush),
+                    Err(_) => break,
+                }
+            }
+            let due = Instant::now() >= next_commit;
+            if flush.is_some() || due || self.pending.records.len() >= self.config.commit_batch {
+                if self.commit() {
+                    retry_delay = interval;
+                    next_commit = Instant::now() + interval;
+                } else {
+                    retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
+                    next_commit = Instant::now() + retry_delay;
+                }
+                if let Some(reply) = flush {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, command: Command, flush: &mut Option<mpsc::SyncSender<()>>) {
+        match command {
+            Command::Forward(record) => {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.pending.records.push(record);
+            }
+            Command::Emit {
+                metric,
+                key,
+                value,
+                ts_ms,
+            } => {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.emitted = true;
+                match self.agg.emit(&metric, &key, value, ts_ms, &mut self.closed) {
+                    Emitted::Merged => {}
+                    Emitted::Late => {
+                        self.stats.late_events.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Emitted::TooManySeries | Emitted::NotFinite => {
+                        self.stats.refused_emits.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                self.move_closed();
+            }
+            Command::Ack(seq) => self.pending.acks.push(seq),
+            Command::DeadLetter {
+                seqs,
+                status,
+                response,
+            } => self.pending.dead.push((seqs, status, response)),
+            Command::Flush(reply) => *flush = Some(reply),
+        }
+    }
+
+    fn move_closed(&mut self) {
+        let stream = &self.agg.config().stream;
+        for w in self.closed.drain(..) {
+            self.stats.aggregates.fetch_add(1, Ordering::Relaxed);
+            self.pending.records.push(NewRecord {
+                stream: stream.clone(),
+                kind: KIND_AGGREGATE,
+                created_ms: w.end_ms(),
+                payload: w.to_record(),
+            });
+        }
+    }
+
+    /// One transaction; returns whether it committed.
+    fn commit(&mut self) -> bool {
+        let now = now_ms();
+        self.agg.close_due(now, &mut self.closed);
+        self.move_closed();
+        let added = !self.pending.records.is_empty();
+        if self.pending.is_empty() && !self.emitted && !self.store_needs_pass(now) {
+            return true;
+        }
+        match self.store.commit(
+            &mut self.pending,
+            &mut self.agg,
+            now,
+            &self.config,
+            &self.stats,
+        ) {
+            Ok(()) => {
+                self.emitted = false;
+                publish_gauges(&self.store, &self.agg, &self.stats);
+                if added {
+                    self.new_records.notify_one();
+                }
+                true
+            }
+            Err(e) => {
+                let n = self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                // Every failure is counted; the log says it once per streak
+                // and then every 100th time, so a full disk cannot fill it.
+                if n.is_multiple_of(100) {
+                    tracing::error!(
+                        error = %e,
+                        waiting = self.pending.records.len(),
+                        "buffer: commit failed; keeping the batch in memory and retrying"
+                    );
+                }
+                *self.stats.last_error.lock().expect("lock") = Some(e.to_string());
+                self.agg.mark_all_dirty();
+                false
+            }
+        }
+    }
+
+    /// Whether the bounds need a pass even without new rows (age expiry).
+    fn store_needs_pass(&self, now: i64) -> bool {
+        let oldest = self.stats.oldest_ms.load(Ordering::Relaxed);
+        oldest != 0 && oldest < now - (self.config.max_age_s as i64) * 1000
+    }
+}
+
+fn publish_gauges(store: &Store, agg: &Aggregator, stats: &Stats) {
+    stats.records.store(store.records(), Ordering::Relaxed);
+    stats.bytes.store(store.bytes(), Ordering::Relaxed);
+    stats
+        .oldest_ms
+        .store(store.oldest_ms().unwrap_or(0), Ordering::Relaxed);
+    stats
+        .open_windows
+        .store(agg.open_windows() as u64, Ordering::Relaxed);
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

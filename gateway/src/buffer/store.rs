@@ -1,0 +1,607 @@
+//! The SQLite side of the buffer: schema, batched commits, bounds.
+//! Only the buffer's writer thread writes; readers open their own
+//! connections (WAL lets them read while it writes).
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::config::{BufferConfig, Synchronous, WhenFull};
+use super::{BufferError, Stats};
+use crate::aggregate::{Aggregator, Window};
+
+/// Kinds of rows in `records`.
+pub const KIND_RECORD: i64 = 0;
+pub const KIND_AGGREGATE: i64 = 1;
+pub const KIND_SUMMARY: i64 = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream     TEXT    NOT NULL,
+    kind       INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    payload    BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq        INTEGER PRIMARY KEY,
+    stream     TEXT    NOT NULL,
+    kind       INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    payload    BLOB    NOT NULL,
+    status     INTEGER NOT NULL,
+    response   TEXT    NOT NULL,
+    failed_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS windows (
+    metric          TEXT    NOT NULL,
+    key             TEXT    NOT NULL,
+    closed_until_ms INTEGER NOT NULL,
+    open            TEXT,
+    PRIMARY KEY (metric, key)
+);
+";
+
+/// A record accepted but not committed yet.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub stream: String,
+    pub kind: i64,
+    pub created_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+impl NewRecord {
+    fn size(&self) -> u64 {
+        (self.stream.len() + self.payload.len()) as u64
+    }
+}
+
+/// What one transaction writes.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// New records, in arrival order.
+    pub records: Vec<NewRecord>,
+    /// Records upstream acknowledged: deleted.
+    pub acks: Vec<i64>,
+    /// Records upstream refused for good: (seqs, status, response), moved
+    /// to dead letters.
+    pub dead: Vec<(Vec<i64>, u16, String)>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.acks.is_empty() && self.dead.is_empty()
+    }
+}
+
+/// A committed record, as upstream reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub seq: i64,
+    pub stream: String,
+    pub kind: i64,
+    pub created_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// The writer's connection and what it knows about the table's size.
+pub struct Store {
+    conn: Connection,
+    bytes: u64,
+    records: u64,
+    /// SQLite's `data_version` as of our last look: it changes when another
+    /// connection (`perch buffer replay`) commits, and then the totals are
+    /// counted again.
+    data_version: i64,
+}
+
+pub fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, BufferError> {
+    let err = |source| BufferError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    // pragma_update returns Ok even when WAL did not take; check the answer.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(BufferError::NoWal {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let sync = match sync {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync).map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    Ok(conn)
+}
+
+impl Store {
+    pub fn open(path: &Path, config: &BufferConfig) -> Result<Store, BufferError> {
+        let conn = open_connection(path, config.synchronous)?;
+        let (records, bytes): (i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(stream) + length(payload)), 0) FROM records",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|source| BufferError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let data_version = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|source| BufferError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Store {
+            conn,
+            bytes: bytes as u64,
+            records: records as u64,
+            data_version,
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    pub fn oldest_ms(&self) -> Option<i64> {
+        self.conn
+            .query_row(
+                "SELECT created_ms FROM records ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .ok()
+            .flatten()
+    }
+
+    /// Loads the windows saved at the last commit into `agg`.
+    pub fn restore_windows(&self, agg: &mut Aggregator) -> rusqlite::Result<usize> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT metric, key, closed_until_ms, open FROM windows")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        let mut n = 0;
+        for row in rows {
+            let (metric, key, closed_until, open) = row?;
+            let window = open.and_then(|json| serde_json::from_str::<Window>(&json).ok());
+            agg.restore(window, &metric, &key, closed_until);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Commits one batch in one transaction: deletes acknowledged records,
+    /// inserts new ones (under the `drop_newest` policy, as many as fit),
+    /// saves changed windows, expires old records and enforces `max_bytes`.
+    /// On error nothing changed and `pending` is untouched, so it can be
+    /// retried.
+    pub fn commit(
+        &mut self,
+        pending: &mut Pending,
+        agg: &mut Aggregator,
+        now_ms: i64,
+        config: &BufferConfig,
+        stats: &Stats,
+    ) -> rusqlite::Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version != self.data_version {
+            let (n, b): (i64, i64) = self.conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(stream) + length(payload)), 0) FROM records",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            (self.records, self.bytes, self.data_version) = (n as u64, b as u64, version);
+        }
+        let mut bytes = self.bytes;
+        let mut records = self.records;
+        let mut counts = Counts::default();
+        let tx = self.conn.transaction()?;
+        {
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM records WHERE seq = ?1 RETURNING length(stream) + length(payload)",
+            )?;
+            for seq in pending.acks.iter() {
+                if let Some(size) = delete.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
+                    bytes -= size as u64;
+                    records -= 1;
+                    counts.acked += 1;
+                }
+            }
+            let mut to_dead = tx.prepare_cached(
+                "INSERT OR REPLACE INTO dead_letters \
+                 SELECT seq, stream, kind, created_ms, payload, ?2, ?3, ?4 FROM records WHERE seq = ?1",
+            )?;
+            for (seqs, status, response) in pending.dead.iter() {
+                for seq in seqs {
+                    if to_dead.execute(params![seq, status, response, now_ms])? == 1 {
+                        if let Some(size) =
+                            delete.query_row([seq], |r| r.get::<_, i64>(0)).optional()?
+                        {
+                            bytes -= size as u64;
+                            records -= 1;
+                        }
+                    }
+                }
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (stream, kind, created_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for r in pending.records.iter() {
+                if config.when_full == WhenFull::DropNewest && bytes + r.size() > config.max_bytes {
+                    counts.dropped_newest += 1;
+                    continue;
+                }
+                insert.execute(params![r.stream, r.kind, r.created_ms, r.payload])?;
+                bytes += r.size();
+                records += 1;
+                counts.committed += 1;
+            }
+            let mut save = tx.prepare_cached(
+                "INSERT OR REPLACE INTO windows (metric, key, closed_until_ms, open) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut failed = None;
+            agg.drain_dirty(|metric, key, open, closed_until| {
+                let open = open.map(|w| serde_json::to_string(w).expect("windows serialise"));
+                if let Err(e) = save.execute(params![metric, key, closed_until, open]) {
+                    failed.get_or_insert(e);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        let cutoff = now_ms - (config.max_age_s as i64) * 1000;
+        let oldest: Option<i64> = tx
+            .query_row(
+                "SELECT created_ms FROM records ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if oldest.is_some_and(|o| o < cutoff) {
+            let (n, size) = delete_where(&tx, "created_ms < ?1", cutoff)?;
+            counts.expired += n;
+            bytes -= size;
+            records -= n;
+        }
+        while bytes > config.max_bytes && records > 0 {
+            if config.when_full == WhenFull::Degrade {
+                let (removed, freed, added) = degrade_oldest(&tx, now_ms)?;
+                if removed > 0 {
+                    counts.degraded += removed;
+                    bytes = bytes - freed + added;
+                    records = records - removed + 1;
+                    continue;
+                }
+            }
+            // The oldest rows that together free enough, at most 1000 at a time.
+            let excess = bytes - config.max_bytes;
+            let mut through = None;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT seq, length(stream) + length(payload) FROM records ORDER BY seq LIMIT 1000",
+                )?;
+                let mut rows = stmt.query([])?;
+                let mut freed = 0u64;
+                while let Some(row) = rows.next()? {
+                    through = Some(row.get::<_, i64>(0)?);
+                    freed += row.get::<_, i64>(1)? as u64;
+                    if freed >= excess {
+                        break;
+                    }
+                }
+            }
+            let Some(through) = through else { break };
+            let (n, size) = delete_where(&tx, "seq <= ?1", through)?;
+            counts.dropped_oldest += n;
+            bytes -= size;
+            records -= n;
+        }
+        tx.commit()?;
+        self.bytes = bytes;
+        self.records = records;
+        pending.records.clear();
+        pending.acks.clear();
+        pending.dead.clear();
+        counts.apply(stats);
+        Ok(())
+    }
+}
+
+fn delete_where(
+    tx: &rusqlite::Transaction,
+    predicate: &str,
+    arg: i64,
+) -> rusqlite::Result<(u64, u64)> {
+    let mut stmt = tx.prepare(&format!(
+        "DELETE FROM records WHERE {predicate} RETURNING length(stream) + length(payload)"
+    ))?;
+    let mut rows = stmt.query([arg])?;
+    let (mut n, mut size) = (0u64, 0u64);
+    while let Some(row) = rows.next()? {
+        n += 1;
+        size += row.get::<_, i64>(0)? as u64;
+    }
+    Ok((n, size))
+}
+
+/// Replaces up to 1000 of the oldest raw records of one stream by a single
+/// summary record. Returns (records removed, bytes freed, bytes added).
+fn degrade_oldest(tx: &rusqlite::Transaction, now_ms: i64) -> rusqlite::Result<(u64, u64, u64)> {
+    let stream: Option<String> = tx
+        .query_row(
+            "SELECT stream FROM records WHERE kind = ?1 ORDER BY seq LIMIT 1",
+            [KIND_RECORD],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(stream) = stream else {
+        return Ok((0, 0, 0));
+    };
+    let mut summary = Summary::default();
+    let mut last_seq = 0;
+    {
+        let mut stmt = tx.prepare(
+            "SELECT seq, created_ms, payload FROM records WHERE kind = ?1 AND stream = ?2 ORDER BY seq LIMIT 1000",
+        )?;
+        let mut rows = stmt.query(params![KIND_RECORD, stream])?;
+        while let Some(row) = rows.next()? {
+            last_seq = row.get(0)?;
+            summary.add(row.get(1)?, &row.get::<_, Vec<u8>>(2)?);
+        }
+    }
+    if summary.count < 2 {
+        // Summarising one record frees nothing.
+        return Ok((0, 0, 0));
+    }
+    let (n, freed) = {
+        let mut stmt = tx.prepare(
+            "DELETE FROM records WHERE kind = ?1 AND stream = ?2 AND seq <= ?3 \
+             RETURNING length(stream) + length(payload)",
+        )?;
+        let mut rows = stmt.query(params![KIND_RECORD, stream, last_seq])?;
+        let (mut n, mut size) = (0u64, 0u64);
+        while let Some(row) = rows.next()? {
+            n += 1;
+            size += row.get::<_, i64>(0)? as u64;
+        }
+        (n, size)
+    };
+    let payload = summary.to_json();
+    tx.execute(
+        "INSERT INTO records (stream, kind, created_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+        params![stream, KIND_SUMMARY, now_ms, payload],
+    )?;
+    Ok((n, freed, (stream.len() + payload.len()) as u64))
+}
+
+/// What `degrade` keeps of the records it replaces.
+#[derive(Default)]
+struct Summary {
+    count: u64,
+    first_ms: i64,
+    last_ms: i64,
+    fields: std::collections::BTreeMap<String, (u64, f64, f64, f64)>,
+}
+
+impl Summary {
+    fn add(&mut self, created_ms: i64, payload: &[u8]) {
+        if self.count == 0 {
+            self.first_ms = created_ms;
+        }
+        self.count += 1;
+        self.last_ms = created_ms;
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(payload) {
+            for (k, v) in map {
+                if let Some(x) = v.as_f64() {
+                    let e = self.fields.entry(k).or_insert((0, f64::MAX, f64::MIN, 0.0));
+                    e.0 += 1;
+                    e.1 = e.1.min(x);
+                    e.2 = e.2.max(x);
+                    e.3 += x;
+                }
+            }
+        }
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        let fields: serde_json::Map<String, serde_json::Value> = self
+            .fields
+            .iter()
+            .map(|(k, (n, min, max, sum))| {
+                (
+                    k.clone(),
+                    serde_json::json!({"count": n, "min": min, "max": max, "mean": sum / *n as f64}),
+                )
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "degraded": true,
+            "count": self.count,
+            "first_ms": self.first_ms,
+            "last_ms": self.last_ms,
+            "fields": fields,
+        }))
+        .expect("a summary serialises")
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    committed: u64,
+    acked: u64,
+    dropped_newest: u64,
+    dropped_oldest: u64,
+    expired: u64,
+    degraded: u64,
+}
+
+impl Counts {
+    fn apply(&self, stats: &Stats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        stats.committed.fetch_add(self.committed, Relaxed);
+        stats.acked.fetch_add(self.acked, Relaxed);
+        stats.dropped_newest.fetch_add(self.dropped_newest, Relaxed);
+        stats.dropped_oldest.fetch_add(self.dropped_oldest, Relaxed);
+        stats.expired.fetch_add(self.expired, Relaxed);
+        stats.degraded.fetch_add(self.degraded, Relaxed);
+        stats.commits.fetch_add(1, Relaxed);
+    }
+}
+
+/// A read-only view for upstream and the CLI.
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader, BufferError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| BufferError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|source| BufferError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Reader { conn })
+    }
+
+    /// Up to `limit` records with `seq > after`, in order.
+    pub fn after(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<StoredRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, stream, kind, created_ms, payload FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            Ok(StoredRecord {
+                seq: r.get(0)?,
+                stream: r.get(1)?,
+                kind: r.get(2)?,
+                created_ms: r.get(3)?,
+                payload: r.get(4)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// The newest `n` records, oldest first.
+    pub fn tail(&self, n: usize) -> rusqlite::Result<Vec<StoredRecord>> {
+        let first: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(MIN(seq), 1) FROM (SELECT seq FROM records ORDER BY seq DESC LIMIT ?1)",
+                [n as i64],
+                |r| r.get(0),
+            )?;
+        self.after(first - 1, n)
+    }
+
+    /// (records, bytes, oldest created_ms) now.
+    pub fn totals(&self) -> rusqlite::Result<(u64, u64, Option<i64>)> {
+        let (n, bytes): (i64, i64) = self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(length(stream) + length(payload)), 0) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let oldest = self
+            .conn
+            .query_row(
+                "SELECT created_ms FROM records ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((n as u64, bytes as u64, oldest))
+    }
+}
+
+/// A batch the upstream refused for good, kept for inspection and replay.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub record: StoredRecord,
+    pub status: u16,
+    pub response: String,
+    pub failed_ms: i64,
+}
+
+impl Reader {
+    /// Every dead letter, oldest first.
+    pub fn dead_letters(&self) -> rusqlite::Result<Vec<DeadLetter>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, stream, kind, created_ms, payload, status, response, failed_ms \
+             FROM dead_letters ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeadLetter {
+                record: StoredRecord {
+                    seq: r.get(0)?,
+                    stream: r.get(1)?,
+                    kind: r.get(2)?,
+                    created_ms: r.get(3)?,
+                    payload: r.get(4)?,
+                },
+                status: r.get(5)?,
+                response: r.get(6)?,
+                failed_ms: r.get(7)?,
+            })
+        })?;
+        rows.collect()
+    }
+}
+
+/// Moves every dead letter back into `records` (with new seqs, so they are
+/// sent again after what waits now). Safe while perch runs: SQLite serialises
+/// this writer with the gateway's. Returns how many moved.
+pub fn replay_dead_letters(path: &Path) -> Result<usize, BufferError> {
+    let err = |source| BufferError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = open_connection(path, Synchronous::Full)?;
+    let tx = conn.transaction().map_err(err)?;
+    let n = tx
+        .execute(
+            "INSERT INTO records (stream, kind, created_ms, payload) \
+             SELECT stream, kind, created_ms, payload FROM dead_letters ORDER BY seq",
+            [],
+        )
+        .map_err(err)?;
+    tx.execute("DELETE FROM dead_letters", []).map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(n)
+}

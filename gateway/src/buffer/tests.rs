@@ -1,0 +1,319 @@
+//! The buffer against a real SQLite file.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::*;
+
+fn config() -> BufferConfig {
+    BufferConfig::default()
+}
+
+fn open(dir: &Path, config: &BufferConfig) -> Buffer {
+    Buffer::open(config, &AggregateConfig::default(), dir).unwrap()
+}
+
+#[test]
+fn records_are_committed_in_batches_and_read_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = open(dir.path(), &config());
+    let intake = buffer.intake();
+    for i in 0..5_000 {
+        intake
+            .forward(
+                if i % 2 == 0 { "a" } else { "b" },
+                format!("{i}").as_bytes(),
+            )
+            .unwrap();
+    }
+    intake.flush().unwrap();
+    let reader = buffer.reader().unwrap();
+    let all = reader.after(0, 10_000).unwrap();
+    assert_eq!(all.len(), 5_000);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let a: Vec<_> = all
+        .iter()
+        .filter(|r| r.stream == "a")
+        .map(|r| r.payload.clone())
+        .collect();
+    assert_eq!(a[0], b"0");
+    assert_eq!(a[1], b"2");
+    let commits = buffer.stats().commits.load(Relaxed);
+    assert!(commits <= 20, "5000 records took {commits} commits");
+}
+
+#[test]
+fn acknowledged_records_are_deleted_and_the_rest_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let last_seq;
+    {
+        let buffer = open(dir.path(), &config());
+        let intake = buffer.intake();
+        for i in 0..10 {
+            intake.forward("s", &[i]).unwrap();
+        }
+        intake.flush().unwrap();
+        let rows = buffer.reader().unwrap().after(0, 100).unwrap();
+        for r in &rows[..4] {
+            intake.ack(r.seq);
+        }
+        intake.flush().unwrap();
+        last_seq = rows.last().unwrap().seq;
+        assert_eq!(buffer.stats().records.load(Relaxed), 6);
+        buffer.close();
+    }
+    let buffer = open(dir.path(), &config());
+    let rows = buffer.reader().unwrap().after(0, 100).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.payload[0]).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7, 8, 9]
+    );
+    // Ack everything, then add one: its seq continues, never reused.
+    let intake = buffer.intake();
+    for r in &rows {
+        intake.ack(r.seq);
+    }
+    intake.forward("s", b"new").unwrap();
+    intake.flush().unwrap();
+    let rows = buffer.reader().unwrap().after(0, 100).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].seq > last_seq);
+}
+
+fn fill(policy: WhenFull) -> (tempfile::TempDir, Buffer) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BufferConfig {
+        max_bytes: 64 * 1024,
+        when_full: policy,
+        commit_batch: 50,
+        ..config()
+    };
+    let buffer = open(dir.path(), &cfg);
+    let intake = buffer.intake();
+    for i in 0..200u32 {
+        let record = format!(
+            "{{\"n\":{i},\"temperature\":{}.5,\"pad\":\"{}\"}}",
+            i % 40,
+            "x".repeat(900)
+        );
+        intake.forward("readings", record.as_bytes()).unwrap();
+        if i % 50 == 49 {
+            intake.flush().unwrap();
+        }
+    }
+    intake.flush().unwrap();
+    (dir, buffer)
+}
+
+#[test]
+fn drop_oldest_keeps_the_newest_within_the_bound() {
+    let (_dir, buffer) = fill(WhenFull::DropOldest);
+    let stats = buffer.stats();
+    assert!(stats.bytes.load(Relaxed) <= 64 * 1024);
+    assert!(stats.dropped_oldest.load(Relaxed) > 0);
+    let rows = buffer.reader().unwrap().after(0, 1000).unwrap();
+    assert!(String::from_utf8_lossy(&rows.last().unwrap().payload).contains("\"n\":199"));
+    assert_eq!(stats.dropped_oldest.load(Relaxed) + rows.len() as u64, 200);
+}
+
+#[test]
+fn drop_newest_keeps_the_oldest_and_counts_the_refused() {
+    let (_dir, buffer) = fill(WhenFull::DropNewest);
+    let stats = buffer.stats();
+    assert!(stats.bytes.load(Relaxed) <= 64 * 1024);
+    let rows = buffer.reader().unwrap().after(0, 1000).unwrap();
+    assert!(String::from_utf8_lossy(&rows[0].payload).contains("\"n\":0,"));
+    assert_eq!(stats.dropped_newest.load(Relaxed) + rows.len() as u64, 200);
+}
+
+#[test]
+fn degrade_replaces_raw_records_by_a_summary_first() {
+    let (_dir, buffer) = fill(WhenFull::Degrade);
+    let stats = buffer.stats();
+    assert!(stats.bytes.load(Relaxed) <= 64 * 1024);
+    assert!(stats.degraded.load(Relaxed) > 0);
+    assert_eq!(
+        stats.dropped_oldest.load(Relaxed),
+        0,
+        "nothing dropped while raw records remain"
+    );
+    let rows = buffer.reader().unwrap().after(0, 1000).unwrap();
+    let summaries: Vec<_> = rows.iter().filter(|r| r.kind == KIND_SUMMARY).collect();
+    assert!(!summaries.is_empty());
+    let s: serde_json::Value = serde_json::from_slice(&summaries[0].payload).unwrap();
+    assert_eq!(s["degraded"], true);
+    assert!(s["fields"]["temperature"]["max"].as_f64().is_some());
+    let covered: u64 = summaries
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    let raw = rows.iter().filter(|r| r.kind == KIND_RECORD).count() as u64;
+    assert_eq!(
+        covered + raw,
+        200,
+        "every record is either kept or summarised"
+    );
+}
+
+#[test]
+fn old_records_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BufferConfig {
+        max_age_s: 1,
+        ..config()
+    };
+    let buffer = open(dir.path(), &cfg);
+    let intake = buffer.intake();
+    intake.forward("s", b"old").unwrap();
+    intake.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    intake.forward("s", b"new").unwrap();
+    intake.flush().unwrap();
+    let rows = buffer.reader().unwrap().after(0, 10).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].payload, b"new");
+    assert_eq!(buffer.stats().expired.load(Relaxed), 1);
+}
+
+#[test]
+fn intake_refuses_beyond_the_pending_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BufferConfig {
+        max_pending_records: 3,
+        commit_interval_ms: 60_000,
+        commit_batch: 1_000_000,
+        ..config()
+    };
+    let buffer = open(dir.path(), &cfg);
+    let intake = buffer.intake();
+    let results: Vec<_> = (0..1000).map(|_| intake.forward("s", b"x")).collect();
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(BufferError::Backlog(_)))));
+    assert!(buffer.stats().refused_backlog.load(Relaxed) > 0);
+    let err = intake.emit(&"m".repeat(65), "", 1.0, 0).unwrap_err();
+    assert!(err.to_string().contains("longer than 64"), "{err}");
+}
+
+#[test]
+fn open_windows_survive_a_restart_and_close_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let start = now - now.rem_euclid(10_000) + 3_600_000; // an hour ahead: stays open
+    {
+        let buffer = open(dir.path(), &config());
+        let intake = buffer.intake();
+        intake.emit("temp", "t1", 10.0, start + 1).unwrap();
+        intake.emit("temp", "t1", 20.0, start + 2).unwrap();
+        intake.flush().unwrap();
+        buffer.close();
+    }
+    let buffer = open(dir.path(), &config());
+    assert_eq!(buffer.stats().open_windows.load(Relaxed), 1);
+    let intake = buffer.intake();
+    intake.emit("temp", "t1", 30.0, start + 3).unwrap();
+    // The next window closes this one.
+    intake.emit("temp", "t1", 99.0, start + 10_000).unwrap();
+    intake.flush().unwrap();
+    let rows = buffer.reader().unwrap().after(0, 10).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].kind, KIND_AGGREGATE);
+    assert_eq!(rows[0].stream, "aggregates");
+    let agg: serde_json::Value = serde_json::from_slice(&rows[0].payload).unwrap();
+    assert_eq!(
+        agg["count"], 3,
+        "values from before and after the restart: {agg}"
+    );
+    assert_eq!(agg["mean"], 20.0);
+}
+
+#[test]
+fn a_full_disk_keeps_the_batch_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(FILE_NAME);
+    let cfg = config();
+    let mut store = Store::open(&path, &cfg).unwrap();
+    let stats = Stats::default();
+    let mut agg = Aggregator::new(AggregateConfig::default());
+    // Pin the database to its current size: the next growth fails with
+    // SQLITE_FULL, the error a full disk gives.
+    let pages: i64 = store_conn(&store)
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    store_conn(&store)
+        .pragma_update(None, "max_page_count", pages)
+        .unwrap();
+    let records: Vec<_> = (0..200)
+        .map(|i| NewRecord {
+            stream: "s".into(),
+            kind: KIND_RECORD,
+            created_ms: now_ms(),
+            payload: vec![i as u8; 1000],
+        })
+        .collect();
+    let mut pending = Pending {
+        records,
+        ..Pending::default()
+    };
+    let err = store
+        .commit(&mut pending, &mut agg, now_ms(), &cfg, &stats)
+        .unwrap_err();
+    assert!(err.to_string().contains("full"), "{err}");
+    assert_eq!(
+        pending.records.len(),
+        200,
+        "the batch is kept for the retry"
+    );
+    assert_eq!(store.records(), 0);
+    // Space returns.
+    store_conn(&store)
+        .pragma_update(None, "max_page_count", 1_000_000)
+        .unwrap();
+    store
+        .commit(&mut pending, &mut agg, now_ms(), &cfg, &stats)
+        .unwrap();
+    assert!(pending.is_empty());
+    assert_eq!(store.records(), 200);
+}
+
+fn store_conn(store: &Store) -> &rusqlite::Connection {
+    store.connection()
+}
+
+#[test]
+fn dead_letters_are_kept_apart_and_replay_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = open(dir.path(), &config());
+    let intake = buffer.intake();
+    for i in 0..5u8 {
+        intake.forward("s", &[i]).unwrap();
+    }
+    intake.flush().unwrap();
+    let rows = buffer.reader().unwrap().after(0, 10).unwrap();
+    intake.dead_letter(
+        rows[..2].iter().map(|r| r.seq).collect(),
+        400,
+        "bad field".into(),
+    );
+    intake.flush().unwrap();
+    let reader = buffer.reader().unwrap();
+    assert_eq!(reader.after(0, 10).unwrap().len(), 3);
+    let dead = reader.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        (dead[0].status, dead[0].response.as_str()),
+        (400, "bad field")
+    );
+    assert_eq!(buffer.stats().records.load(Relaxed), 3);
+    assert_eq!(replay_dead_letters(&dir.path().join(FILE_NAME)).unwrap(), 2);
+    let rows = reader.after(0, 10).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.payload[0]).collect::<Vec<_>>(),
+        vec![2, 3, 4, 0, 1]
+    );
+    assert!(reader.dead_letters().unwrap().is_empty());
+}

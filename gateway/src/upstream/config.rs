@@ -1,0 +1,247 @@
+//! `[upstream]`: where records go, and which local topics are captured.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::Problem;
+use crate::topic;
+
+/// `[upstream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Local topic filters whose messages are forwarded upstream as records
+    /// without a function (stream = the message's topic).
+    pub forward_topics: Vec<String>,
+    /// First reconnect delay; doubles per failed attempt, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// Deliver to an MQTT broker. Without `[upstream.mqtt]`, records stay in
+    /// the buffer (within its bounds) and `perch buffer stats` shows them.
+    pub mqtt: Option<MqttUpstreamConfig>,
+    /// Deliver to an HTTP(S) endpoint as CloudEvents batches instead.
+    pub http: Option<HttpUpstreamConfig>,
+}
+
+/// `[upstream.http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUpstreamConfig {
+    /// The endpoint batches are POSTed to (`https://...`; `http://` only for
+    /// tests and trusted networks).
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>` when not empty.
+    #[serde(default)]
+    pub bearer_token: String,
+    /// Compress request bodies (`Content-Encoding: gzip`).
+    #[serde(default)]
+    pub gzip: bool,
+    /// Records per POST at most.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Longest a POST may take, connection included.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Extra CA and client certificate (mTLS).
+    #[serde(default)]
+    pub tls: Option<HttpTls>,
+}
+
+/// `[upstream.http.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// CA to trust instead of the built-in web roots (PEM).
+    #[serde(default)]
+    pub ca_path: Option<PathBuf>,
+    /// Client certificate for mTLS (PEM).
+    #[serde(default)]
+    pub cert_path: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key_path: Option<PathBuf>,
+}
+
+fn default_timeout() -> u64 {
+    10_000
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            forward_topics: Vec::new(),
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            mqtt: None,
+            http: None,
+        }
+    }
+}
+
+/// `[upstream.mqtt]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttUpstreamConfig {
+    /// Host name or address of the upstream broker.
+    pub host: String,
+    /// Its port (1883 plain, 8883 TLS, usually).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// MQTT client id; empty means `perch-<gateway id>`.
+    #[serde(default)]
+    pub client_id: String,
+    /// User name, if the broker wants one.
+    #[serde(default)]
+    pub username: String,
+    /// Password for `username`.
+    #[serde(default)]
+    pub password: String,
+    /// Records go to `<topic_prefix>/<stream>`; `{id}` is the gateway id.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// MQTT keep-alive towards the upstream broker.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// Records published and not yet acknowledged, at most.
+    #[serde(default = "default_inflight")]
+    pub max_inflight: u16,
+    /// Records read from the buffer per query.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Largest packet sent or accepted.
+    #[serde(default = "default_packet")]
+    pub max_packet_size_bytes: usize,
+    /// TLS towards the broker (AWS IoT Core, EMQX, HiveMQ, Mosquitto...).
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[upstream.mqtt.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file with the CA certificate(s) that sign the broker's certificate.
+    pub ca_path: PathBuf,
+    /// Client certificate (PEM) for brokers that authenticate by certificate.
+    #[serde(default)]
+    pub cert_path: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key_path: Option<PathBuf>,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+fn default_prefix() -> String {
+    "perch/{id}/up".to_owned()
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_inflight() -> u16 {
+    100
+}
+fn default_batch() -> usize {
+    100
+}
+fn default_packet() -> usize {
+    1024 * 1024
+}
+
+impl UpstreamConfig {
+    pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
+        for (i, f) in self.forward_topics.iter().enumerate() {
+            if let Err(e) = topic::validate_filter(f) {
+                problems.push(Problem::new(
+                    format!("upstream.forward_topics[{i}]"),
+                    format!("{f:?} is not a valid MQTT topic filter: it {e}"),
+                ));
+            }
+        }
+        if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
+            problems.push(Problem::new(
+                "upstream.backoff_initial_ms",
+                "must be greater than 0 and at most upstream.backoff_max_ms",
+            ));
+        }
+        if let Some(h) = &self.http {
+            if self.mqtt.is_some() {
+                problems.push(Problem::new(
+                    "upstream",
+                    "both [upstream.mqtt] and [upstream.http] are set; choose one",
+                ));
+            }
+            if !(h.url.starts_with("https://") || h.url.starts_with("http://")) {
+                problems.push(Problem::new(
+                    "upstream.http.url",
+                    format!("{:?} is not an http:// or https:// URL", h.url),
+                ));
+            }
+            if h.batch_size == 0 || h.timeout_ms == 0 {
+                problems.push(Problem::new(
+                    "upstream.http.batch_size",
+                    "batch_size and timeout_ms must be greater than 0",
+                ));
+            }
+            if let Some(t) = &h.tls {
+                for (k, p) in [
+                    ("ca_path", &t.ca_path),
+                    ("cert_path", &t.cert_path),
+                    ("key_path", &t.key_path),
+                ] {
+                    if let Some(p) = p.as_ref().filter(|p| !p.exists()) {
+                        problems.push(Problem::new(
+                            format!("upstream.http.tls.{k}"),
+                            format!("{} does not exist", p.display()),
+                        ));
+                    }
+                }
+                if t.cert_path.is_some() != t.key_path.is_some() {
+                    problems.push(Problem::new(
+                        "upstream.http.tls",
+                        "cert_path and key_path go together: give both or neither",
+                    ));
+                }
+            }
+        }
+        let Some(m) = &self.mqtt else { return };
+        if m.host.is_empty() {
+            problems.push(Problem::new("upstream.mqtt.host", "must not be empty"));
+        }
+        if m.keep_alive_s < 5 {
+            problems.push(Problem::new(
+                "upstream.mqtt.keep_alive_s",
+                "must be at least 5",
+            ));
+        }
+        if m.max_inflight == 0 || m.batch_size == 0 {
+            problems.push(Problem::new(
+                "upstream.mqtt.max_inflight",
+                "max_inflight and batch_size must be greater than 0",
+            ));
+        }
+        if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) {
+            problems.push(Problem::new(
+                "upstream.mqtt.topic_prefix",
+                "must be a topic name without wildcards",
+            ));
+        }
+        if let Some(tls) = &m.tls {
+            if !tls.ca_path.exists() {
+                problems.push(Problem::new(
+                    "upstream.mqtt.tls.ca_path",
+                    format!("{} does not exist", tls.ca_path.display()),
+                ));
+            }
+            if tls.cert_path.is_some() != tls.key_path.is_some() {
+                problems.push(Problem::new(
+                    "upstream.mqtt.tls",
+                    "cert_path and key_path go together: give both or neither",
+                ));
+            }
+        }
+    }
+}

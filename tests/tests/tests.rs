@@ -1,0 +1,10 @@
+//! End-to-end tests: each drives the real `perch` binary with real MQTT
+//! clients over loopback. One integration binary, one module per subject.
+
+mod util;
+
+mod broker;
+mod cli;
+mod functions;
+mod lifecycle;
+mod upstream;
