@@ -31,9 +31,52 @@ pub enum Command {
     Config(ConfigCommand),
     /// Hash a password for [[broker.users]].password_hash (reads it from stdin).
     Passwd,
+    /// Deploy and list functions on a running gateway (over MQTT).
+    #[command(subcommand)]
+    Fn(FnCommand),
     /// Look into the store-and-forward buffer (works while perch runs).
     #[command(subcommand)]
     Buffer(BufferCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FnCommand {
+    /// Deploy a function: FILE.wasm plus its manifest. Prints the gateway's
+    /// JSON reply; exits non-zero if the gateway refused it.
+    Deploy {
+        /// The WebAssembly module.
+        wasm: PathBuf,
+        /// The function's manifest (TOML, see sdk/ABI.md).
+        #[arg(long, short)]
+        manifest: PathBuf,
+        #[command(flatten)]
+        target: FnTarget,
+    },
+    /// List the gateway's functions with their status and counters (JSON).
+    List {
+        #[command(flatten)]
+        target: FnTarget,
+    },
+}
+
+/// Which gateway `perch fn` talks to.
+#[derive(Debug, clap::Args)]
+pub struct FnTarget {
+    /// The gateway's MQTT broker, host:port.
+    #[arg(long, default_value = "127.0.0.1:1883", env = "PERCH_BROKER")]
+    pub broker: String,
+    /// The gateway's id (gateway.id; the gateway's host name when unset).
+    #[arg(long, env = "PERCH_GATEWAY")]
+    pub gateway: Option<String>,
+    /// MQTT username, for listeners that require a login.
+    #[arg(long, env = "PERCH_USERNAME")]
+    pub username: Option<String>,
+    /// MQTT password (prefer the environment variable).
+    #[arg(long, env = "PERCH_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// How long to wait for the gateway's reply.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +164,7 @@ pub fn main(cli: Cli) -> ExitCode {
             .map(|_| println!("{}: ok", file.display()))
             .map_err(anyhow::Error::from),
         Command::Passwd => passwd(),
+        Command::Fn(command) => fn_command(command),
         Command::Buffer(command) => buffer(command),
     };
     match result {
@@ -181,6 +225,50 @@ async fn shutdown_signal() {
         _ = int.recv() => "SIGINT",
     };
     tracing::info!("{name} received, shutting down");
+}
+
+fn fn_command(command: FnCommand) -> anyhow::Result<()> {
+    use crate::functions::control;
+    let endpoint = |t: FnTarget| control::Endpoint {
+        broker: t.broker,
+        gateway: t
+            .gateway
+            .unwrap_or_else(|| crate::config::GatewayConfig::default().resolved_id()),
+        username: t.username,
+        password: t.password,
+        timeout: Duration::from_millis(t.timeout_ms),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match command {
+        FnCommand::Deploy {
+            wasm,
+            manifest,
+            target,
+        } => {
+            let module = std::fs::read(&wasm)
+                .with_context(|| format!("cannot read the module {}", wasm.display()))?;
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
+            let bundle = control::encode_bundle(&text, &module);
+            let reply = runtime.block_on(control::deploy(&endpoint(target), bundle))?;
+            println!("{}", serde_json::to_string_pretty(&reply)?);
+            match reply.error {
+                None if reply.ok => Ok(()),
+                error => anyhow::bail!(
+                    "the gateway refused the deploy: {}",
+                    error.unwrap_or_default()
+                ),
+            }
+        }
+        FnCommand::List { target } => {
+            let functions = runtime.block_on(control::list(&endpoint(target)))?;
+            println!("{}", serde_json::to_string_pretty(&functions)?);
+            Ok(())
+        }
+    }
 }
 
 fn passwd() -> anyhow::Result<()> {

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::aggregate::AggregateConfig;
 use crate::broker::BrokerConfig;
 use crate::buffer::BufferConfig;
+use crate::functions::FunctionsConfig;
 use crate::upstream::UpstreamConfig;
 
 /// The annotated default configuration, printed by `perch config default`.
@@ -32,6 +33,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// The embedded MQTT broker: limits, listeners, users and their ACLs.
     pub broker: BrokerConfig,
+    /// Gateway-wide settings of the functions stage.
+    pub functions: FunctionsConfig,
     /// The store-and-forward outbox.
     pub buffer: BufferConfig,
     /// Windows over emitted metrics.
@@ -188,6 +191,7 @@ impl Config {
             ));
         }
         self.broker.validate(&mut problems);
+        self.functions.validate(&mut problems);
         self.buffer.validate(&mut problems);
         self.aggregate.validate(&mut problems);
         self.upstream.validate(&mut problems);

@@ -3,10 +3,13 @@
 //!
 //! Start order follows the data's trip backwards so that nothing produces
 //! into a stage that is not there yet: state directory, buffer, broker,
-//! upstream. Shutdown runs the other way: stop accepting clients first, then
-//! stop the tasks that feed and drain the buffer, then commit what the buffer
-//! holds, all within `gateway.shutdown_timeout_ms`; a stage still running at
-//! the deadline is named in the log and dropped.
+//! upstream, functions (whose trigger links subscribe before the ready line
+//! is logged, so a client that waits for it cannot publish past a function).
+//! Shutdown runs the other way: stop accepting clients first, then stop the
+//! functions (each flushes its state; their last outputs reach the buffer),
+//! then the tasks that feed and drain the buffer, then commit what the
+//! buffer holds, all within `gateway.shutdown_timeout_ms`; a stage still
+//! running at the deadline is named in the log and dropped.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -14,12 +17,13 @@ use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, BrokerError};
 use crate::buffer::{Buffer, BufferError};
 use crate::config::Config;
+use crate::functions::{Functions, FunctionsError, Output};
 use crate::upstream::{self, UpstreamError};
 
 /// Why the gateway could not start.
@@ -39,6 +43,8 @@ pub enum GatewayError {
     Buffer(#[from] BufferError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Functions(#[from] FunctionsError),
 }
 
 /// A running gateway.
@@ -47,6 +53,7 @@ pub struct Gateway {
     config: Config,
     broker: Broker,
     buffer: Buffer,
+    functions: Functions,
     upstream_stats: Arc<upstream::Stats>,
     /// Turns true when the tasks below must stop.
     stop: watch::Sender<bool>,
@@ -109,6 +116,21 @@ impl Gateway {
                 tokio::spawn(delivery.run(stopped.clone())),
             ));
         }
+        // Functions' emit/forward records go through a bounded channel to
+        // the buffer's intake; `Output` is the interface between the stages.
+        let (outputs_tx, outputs_rx) = mpsc::channel(config.functions.output_queue_len);
+        let functions = Functions::start(
+            broker.links(),
+            &config.functions,
+            &config.gateway.data_dir,
+            &id,
+            outputs_tx,
+        )
+        .await?;
+        tasks.push((
+            "function outputs",
+            tokio::spawn(outputs_to_buffer(outputs_rx, buffer.intake())),
+        ));
         let listening = broker
             .listening()
             .iter()
@@ -127,6 +149,7 @@ impl Gateway {
             config,
             broker,
             buffer,
+            functions,
             upstream_stats,
             stop,
             tasks,
@@ -148,6 +171,11 @@ impl Gateway {
         &self.buffer
     }
 
+    /// The functions stage.
+    pub fn functions(&self) -> &Functions {
+        &self.functions
+    }
+
     /// Counters of the upstream link.
     pub fn upstream_stats(&self) -> &upstream::Stats {
         &self.upstream_stats
@@ -159,6 +187,12 @@ impl Gateway {
             + Duration::from_millis(self.config.gateway.shutdown_timeout_ms);
         tracing::info!("shutdown: no longer accepting MQTT clients");
         self.broker.stop_listening();
+        if tokio::time::timeout_at(deadline, self.functions.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: functions still running at the deadline; stopped");
+        }
         let _ = self.stop.send(true);
         for (name, task) in self.tasks.drain(..) {
             let abort = task.abort_handle();
@@ -173,6 +207,30 @@ impl Gateway {
             tracing::warn!("shutdown: the buffer's last commit did not finish by the deadline");
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+/// Feeds what functions emit and forward into the buffer. Ends when every
+/// function is gone (the channel closes).
+async fn outputs_to_buffer(mut outputs: mpsc::Receiver<Output>, intake: crate::buffer::Intake) {
+    while let Some(output) = outputs.recv().await {
+        let result = match &output {
+            Output::Record { stream, record, .. } => intake.forward(stream, record),
+            Output::Metric {
+                metric,
+                key,
+                value,
+                timestamp_ms,
+                ..
+            } => intake.emit(metric, key.as_deref().unwrap_or(""), *value, *timestamp_ms),
+        };
+        if let Err(e) = result {
+            // The buffer counts what it refuses; the log names the function.
+            let function = match &output {
+                Output::Record { function, .. } | Output::Metric { function, .. } => function,
+            };
+            tracing::warn!(function = %function, error = %e, "function output not buffered");
+        }
     }
 }
 

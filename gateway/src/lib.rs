@@ -6,6 +6,9 @@
 //!
 //! - [`broker`]: the embedded MQTT broker (rumqttd): listeners, TLS, logins,
 //!   ACLs, in-process links for the gateway's own parts.
+//! - [`functions`]: sandboxed WebAssembly functions on MQTT events: the
+//!   registry (SQLite), the wasmi runtime and host ABI, triggers and queues,
+//!   per-function state, the deploy control plane.
 //! - [`aggregate`]: tumbling windows over the metrics functions emit.
 //! - [`buffer`]: the SQLite outbox (store-and-forward): batched commits,
 //!   bounds, the crash-loss window; hosts the aggregator.
@@ -28,6 +31,7 @@ pub mod broker;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod functions;
 pub mod gateway;
 pub mod telemetry;
 pub mod topic;

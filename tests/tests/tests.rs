@@ -5,5 +5,6 @@ mod util;
 
 mod broker;
 mod cli;
+mod functions;
 mod lifecycle;
 mod upstream;

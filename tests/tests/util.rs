@@ -13,6 +13,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod functions;
+
 /// How long a gateway may take to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -24,8 +26,19 @@ pub fn perch_bin() -> PathBuf {
             return PathBuf::from(bin);
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        // With the whole workspace's test feature set (`--workspace
+        // --tests`), the resolution `cargo test --workspace` uses: a plain
+        // `-p perch` build resolves dependency features differently, and the
+        // two builds then rebuild each other's dependencies on every run.
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "perch", "--bin", "perch"])
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--tests",
+                "--bin",
+                "perch",
+            ])
             .current_dir(workspace_root())
             .status()
             .expect("running cargo build for the perch binary");

@@ -70,11 +70,30 @@ pub struct Listening {
 
 type Linker = dyn Fn(&str) -> Result<(LinkTx, LinkRx), Box<LinkError>> + Send + Sync;
 
+/// Opens in-process links to the router; cheap to clone, so a stage can keep
+/// one and open links later (e.g. when a function with a new trigger is
+/// deployed).
+#[derive(Clone)]
+pub struct Links {
+    /// A closure because the router's channel type is private to rumqttd: it
+    /// can be captured, not named.
+    linker: Arc<Linker>,
+}
+
+impl Links {
+    /// An in-process connection to the router. Blocks until the router has
+    /// accepted it (microseconds; the router answers from its own thread).
+    pub fn open(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
+        (self.linker)(client_id).map_err(|source| BrokerError::Link {
+            client_id: client_id.to_owned(),
+            source,
+        })
+    }
+}
+
 /// The running broker.
 pub struct Broker {
-    /// Opens in-process links. A closure because the router's channel type is
-    /// private to rumqttd: it can be captured, not named.
-    linker: Box<Linker>,
+    links: Links,
     listening: Vec<Listening>,
     /// Accept loops, aborted on shutdown.
     tasks: Vec<JoinHandle<()>>,
@@ -99,15 +118,23 @@ impl Broker {
         let refusals = Arc::new(Refusals::default());
 
         let mut broker = Broker {
-            linker: Box::new({
-                let router_tx = router_tx.clone();
-                move |id: &str| {
-                    LinkBuilder::new(id, router_tx.clone())
-                        .build()
-                        .map(|(tx, rx, _ack)| (tx, rx))
-                        .map_err(Box::new)
-                }
-            }),
+            links: Links {
+                linker: Arc::new({
+                    let router_tx = router_tx.clone();
+                    // Dynamic filters: without them the router *disconnects*
+                    // a local link that publishes to a topic nobody has
+                    // subscribed to yet (`NoMatchingFilters`), and the link's
+                    // later sends go to a dead connection id. Remote clients
+                    // get the same setting from `ConnectionSettings`.
+                    move |id: &str| {
+                        LinkBuilder::new(id, router_tx.clone())
+                            .dynamic_filters(true)
+                            .build()
+                            .map(|(tx, rx, _ack)| (tx, rx))
+                            .map_err(Box::new)
+                    }
+                }),
+            },
             listening: Vec::new(),
             tasks: Vec::new(),
             refusals: refusals.clone(),
@@ -162,10 +189,12 @@ impl Broker {
 
     /// An in-process connection to the router, for the gateway's own parts.
     pub fn link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
-        (self.linker)(client_id).map_err(|source| BrokerError::Link {
-            client_id: client_id.to_owned(),
-            source,
-        })
+        self.links.open(client_id)
+    }
+
+    /// A handle that opens in-process links, for stages that open them later.
+    pub fn links(&self) -> Links {
+        self.links.clone()
     }
 
     /// The listeners, with the addresses they are bound to.

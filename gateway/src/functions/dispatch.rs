@@ -1,0 +1,733 @@
+//! Getting events to functions: trigger links, per-function queues, and the
+//! worker that runs each function.
+//!
+//! # Trigger links
+//!
+//! Each distinct trigger filter gets its own in-process link to the broker
+//! ([`Triggers`]). One link per filter, not one for all, because rumqttd
+//! keeps a log per filter and delivers a publish once per matching
+//! subscription of a connection, without saying which filter matched: a
+//! single link subscribed to `a/#` and `a/+/c` would see `a/b/c` twice and
+//! could not tell a duplicate from a repeat. With a link per filter, a
+//! publish that arrives on filter F goes to a function only if F is the first
+//! of that function's filters that matches the topic, so each function gets
+//! each publish exactly once. The link task answers `Unschedule` with
+//! `wake()` (without it the link stalls once ~200 notifications are pending).
+//!
+//! # Queues
+//!
+//! Every function has a bounded queue ([`FunctionHandle`]): `queue_len`
+//! events, preallocated; when full, `drop_oldest` or `drop_newest` applies
+//! and the drop is counted. Enqueuing takes a mutex for a push and never
+//! waits for the function, so a slow function never slows the broker or the
+//! other functions. The queue holds `Bytes` handles to the broker's own
+//! buffers: routing an event allocates nothing.
+//!
+//! # Workers
+//!
+//! Each function runs on its own OS thread, not a tokio task: an invocation
+//! may burn its whole fuel budget (tens of milliseconds), and on a 2-core
+//! board two such functions on the async runtime's worker threads would
+//! stall the broker's listeners. On their own threads the kernel shares the
+//! cores fairly and the async runtime stays responsive. The worker owns the
+//! instance, re-creates it after a trap, counts failures and stops the
+//! function when `max_consecutive_failures` are reached in a row (circuit
+//! breaker, the reason kept in its status and the registry), runs interval
+//! ticks, publishes outputs through the function's own broker link, and
+//! flushes state to SQLite at most once per `state_commit_interval_ms`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc as sync_mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
+use rumqttd::Notification;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::manifest::QueuePolicy;
+use super::registry::Registry;
+use super::runtime::{
+    now_ms, Compiled, Failure, Instance, OutputCounters, Runtime, RuntimeError, Seed,
+};
+use super::state::StateCache;
+use crate::broker::{BrokerError, Links};
+use crate::topic;
+
+/// How long a worker waits for the deploy to be committed to the registry
+/// before it keeps the old version.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One MQTT publish for a function.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub timestamp_ms: i64,
+}
+
+/// Whether a function runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Not yet started (between creation and its first deploy).
+    Starting,
+    Running,
+    /// Stopped, with the reason; deploying it again starts it.
+    Stopped(String),
+}
+
+/// What `perch fn list` shows about a function besides counters.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub version: String,
+    pub sha256: String,
+    pub deployed_at_ms: i64,
+    pub state: RunState,
+    pub last_error: Option<String>,
+}
+
+/// Counters of one function, since the gateway started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Handler calls (events and ticks), successful or not.
+    pub invocations: AtomicU64,
+    /// Failed invocations: traps, non-zero returns, events too large.
+    pub errors: AtomicU64,
+    /// Events dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Failures in a row (the circuit breaker's count).
+    pub consecutive_failures: AtomicU32,
+    /// Outputs the host refused.
+    pub outputs: Arc<OutputCounters>,
+}
+
+/// A function as the rest of the gateway sees it: its queue, its counters,
+/// its status. Shared by the trigger links (which enqueue), the worker (which
+/// dequeues) and the control plane (which deploys and lists).
+pub struct FunctionHandle {
+    pub name: Arc<str>,
+    inbox: Mutex<Inbox>,
+    /// Wakes the worker: an event, a command, or shutdown.
+    wake: Condvar,
+    /// Whether trigger links should enqueue for it; false while stopped.
+    accepting: AtomicBool,
+    pub counters: Counters,
+    status: Mutex<Status>,
+}
+
+struct Inbox {
+    events: VecDeque<Event>,
+    capacity: usize,
+    policy: QueuePolicy,
+    commands: VecDeque<Command>,
+    shutdown: bool,
+}
+
+/// A new version for a worker to start.
+pub struct Deploy {
+    pub compiled: Arc<Compiled>,
+    /// The worker's verdict: instantiated (and waiting for `commit`) or why
+    /// not.
+    pub ready: sync_mpsc::SyncSender<Result<(), RuntimeError>>,
+    /// `true` once the version is in the registry: the worker switches to it.
+    /// `false` or a dropped sender: the worker keeps the old one.
+    pub commit: sync_mpsc::Receiver<bool>,
+}
+
+enum Command {
+    Deploy(Box<Deploy>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here leaves the guarded data inconsistent on panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FunctionHandle {
+    pub fn new(name: &str) -> Arc<FunctionHandle> {
+        Arc::new(FunctionHandle {
+            name: name.into(),
+            inbox: Mutex::new(Inbox {
+                events: VecDeque::new(),
+                capacity: 0,
+                policy: QueuePolicy::DropOldest,
+                commands: VecDeque::new(),
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            accepting: AtomicBool::new(false),
+            counters: Counters::default(),
+            status: Mutex::new(Status {
+                version: String::new(),
+                sha256: String::new(),
+                deployed_at_ms: 0,
+                state: RunState::Starting,
+                last_error: None,
+            }),
+        })
+    }
+
+    /// Queues an event by the function's policy; returns whether it was
+    /// queued without dropping anything.
+    pub fn push(&self, event: Event) -> bool {
+        if !self.accepting.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut inbox = lock(&self.inbox);
+        let mut clean = true;
+        if inbox.events.len() >= inbox.capacity {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            clean = false;
+            match inbox.policy {
+                QueuePolicy::DropNewest => return false,
+                QueuePolicy::DropOldest => {
+                    inbox.events.pop_front();
+                }
+            }
+        }
+        inbox.events.push_back(event);
+        drop(inbox);
+        self.wake.notify_one();
+        clean
+    }
+
+    /// Hands a new version to the worker.
+    pub fn deploy(&self, deploy: Deploy) {
+        lock(&self.inbox)
+            .commands
+            .push_back(Command::Deploy(Box::new(deploy)));
+        self.wake.notify_one();
+    }
+
+    /// Asks the worker to flush state and exit.
+    pub fn shutdown(&self) {
+        self.accepting.store(false, Ordering::Relaxed);
+        lock(&self.inbox).shutdown = true;
+        self.wake.notify_one();
+    }
+
+    /// Events waiting.
+    pub fn queued(&self) -> usize {
+        lock(&self.inbox).events.len()
+    }
+
+    pub fn status(&self) -> Status {
+        lock(&self.status).clone()
+    }
+
+    /// Marks a function that the registry says is stopped.
+    pub fn set_stopped(&self, compiled: &Compiled, deployed_at_ms: i64, reason: String) {
+        let mut status = lock(&self.status);
+        status.version = compiled.manifest.version.clone();
+        status.sha256 = compiled.sha256.clone();
+        status.deployed_at_ms = deployed_at_ms;
+        status.state = RunState::Stopped(reason);
+    }
+
+    pub fn is_running(&self) -> bool {
+        lock(&self.status).state == RunState::Running
+    }
+}
+
+/// Starts the worker thread of a function. It owns the function's publish
+/// link and its state; it runs until [`FunctionHandle::shutdown`].
+pub fn spawn_worker(
+    handle: Arc<FunctionHandle>,
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    publisher: (LinkTx, LinkRx),
+    state: StateCache,
+    flush_every: Duration,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let (publisher, publisher_rx) = publisher;
+    let worker = Worker {
+        _publisher_rx: publisher_rx,
+        seed: Some(Seed {
+            state,
+            counters: handle.counters.outputs.clone(),
+        }),
+        handle,
+        runtime,
+        registry,
+        publisher,
+        compiled: None,
+        instance: None,
+        deployed_at_ms: 0,
+        flush_every,
+        next_flush: Instant::now() + flush_every,
+        next_tick: None,
+    };
+    std::thread::Builder::new()
+        .name(format!("fn-{}", worker.handle.name))
+        // wasmi keeps guest stacks on the heap; this thread needs little.
+        .stack_size(1024 * 1024)
+        .spawn(move || worker.run())
+}
+
+struct Worker {
+    handle: Arc<FunctionHandle>,
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    /// The function's own link: its publishes enter the broker as client
+    /// `perch-fn-<name>`.
+    publisher: LinkTx,
+    /// Kept open: a link whose receiver is gone looks dead to the router.
+    /// Nothing arrives on it (QoS 0 publishes are not acknowledged).
+    _publisher_rx: LinkRx,
+    compiled: Option<Arc<Compiled>>,
+    /// Exactly one of `instance` and `seed` holds the state at any time.
+    instance: Option<Instance>,
+    seed: Option<Seed>,
+    deployed_at_ms: i64,
+    flush_every: Duration,
+    next_flush: Instant,
+    next_tick: Option<Instant>,
+}
+
+enum Job {
+    Command(Command),
+    Event(Event),
+    Tick,
+    Flush,
+    Shutdown,
+}
+
+impl Worker {
+    fn state(&mut self) -> &mut StateCache {
+        match &mut self.instance {
+            Some(i) => i.state_mut(),
+            // By the invariant the seed is there; an empty one is harmless.
+            None => &mut self.seed.get_or_insert_with(Seed::default).state,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let flush_at = self.state().is_dirty().then_some(self.next_flush);
+            let job = {
+                let mut inbox = lock(&self.handle.inbox);
+                loop {
+                    if let Some(command) = inbox.commands.pop_front() {
+                        break Job::Command(command);
+                    }
+                    if inbox.shutdown {
+                        break Job::Shutdown;
+                    }
+                    if let Some(event) = inbox.events.pop_front() {
+                        break Job::Event(event);
+                    }
+                    let now = Instant::now();
+                    if self.next_tick.is_some_and(|t| t <= now) {
+                        break Job::Tick;
+                    }
+                    if flush_at.is_some_and(|t| t <= now) {
+                        break Job::Flush;
+                    }
+                    let deadline = match (self.next_tick, flush_at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    inbox = match deadline {
+                        Some(d) => {
+                            self.handle
+                                .wake
+                                .wait_timeout(inbox, d - now)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                        None => self
+                            .handle
+                            .wake
+                            .wait(inbox)
+                            .unwrap_or_else(|p| p.into_inner()),
+                    };
+                }
+            };
+            match job {
+                Job::Command(Command::Deploy(d)) => self.deploy(*d),
+                Job::Event(event) => self.on_event(event),
+                Job::Tick => self.on_tick(),
+                Job::Flush => self.flush(),
+                Job::Shutdown => break,
+            }
+            if Instant::now() >= self.next_flush {
+                self.flush();
+            }
+        }
+        let left = {
+            let mut inbox = lock(&self.handle.inbox);
+            let n = inbox.events.len();
+            inbox.events.clear();
+            n
+        };
+        if left > 0 {
+            // QoS 0 events: dropping them at shutdown is within the promise.
+            self.handle
+                .counters
+                .dropped
+                .fetch_add(left as u64, Ordering::Relaxed);
+            tracing::info!(function = %self.handle.name, dropped = left, "shutdown: queued events dropped");
+        }
+        self.flush();
+    }
+
+    fn deploy(&mut self, d: Deploy) {
+        let name = self.handle.name.clone();
+        // The old instance keeps running until the new one is committed; the
+        // state moves to the new one for its perch_init and moves back if the
+        // deploy does not go through.
+        let state = std::mem::take(self.state());
+        let seed = Seed {
+            state,
+            counters: self.handle.counters.outputs.clone(),
+        };
+        let mut new = match self.runtime.instantiate(&d.compiled, seed) {
+            Ok(new) => new,
+            Err((e, seed)) => {
+                *self.state() = seed.state;
+                let _ = d.ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = d.ready.send(Ok(()));
+        if d.commit.recv_timeout(COMMIT_TIMEOUT) != Ok(true) {
+            *self.state() = new.into_seed().state;
+            return;
+        }
+        let publisher = &mut self.publisher;
+        new.release(|topic, payload| publish(publisher, &name, topic, payload));
+        self.instance = Some(new);
+        self.seed = None;
+        let manifest = &d.compiled.manifest;
+        {
+            let mut inbox = lock(&self.handle.inbox);
+            inbox.capacity = manifest.limits.queue_len;
+            inbox.policy = manifest.limits.queue_policy;
+            let excess = inbox.events.len().saturating_sub(inbox.capacity);
+            inbox.events.drain(..excess);
+            let extra = inbox.capacity.saturating_sub(inbox.events.capacity());
+            inbox.events.reserve_exact(extra);
+        }
+        self.next_tick = (manifest.triggers.every_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(manifest.triggers.every_ms));
+        self.deployed_at_ms = now_ms();
+        {
+            let mut status = lock(&self.handle.status);
+            status.version = manifest.version.clone();
+            status.sha256 = d.compiled.sha256.clone();
+            status.deployed_at_ms = self.deployed_at_ms;
+            status.state = RunState::Running;
+            status.last_error = None;
+        }
+        self.handle
+            .counters
+            .consecutive_failures
+            .store(0, Ordering::Relaxed);
+        self.compiled = Some(d.compiled);
+        self.handle.accepting.store(true, Ordering::Relaxed);
+    }
+
+    /// The live instance, re-created first if a trap poisoned it.
+    fn instance(&mut self) -> Option<&mut Instance> {
+        if self.instance.as_ref().is_some_and(Instance::is_poisoned) {
+            let seed = self.instance.take().map(Instance::into_seed);
+            self.seed = seed;
+        }
+        if self.instance.is_none() {
+            let compiled = self.compiled.clone()?;
+            if !self.handle.is_running() {
+                return None;
+            }
+            let seed = self.seed.take().unwrap_or_default();
+            match self.runtime.instantiate(&compiled, seed) {
+                Ok(mut instance) => {
+                    let (publisher, name) = (&mut self.publisher, &self.handle.name);
+                    instance.release(|t, p| publish(publisher, name, t, p));
+                    self.instance = Some(instance);
+                }
+                Err((e, seed)) => {
+                    self.seed = Some(seed);
+                    self.stop(format!("could not be restarted after a trap: {e}"));
+                    return None;
+                }
+            }
+        }
+        self.instance.as_mut()
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let Some(instance) = self.instance() else {
+            return;
+        };
+        let result = instance.on_event(&event.topic, &event.payload, event.timestamp_ms);
+        self.finish(result);
+    }
+
+    fn on_tick(&mut self) {
+        let every = self
+            .compiled
+            .as_ref()
+            .map_or(0, |c| c.manifest.triggers.every_ms);
+        // Skip ticks missed while busy instead of bursting them.
+        let now = Instant::now();
+        let mut next = self.next_tick.unwrap_or(now);
+        while next <= now {
+            next += Duration::from_millis(every.max(1));
+        }
+        self.next_tick = Some(next);
+        let Some(instance) = self.instance() else {
+            return;
+        };
+        let result = instance.on_timer(now_ms());
+        self.finish(result);
+    }
+
+    fn finish(&mut self, result: Result<(), Failure>) {
+        let counters = &self.handle.counters;
+        counters.invocations.fetch_add(1, Ordering::Relaxed);
+        if let Some(instance) = self.instance.as_mut() {
+            // After a trap nothing is staged; after a clean return (zero or
+            // not) the outputs stand.
+            let (publisher, name) = (&mut self.publisher, &self.handle.name);
+            instance.release(|t, p| publish(publisher, name, t, p));
+        }
+        let failure = match result {
+            Ok(()) => {
+                counters.consecutive_failures.store(0, Ordering::Relaxed);
+                return;
+            }
+            Err(failure) => failure,
+        };
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+        let message = failure.to_string();
+        tracing::warn!(function = %self.handle.name, kind = failure.kind(), "invocation failed: {message}");
+        lock(&self.handle.status).last_error = Some(message.clone());
+        // An event too large for the buffer never reached the guest: it says
+        // nothing about the function's health.
+        if matches!(failure, Failure::EventTooLarge { .. }) {
+            return;
+        }
+        let in_a_row = counters
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let max = self
+            .compiled
+            .as_ref()
+            .map_or(u32::MAX, |c| c.manifest.limits.max_consecutive_failures);
+        if in_a_row >= max {
+            self.stop(format!(
+                "stopped by the circuit breaker after {in_a_row} failed invocations in a row; \
+                 last: {message}"
+            ));
+        }
+    }
+
+    /// Stops the function: no more events, the reason in its status and in
+    /// the registry. A new deploy starts it again.
+    fn stop(&mut self, reason: String) {
+        self.handle.accepting.store(false, Ordering::Relaxed);
+        lock(&self.handle.inbox).events.clear();
+        self.next_tick = None;
+        if let Some(instance) = self.instance.take() {
+            self.seed = Some(instance.into_seed());
+        }
+        tracing::error!(function = %self.handle.name, "{reason}");
+        let version = {
+            let mut status = lock(&self.handle.status);
+            status.state = RunState::Stopped(reason.clone());
+            status.version.clone()
+        };
+        if let Err(e) = self
+            .registry
+            .set_stopped(&self.handle.name, &version, Some(&reason))
+        {
+            tracing::error!(function = %self.handle.name, error = %e, "cannot record the stop in the registry");
+        }
+    }
+
+    /// Writes the state changes since the last flush in one transaction.
+    fn flush(&mut self) {
+        self.next_flush = Instant::now() + self.flush_every;
+        let registry = self.registry.clone();
+        let name = self.handle.name.clone();
+        let state = self.state();
+        if !state.is_dirty() {
+            return;
+        }
+        match registry.save_state(&name, state.changes()) {
+            Ok(()) => state.flushed(),
+            // Kept dirty: the next flush tries again.
+            Err(e) => tracing::error!(function = %name, error = %e, "cannot save function state"),
+        }
+    }
+}
+
+fn publish(publisher: &mut LinkTx, function: &str, topic: Bytes, payload: Bytes) {
+    if let Err(e) = publisher.publish(topic, payload) {
+        tracing::error!(function, error = %e, "cannot publish to the broker");
+    }
+}
+
+/// A trigger filter's subscriber: a function, with all its filters so the
+/// link can tell whether this filter is the one that delivers to it.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub handle: Arc<FunctionHandle>,
+    pub filters: Arc<[String]>,
+}
+
+/// The trigger links: one broker link per distinct trigger filter.
+pub struct Triggers {
+    links: Links,
+    filters: HashMap<String, TriggerLink>,
+    next_id: u64,
+}
+
+struct TriggerLink {
+    subscribers: watch::Sender<Arc<[Subscriber]>>,
+    tx: LinkTx,
+    task: JoinHandle<()>,
+}
+
+impl Triggers {
+    pub fn new(links: Links) -> Triggers {
+        Triggers {
+            links,
+            filters: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Makes the links match the functions' filters: subscribes new filters,
+    /// closes unused ones, updates the subscribers of the rest. Runs on a
+    /// blocking thread inside the runtime (it opens links, which waits for
+    /// the router).
+    pub fn update(&mut self, functions: &[Subscriber]) -> Result<(), BrokerError> {
+        let mut wanted: HashMap<&str, Vec<Subscriber>> = HashMap::new();
+        for s in functions {
+            for f in s.filters.iter() {
+                wanted.entry(f.as_str()).or_default().push(s.clone());
+            }
+        }
+        let unused: Vec<String> = self
+            .filters
+            .keys()
+            .filter(|f| !wanted.contains_key(f.as_str()))
+            .cloned()
+            .collect();
+        for filter in unused {
+            if let Some(link) = self.filters.remove(&filter) {
+                close(link);
+            }
+        }
+        for (filter, subscribers) in wanted {
+            let subscribers: Arc<[Subscriber]> = subscribers.into();
+            if let Some(link) = self.filters.get(filter) {
+                link.subscribers.send_replace(subscribers);
+                continue;
+            }
+            self.next_id += 1;
+            let (mut tx, rx) = self
+                .links
+                .open(&format!("perch-trigger-{}", self.next_id))?;
+            // Subscribing is asynchronous (the SubAck comes later), but the
+            // router handles its events in order: anything published after
+            // this call returns is routed with the subscription in place.
+            tx.subscribe(filter).map_err(|source| BrokerError::Link {
+                client_id: format!("perch-trigger-{}", self.next_id),
+                source: Box::new(source),
+            })?;
+            let (subs_tx, subs_rx) = watch::channel(subscribers);
+            let task = tokio::spawn(run_trigger_link(filter.to_owned(), rx, subs_rx));
+            self.filters.insert(
+                filter.to_owned(),
+                TriggerLink {
+                    subscribers: subs_tx,
+                    tx,
+                    task,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Closes every link.
+    pub fn close_all(&mut self) {
+        for (_, link) in self.filters.drain() {
+            close(link);
+        }
+    }
+
+    /// The filters currently subscribed.
+    pub fn filters(&self) -> impl Iterator<Item = &str> {
+        self.filters.keys().map(String::as_str)
+    }
+}
+
+fn close(mut link: TriggerLink) {
+    link.task.abort();
+    // Disconnecting frees the link's place in the router. `send` is async in
+    // signature only (it does not await), so one poll completes it.
+    let packet = Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    );
+    let mut send = std::pin::pin!(link.tx.send(packet));
+    let _ = send
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+}
+
+use std::future::Future;
+
+/// Receives the publishes of one trigger filter and queues them for the
+/// functions it serves.
+async fn run_trigger_link(
+    filter: String,
+    mut rx: LinkRx,
+    subscribers: watch::Receiver<Arc<[Subscriber]>>,
+) {
+    loop {
+        match rx.next().await {
+            Ok(Some(Notification::Forward(forward))) => {
+                let publish = forward.publish;
+                let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+                    continue;
+                };
+                let timestamp_ms = now_ms();
+                // The borrow is a read lock, held for this synchronous loop
+                // only (never across an await).
+                let subscribers = subscribers.borrow();
+                for s in subscribers.iter() {
+                    let first = s.filters.iter().find(|f| topic::matches(f, topic));
+                    if first.is_some_and(|f| *f == filter) {
+                        s.handle.push(Event {
+                            topic: publish.topic.clone(),
+                            payload: publish.payload.clone(),
+                            timestamp_ms,
+                        });
+                    }
+                }
+            }
+            // The router paused this link because notifications piled up;
+            // it must be told we are ready or it never resumes.
+            Ok(Some(Notification::Unschedule)) => {
+                if rx.wake().await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(Notification::Disconnect(..))) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(filter, error = %e, "trigger link closed");
+                break;
+            }
+        }
+    }
+}

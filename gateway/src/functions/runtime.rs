@@ -1,0 +1,1069 @@
+//! The WebAssembly sandbox: compiling modules, checking them against the host
+//! ABI (`sdk/ABI.md`), instantiating them with their limits, invoking their
+//! handlers and the host imports they call.
+//!
+//! # Why wasmi 2.x
+//!
+//! wasmi is an interpreter: it runs the same on x86_64, aarch64 and armv7
+//! (no JIT, no per-architecture code generator, no `unsafe` machine code),
+//! compiles lazily so that deploying a 200 KB module costs validation only,
+//! meters fuel deterministically, and starts an instance in microseconds.
+//! 2.x is its newest release line: it carries the security fixes of the 1.0.x
+//! line and the 2.0 betas (memory.grow under OOM, stack height checks, fuel
+//! accounting) and its faster register-machine executor; the older 0.x/1.x
+//! lines are slower and no longer get those fixes.
+//!
+//! # Limits, and who enforces them
+//!
+//! - Parsing: `EnforcedLimits::strict()` bounds functions, globals, tables,
+//!   data segments and parameters, and refuses modules crafted to make lazy
+//!   compilation expensive.
+//! - Memory: a [`StoreLimits`] on every store caps linear memory at the
+//!   manifest's `memory_pages`; growing past it traps (`memory_limit`)
+//!   instead of returning -1, as the ABI promises. wasmi's default is
+//!   unbounded, so the limiter is installed before instantiation, always.
+//! - CPU: fuel is refilled to the manifest's `fuel` before every call into
+//!   the guest (init, event, timer); running out traps (`out_of_fuel`).
+//! - Stack: recursion depth and value-stack height are capped engine-wide
+//!   ([`MAX_RECURSION_DEPTH`], [`MAX_STACK_HEIGHT_BYTES`]); overflow traps.
+//! - Outputs: bytes per invocation from the manifest, count per invocation
+//!   [`MAX_OUTPUTS_PER_INVOCATION`], log lines [`MAX_LOG_LINES_PER_INVOCATION`].
+//!
+//! # An invocation is all-or-nothing
+//!
+//! Outputs (`publish`, `emit`, `forward`) are staged during the call and
+//! released only when the handler returns; state writes are undone when it
+//! traps. So a trapped invocation has no effect outside the guest, and the
+//! guest itself is thrown away ([`Instance::is_poisoned`]): after a trap its
+//! globals and memory may be half-updated, so the caller re-creates it from
+//! the compiled module (microseconds) before the next event. A handler that
+//! *returns* non-zero ended cleanly: its effects stand and the instance is
+//! kept; the error is counted like a trap.
+//!
+//! Nothing a guest does can panic the host: every pointer/length pair is
+//! bounds-checked (out of range traps `memory_out_of_bounds`, as the ABI
+//! says), every text is checked for UTF-8, and every wasmi error is mapped to
+//! a [`Failure`] or a [`RuntimeError`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use wasmi::{
+    Caller, CompilationMode, Config, EnforcedLimits, Engine, Extern, ExternType, Linker, Memory,
+    Module, Store, StoreLimits, StoreLimitsBuilder, TrapCode, TypedFunc, ValType,
+};
+
+use super::manifest::{Manifest, PAGE_BYTES};
+use super::state::{StateCache, StateError};
+use super::Output;
+use crate::topic;
+
+/// The host ABI version this gateway speaks.
+pub const ABI_VERSION: i32 = 1;
+
+/// Error codes of the host imports (`sdk/ABI.md`, "Error codes").
+pub mod code {
+    pub const OK: i32 = 0;
+    pub const NOT_FOUND: i32 = -1;
+    pub const DENIED: i32 = -2;
+    pub const LIMIT: i32 = -3;
+    pub const INVALID: i32 = -4;
+    pub const FULL: i32 = -5;
+}
+
+/// Deepest call nesting inside a guest. wasmi's default (1000); set
+/// explicitly so an upgrade cannot quietly change it.
+pub const MAX_RECURSION_DEPTH: usize = 1_000;
+/// wasmi's value stack per execution. Each function runs on its own thread,
+/// so at most one execution per function exists at a time; 512 KiB is ample
+/// for handlers (a Rust or C guest keeps its own stack in linear memory) and
+/// bounds what a runaway recursion can take from a small board.
+pub const MAX_STACK_HEIGHT_BYTES: usize = 512 * 1024;
+/// Most outputs (publish + emit + forward) per invocation: bounds the staging
+/// buffer even for zero-length payloads. A call past it gets `LIMIT`.
+pub const MAX_OUTPUTS_PER_INVOCATION: usize = 1_024;
+/// Most log lines per invocation; more are dropped silently so a chatty
+/// function cannot flood the gateway's log.
+pub const MAX_LOG_LINES_PER_INVOCATION: u32 = 32;
+/// Longest log line kept; the rest is cut (at a character boundary).
+pub const MAX_LOG_LINE_BYTES: usize = 1_024;
+/// Longest metric, key or stream name for `emit` / `forward`.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Table elements per store, so `table.grow` cannot eat memory.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Why a module could not be deployed or instantiated. Each says what is
+/// wrong with the module and, where it helps, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "not a WebAssembly module: the file starts with {found} instead of the wasm magic \
+         00 61 73 6d (\"\\0asm\"); deploy the .wasm file your toolchain built, not source, \
+         text (.wat) or an archive"
+    )]
+    NotWasm { found: String },
+    #[error(
+        "this is a WebAssembly component (or another wasm binary version), not a core module; \
+         perch runs core modules: build for wasm32-unknown-unknown (or wasm32-wasip1 as a reactor)"
+    )]
+    NotCoreModule,
+    #[error("the module is not valid WebAssembly for perch: {0}")]
+    Invalid(String),
+    #[error(
+        "the module does not export `{name}` ({signature}), which the perch ABI requires{why}; \
+         see sdk/ABI.md"
+    )]
+    MissingExport {
+        name: &'static str,
+        signature: &'static str,
+        why: &'static str,
+    },
+    #[error(
+        "the module exports `{name}` as {found}, but the perch ABI needs {expected}; see sdk/ABI.md"
+    )]
+    WrongExport {
+        name: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    #[error(
+        "the module imports `{module}.{name}` ({ty}), which perch does not offer; a function may \
+         import only these, from module `perch`: {offered}"
+    )]
+    UnknownImport {
+        module: String,
+        name: String,
+        ty: String,
+        offered: String,
+    },
+    #[error(
+        "the module imports `perch.{name}` as {found}, but perch offers it as {expected}; \
+         rebuild it against perch ABI version {ABI_VERSION}"
+    )]
+    ImportSignature {
+        name: String,
+        found: String,
+        expected: String,
+    },
+    #[error(
+        "the module speaks perch ABI version {found}, but this gateway speaks version \
+         {ABI_VERSION}; rebuild it with an SDK for ABI version {ABI_VERSION}"
+    )]
+    AbiVersion { found: i32 },
+    #[error(
+        "the module's memory starts at {initial} pages of 64 KiB, more than the manifest's \
+         limits.memory_pages = {limit}; raise the limit or make the module's memory smaller"
+    )]
+    MemoryTooLarge { initial: u64, limit: u32 },
+    #[error(
+        "the event buffer (perch_event_buffer() = {ptr}, perch_event_buffer_len() = {len}) does \
+         not lie inside the module's memory of {memory} bytes"
+    )]
+    EventBuffer { ptr: i32, len: i32, memory: usize },
+    #[error("the module could not be instantiated: {0}")]
+    Instantiate(String),
+    #[error("calling `{export}` failed while starting the module: {failure}")]
+    Start {
+        export: &'static str,
+        failure: Failure,
+    },
+}
+
+/// Why one invocation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The guest trapped; the name says how (`out_of_fuel`, `memory_limit`,
+    /// `memory_out_of_bounds`, `stack_overflow`, `unreachable`, ...).
+    Trap(&'static str),
+    /// The handler returned this non-zero value.
+    Returned(i32),
+    /// Topic and payload do not fit the guest's event buffer; the event was
+    /// not delivered.
+    EventTooLarge { needed: usize, capacity: usize },
+}
+
+impl Failure {
+    /// A short stable name, for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Trap(kind) => kind,
+            Failure::Returned(_) => "handler_error",
+            Failure::EventTooLarge { .. } => "event_too_large",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Trap(kind) => write!(f, "trap: {kind}"),
+            Failure::Returned(rc) => write!(f, "handler returned error {rc}"),
+            Failure::EventTooLarge { needed, capacity } => write!(
+                f,
+                "event_too_large: topic and payload take {needed} bytes, the function's event \
+                 buffer holds {capacity}"
+            ),
+        }
+    }
+}
+
+/// The name of a trap, as logged and counted.
+fn trap_kind(e: &wasmi::Error) -> &'static str {
+    match e.as_trap_code() {
+        Some(TrapCode::OutOfFuel) => "out_of_fuel",
+        Some(TrapCode::GrowthOperationLimited) => "memory_limit",
+        Some(TrapCode::MemoryOutOfBounds) => "memory_out_of_bounds",
+        Some(TrapCode::StackOverflow) => "stack_overflow",
+        Some(TrapCode::UnreachableCodeReached) => "unreachable",
+        Some(TrapCode::IntegerDivisionByZero) => "integer_divide_by_zero",
+        Some(TrapCode::IntegerOverflow) => "integer_overflow",
+        Some(TrapCode::BadConversionToInteger) => "bad_conversion_to_integer",
+        Some(TrapCode::TableOutOfBounds) => "table_out_of_bounds",
+        Some(TrapCode::IndirectCallToNull) => "indirect_call_to_null",
+        Some(TrapCode::BadSignature) => "bad_signature",
+        Some(TrapCode::OutOfSystemMemory) => "out_of_system_memory",
+        None => "host_error",
+    }
+}
+
+/// Counters of outputs the host refused, shared by every instance of one
+/// function so they survive instance re-creation.
+#[derive(Debug, Default)]
+pub struct OutputCounters {
+    /// Publishes to topics outside `publish.allow` (`DENIED`).
+    pub denied: AtomicU64,
+    /// Outputs past the per-invocation limits (`LIMIT`).
+    pub limited: AtomicU64,
+    /// Outputs dropped because the channel behind was full (`FULL`).
+    pub full: AtomicU64,
+}
+
+/// What an instance carries over from the one before it: the function's
+/// state and its counters. Handed back when instantiation fails, so nothing
+/// is lost.
+#[derive(Debug, Default)]
+pub struct Seed {
+    pub state: StateCache,
+    pub counters: Arc<OutputCounters>,
+}
+
+/// The imports perch offers, in module `perch`, with their signatures.
+const IMPORTS: &[(&str, &[ValType], &[ValType])] = {
+    use ValType::{F64, I32, I64};
+    &[
+        ("publish", &[I32, I32, I32, I32], &[I32]),
+        ("emit", &[I32, I32, I32, I32, F64], &[I32]),
+        ("forward", &[I32, I32, I32, I32], &[I32]),
+        ("state_get", &[I32, I32, I32, I32], &[I32]),
+        ("state_set", &[I32, I32, I32, I32], &[I32]),
+        ("state_delete", &[I32, I32], &[I32]),
+        ("config_get", &[I32, I32, I32, I32], &[I32]),
+        ("log", &[I32, I32, I32], &[]),
+        ("now_ms", &[], &[I64]),
+    ]
+};
+
+fn signature(params: &[ValType], results: &[ValType]) -> String {
+    let names = |tys: &[ValType]| {
+        tys.iter()
+            .map(|t| match t {
+                ValType::I32 => "i32",
+                ValType::I64 => "i64",
+                ValType::F32 => "f32",
+                ValType::F64 => "f64",
+                ValType::V128 => "v128",
+                ValType::FuncRef => "funcref",
+                ValType::ExternRef => "externref",
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match results {
+        [] => format!("func ({})", names(params)),
+        _ => format!("func ({}) -> {}", names(params), names(results)),
+    }
+}
+
+fn extern_type(ty: &ExternType) -> String {
+    match ty {
+        ExternType::Func(f) => signature(f.params(), f.results()),
+        ExternType::Memory(_) => "memory".into(),
+        ExternType::Table(_) => "table".into(),
+        ExternType::Global(_) => "global".into(),
+    }
+}
+
+/// The parts of a deployed version every instance shares.
+#[derive(Debug)]
+pub struct Context {
+    pub name: Arc<str>,
+    allow: Vec<String>,
+    config: HashMap<String, String>,
+    fuel: u64,
+    memory_pages: u32,
+    output_bytes: usize,
+}
+
+/// A validated, compiled function version: one per version, shared by all of
+/// its instances.
+pub struct Compiled {
+    pub manifest: Manifest,
+    /// Hex SHA-256 of the wasm bytes.
+    pub sha256: String,
+    module: Module,
+    ctx: Arc<Context>,
+    /// Size of the wasm bytes, for logs.
+    pub wasm_len: usize,
+}
+
+/// The engine and the host imports: one per gateway.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Host>,
+    /// Where `emit` and `forward` records go (the aggregate and buffer
+    /// stages). Bounded, so a stalled consumer turns into `FULL` for the
+    /// guest instead of unbounded memory.
+    outputs: mpsc::Sender<Output>,
+}
+
+impl Runtime {
+    /// A runtime whose functions send `emit`/`forward` records to `outputs`.
+    pub fn new(outputs: mpsc::Sender<Output>) -> Runtime {
+        let mut config = Config::default();
+        config
+            .consume_fuel(true)
+            // Validate the whole module at deploy (a bad module is refused
+            // there, not at its first event) but translate each function on
+            // first use, so a deploy is ready in well under a millisecond.
+            .compilation_mode(CompilationMode::LazyTranslation)
+            .enforced_limits(EnforcedLimits::strict())
+            .set_max_recursion_depth(MAX_RECURSION_DEPTH)
+            .set_max_stack_height(MAX_STACK_HEIGHT_BYTES);
+        let engine = Engine::new(&config);
+        let mut linker = Linker::new(&engine);
+        define_imports(&mut linker);
+        Runtime {
+            engine,
+            linker,
+            outputs,
+        }
+    }
+
+    /// Validates a module against the ABI and the manifest and compiles it.
+    pub fn compile(&self, manifest: Manifest, wasm: &[u8]) -> Result<Compiled, RuntimeError> {
+        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+            let found = wasm
+                .iter()
+                .take(4)
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let found = if found.is_empty() {
+                "nothing (the file is empty)".to_owned()
+            } else {
+                found
+            };
+            return Err(RuntimeError::NotWasm { found });
+        }
+        if wasm[4..8] != [1, 0, 0, 0] {
+            return Err(RuntimeError::NotCoreModule);
+        }
+        let module =
+            Module::new(&self.engine, wasm).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        check_imports(&module)?;
+        check_exports(&module, &manifest)?;
+
+        let ctx = Arc::new(Context {
+            name: manifest.name.as_str().into(),
+            allow: manifest.publish.allow.clone(),
+            config: manifest
+                .config_texts()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            fuel: manifest.limits.fuel,
+            memory_pages: manifest.limits.memory_pages,
+            output_bytes: manifest.limits.output_bytes,
+        });
+        Ok(Compiled {
+            sha256: sha256_hex(wasm),
+            manifest,
+            module,
+            ctx,
+            wasm_len: wasm.len(),
+        })
+    }
+
+    /// Instantiates a compiled version: checks the ABI version and the event
+    /// buffer, then runs `perch_init`. Outputs `perch_init` made are staged in
+    /// the returned instance until [`Instance::release`].
+    #[allow(clippy::result_large_err)] // the Seed is handed back, not lost
+    pub fn instantiate(
+        &self,
+        compiled: &Compiled,
+        seed: Seed,
+    ) -> Result<Instance, (RuntimeError, Seed)> {
+        let ctx = compiled.ctx.clone();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((ctx.memory_pages as usize).saturating_mul(PAGE_BYTES))
+            .memories(1)
+            .tables(8)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .instances(1)
+            .trap_on_grow_failure(true)
+            .build();
+        let host = Host {
+            limits,
+            outputs: self.outputs.clone(),
+            memory: None,
+            state: seed.state,
+            counters: seed.counters,
+            staged: Vec::new(),
+            output_bytes_left: ctx.output_bytes,
+            log_lines_left: MAX_LOG_LINES_PER_INVOCATION,
+            ctx,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limits);
+        let parts = match self.start(&mut store, compiled) {
+            Ok(parts) => parts,
+            Err(e) => {
+                let host = store.into_data();
+                let seed = Seed {
+                    state: host.state,
+                    counters: host.counters,
+                };
+                return Err((e, seed));
+            }
+        };
+        let mut instance = Instance {
+            store,
+            memory: parts.memory,
+            buf_ptr: parts.buf_ptr,
+            buf_len: parts.buf_len,
+            on_event: parts.on_event,
+            on_timer: parts.on_timer,
+            poisoned: false,
+        };
+        if let Some(init) = parts.init {
+            if let Err(failure) = instance.invoke(|store| init.call(store, ())) {
+                let e = RuntimeError::Start {
+                    export: "perch_init",
+                    failure,
+                };
+                return Err((e, instance.into_seed()));
+            }
+        }
+        Ok(instance)
+    }
+
+    /// Instantiates the module in `store` and checks what the ABI requires
+    /// of a live instance.
+    fn start(&self, store: &mut Store<Host>, compiled: &Compiled) -> Result<Parts, RuntimeError> {
+        let fuel = compiled.ctx.fuel;
+        // Fuel is always on in this engine, so set_fuel cannot fail.
+        let _ = store.set_fuel(fuel);
+        let instance = self
+            .linker
+            .instantiate_and_start(&mut *store, &compiled.module)
+            .map_err(|e| match e.as_trap_code() {
+                Some(_) => RuntimeError::Start {
+                    export: "the start function",
+                    failure: Failure::Trap(trap_kind(&e)),
+                },
+                None => RuntimeError::Instantiate(e.to_string()),
+            })?;
+        // check_exports made sure these exist with these types.
+        let memory = instance
+            .get_memory(&*store, "memory")
+            .ok_or(RuntimeError::Instantiate("no memory export".into()))?;
+        store.data_mut().memory = Some(memory);
+        let mut call0 = |export: &'static str| {
+            let f = instance
+                .get_typed_func::<(), i32>(&*store, export)
+                .map_err(|e| RuntimeError::Instantiate(e.to_string()))?;
+            let _ = store.set_fuel(fuel);
+            f.call(&mut *store, ()).map_err(|e| RuntimeError::Start {
+                export,
+                failure: Failure::Trap(trap_kind(&e)),
+            })
+        };
+        let version = call0("perch_abi_version")?;
+        if version != ABI_VERSION {
+            return Err(RuntimeError::AbiVersion { found: version });
+        }
+        let ptr = call0("perch_event_buffer")?;
+        let len = call0("perch_event_buffer_len")?;
+        let memory_len = memory.data_size(&*store);
+        let in_memory = ptr >= 0
+            && len >= 0
+            && (ptr as usize)
+                .checked_add(len as usize)
+                .is_some_and(|end| end <= memory_len);
+        if !in_memory {
+            return Err(RuntimeError::EventBuffer {
+                ptr,
+                len,
+                memory: memory_len,
+            });
+        }
+        Ok(Parts {
+            memory,
+            buf_ptr: ptr as usize,
+            buf_len: len as usize,
+            on_event: instance.get_typed_func(&*store, "perch_on_event").ok(),
+            on_timer: instance.get_typed_func(&*store, "perch_on_timer").ok(),
+            init: instance.get_typed_func(&*store, "perch_init").ok(),
+        })
+    }
+}
+
+/// What [`Runtime::start`] found in a fresh instance.
+struct Parts {
+    memory: Memory,
+    buf_ptr: usize,
+    buf_len: usize,
+    on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
+    on_timer: Option<TypedFunc<i64, i32>>,
+    init: Option<TypedFunc<(), i32>>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn check_imports(module: &Module) -> Result<(), RuntimeError> {
+    for import in module.imports() {
+        let offered = || {
+            IMPORTS
+                .iter()
+                .map(|(n, _, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let known = (import.module() == "perch")
+            .then(|| IMPORTS.iter().find(|(n, _, _)| *n == import.name()))
+            .flatten();
+        let Some((name, params, results)) = known else {
+            return Err(RuntimeError::UnknownImport {
+                module: import.module().to_owned(),
+                name: import.name().to_owned(),
+                ty: extern_type(import.ty()),
+                offered: offered(),
+            });
+        };
+        let matches = import
+            .ty()
+            .func()
+            .is_some_and(|f| f.params() == *params && f.results() == *results);
+        if !matches {
+            return Err(RuntimeError::ImportSignature {
+                name: (*name).to_owned(),
+                found: extern_type(import.ty()),
+                expected: signature(params, results),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_exports(module: &Module, manifest: &Manifest) -> Result<(), RuntimeError> {
+    use ValType::{I32, I64};
+    match module.get_export("memory") {
+        Some(ExternType::Memory(ty)) => {
+            let limit = manifest.limits.memory_pages;
+            if ty.minimum() > u64::from(limit) {
+                return Err(RuntimeError::MemoryTooLarge {
+                    initial: ty.minimum(),
+                    limit,
+                });
+            }
+        }
+        Some(other) => {
+            return Err(RuntimeError::WrongExport {
+                name: "memory",
+                expected: "memory",
+                found: extern_type(&other),
+            })
+        }
+        None => {
+            return Err(RuntimeError::MissingExport {
+                name: "memory",
+                signature: "memory",
+                why: "",
+            })
+        }
+    }
+    let funcs: [(&'static str, &[ValType], bool, &'static str, &'static str); 6] = [
+        ("perch_abi_version", &[], true, "func () -> i32", ""),
+        ("perch_event_buffer", &[], true, "func () -> i32", ""),
+        ("perch_event_buffer_len", &[], true, "func () -> i32", ""),
+        ("perch_init", &[], false, "func () -> i32", ""),
+        (
+            "perch_on_event",
+            &[I32, I32, I64],
+            !manifest.triggers.topics.is_empty(),
+            "func (i32, i32, i64) -> i32",
+            " because the manifest has triggers.topics",
+        ),
+        (
+            "perch_on_timer",
+            &[I64],
+            manifest.triggers.every_ms > 0,
+            "func (i64) -> i32",
+            " because the manifest has triggers.every_ms",
+        ),
+    ];
+    for (name, params, required, sig, why) in funcs {
+        match module.get_export(name) {
+            Some(ExternType::Func(f)) if f.params() == params && f.results() == [I32] => {}
+            Some(other) => {
+                return Err(RuntimeError::WrongExport {
+                    name,
+                    expected: sig,
+                    found: extern_type(&other),
+                })
+            }
+            None if required => {
+                return Err(RuntimeError::MissingExport {
+                    name,
+                    signature: sig,
+                    why,
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// One live instance of a function version. Reused across events.
+pub struct Instance {
+    store: Store<Host>,
+    memory: Memory,
+    buf_ptr: usize,
+    buf_len: usize,
+    on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
+    on_timer: Option<TypedFunc<i64, i32>>,
+    /// Set by a trap: the guest's memory may be half-updated.
+    poisoned: bool,
+}
+
+impl Instance {
+    /// Delivers one MQTT event. The outputs it made are staged until
+    /// [`Instance::release`].
+    pub fn on_event(&mut self, topic: &[u8], payload: &[u8], ts_ms: i64) -> Result<(), Failure> {
+        let needed = topic.len() + payload.len();
+        if needed > self.buf_len {
+            return Err(Failure::EventTooLarge {
+                needed,
+                capacity: self.buf_len,
+            });
+        }
+        let Some(handler) = self.on_event else {
+            // check_exports refuses a topic trigger without this export.
+            return Err(Failure::Trap("host_error"));
+        };
+        // The range was checked against memory at instantiation and memory
+        // never shrinks, so these slices are in bounds.
+        let data = self.memory.data_mut(&mut self.store);
+        let start = self.buf_ptr;
+        data[start..start + topic.len()].copy_from_slice(topic);
+        data[start + topic.len()..start + needed].copy_from_slice(payload);
+        self.invoke(|store| handler.call(store, (topic.len() as i32, payload.len() as i32, ts_ms)))
+    }
+
+    /// Delivers one interval tick.
+    pub fn on_timer(&mut self, ts_ms: i64) -> Result<(), Failure> {
+        let Some(handler) = self.on_timer else {
+            return Err(Failure::Trap("host_error"));
+        };
+        self.invoke(|store| handler.call(store, ts_ms))
+    }
+
+    fn invoke(
+        &mut self,
+        call: impl FnOnce(&mut Store<Host>) -> Result<i32, wasmi::Error>,
+    ) -> Result<(), Failure> {
+        let fuel = self.store.data().ctx.fuel;
+        self.store.data_mut().begin();
+        let _ = self.store.set_fuel(fuel);
+        let result = call(&mut self.store);
+        let host = self.store.data_mut();
+        match result {
+            Ok(rc) => {
+                host.state.commit();
+                if rc == code::OK {
+                    Ok(())
+                } else {
+                    Err(Failure::Returned(rc))
+                }
+            }
+            Err(e) => {
+                host.state.rollback();
+                host.staged.clear();
+                self.poisoned = true;
+                Err(Failure::Trap(trap_kind(&e)))
+            }
+        }
+    }
+
+    /// Whether a trap may have left the guest half-updated; such an instance
+    /// must be replaced before the next event.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Releases the outputs of the last invocation: each publish goes to
+    /// `publish`, each emit/forward into the output channel (its place there
+    /// was reserved when the guest made the call).
+    pub fn release(&mut self, mut publish: impl FnMut(Bytes, Bytes)) {
+        for staged in self.store.data_mut().staged.drain(..) {
+            match staged {
+                Staged::Publish { topic, payload } => publish(topic, payload),
+                Staged::Output(permit, output) => {
+                    permit.send(output);
+                }
+            }
+        }
+    }
+
+    /// The function's state, for flushing.
+    pub fn state_mut(&mut self) -> &mut StateCache {
+        &mut self.store.data_mut().state
+    }
+
+    /// Takes the instance apart, keeping what the next one needs.
+    pub fn into_seed(self) -> Seed {
+        let host = self.store.into_data();
+        Seed {
+            state: host.state,
+            counters: host.counters,
+        }
+    }
+
+    /// Fuel left after the last invocation (for tests and benchmarks).
+    pub fn fuel_left(&self) -> u64 {
+        self.store.get_fuel().unwrap_or(0)
+    }
+}
+
+/// An output made during an invocation, released when it returns.
+enum Staged {
+    Publish {
+        topic: Bytes,
+        payload: Bytes,
+    },
+    /// The permit holds a place in the output channel, so `FULL` is decided
+    /// when the guest calls, and nothing is lost when the output is released.
+    Output(mpsc::OwnedPermit<Output>, Output),
+}
+
+/// The host's side of one store: what host imports may touch.
+pub struct Host {
+    limits: StoreLimits,
+    ctx: Arc<Context>,
+    outputs: mpsc::Sender<Output>,
+    memory: Option<Memory>,
+    state: StateCache,
+    counters: Arc<OutputCounters>,
+    /// Reused across invocations: cleared, never shrunk.
+    staged: Vec<Staged>,
+    output_bytes_left: usize,
+    log_lines_left: u32,
+}
+
+impl Host {
+    fn begin(&mut self) {
+        self.staged.clear();
+        self.output_bytes_left = self.ctx.output_bytes;
+        self.log_lines_left = MAX_LOG_LINES_PER_INVOCATION;
+    }
+
+    fn refuse(&self, code: i32) -> i32 {
+        let counter = match code {
+            code::DENIED => &self.counters.denied,
+            code::LIMIT => &self.counters.limited,
+            code::FULL => &self.counters.full,
+            _ => return code,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        code
+    }
+
+    fn publish(&mut self, topic: &[u8], payload: &[u8]) -> i32 {
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return code::INVALID;
+        };
+        if topic::validate_name(topic).is_err() {
+            return code::INVALID;
+        }
+        // The gateway's control topics are never a function's to write,
+        // whatever its manifest allows: a function must not deploy functions.
+        if topic::matches("perch/+/fn/#", topic) || !topic::matches_any(&self.ctx.allow, topic) {
+            return self.refuse(code::DENIED);
+        }
+        if self.staged.len() >= MAX_OUTPUTS_PER_INVOCATION || payload.len() > self.output_bytes_left
+        {
+            return self.refuse(code::LIMIT);
+        }
+        self.output_bytes_left -= payload.len();
+        self.staged.push(Staged::Publish {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: Bytes::copy_from_slice(payload),
+        });
+        code::OK
+    }
+
+    fn stage_output(&mut self, output: impl FnOnce(Arc<str>) -> Output) -> i32 {
+        if self.staged.len() >= MAX_OUTPUTS_PER_INVOCATION {
+            return self.refuse(code::LIMIT);
+        }
+        match self.outputs.clone().try_reserve_owned() {
+            Ok(permit) => {
+                let output = output(self.ctx.name.clone());
+                self.staged.push(Staged::Output(permit, output));
+                code::OK
+            }
+            Err(_) => self.refuse(code::FULL),
+        }
+    }
+
+    fn emit(&mut self, metric: &[u8], key: &[u8], value: f64) -> i32 {
+        let (Some(metric), Some(key)) = (name_text(metric), name_text(key)) else {
+            return code::INVALID;
+        };
+        if metric.is_empty() {
+            return code::INVALID;
+        }
+        let timestamp_ms = now_ms();
+        self.stage_output(|function| Output::Metric {
+            function,
+            metric: metric.to_owned(),
+            key: (!key.is_empty()).then(|| key.to_owned()),
+            value,
+            timestamp_ms,
+        })
+    }
+
+    fn forward(&mut self, stream: &[u8], record: &[u8]) -> i32 {
+        let Some(stream) = name_text(stream).filter(|s| !s.is_empty()) else {
+            return code::INVALID;
+        };
+        if record.len() > self.output_bytes_left {
+            return self.refuse(code::LIMIT);
+        }
+        let timestamp_ms = now_ms();
+        let code = self.stage_output(|function| Output::Record {
+            function,
+            stream: stream.to_owned(),
+            record: Bytes::copy_from_slice(record),
+            timestamp_ms,
+        });
+        if code == code::OK {
+            self.output_bytes_left -= record.len();
+        }
+        code
+    }
+
+    fn log(&mut self, level: i32, message: &[u8]) {
+        if self.log_lines_left == 0 {
+            return;
+        }
+        self.log_lines_left -= 1;
+        let mut end = message.len().min(MAX_LOG_LINE_BYTES);
+        let text = loop {
+            // Cut at a character boundary; invalid UTF-8 is shown replaced.
+            match std::str::from_utf8(&message[..end]) {
+                Ok(t) => break std::borrow::Cow::Borrowed(t),
+                Err(e) if e.error_len().is_none() => end = e.valid_up_to(),
+                Err(_) => break String::from_utf8_lossy(&message[..end]),
+            }
+        };
+        let function = &*self.ctx.name;
+        match level {
+            0 => tracing::error!(function, "{text}"),
+            1 => tracing::warn!(function, "{text}"),
+            2 => tracing::info!(function, "{text}"),
+            3 => tracing::debug!(function, "{text}"),
+            _ => tracing::trace!(function, "{text}"),
+        }
+    }
+}
+
+/// A metric, key or stream name: UTF-8 and short.
+fn name_text(bytes: &[u8]) -> Option<&str> {
+    if bytes.len() > MAX_NAME_BYTES {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The guest's memory: known after instantiation; during a start function
+/// it is looked up by name.
+fn memory(caller: &Caller<'_, Host>) -> Result<Memory, wasmi::Error> {
+    match caller.data().memory {
+        Some(m) => Ok(m),
+        None => caller
+            .get_export("memory")
+            .and_then(Extern::into_memory)
+            .ok_or_else(|| TrapCode::MemoryOutOfBounds.into()),
+    }
+}
+
+/// `memory[ptr..ptr+len]`, or the trap the ABI prescribes for a range outside
+/// guest memory.
+fn range(ptr: i32, len: i32, memory_len: usize) -> Result<std::ops::Range<usize>, wasmi::Error> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    match ptr.checked_add(len) {
+        Some(end) if end <= memory_len => Ok(ptr..end),
+        _ => Err(TrapCode::MemoryOutOfBounds.into()),
+    }
+}
+
+/// Copies `value` into the guest's `out` buffer as far as it fits; returns
+/// the full length, as `state_get` and `config_get` do.
+fn copy_out(data: &mut [u8], out: std::ops::Range<usize>, value: &[u8]) -> i32 {
+    let n = value.len().min(out.len());
+    data[out.start..out.start + n].copy_from_slice(&value[..n]);
+    value.len() as i32
+}
+
+fn define_imports(linker: &mut Linker<Host>) {
+    // `func_wrap` only fails for a name defined twice; these names are
+    // distinct constants, so an error here is a bug caught by every test.
+    let ok = |r: Result<&mut Linker<Host>, wasmi::errors::LinkerError>| {
+        r.expect("perch host imports have distinct names");
+    };
+    ok(linker.func_wrap(
+        "perch",
+        "publish",
+        |mut caller: Caller<'_, Host>, tp: i32, tl: i32, pp: i32, pl: i32| {
+            let mem = memory(&caller)?;
+            let (data, host) = mem.data_and_store_mut(&mut caller);
+            let topic = range(tp, tl, data.len())?;
+            let payload = range(pp, pl, data.len())?;
+            Ok(host.publish(&data[topic], &data[payload]))
+        },
+    ));
+    ok(linker.func_wrap(
+        "perch",
+        "emit",
+        |mut caller: Caller<'_, Host>, mp: i32, ml: i32, kp: i32, kl: i32, value: f64| {
+            let mem = memory(&caller)?;
+            let (data, host) = mem.data_and_store_mut(&mut caller);
+            let metric = range(mp, ml, data.len())?;
+            let key = range(kp, kl, data.len())?;
+            Ok(host.emit(&data[metric], &data[key], value))
+        },
+    ));
+    ok(linker.func_wrap(
+        "perch",
+        "forward",
+        |mut caller: Caller<'_, Host>, sp: i32, sl: i32, rp: i32, rl: i32| {
+            let mem = memory(&caller)?;
+            let (data, host) = mem.data_and_store_mut(&mut caller);
+            let stream = range(sp, sl, data.len())?;
+            let record = range(rp, rl, data.len())?;
+            Ok(host.forward(&data[stream], &data[record]))
+        },
+    ));
+    ok(linker.func_wrap(
+        "perch",
+        "state_get",
+        |mut caller: Caller<'_, Host>, kp: i32, kl: i32, op: i32, oc: i32| {
+            let mem = memory(&caller)?;
+            let (data, host) = mem.data_and_store_mut(&mut caller);
+            let key = range(kp, kl, data.len())?;
+            let out = range(op, oc, data.len())?;
+            // The key is copied out of guest memory so that the value can be
+            // copied into it; keys are short (≤ 256 bytes).
+            let mut buf = [0u8; super::state::MAX_KEY_BYTES];
+            let Some(key_copy) = buf.get_mut(..key.len()) else {
+                return Ok(code::INVALID);
+            };
+            key_copy.copy_from_slice(&data[key]);
+            Ok(match host.state.get(key_copy) {
+                Some(value) => copy_out(data, out, value),
+                None => code::NOT_FOUND,
+            })
+        },
+    ));
+    ok(linker.func_wrap(
+        "perch",
+        "state_set",
+        |mut caller: Caller<'_, Host>, kp: i32, kl: i32, vp: i32, vl: i32| {
+            let mem = memory(&caller)?;
+            let (data, host) = mem.data_and_store_mut(&mut caller);
+            let key = range(kp, kl, data.len())?;
+            let value = range(vp, vl, data.len())?;
+            Ok(match host.state.set(&data[key], &data[value]) {
+                Ok(()) => code::OK,
+                Err(StateError::TooLong) => code::INVALID,
+                Err(StateError::Full) => host.refuse(code::FULL),
+                Err(StateError::NotFound) => code::NOT_FOUND,
+            })
+        },
+    ));
+    ok(linker.func_wrap(
+        "perch",
+        "state_delete",
+        |mut caller: Caller<'_, Host>, kp: i32, kl: i32| {
+            let mem = memory(&caller)?;
+            let (data, host) = mem.data_and_store_mut(&mut caller);
+            let key = range(kp, kl, data.len())?;
+            Ok(match host.state.delete(&data[key]) {
+                Ok(()) => code::OK,
+                Err(StateError::NotFound) => code::NOT_FOUND,
+                Err(_) => code::INVALID,
+            })
+        },
+    ));
+    ok(linker.func_wrap(
+        "perch",
+        "config_get",
+        |mut caller: Caller<'_, Host>, kp: i32, kl: i32, op: i32, oc: i32| {
+            let mem = memory(&caller)?;
+            let (data, host) = mem.data_and_store_mut(&mut caller);
+            let key = range(kp, kl, data.len())?;
+            let out = range(op, oc, data.len())?;
+            // The value borrows this handle, not guest memory, so it can be
+            // copied into guest memory.
+            let ctx = host.ctx.clone();
+            let Ok(key) = std::str::from_utf8(&data[key]) else {
+                return Ok(code::INVALID);
+            };
+            Ok(match ctx.config.get(key) {
+                Some(value) => copy_out(data, out, value.as_bytes()),
+                None => code::NOT_FOUND,
+            })
+        },
+    ));
+    ok(linker.func_wrap(
+        "perch",
+        "log",
+        |mut caller: Caller<'_, Host>, level: i32, mp: i32, ml: i32| {
+            let mem = memory(&caller)?;
+            let (data, host) = mem.data_and_store_mut(&mut caller);
+            let msg = range(mp, ml, data.len())?;
+            host.log(level, &data[msg]);
+            Ok(())
+        },
+    ));
+    ok(linker.func_wrap("perch", "now_ms", |_: Caller<'_, Host>| now_ms()));
+}

@@ -1,0 +1,287 @@
+//! Functions end to end: `perch fn deploy` against a running gateway, sensor
+//! readings published with an MQTT client, outputs received by another.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::functions::{file, wasm_file, Client, Gateway};
+
+fn threshold_manifest(name: &str, version: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+version = "{version}"
+description = "Alert when a temperature crosses a limit"
+
+[triggers]
+topics = ["sensors/+/temperature"]
+
+[limits]
+fuel = 1000000
+max_consecutive_failures = 5
+
+[publish]
+allow = ["alerts/#"]
+
+[config]
+limit = 30.0
+"#
+    )
+}
+
+/// A misbehaving function on the same trigger, with small limits.
+fn runaway_manifest(name: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+version = "0.1.0"
+
+[triggers]
+topics = ["sensors/#"]
+
+[limits]
+fuel = 2000000
+memory_pages = 16
+max_consecutive_failures = 3
+"#
+    )
+}
+
+/// Deploys `wasm` with `manifest`; asserts the gateway accepted it.
+fn deploy(gw: &Gateway, dir: &Path, wasm: &str, manifest_name: &str, manifest: &str) {
+    let module = wasm_file(dir, wasm);
+    let manifest = file(dir, manifest_name, manifest);
+    let (ok, out) = gw.perch_fn(&[
+        "deploy",
+        module.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(ok, "deploy of {wasm} failed: {out}\nlog:\n{}", gw.log());
+    assert!(out.contains("\"ok\": true"), "{out}");
+}
+
+/// Deploys and expects a refusal; returns the CLI's output.
+fn refused(gw: &Gateway, module: &Path, manifest: &Path) -> String {
+    let (ok, out) = gw.perch_fn(&[
+        "deploy",
+        module.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(!ok, "the deploy should have been refused: {out}");
+    assert!(out.contains("\"ok\": false"), "{out}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployed_function_turns_readings_into_alerts_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start("e2e-alerts", dir.path());
+    deploy(
+        &gw,
+        dir.path(),
+        "threshold",
+        "threshold.toml",
+        &threshold_manifest("threshold-alert", "1.0.0"),
+    );
+
+    let mut watcher = Client::connect(gw.addr, "watcher", &["alerts/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor-1", &[]).await;
+    sensor.publish("sensors/kitchen/temperature", "21.5").await;
+    sensor.publish("sensors/kitchen/temperature", "31.25").await;
+    assert_eq!(
+        watcher.next().await,
+        ("alerts/temperature".to_owned(), "31.25".to_owned())
+    );
+    let f = gw.wait_for_function("threshold-alert", |f| f["invocations"] == 2);
+    assert_eq!(f["state"], "running");
+    assert_eq!(f["version"], "1.0.0");
+    assert_eq!(f["errors"], 0);
+
+    // A clean restart brings the function back exactly as deployed.
+    drop((watcher, sensor));
+    let gw = gw.restart();
+    let f = gw.function("threshold-alert");
+    assert_eq!(
+        (&f["state"], &f["version"]),
+        (&"running".into(), &"1.0.0".into())
+    );
+    let mut watcher = Client::connect(gw.addr, "watcher", &["alerts/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor-1", &[]).await;
+    sensor.publish("sensors/hall/temperature", "40").await;
+    assert_eq!(
+        watcher.next().await,
+        ("alerts/temperature".to_owned(), "40".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_functions_are_stopped_and_the_good_one_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start("e2e-runaway", dir.path());
+    deploy(
+        &gw,
+        dir.path(),
+        "threshold",
+        "threshold.toml",
+        &threshold_manifest("threshold-alert", "1.0.0"),
+    );
+    deploy(
+        &gw,
+        dir.path(),
+        "spin",
+        "spin.toml",
+        &runaway_manifest("spin"),
+    );
+    deploy(&gw, dir.path(), "hog", "hog.toml", &runaway_manifest("hog"));
+
+    let mut watcher = Client::connect(gw.addr, "watcher", &["alerts/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor-1", &[]).await;
+    // Every reading goes to all three; each is above the limit.
+    let readings: Vec<String> = (0..50).map(|i| format!("{}.5", 31 + i)).collect();
+    for r in &readings {
+        sensor.publish("sensors/lab/temperature", r).await;
+    }
+    for r in &readings {
+        let (topic, payload) = watcher.next().await;
+        assert_eq!(
+            (topic.as_str(), payload.as_str()),
+            ("alerts/temperature", r.as_str())
+        );
+    }
+
+    let spin = gw.wait_for_function("spin", |f| f["state"] == "stopped");
+    let reason = spin["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("circuit breaker after 3 failed invocations"),
+        "{reason}"
+    );
+    assert!(reason.contains("out_of_fuel"), "{reason}");
+    let hog = gw.wait_for_function("hog", |f| f["state"] == "stopped");
+    let reason = hog["reason"].as_str().unwrap();
+    assert!(reason.contains("memory_limit"), "{reason}");
+
+    let good = gw.wait_for_function("threshold-alert", |f| f["invocations"] == 50);
+    assert_eq!(
+        (&good["state"], &good["errors"]),
+        (&"running".into(), &0.into())
+    );
+    assert!(gw.is_running(), "the gateway must stay up");
+
+    // The good function still answers after its neighbours were stopped.
+    sensor.publish("sensors/lab/temperature", "99").await;
+    assert_eq!(watcher.next().await.1, "99");
+    let log = gw.log();
+    assert!(
+        log.lines().any(|l| l.contains("invocation failed")
+            && l.contains("spin")
+            && l.contains("out_of_fuel")),
+        "traps are logged with the function name and kind:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deploys_are_refused_with_a_clear_error_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start("e2e-bad", d);
+    deploy(
+        &gw,
+        d,
+        "threshold",
+        "threshold.toml",
+        &threshold_manifest("threshold-alert", "1.0.0"),
+    );
+    let good_manifest = file(d, "v2.toml", threshold_manifest("threshold-alert", "2.0.0"));
+    let threshold = wasm_file(d, "threshold");
+
+    let not_wasm = file(d, "readme.wasm", "# not a module\n");
+    let out = refused(&gw, &not_wasm, &good_manifest);
+    assert!(out.contains("not a WebAssembly module"), "{out}");
+
+    let out = refused(&gw, &wasm_file(d, "no_handler"), &good_manifest);
+    assert!(out.contains("does not export `perch_on_event`"), "{out}");
+
+    let out = refused(&gw, &wasm_file(d, "wrong_abi"), &good_manifest);
+    assert!(out.contains("speaks perch ABI version 2"), "{out}");
+    assert!(out.contains("this gateway speaks version 1"), "{out}");
+
+    let out = refused(&gw, &wasm_file(d, "wasi_import"), &good_manifest);
+    assert!(
+        out.contains("imports `wasi_snapshot_preview1.fd_write`"),
+        "{out}"
+    );
+    assert!(out.contains("which perch does not offer"), "{out}");
+
+    let unknown_key = file(
+        d,
+        "typo.toml",
+        threshold_manifest("threshold-alert", "2.0.0").replace("fuel =", "feul ="),
+    );
+    let out = refused(&gw, &threshold, &unknown_key);
+    assert!(out.contains("unknown field `feul`"), "{out}");
+
+    let impossible = file(
+        d,
+        "zero.toml",
+        threshold_manifest("threshold-alert", "2.0.0")
+            .replace("fuel = 1000000", "fuel = 0\nmemory_pages = 0"),
+    );
+    let out = refused(&gw, &threshold, &impossible);
+    assert!(out.contains("limits.fuel: must be greater than 0"), "{out}");
+    assert!(
+        out.contains("limits.memory_pages: 0 is impossible"),
+        "{out}"
+    );
+
+    let too_big = file(
+        d,
+        "huge.toml",
+        threshold_manifest("threshold-alert", "2.0.0")
+            .replace("fuel = 1000000", "memory_pages = 65537"),
+    );
+    let out = refused(&gw, &threshold, &too_big);
+    assert!(
+        out.contains("limits.memory_pages: 65537 is impossible"),
+        "{out}"
+    );
+
+    // Version 1.0.0 is still the one that runs, and it still works.
+    let f = gw.function("threshold-alert");
+    assert_eq!(
+        (&f["version"], &f["state"]),
+        (&"1.0.0".into(), &"running".into())
+    );
+    let mut watcher = Client::connect(gw.addr, "watcher", &["alerts/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor-1", &[]).await;
+    sensor.publish("sensors/x/temperature", "35").await;
+    assert_eq!(watcher.next().await.1, "35");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_the_function_cannot_parse_is_counted_and_the_function_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start("e2e-parse", dir.path());
+    deploy(
+        &gw,
+        dir.path(),
+        "threshold",
+        "threshold.toml",
+        &threshold_manifest("threshold-alert", "1.0.0"),
+    );
+    let mut watcher = Client::connect(gw.addr, "watcher", &["alerts/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor-1", &[]).await;
+    sensor
+        .publish("sensors/x/temperature", "{\"celsius\": \"warm\"}")
+        .await;
+    let f = gw.wait_for_function("threshold-alert", |f| f["errors"] == 1);
+    assert_eq!(f["last_error"], "handler returned error 1");
+    assert_eq!(f["state"], "running");
+    assert!(watcher.nothing_within(Duration::from_millis(200)).await);
+
+    sensor.publish("sensors/x/temperature", "33").await;
+    assert_eq!(watcher.next().await.1, "33");
+    let f = gw.wait_for_function("threshold-alert", |f| f["invocations"] == 2);
+    assert_eq!(f["errors"], 1);
+}

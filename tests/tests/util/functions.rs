@@ -1,0 +1,294 @@
+//! Helpers for the functions end-to-end tests: a gateway with a fixed id and
+//! data directory (so it can be restarted on the same state), `perch fn`,
+//! WAT modules from `tests/wat/`, and an MQTT client that collects what its
+//! subscriptions receive.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+
+use super::perch_bin;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// How long anything in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running gateway process; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub id: String,
+    pub data_dir: PathBuf,
+    config: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts a gateway with id `id` on a free loopback port, keeping its
+    /// state in `data_dir`.
+    pub fn start(id: &str, data_dir: &Path) -> Gateway {
+        let config = data_dir.join("perch.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nid = \"{id}\"\nshutdown_timeout_ms = 5000\n\n\
+                 [functions]\nstate_commit_interval_ms = 100\n"
+            ),
+        )
+        .unwrap();
+        Gateway::spawn(id, data_dir, config)
+    }
+
+    fn spawn(id: &str, data_dir: &Path, config: PathBuf) -> Gateway {
+        let mut child = Command::new(perch_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,rumqttd=off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting perch");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        {
+            let log = log.clone();
+            // Reads stderr to the end so the pipe never fills and blocks perch.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(addr) = ready_addr(&line) {
+                        let _ = ready_tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match ready_rx.recv_timeout(DEADLINE) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "perch did not log its ready line within {DEADLINE:?}; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Gateway {
+            child,
+            addr,
+            id: id.to_owned(),
+            data_dir: data_dir.to_owned(),
+            config,
+            log,
+        }
+    }
+
+    /// Stops the gateway with SIGTERM (a clean, staged shutdown) and starts
+    /// it again on the same data directory.
+    pub fn restart(mut self) -> Gateway {
+        self.terminate();
+        let (id, dir, config) = (self.id.clone(), self.data_dir.clone(), self.config.clone());
+        Gateway::spawn(&id, &dir, config)
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after the deadline).
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "perch exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("perch did not stop within {DEADLINE:?} after SIGTERM");
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything perch logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Runs `perch fn <args>` against this gateway; returns (success,
+    /// stdout + stderr). The CLI has its own reply timeout, so this ends.
+    pub fn perch_fn(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(perch_bin())
+            .arg("fn")
+            .args(args)
+            .args(["--broker", &self.addr.to_string(), "--gateway", &self.id])
+            .args(["--timeout-ms", "15000"])
+            .output()
+            .expect("running perch fn");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// `perch fn list`, parsed.
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let (ok, text) = self.perch_fn(&["list"]);
+        assert!(ok, "perch fn list failed: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    /// The `perch fn list` entry of one function.
+    pub fn function(&self, name: &str) -> serde_json::Value {
+        self.list()
+            .into_iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not listed"))
+    }
+
+    /// Polls `perch fn list` until `check` holds for `name`.
+    pub fn wait_for_function(
+        &self,
+        name: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let f = self.function(name);
+            if check(&f) {
+                return f;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{name} did not reach the expected state: {f:#}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in perch's ready line: "perch ready: ... listening on
+/// mqtt://ADDR (name)".
+fn ready_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("perch ready") {
+        return None;
+    }
+    let rest = line.split("listening on mqtt://").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+/// Compiles a WAT file from `tests/wat/` to wasm in `dir`; returns its path.
+pub fn wasm_file(dir: &Path, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("wat")
+        .join(format!("{name}.wat"));
+    let wasm = wat::parse_file(&source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wasm).unwrap();
+    path
+}
+
+/// Writes a file into `dir`; returns its path.
+pub fn file(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+/// An MQTT client of the gateway: publishes, and collects what arrives on
+/// its subscriptions.
+pub struct Client {
+    client: AsyncClient,
+    received: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects and subscribes to `filters` (waiting for the SUBACKs).
+    pub async fn connect(addr: SocketAddr, name: &str, filters: &[&str]) -> Client {
+        let mut options = MqttOptions::new(name, addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
+        let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic, p.payload.to_vec()));
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = acked_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        for f in filters {
+            client.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
+        }
+        for _ in filters {
+            tokio::time::timeout(DEADLINE, acked_rx.recv())
+                .await
+                .expect("SUBACK within the deadline");
+        }
+        Client {
+            client,
+            received,
+            task,
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+
+    /// The next message on the subscriptions, within the deadline.
+    pub async fn next(&mut self) -> (String, String) {
+        let (topic, payload) = tokio::time::timeout(DEADLINE, self.received.recv())
+            .await
+            .expect("a message within the deadline")
+            .expect("the client task runs");
+        (topic, String::from_utf8_lossy(&payload).into_owned())
+    }
+
+    /// Whether nothing arrives within `wait`.
+    pub async fn nothing_within(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.received.recv())
+            .await
+            .is_err()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

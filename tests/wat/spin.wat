@@ -1,0 +1,10 @@
+;; A function that never returns: every event spins until its fuel runs out.
+(module
+  (memory (export "memory") 1)
+  (func (export "perch_abi_version") (result i32) (i32.const 1))
+  (func (export "perch_event_buffer") (result i32) (i32.const 1024))
+  (func (export "perch_event_buffer_len") (result i32) (i32.const 4096))
+  (func (export "perch_on_event") (param i32 i32 i64) (result i32)
+    (loop $forever (br $forever))
+    (i32.const 0))
+)

@@ -1,0 +1,9 @@
+;; Imports something perch does not offer (a WASI call).
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "perch_abi_version") (result i32) (i32.const 1))
+  (func (export "perch_event_buffer") (result i32) (i32.const 1024))
+  (func (export "perch_event_buffer_len") (result i32) (i32.const 4096))
+  (func (export "perch_on_event") (param i32 i32 i64) (result i32) (i32.const 0))
+)
