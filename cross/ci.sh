@@ -59,24 +59,38 @@ for target in "${CI_TARGETS[@]}"; do
     note "built $target in $((SECONDS - t0))s"
 done
 
-# The board's example function, once the functions module exists.
-#
-# HOOK(functions): deploy an example function to the gateway at 127.0.0.1:$1
-# (e.g. `perch fn deploy` with the SDK's prebuilt example, over MQTT), wait
-# until its status says it is live, then set SMOKE_IN to a topic it is
-# triggered by and SMOKE_OUT to the topic it publishes its output on, and
-# return 0. SMOKE_EXPECT, if set, must appear in the output.
-# Until then it deploys nothing, returns 1, and the smoke test is a broker
-# round-trip (publish and receive on one topic).
+# The example function the smoke test deploys: sdk/examples/unit-convert
+# (Fahrenheit in, Celsius out), built for wasm32 like sdk/build-examples.sh
+# builds it.
+step "example function"
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    note "installing: rustup target add wasm32-unknown-unknown"
+    rustup target add wasm32-unknown-unknown >&2
+fi
+CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_PANIC=abort \
+    cargo build --release --locked --target wasm32-unknown-unknown \
+    --target-dir "$PERCH_CROSS_TARGET_DIR" -p unit-convert >&2
+EXAMPLE_WASM="$PERCH_CROSS_TARGET_DIR/wasm32-unknown-unknown/release/unit_convert.wasm"
+EXAMPLE_MANIFEST="sdk/examples/unit-convert/manifest.toml"
+[[ -f "$EXAMPLE_WASM" ]] || die "$EXAMPLE_WASM was not built"
+
+# Deploys the example function to the gateway at 127.0.0.1:$1 with the ARM
+# binary's own `perch fn deploy` (so the CLI's MQTT client runs on the
+# emulated CPU too), and says what to publish and what to expect back.
 deploy_example_function() {
     local port="$1"
-    : "$port"
-    return 1
+    "${run[@]}" fn deploy "$EXAMPLE_WASM" --manifest "$EXAMPLE_MANIFEST" \
+        --broker "127.0.0.1:$port" --gateway smoke --timeout-ms 60000 >&2 || return 1
+    SMOKE_IN="sensors/t1/temperature_f"
+    SMOKE_PAYLOAD="98.6"
+    SMOKE_OUT="sensors/t1/temperature_c"
+    SMOKE_EXPECT='"temperature":37'
 }
 
-# 2. Start perch under qemu-user with a plain and a TLS listener, publish an
-# event with a host MQTT client, receive the output (over TLS, so rustls and
-# ring's assembly run on the emulated CPU too), SIGTERM, expect exit status 0.
+# 2. Start perch under qemu-user with a plain and a TLS listener, deploy the
+# example function, publish an event with a host MQTT client, receive the
+# function's output (over TLS, so rustls and ring's assembly run on the
+# emulated CPU too), SIGTERM, expect exit status 0.
 smoke_test() {
     local target="$1" board="$2"
     target_facts "$target"
@@ -97,6 +111,9 @@ smoke_test() {
         -subj /CN=localhost -addext subjectAltName=DNS:localhost \
         -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
     cat >"$dir/perch.toml" <<EOF
+[gateway]
+id = "smoke"
+
 [[broker.listeners]]
 name = "plain"
 listen = "127.0.0.1:0"
@@ -131,13 +148,14 @@ EOF
         return 1
     }
 
-    local in="perch/smoke/$target" out="perch/smoke/$target" expect="hello from $target"
-    if deploy_example_function "$port"; then
-        in="$SMOKE_IN" out="$SMOKE_OUT" expect="${SMOKE_EXPECT:-}"
-        note "example function deployed: $in -> $out"
-    else
-        note "no example function to deploy yet: broker round-trip on $in"
+    if ! deploy_example_function "$port"; then
+        note "deploying the example function to perch ($target) failed; its log:"
+        cat "$log" >&2
+        kill -KILL "$pid"
+        return 1
     fi
+    local in="$SMOKE_IN" out="$SMOKE_OUT" expect="$SMOKE_EXPECT"
+    note "example function deployed: $in -> $out"
     # By name, not 127.0.0.1: mosquitto puts the host into SNI even when it is
     # an IP address, and rustls refuses an IP address in SNI (decode_error).
     mosquitto_sub -h localhost -p "$tls_port" --cafile "$dir/cert.pem" \
@@ -145,7 +163,7 @@ EOF
     local sub=$!
     # Publish until the subscriber has it: its SUBSCRIBE may still be on its way.
     for _ in $(seq 100); do
-        mosquitto_pub -h 127.0.0.1 -p "$port" -t "$in" -m "hello from $target" || true
+        mosquitto_pub -h 127.0.0.1 -p "$port" -t "$in" -m "$SMOKE_PAYLOAD" || true
         kill -0 "$sub" 2>/dev/null || break
         sleep 0.5
     done
