@@ -15,7 +15,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -74,48 +74,14 @@ impl Gateway {
         let (stop, stopped) = watch::channel(false);
         let upstream_stats = Arc::new(upstream::Stats::default());
         let mut tasks = Vec::new();
-        if !config.upstream.forward_topics.is_empty() {
-            let task = upstream::capture(
-                &broker,
-                config.upstream.forward_topics.clone(),
-                buffer.intake(),
-                upstream_stats.clone(),
-                stopped.clone(),
-            )?;
-            tasks.push(("upstream capture", task));
-        }
-        if let Some(mqtt) = &config.upstream.mqtt {
-            let delivery = upstream::Delivery {
-                config: mqtt.clone(),
-                gateway: id.clone(),
-                reader: Arc::new(Mutex::new(buffer.reader()?)),
-                intake: buffer.intake(),
-                new_records: buffer.new_records(),
-                stats: upstream_stats.clone(),
-                backoff_initial: Duration::from_millis(config.upstream.backoff_initial_ms),
-                backoff_max: Duration::from_millis(config.upstream.backoff_max_ms),
-            };
-            tasks.push((
-                "upstream delivery",
-                tokio::spawn(delivery.run(stopped.clone())),
-            ));
-        }
-        if let Some(http) = &config.upstream.http {
-            let delivery = upstream::HttpDelivery {
-                config: http.clone(),
-                gateway: id.clone(),
-                reader: Arc::new(Mutex::new(buffer.reader()?)),
-                intake: buffer.intake(),
-                new_records: buffer.new_records(),
-                stats: upstream_stats.clone(),
-                backoff_initial: Duration::from_millis(config.upstream.backoff_initial_ms),
-                backoff_max: Duration::from_millis(config.upstream.backoff_max_ms),
-            };
-            tasks.push((
-                "upstream http delivery",
-                tokio::spawn(delivery.run(stopped.clone())),
-            ));
-        }
+        tasks.extend(upstream::start(
+            &config.upstream,
+            &id,
+            &buffer,
+            &broker,
+            upstream_stats.clone(),
+            stopped.clone(),
+        )?);
         // Functions' emit/forward records go through a bounded channel to
         // the buffer's intake; `Output` is the interface between the stages.
         let (outputs_tx, outputs_rx) = mpsc::channel(config.functions.output_queue_len);

@@ -400,3 +400,14 @@ async fn memory_stays_bounded_under_steady_traffic() {
     );
     assert!(received.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
+
+#[tokio::test]
+async fn client_ids_of_the_gateways_own_links_are_refused() {
+    let gw = Gateway::start(&[]);
+    match connect(mqtt::options("perch-internal-fn-threshold", gw.addr())).await {
+        Err(ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, ConnectReturnCode::BadClientId)
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}

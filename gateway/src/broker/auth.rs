@@ -91,6 +91,9 @@ pub enum Refusal {
     BadCredentials,
     /// No username on a listener that requires one (3.1.1: 5, 5.0: 0x87).
     NotAuthorized,
+    /// A client id reserved for the gateway's own links (3.1.1: 2, 5.0:
+    /// 0x85).
+    ReservedClientId,
 }
 
 /// The users of one broker and the cache of verified logins.

@@ -14,6 +14,9 @@
 //!   with a clean session and no will, so it can never take over or wipe the
 //!   session of the client whose id it used; the CONNACK rumqttd answers with
 //!   is rewritten into the refusal, and the next read closes the connection;
+//! - refuses remote clients that use a client id reserved for the gateway's
+//!   own links (`perch-internal-*`), so no client can take over their
+//!   sessions;
 //! - accepts keep-alive 0 ("off", allowed by both specs; rumqttd refuses it);
 //! - enforces the client's ACL on PUBLISH and SUBSCRIBE.
 //!
@@ -244,6 +247,9 @@ impl Codec {
             return Err(protocol::Error::IncorrectPacketFormat);
         };
         let outcome = match &login {
+            _ if connect.client_id.starts_with(super::INTERNAL_PREFIX) => {
+                Err(Refusal::ReservedClientId)
+            }
             Some(l) => self.policy.users.login(&l.username, &l.password),
             None if self.policy.allow_anonymous => Ok(self.policy.users.anonymous()),
             None => Err(Refusal::NotAuthorized),
@@ -267,6 +273,7 @@ impl Codec {
                 self.refused = Some(match refusal {
                     Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
                     Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
+                    Refusal::ReservedClientId => ConnectReturnCode::ClientIdentifierNotValid,
                 });
                 Ok(throwaway_connect())
             }

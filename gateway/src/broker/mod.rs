@@ -80,14 +80,18 @@ pub struct Links {
     linker: Arc<Linker>,
 }
 
+/// Client ids of in-process links start with this; remote clients may not
+/// use it (the codec refuses them), so none can take over an internal
+/// session.
+pub const INTERNAL_PREFIX: &str = "perch-internal-";
+
 impl Links {
-    /// An in-process connection to the router. Blocks until the router has
-    /// accepted it (microseconds; the router answers from its own thread).
-    pub fn open(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
-        (self.linker)(client_id).map_err(|source| BrokerError::Link {
-            client_id: client_id.to_owned(),
-            source,
-        })
+    /// An in-process connection to the router, as client
+    /// `perch-internal-<name>`. Blocks until the router has accepted it
+    /// (microseconds; the router answers from its own thread).
+    pub fn open(&self, name: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
+        let client_id = format!("{INTERNAL_PREFIX}{name}");
+        (self.linker)(&client_id).map_err(|source| BrokerError::Link { client_id, source })
     }
 }
 

@@ -631,14 +631,12 @@ impl Triggers {
                 continue;
             }
             self.next_id += 1;
-            let (mut tx, rx) = self
-                .links
-                .open(&format!("perch-trigger-{}", self.next_id))?;
+            let (mut tx, rx) = self.links.open(&format!("trigger-{}", self.next_id))?;
             // Subscribing is asynchronous (the SubAck comes later), but the
             // router handles its events in order: anything published after
             // this call returns is routed with the subscription in place.
             tx.subscribe(filter).map_err(|source| BrokerError::Link {
-                client_id: format!("perch-trigger-{}", self.next_id),
+                client_id: format!("trigger-{}", self.next_id),
                 source: Box::new(source),
             })?;
             let (subs_tx, subs_rx) = watch::channel(subscribers);

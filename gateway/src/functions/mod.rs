@@ -186,13 +186,13 @@ impl Functions {
         .await
         .map_err(|e| FunctionsError::Join(e.to_string()))??;
 
-        let (mut tx, rx) = inner.links.open("perch-functions-control")?;
+        let (mut tx, rx) = inner.links.open("functions-control")?;
         for topic in [
             control::deploy_topic(&inner.gateway_id),
             control::list_topic(&inner.gateway_id),
         ] {
             tx.subscribe(topic).map_err(|source| BrokerError::Link {
-                client_id: "perch-functions-control".into(),
+                client_id: "functions-control".into(),
                 source: Box::new(source),
             })?;
         }
@@ -318,7 +318,7 @@ impl Inner {
         let handle = FunctionHandle::new(name);
         let publisher = self
             .links
-            .open(&format!("perch-fn-{name}"))
+            .open(&format!("fn-{name}"))
             .map_err(FunctionsError::from)?;
         let state = StateCache::from_rows(
             self.registry

@@ -11,26 +11,19 @@
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
-use super::{backoff, Stats, UpstreamError};
-use crate::buffer::{Intake, Reader, StoredRecord, KIND_AGGREGATE, KIND_SUMMARY};
+use super::{backoff, Source, UpstreamError};
+use crate::buffer::{StoredRecord, KIND_AGGREGATE, KIND_SUMMARY};
 
 pub use super::config::HttpUpstreamConfig;
 
-/// Everything the HTTP delivery task needs.
+/// Delivery to an HTTP endpoint.
 pub struct HttpDelivery {
     pub config: HttpUpstreamConfig,
-    pub gateway: String,
-    pub reader: Arc<Mutex<Reader>>,
-    pub intake: Intake,
-    pub new_records: Arc<Notify>,
-    pub stats: Arc<Stats>,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
+    pub source: Source,
 }
 
 /// What became of one POST.
@@ -87,14 +80,14 @@ impl HttpDelivery {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "upstream http: cannot configure; delivery stopped");
-                *self.stats.last_error.lock().expect("lock") = Some(e.to_string());
+                *self.source.stats.last_error.lock().expect("lock") = Some(e.to_string());
                 return;
             }
         };
         let mut cursor = 0i64;
         let mut attempt = 0u32;
         loop {
-            let reader = self.reader.clone();
+            let reader = self.source.reader.clone();
             let (after, limit) = (cursor, self.config.batch_size);
             let rows = tokio::task::spawn_blocking(move || {
                 reader.lock().expect("reader").after(after, limit)
@@ -104,7 +97,7 @@ impl HttpDelivery {
             let rows = match rows {
                 Ok(rows) if rows.is_empty() => {
                     tokio::select! {
-                        _ = self.new_records.notified() => {}
+                        _ = self.source.new_records.notified() => {}
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         _ = shutdown.changed() => return,
                     }
@@ -117,7 +110,7 @@ impl HttpDelivery {
                     continue;
                 }
             };
-            let body = cloud_events(&self.gateway, &rows, self.config.gzip);
+            let body = cloud_events(&self.source.gateway, &rows, self.config.gzip);
             let request = {
                 let agent = agent.clone();
                 let config = self.config.clone();
@@ -131,14 +124,16 @@ impl HttpDelivery {
             match outcome {
                 Outcome::Accepted => {
                     attempt = 0;
-                    self.stats.connected.store(1, Ordering::Relaxed);
+                    self.source.stats.connected.store(1, Ordering::Relaxed);
                     for r in &rows {
-                        self.intake.ack(r.seq);
+                        self.source.intake.ack(r.seq);
                     }
-                    self.stats
+                    self.source
+                        .stats
                         .sent
                         .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                    self.stats
+                    self.source
+                        .stats
                         .acked
                         .fetch_add(rows.len() as u64, Ordering::Relaxed);
                     cursor = last;
@@ -150,17 +145,25 @@ impl HttpDelivery {
                         "upstream http: batch rejected; moved to dead letters (see `perch buffer dead`)"
                     );
                     let seqs = rows.iter().map(|r| r.seq).collect();
-                    self.intake.dead_letter(seqs, status, body);
-                    self.stats
+                    self.source.intake.dead_letter(seqs, status, body);
+                    self.source
+                        .stats
                         .dead_lettered
                         .fetch_add(rows.len() as u64, Ordering::Relaxed);
                     cursor = last;
                 }
                 Outcome::Retry(why) => {
-                    self.stats.connected.store(0, Ordering::Relaxed);
-                    self.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
-                    *self.stats.last_error.lock().expect("lock") = Some(why.clone());
-                    let wait = backoff(self.backoff_initial, self.backoff_max, attempt);
+                    self.source.stats.connected.store(0, Ordering::Relaxed);
+                    self.source
+                        .stats
+                        .connection_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    *self.source.stats.last_error.lock().expect("lock") = Some(why.clone());
+                    let wait = backoff(
+                        self.source.backoff_initial,
+                        self.source.backoff_max,
+                        attempt,
+                    );
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(error = %why, retry_in = ?wait, "upstream http: batch not accepted");
                     tokio::select! {

@@ -53,7 +53,7 @@ pub use self::config::{
     HttpTls, HttpUpstreamConfig, MqttUpstreamConfig, UpstreamConfig, UpstreamTls,
 };
 pub use self::http::{cloud_events, HttpDelivery};
-use crate::buffer::{Intake, Reader, StoredRecord, KIND_AGGREGATE, KIND_SUMMARY};
+use crate::buffer::{Buffer, Intake, Reader, StoredRecord, KIND_AGGREGATE, KIND_SUMMARY};
 
 /// Why upstream could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +120,9 @@ pub fn envelope(gateway: &str, record: &StoredRecord, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
-/// Everything the delivery task needs.
-pub struct Delivery {
-    pub config: MqttUpstreamConfig,
+/// What every delivery task shares: the buffer it drains, where it reports,
+/// how it backs off.
+pub struct Source {
     pub gateway: String,
     /// Its own read-only buffer connection; used on blocking threads.
     pub reader: Arc<Mutex<Reader>>,
@@ -133,11 +133,79 @@ pub struct Delivery {
     pub backoff_max: Duration,
 }
 
+impl Source {
+    pub fn new(
+        gateway: &str,
+        buffer: &Buffer,
+        stats: Arc<Stats>,
+        config: &UpstreamConfig,
+    ) -> Result<Source, UpstreamError> {
+        Ok(Source {
+            gateway: gateway.to_owned(),
+            reader: Arc::new(Mutex::new(buffer.reader()?)),
+            intake: buffer.intake(),
+            new_records: buffer.new_records(),
+            stats,
+            backoff_initial: Duration::from_millis(config.backoff_initial_ms),
+            backoff_max: Duration::from_millis(config.backoff_max_ms),
+        })
+    }
+}
+
+/// Starts what `config` asks for: capture of local topics, delivery over
+/// MQTT or HTTP. Returns the tasks, named for the shutdown log.
+pub fn start(
+    config: &UpstreamConfig,
+    gateway: &str,
+    buffer: &Buffer,
+    broker: &crate::broker::Broker,
+    stats: Arc<Stats>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<(&'static str, tokio::task::JoinHandle<()>)>, UpstreamError> {
+    let mut tasks: Vec<_> = capture(
+        broker,
+        config.forward_topics.clone(),
+        buffer.intake(),
+        stats.clone(),
+        shutdown.clone(),
+    )?
+    .into_iter()
+    .map(|t| ("upstream capture", t))
+    .collect();
+    if let Some(mqtt) = &config.mqtt {
+        let delivery = Delivery {
+            config: mqtt.clone(),
+            source: Source::new(gateway, buffer, stats.clone(), config)?,
+        };
+        tasks.push((
+            "upstream delivery (mqtt)",
+            tokio::spawn(delivery.run(shutdown.clone())),
+        ));
+    }
+    if let Some(http) = &config.http {
+        let delivery = HttpDelivery {
+            config: http.clone(),
+            source: Source::new(gateway, buffer, stats, config)?,
+        };
+        tasks.push((
+            "upstream delivery (http)",
+            tokio::spawn(delivery.run(shutdown)),
+        ));
+    }
+    Ok(tasks)
+}
+
+/// Delivery to an MQTT broker.
+pub struct Delivery {
+    pub config: MqttUpstreamConfig,
+    pub source: Source,
+}
+
 impl Delivery {
     fn options(&self) -> Result<MqttOptions, UpstreamError> {
         let c = &self.config;
         let client_id = if c.client_id.is_empty() {
-            format!("perch-{}", self.gateway)
+            format!("perch-{}", self.source.gateway)
         } else {
             c.client_id.clone()
         };
@@ -147,7 +215,7 @@ impl Delivery {
         o.set_inflight(c.max_inflight);
         o.set_max_packet_size(c.max_packet_size_bytes, c.max_packet_size_bytes);
         o.set_last_will(LastWill::new(
-            status_topic(&self.gateway),
+            status_topic(&self.source.gateway),
             "offline",
             QoS::AtLeastOnce,
             true,
@@ -181,7 +249,7 @@ impl Delivery {
 
     /// Delivers until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let reader = self.reader.clone();
+        let reader = self.source.reader.clone();
         let mut attempt = 0u32;
         loop {
             let opts = match self.options_logged() {
@@ -193,11 +261,11 @@ impl Delivery {
                 o = self.session(&client, el, &reader, &mut attempt) => o,
                 _ = shutdown.changed() => Err("shutdown".to_owned()),
             };
-            self.stats.connected.store(0, Ordering::Relaxed);
+            self.source.stats.connected.store(0, Ordering::Relaxed);
             if *shutdown.borrow() {
                 // A clean goodbye: the will is for unclean ones.
                 let _ = client.try_publish(
-                    status_topic(&self.gateway),
+                    status_topic(&self.source.gateway),
                     QoS::AtLeastOnce,
                     true,
                     "offline",
@@ -206,9 +274,16 @@ impl Delivery {
                 return;
             }
             if let Err(e) = outcome {
-                self.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
-                *self.stats.last_error.lock().expect("lock") = Some(e.clone());
-                let wait = backoff(self.backoff_initial, self.backoff_max, attempt);
+                self.source
+                    .stats
+                    .connection_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                *self.source.stats.last_error.lock().expect("lock") = Some(e.clone());
+                let wait = backoff(
+                    self.source.backoff_initial,
+                    self.source.backoff_max,
+                    attempt,
+                );
                 tracing::warn!(error = %e, retry_in = ?wait, "upstream: connection lost");
                 attempt = attempt.saturating_add(1);
                 tokio::select! {
@@ -224,7 +299,7 @@ impl Delivery {
             Ok(o) => Some(o),
             Err(e) => {
                 tracing::error!(error = %e, "upstream: cannot configure the connection; delivery stopped");
-                *self.stats.last_error.lock().expect("lock") = Some(e.to_string());
+                *self.source.stats.last_error.lock().expect("lock") = Some(e.to_string());
                 None
             }
         }
@@ -248,8 +323,8 @@ impl Delivery {
             }
         }
         *attempt = 0;
-        self.stats.connected.store(1, Ordering::Relaxed);
-        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        self.source.stats.connected.store(1, Ordering::Relaxed);
+        self.source.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(host = %self.config.host, port = self.config.port, "upstream: connected");
 
         // Records in the order they were handed to the client, waiting for
@@ -265,7 +340,7 @@ impl Delivery {
 
         client
             .try_publish(
-                status_topic(&self.gateway),
+                status_topic(&self.source.gateway),
                 QoS::AtLeastOnce,
                 true,
                 "online",
@@ -292,10 +367,12 @@ impl Delivery {
                     queued.extend(rows);
                 }
                 let record = queued.pop_front().expect("non-empty");
-                envelope(&self.gateway, &record, &mut payload);
+                envelope(&self.source.gateway, &record, &mut payload);
                 let topic = format!(
                     "{}/{}",
-                    self.config.topic_prefix.replace("{id}", &self.gateway),
+                    self.config
+                        .topic_prefix
+                        .replace("{id}", &self.source.gateway),
                     record.stream
                 );
                 client
@@ -304,7 +381,7 @@ impl Delivery {
                 unassigned.push_back(record.seq);
                 cursor = record.seq;
                 inflight += 1;
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                self.source.stats.sent.fetch_add(1, Ordering::Relaxed);
             }
             tokio::select! {
                 event = el.poll() => match event.map_err(|e| e.to_string())? {
@@ -317,14 +394,14 @@ impl Delivery {
                         if let Some(seq) = by_pkid.remove(&ack.pkid) {
                             inflight -= 1;
                             if seq >= 0 {
-                                self.intake.ack(seq);
-                                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                                self.source.intake.ack(seq);
+                                self.source.stats.acked.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
                     _ => {}
                 },
-                _ = self.new_records.notified(), if inflight < max_inflight => {}
+                _ = self.source.new_records.notified(), if inflight < max_inflight => {}
                 // New records may have been committed while the window was
                 // full; look again now and then.
                 _ = tokio::time::sleep(Duration::from_millis(500)), if inflight < max_inflight => {}
@@ -339,52 +416,70 @@ pub fn status_topic(gateway: &str) -> String {
 }
 
 /// Subscribes to `filters` on the local broker and forwards every message
-/// into the buffer (stream = topic). Runs until `shutdown`.
+/// into the buffer (stream = topic), until `shutdown`.
+///
+/// rumqttd delivers a message once per matching subscription of a
+/// connection and does not say which matched, so each filter gets its own
+/// link, and a message is taken only by the first filter in the list that
+/// matches it: overlapping filters forward it once.
 pub fn capture(
     broker: &crate::broker::Broker,
     filters: Vec<String>,
     intake: Intake,
     stats: Arc<Stats>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, UpstreamError> {
-    let (mut tx, mut rx) = broker.link("perch-upstream-capture")?;
-    for f in &filters {
-        tx.subscribe(f.clone())
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, UpstreamError> {
+    let filters = Arc::new(filters);
+    let mut tasks = Vec::new();
+    for i in 0..filters.len() {
+        let name = format!("upstream-capture-{i}");
+        let (mut tx, mut rx) = broker.link(&name)?;
+        tx.subscribe(filters[i].clone())
             .map_err(|e| crate::broker::BrokerError::Link {
-                client_id: "perch-upstream-capture".into(),
+                client_id: name.clone(),
                 source: Box::new(e),
             })?;
-    }
-    Ok(tokio::spawn(async move {
-        let _tx = tx; // dropping it would end the link
-        loop {
-            let next = tokio::select! {
-                n = rx.next() => n,
-                _ = shutdown.changed() => return,
-            };
-            match next {
-                Ok(Some(rumqttd::Notification::Forward(f))) => {
-                    let topic = String::from_utf8_lossy(&f.publish.topic);
-                    match intake.forward(&topic, &f.publish.payload) {
-                        Ok(()) => stats.captured.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => stats.capture_refused.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-                Ok(Some(rumqttd::Notification::Unschedule)) => {
-                    // The router pauses a link with many pending
-                    // notifications until it says it is ready again.
-                    if rx.ready().is_err() {
+        let (filters, intake, stats, mut shutdown) = (
+            filters.clone(),
+            intake.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _tx = tx; // dropping it would end the link
+            loop {
+                let next = tokio::select! {
+                    n = rx.next() => n,
+                    _ = shutdown.changed() => return,
+                };
+                match next {
+                    Ok(Some(rumqttd::Notification::Forward(f))) => {
+                        let topic = String::from_utf8_lossy(&f.publish.topic);
+                        if crate::topic::matches_any(&filters[..i], &topic) {
+                            continue; // an earlier filter's link forwards it
+                        }
+                        match intake.forward(&topic, &f.publish.payload) {
+                            Ok(()) => stats.captured.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => stats.capture_refused.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                    Ok(Some(rumqttd::Notification::Unschedule)) => {
+                        // The router pauses a link with many pending
+                        // notifications until it says it is ready again.
+                        if rx.ready().is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "upstream capture: local link closed");
                         return;
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "upstream capture: local link closed");
-                    return;
-                }
             }
-        }
-    }))
+        }));
+    }
+    Ok(tasks)
 }
 
 #[cfg(test)]
