@@ -209,22 +209,32 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .thread_name("perch")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(crate::gateway::run(config, shutdown_signal()));
+    let result = runtime.block_on(async {
+        // Handlers first: a signal that comes right after the ready line
+        // must stop the gateway cleanly, not kill it.
+        let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+        crate::gateway::run(config, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    });
     // Connections still open are dropped here.
     runtime.shutdown_timeout(Duration::from_millis(500));
-    result.map_err(anyhow::Error::from)
+    result
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs SIGINT and SIGTERM handlers now; the future resolves on the
+/// first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!("{name} received, shutting down");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received, shutting down");
+    })
 }
 
 fn fn_command(command: FnCommand) -> anyhow::Result<()> {
