@@ -285,3 +285,124 @@ async fn a_payload_the_function_cannot_parse_is_counted_and_the_function_goes_on
     let f = gw.wait_for_function("threshold-alert", |f| f["invocations"] == 2);
     assert_eq!(f["errors"], 1);
 }
+
+/// The example functions of `sdk/examples/`, built to wasm by the script a
+/// newcomer uses (Rust and C), deployed to the real gateway with their own
+/// manifests, fed real readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_examples_run_in_the_real_gateway() {
+    let examples = build_examples();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start("e2e-examples", dir.path());
+    for name in [
+        "threshold-alert",
+        "c-threshold",
+        "unit-convert",
+        "moving-average",
+        "anomaly-zscore",
+    ] {
+        let wasm = examples.join(format!("{name}.wasm"));
+        let manifest = examples.join(format!("{name}.toml"));
+        let (ok, out) = gw.perch_fn(&[
+            "deploy",
+            wasm.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ]);
+        assert!(
+            ok && out.contains("\"ok\": true"),
+            "{name}: {out}\n{}",
+            gw.log()
+        );
+    }
+    let mut watcher = Client::connect(
+        gw.addr,
+        "watcher",
+        &["alerts/#", "averages/#", "sensors/+/temperature_c"],
+    )
+    .await;
+    let sensor = Client::connect(gw.addr, "sensor-1", &[]).await;
+    sensor.publish("sensors/t1/temperature_f", "98.6").await;
+    sensor
+        .publish(
+            "sensors/t1/temperature",
+            r#"{"device":"t1","temperature":31.5}"#,
+        )
+        .await;
+
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.push(watcher.next().await);
+    }
+    got.sort();
+    let json = |i: usize| serde_json::from_str::<serde_json::Value>(&got[i].1).unwrap();
+    // Both threshold functions, the Rust one and the C one, alert.
+    assert_eq!(got[0].0, "alerts/t1/temperature");
+    assert_eq!(got[1].0, "alerts/t1/temperature");
+    for i in [0, 1] {
+        assert_eq!(json(i)["temperature"].as_f64(), Some(31.5), "{got:?}");
+        assert_eq!(json(i)["limit"].as_f64(), Some(30.0), "{got:?}");
+    }
+    assert_eq!(got[2].0, "averages/t1/temperature");
+    assert_eq!(json(2)["average"].as_f64(), Some(31.5));
+    assert_eq!(got[3].0, "sensors/t1/temperature_c");
+    assert_eq!(json(3)["temperature"].as_f64(), Some(37.0));
+
+    // anomaly-zscore forwards an outlier into the buffer once it has seen
+    // enough ordinary readings.
+    // Readings that vary a little (a flat line has no spread to compare to).
+    for i in 0..12 {
+        let t = if i % 2 == 0 { 20.5 } else { 21.5 };
+        sensor
+            .publish(
+                "sensors/t2/temperature",
+                &format!(r#"{{"device":"t2","temperature":{t}}}"#),
+            )
+            .await;
+    }
+    sensor
+        .publish(
+            "sensors/t2/temperature",
+            r#"{"device":"t2","temperature":80.0}"#,
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let tail = crate::util::perch(&[
+            "buffer",
+            "tail",
+            "--data-dir",
+            gw.data_dir.to_str().unwrap(),
+        ]);
+        let out = String::from_utf8_lossy(&tail.stdout).into_owned();
+        if out.contains("anomalies") && out.contains("\"value\":80") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no anomaly forwarded:\n{out}\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `sdk/build-examples.sh` into a directory of this test run.
+fn build_examples() -> std::path::PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-wasm");
+    let out = base.join("perch-examples");
+    let script = crate::util::workspace_root().join("sdk/build-examples.sh");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .env("CARGO_TARGET_DIR", &base)
+        .env("PERCH_EXAMPLES_OUT", &out)
+        .output()
+        .expect("running sdk/build-examples.sh");
+    assert!(
+        output.status.success(),
+        "sdk/build-examples.sh failed; it needs `rustup target add wasm32-unknown-unknown` and \
+         `apt-get install -y clang lld` (./test.sh installs both):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
