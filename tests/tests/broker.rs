@@ -318,6 +318,25 @@ async fn tls_clients_connect_with_the_configured_certificate() {
     // A plain-TCP client on the TLS port gets no MQTT session.
     let plain = connect(mqtt::options("plain", gw.listener("tls"))).await;
     assert!(plain.is_err(), "plain MQTT on a TLS listener must fail");
+
+    // A client that connects and never starts its handshake does not hold
+    // up the next one (rumqttd alone would wait for it forever).
+    let _stalled = tokio::net::TcpStream::connect(gw.listener("tls"))
+        .await
+        .unwrap();
+    let mut opts =
+        rumqttc::MqttOptions::new("tls-client-2", "localhost", gw.listener("tls").port());
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca: cert.cert.pem().into_bytes(),
+            alpn: None,
+            client_auth: None,
+        },
+    ));
+    assert!(
+        connect(opts).await.is_ok(),
+        "a stalled handshake blocked the listener"
+    );
 }
 
 /// rumqttd keeps a log per filter; unbounded, it grows with traffic until

@@ -35,6 +35,9 @@ pub struct BrokerConfig {
     /// Most packets queued towards one client before the broker stops reading
     /// more for it (backpressure towards slow subscribers).
     pub max_outgoing_packet_count: u64,
+    /// How long a client on a TLS listener may take to complete its
+    /// handshake; a stalled one is dropped without holding up others.
+    pub tls_handshake_timeout_ms: u64,
     /// Where the broker accepts MQTT clients. Each listener speaks MQTT 3.1.1
     /// and 5.0 on one port.
     pub listeners: Vec<ListenerConfig>,
@@ -54,6 +57,7 @@ impl Default for BrokerConfig {
             max_segment_size_bytes: 1024 * 1024,
             max_segment_count: 4,
             max_outgoing_packet_count: 200,
+            tls_handshake_timeout_ms: 10_000,
             listeners: vec![ListenerConfig::default()],
             anonymous: AclConfig::default(),
             users: Vec::new(),
@@ -139,7 +143,7 @@ pub struct UserConfig {
 
 impl BrokerConfig {
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
-        let positive: [(&str, u64); 7] = [
+        let positive: [(&str, u64); 8] = [
             ("broker.max_connections", self.max_connections as u64),
             (
                 "broker.max_packet_size_bytes",
@@ -158,6 +162,10 @@ impl BrokerConfig {
             (
                 "broker.max_outgoing_packet_count",
                 self.max_outgoing_packet_count,
+            ),
+            (
+                "broker.tls_handshake_timeout_ms",
+                self.tls_handshake_timeout_ms,
             ),
         ];
         for (key, value) in positive {

@@ -15,6 +15,8 @@
 //!   `max_connections` bounds how many there are.
 //! - **Auth, ACLs, both protocol versions on one port, keep-alive 0 and the
 //!   right CONNACK codes**: see [`codec`].
+//! - **TLS** is terminated by perch, with a handshake deadline, in front of a
+//!   loopback rumqttd listener: see [`tls`].
 //!
 //! The gateway's own parts (functions, upstream) talk to the router through
 //! in-process links ([`Broker::link`]), not TCP.
@@ -22,12 +24,13 @@
 pub mod auth;
 mod codec;
 mod config;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
@@ -144,15 +147,36 @@ impl Broker {
             refusals: refusals.clone(),
         };
         for l in &config.listeners {
-            let addr = resolve_port(l)?;
+            let bind_err = |addr, source| BrokerError::Bind {
+                name: l.name.clone(),
+                addr,
+                source,
+            };
+            // A TLS listener: perch accepts and terminates TLS on the public
+            // address (see `tls`), rumqttd serves the plain side on loopback.
+            let front = match &l.tls {
+                Some(t) => {
+                    let tls_config = tls::server_config(t)
+                        .map_err(|e| bind_err(l.listen, std::io::Error::other(e)))?;
+                    let public = std::net::TcpListener::bind(l.listen)
+                        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                        .and_then(tokio::net::TcpListener::from_std)
+                        .map_err(|e| bind_err(l.listen, e))?;
+                    Some((public, tls_config))
+                }
+                None => None,
+            };
+            let addr = match &front {
+                Some(_) => resolve_port(&ListenerConfig {
+                    listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    ..l.clone()
+                })?,
+                None => resolve_port(l)?,
+            };
             let settings = ServerSettings {
                 name: l.name.clone(),
                 listen: addr,
-                tls: l.tls.as_ref().map(|t| rumqttd::TlsConfig::Rustls {
-                    capath: None,
-                    certpath: t.cert_path.display().to_string(),
-                    keypath: t.key_path.display().to_string(),
-                }),
+                tls: None,
                 next_connection_delay_ms: 0,
                 connections: ConnectionSettings {
                     connection_timeout_ms: config.connection_timeout_ms,
@@ -176,15 +200,22 @@ impl Broker {
                 let mut server = server;
                 server.start(LinkType::Remote).await
             })
-            .map_err(|source| BrokerError::Bind {
-                name: l.name.clone(),
-                addr,
-                source,
-            })?;
+            .map_err(|source| bind_err(addr, source))?;
             broker.tasks.push(task);
+            let public = match front {
+                Some((listener, tls_config)) => {
+                    let public = listener.local_addr().map_err(|e| bind_err(l.listen, e))?;
+                    let timeout = Duration::from_millis(config.tls_handshake_timeout_ms);
+                    broker
+                        .tasks
+                        .push(tls::serve(listener, tls_config, addr, timeout));
+                    public
+                }
+                None => addr,
+            };
             broker.listening.push(Listening {
                 name: l.name.clone(),
-                addr,
+                addr: public,
                 tls: l.tls.is_some(),
             });
         }
@@ -275,35 +306,6 @@ where
 
 /// Checks that a listener's certificate and key load, so a bad path is a
 /// config error instead of every TLS handshake failing later.
-pub(crate) fn tls_check(tls: &TlsConfig) -> Result<(), String> {
-    let read = |p: &Path, what: &str| {
-        std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
-    };
-    let cert = read(&tls.cert_path, "certificate file")?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            format!(
-                "{} is not a PEM certificate file: {e}",
-                tls.cert_path.display()
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-            tls.cert_path.display()
-        ));
-    }
-    let key = read(&tls.key_path, "key file")?;
-    match rustls_pemfile::private_key(&mut key.as_slice()) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(format!(
-            "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
-            tls.key_path.display()
-        )),
-        Err(e) => Err(format!(
-            "{} is not a PEM key file: {e}",
-            tls.key_path.display()
-        )),
-    }
+pub(crate) fn tls_check(t: &TlsConfig) -> Result<(), String> {
+    tls::server_config(t).map(|_| ())
 }
