@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{backoff, Source, UpstreamError};
+use super::{Source, UpstreamError};
 use crate::buffer::{StoredRecord, KIND_AGGREGATE, KIND_SUMMARY};
 
 pub use super::config::HttpUpstreamConfig;
@@ -153,18 +153,7 @@ impl HttpDelivery {
                     cursor = last;
                 }
                 Outcome::Retry(why) => {
-                    self.source.stats.connected.store(0, Ordering::Relaxed);
-                    self.source
-                        .stats
-                        .connection_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    *self.source.stats.last_error.lock().expect("lock") = Some(why.clone());
-                    let wait = backoff(
-                        self.source.backoff_initial,
-                        self.source.backoff_max,
-                        attempt,
-                    );
-                    attempt = attempt.saturating_add(1);
+                    let wait = self.source.failed(&why, &mut attempt);
                     tracing::warn!(error = %why, retry_in = ?wait, "upstream http: batch not accepted");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}

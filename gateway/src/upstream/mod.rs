@@ -152,6 +152,19 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Records a failed attempt and returns how long to wait before the
+    /// next one.
+    fn failed(&self, why: &str, attempt: &mut u32) -> Duration {
+        self.stats.connected.store(0, Ordering::Relaxed);
+        self.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+        *self.stats.last_error.lock().expect("lock") = Some(why.to_owned());
+        let wait = backoff(self.backoff_initial, self.backoff_max, *attempt);
+        *attempt = attempt.saturating_add(1);
+        wait
+    }
+}
+
 /// Starts what `config` asks for: capture of local topics, delivery over
 /// MQTT or HTTP. Returns the tasks, named for the shutdown log.
 pub fn start(
@@ -274,18 +287,8 @@ impl Delivery {
                 return;
             }
             if let Err(e) = outcome {
-                self.source
-                    .stats
-                    .connection_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                *self.source.stats.last_error.lock().expect("lock") = Some(e.clone());
-                let wait = backoff(
-                    self.source.backoff_initial,
-                    self.source.backoff_max,
-                    attempt,
-                );
+                let wait = self.source.failed(&e, &mut attempt);
                 tracing::warn!(error = %e, retry_in = ?wait, "upstream: connection lost");
-                attempt = attempt.saturating_add(1);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return,
