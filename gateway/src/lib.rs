@@ -12,8 +12,9 @@
 //! - [`aggregate`]: tumbling windows over the metrics functions emit.
 //! - [`buffer`]: the SQLite outbox (store-and-forward): batched commits,
 //!   bounds, the crash-loss window; hosts the aggregator.
-//! - [`upstream`]: delivery of buffered records to an upstream MQTT broker,
-//!   acknowledged per record; capture of local topics into the buffer.
+//! - [`upstream`]: delivery of buffered records to an upstream MQTT broker
+//!   or HTTP(S) endpoint, acknowledged per record or batch; capture of local
+//!   topics into the buffer.
 //! - [`topic`]: MQTT topic names and filters: validation and matching, shared
 //!   by the broker's ACLs and the functions' triggers.
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
