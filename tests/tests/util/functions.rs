@@ -3,11 +3,9 @@
 //! WAT modules from `tests/wat/`, and an MQTT client that collects what its
 //! subscriptions receive.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Command;
 
 use super::perch_bin;
 use std::time::{Duration, Instant};
@@ -17,14 +15,14 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 /// How long anything in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A running gateway process; killed on drop.
+/// A gateway with a fixed id and data directory, so it can be restarted on
+/// the same state; built on [`super::Gateway`] (killed on drop).
 pub struct Gateway {
-    child: Child,
+    process: super::Gateway,
     pub addr: SocketAddr,
     pub id: String,
     pub data_dir: PathBuf,
     config: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gateway {
@@ -44,52 +42,20 @@ impl Gateway {
     }
 
     fn spawn(id: &str, data_dir: &Path, config: PathBuf) -> Gateway {
-        let mut child = Command::new(perch_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info,rumqttd=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting perch");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            // Reads stderr to the end so the pipe never fills and blocks perch.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = ready_addr(&line) {
-                        let _ = ready_tx.send(addr);
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let addr = match ready_rx.recv_timeout(DEADLINE) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "perch did not log its ready line within {DEADLINE:?}; log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
+        let process = super::Gateway::start(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
         Gateway {
-            child,
-            addr,
+            addr: process.addr(),
+            process,
             id: id.to_owned(),
             data_dir: data_dir.to_owned(),
             config,
-            log,
         }
     }
 
@@ -101,31 +67,23 @@ impl Gateway {
         Gateway::spawn(&id, &dir, config)
     }
 
-    /// SIGTERM, then waits for the exit (SIGKILL after the deadline).
+    /// SIGTERM, then waits for a clean exit.
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < DEADLINE {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "perch exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.process.signal("TERM");
+        match self.process.wait(DEADLINE) {
+            Some(status) => assert!(status.success(), "perch exited with {status}"),
+            None => panic!("perch did not stop within {DEADLINE:?} after SIGTERM"),
         }
-        let _ = self.child.kill();
-        panic!("perch did not stop within {DEADLINE:?} after SIGTERM");
     }
 
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.wait(Duration::ZERO).is_none()
     }
 
     /// Everything perch logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.process.log_text()
     }
 
     /// Runs `perch fn <args>` against this gateway; returns (success,
@@ -181,23 +139,6 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address in perch's ready line: "perch ready: ... listening on
-/// mqtt://ADDR (name)".
-fn ready_addr(line: &str) -> Option<SocketAddr> {
-    if !line.contains("perch ready") {
-        return None;
-    }
-    let rest = line.split("listening on mqtt://").nth(1)?;
-    rest.split(' ').next()?.parse().ok()
 }
 
 /// Compiles a WAT file from `tests/wat/` to wasm in `dir`; returns its path.
