@@ -179,23 +179,36 @@ impl Gateway {
 /// Feeds what functions emit and forward into the buffer. Ends when every
 /// function is gone (the channel closes).
 async fn outputs_to_buffer(mut outputs: mpsc::Receiver<Output>, intake: crate::buffer::Intake) {
+    let mut refused = 0u64;
     while let Some(output) = outputs.recv().await {
-        let result = match &output {
-            Output::Record { stream, record, .. } => intake.forward(stream, record),
+        let (function, result) = match output {
+            Output::Record {
+                function,
+                stream,
+                record,
+                ..
+            } => {
+                let r = intake.forward(&stream, &record);
+                (function, r)
+            }
             Output::Metric {
+                function,
                 metric,
                 key,
                 value,
                 timestamp_ms,
-                ..
-            } => intake.emit(metric, key.as_deref().unwrap_or(""), *value, *timestamp_ms),
+            } => (
+                function,
+                intake.emit_named(metric, key, value, timestamp_ms),
+            ),
         };
         if let Err(e) = result {
-            // The buffer counts what it refuses; the log names the function.
-            let function = match &output {
-                Output::Record { function, .. } | Output::Metric { function, .. } => function,
-            };
-            tracing::warn!(function = %function, error = %e, "function output not buffered");
+            // The buffer counts every refusal; the log names the function,
+            // once and then every 1000th time, so a backlog cannot flood it.
+            if refused.is_multiple_of(1000) {
+                tracing::warn!(function = %function, error = %e, refused, "function output not buffered");
+            }
+            refused += 1;
         }
     }
 }

@@ -99,7 +99,8 @@ pub const FILE_NAME: &str = "buffer.db";
 /// Longest metric or key name `emit` accepts; names live inline so an emit
 /// allocates nothing.
 pub const MAX_NAME_LEN: usize = 64;
-type Name = heapless::String<MAX_NAME_LEN>;
+/// A metric or key name, stored inline.
+pub type Name = heapless::String<MAX_NAME_LEN>;
 
 /// Why the buffer failed or refused.
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +192,17 @@ impl Intake {
     /// Adds a value to the (metric, key) window that holds `ts_ms`.
     pub fn emit(&self, metric: &str, key: &str, value: f64, ts_ms: i64) -> Result<(), BufferError> {
         let name = |s: &str| Name::try_from(s).map_err(|_| BufferError::NameTooLong(s.to_owned()));
-        let (metric, key) = (name(metric)?, name(key)?);
+        self.emit_named(name(metric)?, name(key)?, value, ts_ms)
+    }
+
+    /// [`Intake::emit`] for names already inline: allocates nothing.
+    pub fn emit_named(
+        &self,
+        metric: Name,
+        key: Name,
+        value: f64,
+        ts_ms: i64,
+    ) -> Result<(), BufferError> {
         self.reserve()?;
         self.send(Command::Emit {
             metric,

@@ -64,17 +64,19 @@ use crate::broker::{BrokerError, Links};
 /// version (the worker may be finishing an invocation first).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What a function produces for the stages behind it. The aggregate stage
-/// takes `Metric`s, the store-and-forward buffer takes `Record`s; until they
-/// exist the gateway drains the channel itself (see `gateway.rs`).
+/// What a function produces for the stages behind it: `Metric`s feed the
+/// aggregate windows, `Record`s the store-and-forward buffer (the gateway
+/// hands both to the buffer's intake, see `gateway.rs`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// `emit(metric, key, value)`: one sample for the tumbling windows of
     /// `metric` (and `key`, when given).
     Metric {
         function: Arc<str>,
-        metric: String,
-        key: Option<String>,
+        /// Inline names (at most 64 bytes): an emit allocates nothing.
+        metric: crate::buffer::Name,
+        /// Empty when the function gave no key.
+        key: crate::buffer::Name,
         value: f64,
         timestamp_ms: i64,
     },

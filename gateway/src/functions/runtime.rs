@@ -838,7 +838,8 @@ impl Host {
     }
 
     fn emit(&mut self, metric: &[u8], key: &[u8], value: f64) -> i32 {
-        let (Some(metric), Some(key)) = (name_text(metric), name_text(key)) else {
+        let inline = |b: &[u8]| name_text(b).and_then(|s| crate::buffer::Name::try_from(s).ok());
+        let (Some(metric), Some(key)) = (inline(metric), inline(key)) else {
             return code::INVALID;
         };
         if metric.is_empty() {
@@ -847,8 +848,8 @@ impl Host {
         let timestamp_ms = now_ms();
         self.stage_output(|function| Output::Metric {
             function,
-            metric: metric.to_owned(),
-            key: (!key.is_empty()).then(|| key.to_owned()),
+            metric,
+            key,
             value,
             timestamp_ms,
         })
