@@ -251,6 +251,44 @@ mod tests {
     }
 
     #[test]
+    fn bad_buffer_aggregate_and_upstream_values_are_named() {
+        let err = Config::from_toml(
+            "[buffer]\nmax_bytes = 10\ncommit_batch = 0\nwhen_full = \"drop_oldest\"\n\
+             [aggregate]\nwindow_s = 0\n\
+             [upstream]\nforward_topics = [\"a/#/b\"]\n\
+             [upstream.mqtt]\nhost = \"\"\ntls = { ca_path = \"/nonexistent/ca.pem\", cert_path = \"/c.pem\" }\n\
+             [upstream.http]\nurl = \"ftp://x\"\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "buffer.max_bytes",
+            "buffer.commit_batch",
+            "aggregate.window_s",
+            "upstream.forward_topics[0]",
+            "upstream.mqtt.host",
+            "upstream.mqtt.tls.ca_path",
+            "upstream.mqtt.tls: cert_path and key_path go together",
+            "upstream: both [upstream.mqtt] and [upstream.http]",
+            "upstream.http.url",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_policy_lists_the_known_ones() {
+        let err = Config::from_toml("[buffer]\nwhen_full = \"drop_all\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("drop_oldest") && err.contains("degrade"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_host_name_is_the_id_when_none_is_set() {
         let id = GatewayConfig::default().resolved_id();
         assert!(valid_id(&id), "{id}");
