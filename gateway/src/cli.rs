@@ -26,6 +26,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Watch events flow: simulated sensors, the example functions, the
+    /// buffer and a stand-in cloud, on one screen. Needs no setup or network.
+    Demo(crate::demo::DemoArgs),
     /// Print the default config or check a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -156,6 +159,7 @@ const EXIT_BAD_CONFIG: u8 = 2;
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Demo(args) => demo(args),
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_TOML}");
             Ok(())
@@ -218,6 +222,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::from)
     });
     // Connections still open are dropped here.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
+}
+
+fn demo(args: crate::demo::DemoArgs) -> anyhow::Result<()> {
+    // The screen is the demo's output; the log says only what went wrong.
+    telemetry::init_with_default_filter(LogFormat::Human, "warn,rumqttd=off");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("perch-demo")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+        crate::demo::run(args, shutdown).await
+    });
     runtime.shutdown_timeout(Duration::from_millis(500));
     result
 }

@@ -23,6 +23,9 @@
 //!   stages on shutdown.
 //! - [`telemetry`]: logging (human or JSON lines).
 //! - [`cli`]: the `perch` command line; `main.rs` only calls it.
+//! - [`demo`]: `perch demo`, the whole trip on one screen: simulated
+//!   sensors, the example functions (shipped in `gateway/demo/`), a
+//!   stand-in cloud.
 //!
 //! The trip of an event and the promises each stage keeps are in the
 //! project's DESIGN.md.
@@ -32,6 +35,7 @@ pub mod broker;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod functions;
 pub mod gateway;
 pub mod telemetry;

@@ -24,8 +24,13 @@ pub const DEFAULT_FILTER: &str = "info,rumqttd=off";
 
 /// Installs the global subscriber. Calling it twice is harmless (tests).
 pub fn init(format: LogFormat) {
+    init_with_default_filter(format, DEFAULT_FILTER);
+}
+
+/// [`init`], with another filter for when `RUST_LOG` is not set.
+pub fn init_with_default_filter(format: LogFormat, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

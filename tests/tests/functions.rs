@@ -388,7 +388,7 @@ async fn the_sdk_examples_run_in_the_real_gateway() {
 }
 
 /// Runs `sdk/build-examples.sh` into a directory of this test run.
-fn build_examples() -> std::path::PathBuf {
+pub fn build_examples() -> std::path::PathBuf {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-wasm");
     let out = base.join("perch-examples");
     let script = crate::util::workspace_root().join("sdk/build-examples.sh");
