@@ -60,6 +60,38 @@ pub enum FnCommand {
         #[command(flatten)]
         target: FnTarget,
     },
+    /// Start a function project: handler, manifest, tests, sample events.
+    New {
+        /// The function's name (lowercase letters, digits, '-').
+        name: String,
+        /// The language of the handler.
+        #[arg(long, value_enum, default_value_t = crate::devkit::Lang::Rust)]
+        lang: crate::devkit::Lang,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build the project in DIR to build/NAME.wasm and check it against the
+    /// perch runtime.
+    Build {
+        /// The project (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the project, then run it on sample events in the real runtime,
+    /// locally, and print what it publishes, emits and forwards. Exits 1 if
+    /// an event failed.
+    Test {
+        /// The project (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Events, one JSON object a line (default: DIR/events.jsonl).
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Run the module at this path instead of building.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+    },
 }
 
 /// Which gateway `perch fn` talks to.
@@ -259,6 +291,49 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 fn fn_command(command: FnCommand) -> anyhow::Result<()> {
     use crate::functions::control;
+    match command {
+        FnCommand::New { name, lang, dir } => {
+            let dir = crate::devkit::new(&name, lang, dir.as_deref())?;
+            println!(
+                "created {dir}: build it with `cd {dir} && perch fn build`, try it with \
+                 `perch fn test`",
+                dir = dir.display()
+            );
+            return Ok(());
+        }
+        FnCommand::Build { dir } => {
+            crate::devkit::build(&dir)?;
+            return Ok(());
+        }
+        FnCommand::Test { dir, events, wasm } => {
+            telemetry::init(LogFormat::Human);
+            let (module, manifest) = match wasm {
+                Some(path) => {
+                    let manifest_path = dir.join("manifest.toml");
+                    let text = std::fs::read_to_string(&manifest_path)
+                        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+                    (
+                        path,
+                        crate::functions::manifest::Manifest::from_toml(&text)?,
+                    )
+                }
+                None => crate::devkit::build(&dir)?,
+            };
+            let wasm = std::fs::read(&module)
+                .with_context(|| format!("cannot read {}", module.display()))?;
+            let events = events.unwrap_or_else(|| dir.join("events.jsonl"));
+            let report =
+                crate::devkit::test(manifest, &wasm, &events, &mut std::io::stdout().lock())?;
+            anyhow::ensure!(
+                report.failures == 0,
+                "{} of {} events failed (see FAILED above)",
+                report.failures,
+                report.events
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
     let endpoint = |t: FnTarget| control::Endpoint {
         broker: t.broker,
         gateway: t
@@ -297,6 +372,9 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
             let functions = runtime.block_on(control::list(&endpoint(target)))?;
             println!("{}", serde_json::to_string_pretty(&functions)?);
             Ok(())
+        }
+        FnCommand::New { .. } | FnCommand::Build { .. } | FnCommand::Test { .. } => {
+            unreachable!("handled above")
         }
     }
 }

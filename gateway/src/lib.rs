@@ -23,6 +23,8 @@
 //!   stages on shutdown.
 //! - [`telemetry`]: logging (human or JSON lines).
 //! - [`cli`]: the `perch` command line; `main.rs` only calls it.
+//! - [`devkit`]: `perch fn new|build|test`, the function author's loop
+//!   without a gateway (templates from `sdk/examples/`).
 //! - [`demo`]: `perch demo`, the whole trip on one screen: simulated
 //!   sensors, the example functions (shipped in `gateway/demo/`), a
 //!   stand-in cloud.
@@ -36,6 +38,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod devkit;
 pub mod functions;
 pub mod gateway;
 pub mod telemetry;

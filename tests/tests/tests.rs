@@ -6,6 +6,7 @@ mod util;
 mod broker;
 mod cli;
 mod demo;
+mod devkit;
 mod functions;
 mod lifecycle;
 mod upstream;

@@ -1,0 +1,516 @@
+//! The function author's loop on a laptop, without a gateway: `perch fn new`
+//! scaffolds a project, `perch fn build` turns it into a module checked
+//! against the real runtime, `perch fn test` runs it on sample events in that
+//! runtime and prints what it would publish, emit and forward.
+//!
+//! Templates are the SDK's own, shipped inside the binary: the Rust project
+//! is `sdk/examples/threshold-alert` (handler, tests, build script) with a
+//! vendored copy of `perch-sdk` in `perch-sdk/`, so it builds with nothing
+//! but crates.io; the C project is `sdk/examples/c-threshold`. Both build
+//! and deploy as they are.
+
+use std::fmt::Write as _;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use crate::functions::manifest::Manifest;
+use crate::functions::runtime::{Failure, Runtime, Seed};
+use crate::functions::Output;
+
+/// The languages `perch fn new` can start a function in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    C,
+}
+
+/// The SDK, vendored into every new Rust project.
+const SDK_FILES: [(&str, &str); 7] = [
+    ("src/lib.rs", include_str!("../../sdk/src/lib.rs")),
+    ("src/context.rs", include_str!("../../sdk/src/context.rs")),
+    ("src/error.rs", include_str!("../../sdk/src/error.rs")),
+    ("src/export.rs", include_str!("../../sdk/src/export.rs")),
+    ("src/math.rs", include_str!("../../sdk/src/math.rs")),
+    ("src/sys.rs", include_str!("../../sdk/src/sys.rs")),
+    ("src/testing.rs", include_str!("../../sdk/src/testing.rs")),
+];
+
+/// The vendored SDK's manifest: sdk/Cargo.toml with the workspace's
+/// versions written out (a test checks they match).
+const SDK_CARGO_TOML: &str = r#"[package]
+name = "perch-sdk"
+version = "VERSION"
+edition = "2021"
+publish = false
+description = "Write perch functions in Rust (vendored by `perch fn new`; sdk/ in perch's repository)"
+
+[features]
+default = ["panic-handler"]
+panic-handler = []
+
+[dependencies]
+heapless = { version = "0.9", default-features = false, features = ["serde"] }
+serde-json-core = { version = "0.7", default-features = false, features = ["heapless"] }
+libm = "0.2"
+serde = { version = "1.0", default-features = false, features = ["derive"] }
+
+[target.'cfg(not(target_arch = "wasm32"))'.dependencies]
+toml = "0.9"
+"#;
+
+const RUST_LIB: &str = include_str!("../../sdk/examples/threshold-alert/src/lib.rs");
+const RUST_BUILD: &str = include_str!("../../sdk/examples/threshold-alert/build.rs");
+const RUST_MANIFEST: &str = include_str!("../../sdk/examples/threshold-alert/manifest.toml");
+const C_SOURCE: &str = include_str!("../../sdk/examples/c-threshold/threshold.c");
+const C_MANIFEST: &str = include_str!("../../sdk/examples/c-threshold/manifest.toml");
+
+/// Sample events for `perch fn test`, one JSON object a line.
+const EVENTS: &str = r#"{"topic":"sensors/t1/temperature","payload":{"device":"t1","temperature":21.5}}
+{"topic":"sensors/t1/temperature","payload":{"device":"t1","temperature":31.5}}
+{"topic":"sensors/kitchen/temperature","payload":{"temperature":35}}
+"#;
+
+/// Creates a function project `name` in `dir` (default `./<name>`).
+pub fn new(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    check_name(name)?;
+    let dir = dir
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!(
+            "{} exists and is not empty; pick another name or --dir, or remove it",
+            dir.display()
+        );
+    }
+    let mut files: Vec<(String, String)> = vec![
+        ("events.jsonl".into(), EVENTS.into()),
+        ("README.md".into(), readme(name, lang)),
+        (".gitignore".into(), "/target\n/build\n".into()),
+    ];
+    match lang {
+        Lang::Rust => {
+            files.push(("Cargo.toml".into(), rust_cargo_toml(name)));
+            files.push(("build.rs".into(), RUST_BUILD.into()));
+            files.push(("manifest.toml".into(), rename(RUST_MANIFEST, name)?));
+            files.push((
+                "src/lib.rs".into(),
+                RUST_LIB.replace("`threshold-alert`", &format!("`{name}`")),
+            ));
+            let version = env!("CARGO_PKG_VERSION");
+            files.push((
+                "perch-sdk/Cargo.toml".into(),
+                SDK_CARGO_TOML.replace("VERSION", version),
+            ));
+            for (path, text) in SDK_FILES {
+                files.push((format!("perch-sdk/{path}"), text.into()));
+            }
+        }
+        Lang::C => {
+            files.push(("manifest.toml".into(), rename(C_MANIFEST, name)?));
+            files.push(("function.c".into(), C_SOURCE.into()));
+        }
+    }
+    for (path, text) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Names become topics, crate names and file names: keep them plain.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        bail!(
+            "{name:?} is not a usable function name: use 1 to 64 lowercase letters, digits \
+             and '-', starting with a letter (e.g. door-alarm)"
+        );
+    }
+    Ok(())
+}
+
+/// A template manifest with its `name` line replaced.
+fn rename(manifest: &str, name: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut done = false;
+    for line in manifest.lines() {
+        if !done && line.starts_with("name = ") {
+            let _ = writeln!(out, "name = \"{name}\"");
+            done = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    anyhow::ensure!(done, "the template manifest has no name line (a perch bug)");
+    Ok(out)
+}
+
+fn rust_cargo_toml(name: &str) -> String {
+    format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[lib]
+# cdylib: the .wasm the gateway runs; rlib: so `cargo test` can run the
+# handler natively against perch_sdk::testing::TestHost.
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+perch-sdk = {{ path = "perch-sdk" }}
+# Without std: a function must not link it.
+serde = {{ version = "1.0", default-features = false, features = ["derive"] }}
+
+# Small modules: the gateway meters fuel per instruction, size matters more.
+[profile.release]
+opt-level = "s"
+lto = true
+codegen-units = 1
+panic = "abort"
+strip = true
+
+# A project of its own, even inside another cargo workspace.
+[workspace]
+"#
+    )
+}
+
+fn readme(name: &str, lang: Lang) -> String {
+    let source = match lang {
+        Lang::Rust => "src/lib.rs (the handler and its tests; `cargo test` runs them natively)",
+        Lang::C => "function.c (against the raw ABI: no libc, no allocator)",
+    };
+    format!(
+        "# {name}\n\n\
+         A perch function. The handler is in {source}; manifest.toml says what \
+         triggers it, what it may publish, its limits and its config.\n\n\
+         ```sh\n\
+         perch fn build                 # -> build/{name}.wasm, checked against the perch runtime\n\
+         perch fn test                  # runs it on events.jsonl in the real runtime, no gateway needed\n\
+         perch fn deploy build/{name}.wasm --manifest manifest.toml   # to a running gateway\n\
+         ```\n\n\
+         events.jsonl holds one event a line: `{{\"topic\": ..., \"payload\": <JSON, or a string \
+         for raw text>}}`, optionally with `\"timestamp_ms\"`.\n"
+    )
+}
+
+/// Builds the project in `dir` to `dir/build/<name>.wasm` and checks it
+/// against the runtime. Returns the module's path and its manifest.
+pub fn build(dir: &Path) -> anyhow::Result<(PathBuf, Manifest)> {
+    let manifest = read_manifest(dir)?;
+    let out_dir = dir.join("build");
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let out = out_dir.join(format!("{}.wasm", manifest.name));
+    if dir.join("Cargo.toml").exists() {
+        build_rust(dir, &out)?;
+    } else if let Some(source) = c_source(dir)? {
+        build_c(&source, &out)?;
+    } else {
+        bail!(
+            "{} has neither Cargo.toml nor a .c file: is it a function project? \
+             Start one with `perch fn new NAME`",
+            dir.display()
+        );
+    }
+    let wasm = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let runtime = Runtime::new(tx);
+    let compiled = runtime
+        .compile(manifest.clone(), &wasm)
+        .with_context(|| format!("{} is not a module perch can run", out.display()))?;
+    runtime
+        .instantiate(&compiled, Seed::default())
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("{} does not start in the perch runtime", out.display()))?;
+    eprintln!(
+        "perch fn build: {} ({} bytes, sha256 {}) runs in the perch runtime\n  \
+         deploy it: perch fn deploy {} --manifest {}",
+        out.display(),
+        wasm.len(),
+        compiled.sha256,
+        out.display(),
+        dir.join("manifest.toml").display()
+    );
+    Ok((out, manifest))
+}
+
+fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
+    let path = dir.join("manifest.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: is {} a function project? Start one with `perch fn new NAME`",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    Manifest::from_toml(&text)
+        .with_context(|| format!("{} is not a valid manifest", path.display()))
+}
+
+fn c_source(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let mut sources = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "c") {
+            sources.push(path);
+        }
+    }
+    match sources.len() {
+        0 => Ok(None),
+        1 => Ok(sources.pop()),
+        _ => bail!(
+            "{} has several .c files; `perch fn build` compiles one (build others with clang \
+             yourself, see sdk/examples/c-threshold/build.sh)",
+            dir.display()
+        ),
+    }
+}
+
+fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    let cargo_toml = std::fs::read_to_string(dir.join("Cargo.toml"))?;
+    let package: toml::Value = toml::from_str(&cargo_toml)
+        .with_context(|| format!("{} is not valid TOML", dir.join("Cargo.toml").display()))?;
+    let crate_name = package
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .context("Cargo.toml has no [package] name")?
+        .replace('-', "_");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("target"));
+    eprintln!("perch fn build: cargo build --release --target wasm32-unknown-unknown");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .status()
+        .context("cannot run cargo: is Rust installed (https://rustup.rs)?")?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo could not build the function (its errors are above)"
+    );
+    let built = target_dir.join(format!("wasm32-unknown-unknown/release/{crate_name}.wasm"));
+    std::fs::copy(&built, out).with_context(|| format!("cargo built no {}", built.display()))?;
+    Ok(())
+}
+
+/// Installs the wasm32 target with rustup when it is missing, saying so.
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match installed {
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == "wasm32-unknown-unknown") =>
+        {
+            Ok(())
+        }
+        Ok(_) => {
+            eprintln!(
+                "perch fn build: the Rust target wasm32-unknown-unknown is missing; installing \
+                 it (rustup target add wasm32-unknown-unknown)"
+            );
+            let status = Command::new("rustup")
+                .args(["target", "add", "wasm32-unknown-unknown"])
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "rustup could not install wasm32-unknown-unknown; run \
+                 `rustup target add wasm32-unknown-unknown` and try again"
+            );
+            Ok(())
+        }
+        // No rustup: cargo will say whether the target is there.
+        Err(_) => Ok(()),
+    }
+}
+
+fn build_c(source: &Path, out: &Path) -> anyhow::Result<()> {
+    for tool in ["clang", "wasm-ld"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            bail!("{tool} is needed to build C functions: sudo apt-get install -y clang lld");
+        }
+    }
+    eprintln!("perch fn build: clang --target=wasm32 {}", source.display());
+    // The flags of sdk/examples/c-threshold/build.sh: a bare module with the
+    // features ABI.md allows, a 16 KiB stack.
+    let status = Command::new("clang")
+        .args([
+            "--target=wasm32",
+            "-O2",
+            "-nostdlib",
+            "-ffreestanding",
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-mcpu=mvp",
+            "-mmutable-globals",
+            "-msign-ext",
+            "-mbulk-memory",
+            "-Wl,--no-entry",
+            "-Wl,--strip-all",
+            "-Wl,-z,stack-size=16384",
+            "-o",
+        ])
+        .arg(out)
+        .arg(source)
+        .status()
+        .context("cannot run clang")?;
+    anyhow::ensure!(
+        status.success(),
+        "clang could not build the function (its errors are above)"
+    );
+    Ok(())
+}
+
+/// One line of an events file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampleEvent {
+    topic: String,
+    payload: serde_json::Value,
+    #[serde(default)]
+    timestamp_ms: Option<i64>,
+}
+
+/// What `perch fn test` saw.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TestReport {
+    pub events: usize,
+    pub failures: usize,
+    pub publishes: usize,
+    pub emits: usize,
+    pub forwards: usize,
+}
+
+/// Runs the module over the events in `events` (JSON lines), printing each
+/// event and what it produced to `out`.
+pub fn test(
+    manifest: Manifest,
+    wasm: &[u8],
+    events: &Path,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<TestReport> {
+    let file = std::fs::File::open(events).with_context(|| {
+        format!(
+            "cannot read the events file {}; write one event a line: \
+             {{\"topic\":\"sensors/t1/temperature\",\"payload\":{{\"temperature\":21.5}}}}",
+            events.display()
+        )
+    })?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let runtime = Runtime::new(tx);
+    let filters = manifest.triggers.topics.clone();
+    let compiled = runtime.compile(manifest, wasm)?;
+    let mut instance = runtime
+        .instantiate(&compiled, Seed::default())
+        .map_err(|(e, _)| e)?;
+    let mut report = TestReport::default();
+    let start_ms = crate::buffer::now_ms();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: SampleEvent = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{} line {}: not an event; expected {{\"topic\": ..., \"payload\": ...}}",
+                events.display(),
+                n + 1
+            )
+        })?;
+        let payload = match &event.payload {
+            serde_json::Value::String(s) => s.clone().into_bytes(),
+            other => serde_json::to_vec(other)?,
+        };
+        report.events += 1;
+        writeln!(
+            out,
+            "event {}  {}  {}",
+            report.events,
+            event.topic,
+            String::from_utf8_lossy(&payload)
+        )?;
+        if !crate::topic::matches_any(&filters, &event.topic) {
+            writeln!(
+                out,
+                "  note: no trigger of the manifest matches this topic; a gateway would not \
+                 deliver it"
+            )?;
+        }
+        let ts = event.timestamp_ms.unwrap_or(start_ms + n as i64);
+        let result = instance.on_event(event.topic.as_bytes(), &payload, ts);
+        instance.release(|topic, payload| {
+            report.publishes += 1;
+            let _ = writeln!(
+                out,
+                "  publish  {}  {}",
+                String::from_utf8_lossy(&topic),
+                String::from_utf8_lossy(&payload)
+            );
+        });
+        while let Ok(output) = rx.try_recv() {
+            match output {
+                Output::Metric {
+                    metric, key, value, ..
+                } => {
+                    report.emits += 1;
+                    let key = if key.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{key}]")
+                    };
+                    writeln!(out, "  emit     {metric}{key} = {value}")?;
+                }
+                Output::Record { stream, record, .. } => {
+                    report.forwards += 1;
+                    writeln!(
+                        out,
+                        "  forward  {stream}  {}",
+                        String::from_utf8_lossy(&record)
+                    )?;
+                }
+            }
+        }
+        if let Err(failure) = result {
+            report.failures += 1;
+            writeln!(out, "  FAILED   {}", describe(&failure))?;
+        }
+    }
+    writeln!(
+        out,
+        "{} events, {} failed; {} publishes, {} emits, {} forwards",
+        report.events, report.failures, report.publishes, report.emits, report.forwards
+    )?;
+    Ok(report)
+}
+
+fn describe(failure: &Failure) -> String {
+    match failure {
+        Failure::Returned(code) => {
+            format!("the handler returned error code {code} (sdk/ABI.md lists the codes)")
+        }
+        other => other.to_string(),
+    }
+}
