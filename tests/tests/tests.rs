@@ -7,6 +7,7 @@ mod broker;
 mod cli;
 mod demo;
 mod devkit;
+mod docs;
 mod functions;
 mod lifecycle;
 mod upstream;
