@@ -210,6 +210,46 @@ fn an_infinite_loop_runs_out_of_fuel_and_leaves_no_trace() {
     assert_eq!(released(&mut i).len(), 1);
 }
 
+/// Regression test for the native stack overflow seen when wasmi's
+/// tail-call dispatcher is built without sibling-call optimisation (see the
+/// root Cargo.toml): each executed wasm instruction then costs a native stack
+/// frame. Tens of millions of instructions (a loop with calls, branches and
+/// arithmetic) on a 256 KiB native stack can only pass if the dispatcher
+/// runs in constant stack space; if it does not, this test binary aborts
+/// with "has overflowed its stack".
+#[test]
+fn long_guest_loops_run_in_constant_native_stack() {
+    const LOOP_WAT: &str = r#"(module (memory (export "memory") 1)
+      (func (export "perch_abi_version") (result i32) (i32.const 1))
+      (func (export "perch_event_buffer") (result i32) (i32.const 1024))
+      (func (export "perch_event_buffer_len") (result i32) (i32.const 4096))
+      (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+      (func (export "perch_on_event") (param i32 i32 i64) (result i32) (local $n i32)
+        (loop $l
+          (local.set $n (call $step (local.get $n)))
+          (br_if $l (i32.ne (local.get $n) (i32.const -1))))
+        (i32.const 0)))"#;
+    let manifest = "name = \"spin\"\nversion = \"1.0.0\"\n[triggers]\ntopics = [\"t\"]\n\
+                    [limits]\nfuel = 50000000\n";
+    let (rt, _outputs) = runtime();
+    let mut i = instance(&rt, LOOP_WAT, manifest);
+    let (result, fuel_left) = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let result = i.on_event(b"t", b"", 1);
+            (result, i.fuel_left())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(result, Err(Failure::Trap("out_of_fuel")));
+    // Fuel is charged per block, so a few units may be left over.
+    assert!(
+        fuel_left < 100,
+        "{fuel_left} fuel left: the loop stopped early"
+    );
+}
+
 #[test]
 fn traps_are_named_by_kind() {
     let (rt, _outputs) = runtime();
