@@ -13,6 +13,34 @@
 //! accounting) and its faster register-machine executor; the older 0.x/1.x
 //! lines are slower and no longer get those fixes.
 //!
+//! On x86_64 and aarch64 wasmi runs with its tail-call dispatcher, ~2.9x
+//! faster than its portable loop dispatcher on the threshold-alert example;
+//! other targets keep the loop. Why, and the checks that keep the tail-call
+//! dispatcher from growing the native stack: gateway/Cargo.toml.
+//!
+//! # Deploying: validation eager, translation lazy
+//!
+//! [`Runtime::compile`] parses the module and validates every function body
+//! (wasmi's `CompilationMode::LazyTranslation`); each function is translated
+//! to wasmi's bytecode on its first call, paid from that call's fuel.
+//! [`Runtime::instantiate`] then makes an instance from the compiled module.
+//! The two run in different places, and only the second is on the switch-over
+//! path: a deploy compiles (and hashes) the module on the control plane's
+//! thread while the old version keeps taking events, and hands the compiled
+//! version to the function's worker, which instantiates it, checks the ABI
+//! and runs `perch_init` (for a 230 KB module: ~16 µs plus `perch_init`)
+//! before it replaces the old instance. Re-creating an instance after a trap
+//! is the same microseconds. Figures: README, "Function performance".
+//!
+//! wasmi's `CompilationMode::Lazy` would skip validating function bodies
+//! at deploy and validate each on its first call instead. It is not used: a
+//! module with one invalid body would then be accepted, replace a working
+//! version, and fail when that body is first reached, where DESIGN.md
+//! promises that a malformed module is refused and what ran before keeps
+//! running. Parsing alone is not much cheaper than parsing and validating
+//! (the deploy benchmark's `parse` and `parse_validate`), so there is little
+//! to win by it either.
+//!
 //! # Limits, and who enforces them
 //!
 //! - Parsing: `EnforcedLimits::strict()` bounds functions, globals, tables,
@@ -45,7 +73,6 @@
 //! says), every text is checked for UTF-8, and every wasmi error is mapped to
 //! a [`Failure`] or a [`RuntimeError`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -299,12 +326,18 @@ fn extern_type(ty: &ExternType) -> String {
     }
 }
 
+/// One config value: key and value as text (UTF-8 bytes).
+type ConfigEntry = (Box<[u8]>, Box<[u8]>);
+
 /// The parts of a deployed version every instance shares.
 #[derive(Debug)]
 pub struct Context {
     pub name: Arc<str>,
     allow: Vec<String>,
-    config: HashMap<String, String>,
+    /// Config values as text, sorted by key: `config_get` runs once per
+    /// event in a typical function, and a binary search over the key bytes
+    /// is cheaper than hashing them (configs hold a handful of keys).
+    config: Box<[ConfigEntry]>,
     fuel: u64,
     memory_pages: u32,
     output_bytes: usize,
@@ -340,7 +373,7 @@ impl Runtime {
             .consume_fuel(true)
             // Validate the whole module at deploy (a bad module is refused
             // there, not at its first event) but translate each function on
-            // first use, so a deploy is ready in well under a millisecond.
+            // first use; see "Deploying" in the module doc.
             .compilation_mode(CompilationMode::LazyTranslation)
             .enforced_limits(EnforcedLimits::strict())
             .set_max_recursion_depth(MAX_RECURSION_DEPTH)
@@ -382,10 +415,14 @@ impl Runtime {
         let ctx = Arc::new(Context {
             name: manifest.name.as_str().into(),
             allow: manifest.publish.allow.clone(),
-            config: manifest
-                .config_texts()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
+            config: {
+                let mut config: Vec<ConfigEntry> = manifest
+                    .config_texts()
+                    .map(|(k, v)| (k.as_bytes().into(), v.into_bytes().into()))
+                    .collect();
+                config.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                config.into_boxed_slice()
+            },
             fuel: manifest.limits.fuel,
             memory_pages: manifest.limits.memory_pages,
             output_bytes: manifest.limits.output_bytes,
@@ -1043,16 +1080,17 @@ fn define_imports(linker: &mut Linker<Host>) {
             let (data, host) = mem.data_and_store_mut(&mut caller);
             let key = range(kp, kl, data.len())?;
             let out = range(op, oc, data.len())?;
-            // The value borrows this handle, not guest memory, so it can be
-            // copied into guest memory.
-            let ctx = host.ctx.clone();
-            let Ok(key) = std::str::from_utf8(&data[key]) else {
-                return Ok(code::INVALID);
-            };
-            Ok(match ctx.config.get(key) {
-                Some(value) => copy_out(data, out, value.as_bytes()),
-                None => code::NOT_FOUND,
-            })
+            // The value borrows the host's context, not guest memory, so it
+            // can be copied into guest memory. Every stored key is UTF-8, so
+            // only a key that matches none needs the UTF-8 check.
+            let config = &host.ctx.config;
+            Ok(
+                match config.binary_search_by(|(k, _)| (**k).cmp(&data[key.clone()])) {
+                    Ok(i) => copy_out(data, out, &config[i].1),
+                    Err(_) if std::str::from_utf8(&data[key]).is_err() => code::INVALID,
+                    Err(_) => code::NOT_FOUND,
+                },
+            )
         },
     ));
     ok(linker.func_wrap(

@@ -185,6 +185,57 @@ fn config_values_are_read_as_toml_text() {
     assert_eq!(i.on_timer(1), Err(Failure::Returned(code::NOT_FOUND)));
 }
 
+/// `config_get` with the key taken from the event's payload: publishes the
+/// value to `alerts/x`, or returns the error code.
+#[test]
+fn config_get_finds_each_key_and_names_bad_ones() {
+    const WAT: &str = r#"(module
+      (import "perch" "publish" (func $publish (param i32 i32 i32 i32) (result i32)))
+      (import "perch" "config_get" (func $config_get (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "alerts/x")
+      (func (export "perch_abi_version") (result i32) (i32.const 1))
+      (func (export "perch_event_buffer") (result i32) (i32.const 1024))
+      (func (export "perch_event_buffer_len") (result i32) (i32.const 4096))
+      (func (export "perch_on_event") (param $tl i32) (param $pl i32) (param i64) (result i32)
+        (local $n i32)
+        (local.set $n (call $config_get (i32.add (i32.const 1024) (local.get $tl)) (local.get $pl)
+                                        (i32.const 8192) (i32.const 64)))
+        (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return (local.get $n))))
+        (call $publish (i32.const 0) (i32.const 8) (i32.const 8192) (local.get $n))))"#;
+    let manifest = GOOD_MANIFEST.replace(
+        "limit = 30.5",
+        "zeta = 3\nlimit = 30.5\nb = true\na = \"x\"\nab = \"y\"",
+    );
+    let (rt, _outputs) = runtime();
+    let mut i = instance(&rt, WAT, &manifest);
+    for (key, value) in [
+        ("a", "x"),
+        ("ab", "y"),
+        ("b", "true"),
+        ("limit", "30.5"),
+        ("zeta", "3"),
+    ] {
+        i.on_event(b"sensors/a", key.as_bytes(), 1).unwrap();
+        assert_eq!(
+            released(&mut i),
+            vec![("alerts/x".to_owned(), value.to_owned())],
+            "{key}"
+        );
+    }
+    for (key, rc) in [
+        (&b"lim"[..], code::NOT_FOUND),
+        (b"", code::NOT_FOUND),
+        (b"limit\xff", code::INVALID),
+    ] {
+        assert_eq!(
+            i.on_event(b"sensors/a", key, 1),
+            Err(Failure::Returned(rc)),
+            "{key:?}"
+        );
+    }
+}
+
 #[test]
 fn an_infinite_loop_runs_out_of_fuel_and_leaves_no_trace() {
     let (rt, mut outputs) = runtime();
@@ -208,6 +259,46 @@ fn an_infinite_loop_runs_out_of_fuel_and_leaves_no_trace() {
         .unwrap();
     i.on_event(b"sensors/a", b"ok", 2).unwrap();
     assert_eq!(released(&mut i).len(), 1);
+}
+
+/// Regression test for the native stack overflow seen when wasmi's
+/// tail-call dispatcher is built without sibling-call optimisation (see the
+/// root Cargo.toml): each executed wasm instruction then costs a native stack
+/// frame. Tens of millions of instructions (a loop with calls, branches and
+/// arithmetic) on a 256 KiB native stack can only pass if the dispatcher
+/// runs in constant stack space; if it does not, this test binary aborts
+/// with "has overflowed its stack".
+#[test]
+fn long_guest_loops_run_in_constant_native_stack() {
+    const LOOP_WAT: &str = r#"(module (memory (export "memory") 1)
+      (func (export "perch_abi_version") (result i32) (i32.const 1))
+      (func (export "perch_event_buffer") (result i32) (i32.const 1024))
+      (func (export "perch_event_buffer_len") (result i32) (i32.const 4096))
+      (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+      (func (export "perch_on_event") (param i32 i32 i64) (result i32) (local $n i32)
+        (loop $l
+          (local.set $n (call $step (local.get $n)))
+          (br_if $l (i32.ne (local.get $n) (i32.const -1))))
+        (i32.const 0)))"#;
+    let manifest = "name = \"spin\"\nversion = \"1.0.0\"\n[triggers]\ntopics = [\"t\"]\n\
+                    [limits]\nfuel = 50000000\n";
+    let (rt, _outputs) = runtime();
+    let mut i = instance(&rt, LOOP_WAT, manifest);
+    let (result, fuel_left) = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let result = i.on_event(b"t", b"", 1);
+            (result, i.fuel_left())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(result, Err(Failure::Trap("out_of_fuel")));
+    // Fuel is charged per block, so a few units may be left over.
+    assert!(
+        fuel_left < 100,
+        "{fuel_left} fuel left: the loop stopped early"
+    );
 }
 
 #[test]
