@@ -1458,3 +1458,16 @@ async fn malformed_protocol_level_gets_connack_unacceptable_version() {
     }
     bystanders_still_served(gw.addr()).await;
 }
+
+/// 3.1.1 §2.2.1 (packet type 15 is reserved in 3.1.1; AUTH exists only in
+/// 5.0 §3.15): an AUTH from a 3.1.1 client is malformed and closes that
+/// connection (rumqttd's 3.1.1 codec panicked on it, leaking the
+/// connection's slot in the router).
+#[tokio::test]
+async fn malformed_auth_from_a_311_client_closes_that_client_only() {
+    let gw = Gateway::start(&[]);
+    let (mut raw, _) = Raw::connect(gw.addr(), &Connect::v4("auth4")).await;
+    raw.send(&[0xf0, 0]).await;
+    raw.until_closed(mqtt::WAIT).await;
+    bystanders_still_served(gw.addr()).await;
+}

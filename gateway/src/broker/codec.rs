@@ -856,6 +856,17 @@ mod tests {
     }
 
     #[test]
+    fn fixed_header_flags_are_checked_per_packet_type() {
+        let ok = |b| check_fixed_header(b, Version::V4).is_ok();
+        assert!(ok(0x30) && ok(0x3b) && ok(0x62) && ok(0x82) && ok(0xa2) && ok(0xc0));
+        // QoS 3, SUBSCRIBE/PUBREL without 0010, PINGREQ with flags, CONNECT
+        assert!(!ok(0x36) && !ok(0x80) && !ok(0x60) && !ok(0xc1) && !ok(0x10));
+        // AUTH exists in 5.0 only; type 0 in neither
+        assert!(!ok(0xf0) && check_fixed_header(0xf0, Version::V5).is_ok());
+        assert!(!ok(0x00));
+    }
+
+    #[test]
     fn answers_are_encoded_per_version() {
         assert_eq!(ack(0x40, 7, false), vec![0x40, 2, 0, 7]);
         assert_eq!(ack(0x40, 7, true), vec![0x40, 3, 0, 7, 0x87]);
