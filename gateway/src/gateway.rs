@@ -70,7 +70,7 @@ impl Gateway {
         // rustls needs one process-wide crypto provider for outgoing TLS.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let buffer = Buffer::open(&config.buffer, &config.aggregate, &config.gateway.data_dir)?;
-        let broker = Broker::start(&config.broker)?;
+        let broker = Broker::start_in(&config.broker, Some(&config.gateway.data_dir))?;
         let (stop, stopped) = watch::channel(false);
         let upstream_stats = Arc::new(upstream::Stats::default());
         let mut tasks = Vec::new();

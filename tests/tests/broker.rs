@@ -87,7 +87,7 @@ async fn keep_alive_zero_is_accepted_in_both_versions() {
 
 /// A config with one loopback listener that requires a login, an `admin` who
 /// may do anything and a `sensor` limited to its own topics.
-fn auth_config() -> (tempfile::TempDir, std::path::PathBuf) {
+pub(crate) fn auth_config() -> (tempfile::TempDir, std::path::PathBuf) {
     // The hash comes from the real `perch passwd`.
     let out = perch_with_stdin(&["passwd"], "s3cret\n");
     assert!(

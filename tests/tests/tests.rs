@@ -5,6 +5,7 @@ mod util;
 
 mod broker;
 mod cli;
+mod conformance;
 mod demo;
 mod devkit;
 mod docs;

@@ -18,7 +18,15 @@
 //!   own links (`perch-internal-*`), so no client can take over their
 //!   sessions;
 //! - accepts keep-alive 0 ("off", allowed by both specs; rumqttd refuses it);
-//! - enforces the client's ACL on PUBLISH and SUBSCRIBE.
+//! - enforces the client's ACL on PUBLISH and SUBSCRIBE;
+//! - hands what changes the retained set (retained publishes, empty
+//!   payloads) to the retained store ([`super::retained`]), so it survives
+//!   a restart;
+//! - takes the will out of the CONNECT and hands it to [`super::will`] when
+//!   the connection ends without DISCONNECT; a DISCONNECT is not passed on:
+//!   the codec ends the connection itself after it (see `will` for why);
+//! - closes connections that send malformed packets rumqttd would accept:
+//!   reserved fixed-header flags set, a second CONNECT.
 //!
 //! A denied publish is never routed. When the client expects an answer (QoS 1
 //! or 2, or a SUBSCRIBE whose every filter is denied) the denied packet is
@@ -39,6 +47,8 @@ use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingReq, Protocol};
 
 use super::auth::{Acl, Refusal, Users};
+use super::retained::Capture;
+use super::will::{self, Will, Wills};
 
 /// Keep-alive used for clients that ask for none (0 = off): the largest the
 /// protocol can express, 18.2 h, which rumqttd enforces at 1.5x.
@@ -49,6 +59,18 @@ pub struct Policy {
     pub users: Arc<Users>,
     /// Whether this listener lets clients in without a username.
     pub allow_anonymous: bool,
+    /// Where retained publishes go to be persisted; `None` keeps them in
+    /// memory only.
+    pub retained: Option<Capture>,
+    /// Where wills go when a connection ends without DISCONNECT.
+    pub wills: Arc<Wills>,
+    /// Packet ids of QoS 1/2 messages a persistent-session client had not
+    /// acknowledged when its connection ended, by client id: rumqttd sends
+    /// them again on reconnect but without DUP, which the codec sets.
+    pub unacked: Arc<Mutex<HashMap<String, HashSet<u16>>>>,
+    /// QoS 2 publishes a persistent-session client sent but had not
+    /// released (PUBREL) when its connection ended, by client id.
+    pub held_qos2: Arc<Mutex<HashMap<String, HashMap<u16, Will>>>>,
 }
 
 /// Counts of what the codecs refused, for logs and metrics.
@@ -95,6 +117,28 @@ pub struct Codec {
     /// 5.0 topic aliases the client set up, so aliased publishes are judged
     /// by their real topic.
     aliases: HashMap<u16, String>,
+    /// The client's will and id, published when the connection ends
+    /// without DISCONNECT (see `Drop`).
+    will: Option<(String, Will)>,
+    /// The client sent DISCONNECT: the next read ends the connection.
+    closing: bool,
+    /// The client id and whether its session outlives the connection.
+    client_id: String,
+    persistent: bool,
+    /// Outgoing QoS 1/2 publishes not yet acknowledged (PUBACK / PUBREC),
+    /// and those to mark DUP because they were sent on an earlier
+    /// connection. Locked because `write` takes `&self`; one task uses it.
+    unacked: Mutex<(HashSet<u16>, HashSet<u16>)>,
+    /// QoS 2 publishes received on this connection whose PUBREL is due
+    /// (rumqttd routes them on PUBREL), and those received on an earlier
+    /// connection of this session, which rumqttd has forgotten: perch
+    /// routes those itself when their PUBREL comes.
+    incoming_qos2: HashMap<u16, Will>,
+    earlier_qos2: HashMap<u16, Will>,
+    /// A packet was handed to rumqttd since it last saw InsufficientBytes:
+    /// rumqttd is in the middle of a batch whose packets an error would
+    /// throw away.
+    mid_batch: bool,
 }
 
 impl Codec {
@@ -109,6 +153,43 @@ impl Codec {
             partial_subacks: Mutex::new(HashMap::new()),
             denied_qos2: HashSet::new(),
             aliases: HashMap::new(),
+            will: None,
+            closing: false,
+            client_id: String::new(),
+            persistent: false,
+            unacked: Mutex::new((HashSet::new(), HashSet::new())),
+            incoming_qos2: HashMap::new(),
+            earlier_qos2: HashMap::new(),
+            mid_batch: false,
+        }
+    }
+}
+
+impl Drop for Codec {
+    /// rumqttd drops the codec when the connection ends: the will (still
+    /// here unless a DISCONNECT discarded it) is due.
+    fn drop(&mut self) {
+        if let Some((client_id, will)) = self.will.take() {
+            self.policy.wills.ended(client_id, will);
+        }
+        if self.persistent {
+            let mut held = std::mem::take(&mut self.incoming_qos2);
+            held.extend(self.earlier_qos2.drain());
+            if !held.is_empty() {
+                self.policy
+                    .held_qos2
+                    .lock()
+                    .expect("held lock")
+                    .insert(self.client_id.clone(), held);
+            }
+            let (unacked, _) = std::mem::take(self.unacked.get_mut().expect("codec lock"));
+            if !unacked.is_empty() {
+                self.policy
+                    .unacked
+                    .lock()
+                    .expect("unacked lock")
+                    .insert(std::mem::take(&mut self.client_id), unacked);
+            }
         }
     }
 }
@@ -135,14 +216,36 @@ impl Protocol for Codec {
             Some(v) => v,
             None => return self.read_connect(stream, max_size),
         };
+        if self.closing {
+            // After a DISCONNECT (MQTT-3.14.4-1: the server closes).
+            return Err(protocol::Error::InvalidProtocol);
+        }
         loop {
+            if let Some(&first) = stream.first() {
+                check_fixed_header(first, version)?;
+                if first == 0xe0 {
+                    return self.read_disconnect(stream, version);
+                }
+            }
             let peeked = peek(stream);
-            let packet = match version {
-                Version::V4 => V4.read_mut(stream, max_size)?,
-                Version::V5 => V5.read_mut(stream, max_size)?,
+            let read = match version {
+                Version::V4 => V4.read_mut(stream, max_size),
+                Version::V5 => V5.read_mut(stream, max_size),
+            };
+            let packet = match read {
+                Ok(p) => p,
+                Err(e) => {
+                    if matches!(e, protocol::Error::InsufficientBytes(_)) {
+                        self.mid_batch = false;
+                    }
+                    return Err(e);
+                }
             };
             match self.police(packet, peeked) {
-                Some(packet) => return Ok(packet),
+                Some(packet) => {
+                    self.mid_batch = true;
+                    return Ok(packet);
+                }
                 // Dropped (a denied QoS 0 publish): read the next one.
                 None => continue,
             }
@@ -158,6 +261,20 @@ impl Protocol for Codec {
             });
         }
         match packet {
+            Packet::Publish(..) => {
+                let start = write.len();
+                let n = self.inner_write(packet, write)?;
+                let sent = peek(&write[start..]);
+                if let Some(pkid) = sent.pkid {
+                    let mut unacked = self.unacked.lock().expect("codec lock");
+                    if unacked.1.remove(&pkid) {
+                        // MQTT-3.3.1-1: a re-delivery carries DUP.
+                        write[start] |= 0x08;
+                    }
+                    unacked.0.insert(pkid);
+                }
+                Ok(n)
+            }
             Packet::PingResp(resp) => {
                 let next = self.pending.lock().expect("codec lock").pop_front();
                 match next {
@@ -211,10 +328,51 @@ impl Protocol for Codec {
 const NOT_AUTHORIZED: u8 = 0x87;
 
 impl Codec {
+    /// A DISCONNECT: decoded here because rumqttd's 5.0 codec cannot read
+    /// the short form (reason code without properties, §3.14.2.2.1) and
+    /// waits forever for bytes that never come.
+    fn read_disconnect(
+        &mut self,
+        stream: &mut BytesMut,
+        version: Version,
+    ) -> Result<Packet, protocol::Error> {
+        let Some((len, len_len)) = remaining_length(&stream[1..]) else {
+            return if stream.len() >= 5 {
+                Err(protocol::Error::MalformedRemainingLength)
+            } else {
+                Err(protocol::Error::InsufficientBytes(1))
+            };
+        };
+        let total = 1 + len_len + len;
+        if stream.len() < total {
+            return Err(protocol::Error::InsufficientBytes(total - stream.len()));
+        }
+        if version == Version::V4 && len != 0 {
+            return Err(protocol::Error::IncorrectPacketFormat);
+        }
+        let reason = if len > 0 { stream[1 + len_len] } else { 0 };
+        let _ = stream.split_to(total);
+        // 5.0 reason 0x04: disconnect, but publish the will.
+        if reason != 0x04 {
+            self.will = None;
+        }
+        self.closing = true;
+        if self.mid_batch {
+            // Let rumqttd deliver what it read before; the next read ends
+            // the connection.
+            self.mid_batch = false;
+            return Err(protocol::Error::InsufficientBytes(1));
+        }
+        Err(protocol::Error::InvalidProtocol)
+    }
+
     fn inner_write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
         match self.version {
             Some(Version::V5) => V5.write(packet, write),
-            _ => V4.write(packet, write),
+            // rumqttd's V4 codec panics on 5.0 properties (which reach a
+            // 3.1.1 subscriber whenever a 5.0 client publishes with any),
+            // killing the connection's task without telling the router.
+            _ => V4.write(without_properties(packet), write),
         }
     }
 
@@ -257,6 +415,61 @@ impl Codec {
         match outcome {
             Ok(acl) => {
                 self.acl = Some(acl);
+                self.policy
+                    .wills
+                    .connected(&connect.client_id, connect.clean_session);
+                self.client_id.clone_from(&connect.client_id);
+                self.persistent = !connect.clean_session && !connect.client_id.is_empty();
+                let earlier = self
+                    .policy
+                    .unacked
+                    .lock()
+                    .expect("unacked lock")
+                    .remove(&connect.client_id);
+                if let (Some(earlier), true) = (earlier, self.persistent) {
+                    self.unacked.get_mut().expect("codec lock").1 = earlier;
+                }
+                let held = self
+                    .policy
+                    .held_qos2
+                    .lock()
+                    .expect("held lock")
+                    .remove(&connect.client_id);
+                if let (Some(held), true) = (held, self.persistent) {
+                    self.earlier_qos2 = held;
+                }
+                if let Some(w) = will {
+                    // 5.0 §3.1.3.2.2: the will waits for its delay or for the
+                    // session to end, whichever comes first.
+                    let session_expiry = props
+                        .as_ref()
+                        .and_then(|p| p.session_expiry_interval)
+                        .unwrap_or(0);
+                    let delay = will_props
+                        .as_ref()
+                        .and_then(|p| p.delay_interval)
+                        .unwrap_or(0);
+                    let key = if connect.client_id.is_empty() {
+                        // rumqttd assigns an id the codec never learns; any
+                        // unique key will do, nothing can reconnect to it.
+                        static NEXT: AtomicU64 = AtomicU64::new(0);
+                        format!("\0anonymous-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+                    } else {
+                        connect.client_id.clone()
+                    };
+                    self.will = Some((
+                        key,
+                        Will {
+                            topic: w.topic,
+                            payload: w.message,
+                            qos: w.qos as u8,
+                            retain: w.retain,
+                            props: will_props.as_ref().map(will::publish_props),
+                            delay_s: delay.min(session_expiry),
+                        },
+                    ));
+                }
+                let (will, will_props) = (None, None);
                 if connect.keep_alive == 0 {
                     connect.keep_alive = KEEP_ALIVE_OFF_S;
                 }
@@ -298,6 +511,32 @@ impl Codec {
                     None => topic,
                 };
                 if acl.may_publish(topic) {
+                    if let (2, Some(pkid)) = (peeked.qos, peeked.pkid) {
+                        let held = Will {
+                            topic: if publish.topic.is_empty() {
+                                bytes::Bytes::from(topic.to_owned())
+                            } else {
+                                publish.topic.clone()
+                            },
+                            payload: publish.payload.clone(),
+                            qos: 2,
+                            retain: publish.retain,
+                            props: props.clone().map(|mut p| {
+                                p.topic_alias = None;
+                                p
+                            }),
+                            delay_s: 0,
+                        };
+                        self.incoming_qos2.insert(pkid, held);
+                    }
+                    // rumqttd deletes the retained message on any empty
+                    // payload, retained or not; the store mirrors it.
+                    if publish.retain || publish.payload.is_empty() {
+                        if let Some(capture) = &self.policy.retained {
+                            let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
+                            capture.offer(topic, peeked.qos.min(2), &publish.payload, expiry);
+                        }
+                    }
                     return Some(Packet::Publish(publish, props));
                 }
                 self.refusals.publishes.fetch_add(1, Ordering::Relaxed);
@@ -315,16 +554,48 @@ impl Codec {
                 }
             }
             Packet::PubRel(rel, props) => {
-                if self.denied_qos2.remove(&rel.pkid) {
-                    return Some(self.answer(ack(0x70, rel.pkid, false)));
+                if self.incoming_qos2.remove(&rel.pkid).is_some() {
+                    // rumqttd ignores a PUBREL with properties.
+                    return Some(Packet::PubRel(rel, None));
                 }
-                Some(Packet::PubRel(rel, props))
+                if let Some(held) = self.earlier_qos2.remove(&rel.pkid) {
+                    // Received on an earlier connection of this session:
+                    // rumqttd has forgotten it (and would drop the client
+                    // for the PUBREL), so perch routes it now.
+                    self.policy.wills.publish(held);
+                }
+                // Denied, already routed, or unknown: complete the flow
+                // (MQTT-4.3.3: PUBREL is answered with PUBCOMP).
+                self.denied_qos2.remove(&rel.pkid);
+                let _ = props;
+                Some(self.answer(ack(0x70, rel.pkid, false)))
+            }
+            Packet::PubAck(a, props) => {
+                self.unacked
+                    .get_mut()
+                    .expect("codec lock")
+                    .0
+                    .remove(&a.pkid);
+                Some(Packet::PubAck(a, props))
+            }
+            Packet::PubRec(r, props) => {
+                self.unacked
+                    .get_mut()
+                    .expect("codec lock")
+                    .0
+                    .remove(&r.pkid);
+                Some(Packet::PubRec(r, props))
             }
             Packet::Subscribe(mut subscribe, props) => {
                 let denied: Vec<bool> = subscribe
                     .filters
                     .iter()
-                    .map(|f| !acl.may_subscribe(&f.path))
+                    // rumqttd drops a client that subscribes to a `$`-filter
+                    // (other than `$share/`); refuse the filter instead.
+                    .map(|f| {
+                        !acl.may_subscribe(&f.path)
+                            || (f.path.starts_with('$') && !f.path.starts_with("$share/"))
+                    })
                     .collect();
                 let n_denied = denied.iter().filter(|&&d| d).count();
                 if n_denied == 0 {
@@ -426,6 +697,44 @@ fn all_failed_suback(pkid: u16, n: usize, v5: bool) -> Vec<u8> {
     out.to_vec()
 }
 
+/// The packet as 3.1.1 can carry it: 5.0 properties dropped.
+fn without_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Publish(p, Some(_)) => Packet::Publish(p, None),
+        Packet::PubAck(p, Some(_)) => Packet::PubAck(p, None),
+        Packet::PubRec(p, Some(_)) => Packet::PubRec(p, None),
+        Packet::PubRel(p, Some(_)) => Packet::PubRel(p, None),
+        Packet::PubComp(p, Some(_)) => Packet::PubComp(p, None),
+        Packet::SubAck(p, Some(_)) => Packet::SubAck(p, None),
+        Packet::UnsubAck(p, Some(_)) => Packet::UnsubAck(p, None),
+        Packet::Disconnect(p, Some(_)) => Packet::Disconnect(p, None),
+        other => other,
+    }
+}
+
+/// Rejects a fixed header whose reserved flags are wrong (3.1.1 §2.2.2,
+/// 5.0 §2.1.3: PUBREL, SUBSCRIBE and UNSUBSCRIBE carry 0010, other packets
+/// except PUBLISH 0000; a PUBLISH may not have QoS 3) or that is a second
+/// CONNECT (MQTT-3.1.0-2), or of a type the version does not have (0;
+/// AUTH in 3.1.1). rumqttd's codecs accept the former and panic on the
+/// latter, which kills the connection's task without telling the router
+/// (a leaked connection slot).
+fn check_fixed_header(first: u8, version: Version) -> Result<(), protocol::Error> {
+    let (kind, flags) = (first >> 4, first & 0x0f);
+    let ok = match kind {
+        0 | 1 => false,
+        15 if version == Version::V4 => false,
+        3 => flags & 0b0110 != 0b0110,
+        6 | 8 | 10 => flags == 0b0010,
+        _ => flags == 0,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(protocol::Error::IncorrectPacketFormat)
+    }
+}
+
 /// QoS and packet id of a PUBLISH at the head of `stream`, read before the
 /// inner codec consumes it (rumqttd keeps them private in `Publish`).
 #[derive(Clone, Copy, Default)]
@@ -453,7 +762,7 @@ fn peek(stream: &[u8]) -> Peeked {
 }
 
 /// Decodes an MQTT variable-length integer: (value, bytes used).
-fn remaining_length(bytes: &[u8]) -> Option<(usize, usize)> {
+pub(super) fn remaining_length(bytes: &[u8]) -> Option<(usize, usize)> {
     let mut value = 0usize;
     for (i, &b) in bytes.iter().take(4).enumerate() {
         value |= usize::from(b & 0x7f) << (7 * i);
@@ -544,6 +853,17 @@ mod tests {
             connect_header(&[0x30, 0]),
             Err(protocol::Error::InvalidPacketType(3))
         ));
+    }
+
+    #[test]
+    fn fixed_header_flags_are_checked_per_packet_type() {
+        let ok = |b| check_fixed_header(b, Version::V4).is_ok();
+        assert!(ok(0x30) && ok(0x3b) && ok(0x62) && ok(0x82) && ok(0xa2) && ok(0xc0));
+        // QoS 3, SUBSCRIBE/PUBREL without 0010, PINGREQ with flags, CONNECT
+        assert!(!ok(0x36) && !ok(0x80) && !ok(0x60) && !ok(0xc1) && !ok(0x10));
+        // AUTH exists in 5.0 only; type 0 in neither
+        assert!(!ok(0xf0) && check_fixed_header(0xf0, Version::V5).is_ok());
+        assert!(!ok(0x00));
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub struct BrokerConfig {
     /// How long a client on a TLS listener may take to complete its
     /// handshake; a stalled one is dropped without holding up others.
     pub tls_handshake_timeout_ms: u64,
+    /// Most retained messages (topics) kept on disk, so they survive a
+    /// restart. A retained publish to a new topic past the bound is retained
+    /// in memory only (logged and counted).
+    pub max_retained_messages: u64,
+    /// Most bytes (topic + payload) of retained messages kept on disk.
+    pub max_retained_bytes: u64,
     /// Where the broker accepts MQTT clients. Each listener speaks MQTT 3.1.1
     /// and 5.0 on one port.
     pub listeners: Vec<ListenerConfig>,
@@ -58,6 +64,8 @@ impl Default for BrokerConfig {
             max_segment_count: 4,
             max_outgoing_packet_count: 200,
             tls_handshake_timeout_ms: 10_000,
+            max_retained_messages: 10_000,
+            max_retained_bytes: 16 * 1024 * 1024,
             listeners: vec![ListenerConfig::default()],
             anonymous: AclConfig::default(),
             users: Vec::new(),
@@ -143,7 +151,7 @@ pub struct UserConfig {
 
 impl BrokerConfig {
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
-        let positive: [(&str, u64); 8] = [
+        let positive: [(&str, u64); 10] = [
             ("broker.max_connections", self.max_connections as u64),
             (
                 "broker.max_packet_size_bytes",
@@ -167,6 +175,8 @@ impl BrokerConfig {
                 "broker.tls_handshake_timeout_ms",
                 self.tls_handshake_timeout_ms,
             ),
+            ("broker.max_retained_messages", self.max_retained_messages),
+            ("broker.max_retained_bytes", self.max_retained_bytes),
         ];
         for (key, value) in positive {
             if value == 0 {

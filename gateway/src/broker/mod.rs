@@ -17,6 +17,12 @@
 //!   right CONNACK codes**: see [`codec`].
 //! - **TLS** is terminated by perch, with a handshake deadline, in front of a
 //!   loopback rumqttd listener: see [`tls`].
+//! - **Retained messages survive a restart**: the codecs capture them into a
+//!   bounded SQLite store, restored through an in-process link before any
+//!   listener opens: see [`retained`].
+//! - **Will messages** are kept and published by perch (rumqttd's own
+//!   handling races a clean DISCONNECT against the socket closing and can
+//!   disconnect an unrelated client): see [`will`].
 //!
 //! The gateway's own parts (functions, upstream) talk to the router through
 //! in-process links ([`Broker::link`]), not TCP.
@@ -24,10 +30,13 @@
 pub mod auth;
 mod codec;
 mod config;
+pub mod retained;
 mod tls;
+mod will;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -54,6 +63,8 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Retained(#[from] retained::RetainedError),
     #[error("cannot open an in-process link {client_id:?} to the broker: {source}")]
     Link {
         client_id: String,
@@ -105,12 +116,22 @@ pub struct Broker {
     /// Accept loops, aborted on shutdown.
     tasks: Vec<JoinHandle<()>>,
     refusals: Arc<Refusals>,
+    /// The retained-message store, when the broker has a data directory.
+    retained: Option<retained::Store>,
 }
 
 impl Broker {
-    /// Starts the router and every listener; returns once all are listening.
-    /// Must be called inside a tokio runtime: the listeners run on it.
+    /// Starts the router and every listener, with retained messages in
+    /// memory only (for tests of other stages).
     pub fn start(config: &BrokerConfig) -> Result<Broker, BrokerError> {
+        Broker::start_in(config, None)
+    }
+
+    /// Starts the router, restores the retained messages stored in
+    /// `data_dir` (if given; new ones are persisted there), then starts every
+    /// listener; returns once all are listening. Must be called inside a
+    /// tokio runtime: the listeners run on it.
+    pub fn start_in(config: &BrokerConfig, data_dir: Option<&Path>) -> Result<Broker, BrokerError> {
         let router = RouterConfig {
             max_connections: config.max_connections,
             max_outgoing_packet_count: config.max_outgoing_packet_count,
@@ -145,7 +166,30 @@ impl Broker {
             listening: Vec::new(),
             tasks: Vec::new(),
             refusals: refusals.clone(),
+            retained: None,
         };
+        if let Some(dir) = data_dir {
+            let bounds = retained::Bounds {
+                max_messages: config.max_retained_messages,
+                max_bytes: config.max_retained_bytes,
+            };
+            let mut store = retained::Store::open(dir, bounds)?;
+            let restored = store.take_restored();
+            if !restored.is_empty() {
+                let n = restored.len();
+                let (mut tx, rx) = broker.links.open("retained")?;
+                restore_retained(&mut tx, restored);
+                broker.tasks.push(drain((Some(tx), rx)));
+                tracing::info!(messages = n, "retained messages restored");
+            }
+            broker.retained = Some(store);
+        }
+        let capture = broker.retained.as_ref().map(retained::Store::capture);
+        let (will_tx, will_rx) = broker.links.open("wills")?;
+        let wills = Arc::new(will::Wills::new(will_tx, capture.clone()));
+        broker.tasks.push(drain((None, will_rx)));
+        let unacked: Arc<std::sync::Mutex<_>> = Arc::default();
+        let held_qos2: Arc<std::sync::Mutex<_>> = Arc::default();
         for l in &config.listeners {
             let bind_err = |addr, source| BrokerError::Bind {
                 name: l.name.clone(),
@@ -190,6 +234,10 @@ impl Broker {
             let policy = Arc::new(Policy {
                 users: users.clone(),
                 allow_anonymous: l.allow_anonymous,
+                retained: capture.clone(),
+                wills: wills.clone(),
+                unacked: unacked.clone(),
+                held_qos2: held_qos2.clone(),
             });
             let server = Server::new(
                 settings,
@@ -242,11 +290,22 @@ impl Broker {
         &self.refusals
     }
 
-    /// Stops accepting connections. Connected clients are dropped when the
-    /// runtime that serves them stops.
+    /// What the retained store could not keep, if there is one.
+    pub fn retained_stats(&self) -> Option<&retained::RetainedStats> {
+        self.retained.as_ref().map(retained::Store::stats)
+    }
+
+    /// Stops accepting connections and commits the retained messages
+    /// captured so far. Connected clients are dropped when the runtime that
+    /// serves them stops.
     pub fn stop_listening(&mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
+        }
+        if let Some(store) = &self.retained {
+            if !store.flush(Duration::from_secs(2)) {
+                tracing::warn!("the retained-message store did not finish its last commit");
+            }
         }
     }
 }
@@ -255,6 +314,101 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop_listening();
     }
+}
+
+/// Publishes the stored retained messages through `link`, before any
+/// listener opens.
+fn restore_retained(tx: &mut LinkTx, restored: Vec<retained::Retained>) {
+    for (i, r) in restored.into_iter().enumerate() {
+        let props = r.expiry_s.map(|s| rumqttd::protocol::PublishProperties {
+            message_expiry_interval: Some(s),
+            ..Default::default()
+        });
+        let pkid = (i % usize::from(u16::MAX)) as u16 + 1;
+        let packet = local_publish(
+            r.topic.clone().into(),
+            r.payload,
+            r.qos.min(1),
+            true,
+            props,
+            pkid,
+        );
+        let Some(packet) = packet else {
+            tracing::warn!(
+                topic = r.topic,
+                "stored retained message is malformed; skipped"
+            );
+            continue;
+        };
+        if let Err(e) = send_now(tx, packet) {
+            tracing::warn!(error = %e, topic = r.topic, "cannot restore a retained message");
+        }
+    }
+}
+
+/// Keeps reading a link the gateway only publishes on: the router
+/// acknowledges its QoS 1 publishes, and an undrained link stalls.
+fn drain((tx, mut rx): (Option<LinkTx>, LinkRx)) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // A link's sender must live as long as the link.
+        let _tx = tx;
+        loop {
+            match rx.next().await {
+                Ok(Some(rumqttd::Notification::Unschedule)) => {
+                    if rx.wake().await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// Sends `packet` on an in-process link. `LinkTx::send` is async only in
+/// name (a blocking channel send inside), so one poll completes it.
+fn send_now(tx: &mut LinkTx, packet: rumqttd::protocol::Packet) -> Result<(), Box<LinkError>> {
+    let mut send = std::pin::pin!(tx.send(packet));
+    match send.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r.map(|_| ()).map_err(Box::new),
+        Poll::Pending => Ok(()),
+    }
+}
+
+/// A PUBLISH for an in-process link, with any QoS and properties: rumqttd
+/// only lets code outside it build QoS 0 publishes, so this encodes one
+/// with its V5 codec, sets the QoS and packet id in the bytes, and decodes
+/// the result.
+fn local_publish(
+    topic: bytes::Bytes,
+    payload: bytes::Bytes,
+    qos: u8,
+    retain: bool,
+    props: Option<rumqttd::protocol::PublishProperties>,
+    pkid: u16,
+) -> Option<rumqttd::protocol::Packet> {
+    use bytes::BufMut;
+    use rumqttd::protocol::{v5::V5, Packet, Protocol, Publish};
+    let mut q0 = bytes::BytesMut::new();
+    V5.write(
+        Packet::Publish(Publish::new(topic, payload, retain), props),
+        &mut q0,
+    )
+    .ok()?;
+    if qos == 0 {
+        return V5.read_mut(&mut q0, usize::MAX).ok();
+    }
+    let (len, len_len) = codec::remaining_length(&q0[1..])?;
+    let body = &q0[1 + len_len..];
+    let topic_end = 2 + usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let mut out = bytes::BytesMut::with_capacity(q0.len() + 3);
+    out.put_u8(q0[0] | (qos << 1));
+    rumqttd::protocol::v4::write_remaining_length(&mut out, len + 2).ok()?;
+    out.put_slice(body.get(..topic_end)?);
+    out.put_u16(pkid);
+    out.put_slice(body.get(topic_end..)?);
+    V5.read_mut(&mut out, usize::MAX).ok()
 }
 
 /// Picks a concrete port for port 0, since rumqttd cannot report the port it
