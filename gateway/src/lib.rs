@@ -5,7 +5,9 @@
 //! One module per stage of an event's trip, then the glue around them:
 //!
 //! - [`broker`]: the embedded MQTT broker (rumqttd): listeners, TLS, logins,
-//!   ACLs, in-process links for the gateway's own parts.
+//!   ACLs, in-process links for the gateway's own parts, and what perch adds
+//!   around rumqttd for the MQTT specs: retained messages kept in SQLite
+//!   (`retained.db`), will messages, the codec's fixes.
 //! - [`functions`]: sandboxed WebAssembly functions on MQTT events: the
 //!   registry (SQLite), the wasmi runtime and host ABI, triggers and queues,
 //!   per-function state, the deploy control plane.
