@@ -158,6 +158,7 @@ enum Command {
         ts_ms: i64,
     },
     Ack(i64),
+    Acks(Vec<i64>),
     DeadLetter {
         seqs: Vec<i64>,
         status: u16,
@@ -170,8 +171,9 @@ enum Command {
 #[derive(Clone)]
 pub struct Intake {
     tx: mpsc::Sender<Command>,
-    /// Records sent but not yet committed; bounds the channel, which std
-    /// offers unbounded only.
+    /// Records (and emits) accepted but not yet committed: bounds what waits
+    /// in memory (the channel, which std offers unbounded only, and the
+    /// writer's batch) while the disk is slow or failing.
     pending: Arc<AtomicUsize>,
     max_pending: usize,
     stats: Arc<Stats>,
@@ -216,6 +218,14 @@ impl Intake {
     /// transaction.
     pub fn ack(&self, seq: i64) {
         let _ = self.tx.send(Command::Ack(seq));
+    }
+
+    /// Marks the records of one upstream message or batch acknowledged:
+    /// one message to the writer for all of them.
+    pub fn ack_many(&self, seqs: Vec<i64>) {
+        if !seqs.is_empty() {
+            let _ = self.tx.send(Command::Acks(seqs));
+        }
     }
 
     /// Moves records the upstream refused for good to the dead-letter table
@@ -311,6 +321,8 @@ impl Buffer {
             },
             closed: Vec::new(),
             emitted: false,
+            taken: 0,
+            failures: 0,
         };
         let thread = std::thread::Builder::new()
             .name("perch-buffer".into())
@@ -359,8 +371,15 @@ struct Writer {
     agg: Aggregator,
     config: BufferConfig,
     stats: Arc<Stats>,
-    /// Shared with the intakes: records sent but not yet taken.
+    /// Shared with the intakes: records and emits accepted but not yet
+    /// committed (queued in the channel or taken into `pending`). Released
+    /// only by a successful commit, so a failing disk bounds memory at
+    /// `max_pending_records`.
     waiting: Arc<AtomicUsize>,
+    /// How many of `waiting` this writer has taken since the last commit.
+    taken: usize,
+    /// Failed commits in a row (0 while commits work).
+    failures: u64,
     new_records: Arc<tokio::sync::Notify>,
     /// What the next transaction writes.
     pending: Pending,
@@ -411,7 +430,7 @@ impl Writer {
     fn take(&mut self, command: Command, flush: &mut Option<mpsc::SyncSender<()>>) {
         match command {
             Command::Forward(record) => {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.taken += 1;
                 self.pending.records.push(record);
             }
             Command::Emit {
@@ -420,7 +439,7 @@ impl Writer {
                 value,
                 ts_ms,
             } => {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.taken += 1;
                 self.emitted = true;
                 match self.agg.emit(&metric, &key, value, ts_ms, &mut self.closed) {
                     Emitted::Merged => {}
@@ -434,6 +453,7 @@ impl Writer {
                 self.move_closed();
             }
             Command::Ack(seq) => self.pending.acks.push(seq),
+            Command::Acks(seqs) => self.pending.acks.extend_from_slice(&seqs),
             Command::DeadLetter {
                 seqs,
                 status,
@@ -463,6 +483,7 @@ impl Writer {
         self.move_closed();
         let added = !self.pending.records.is_empty();
         if self.pending.is_empty() && !self.emitted && !self.store_needs_pass(now) {
+            self.release();
             return true;
         }
         match self.store.commit(
@@ -474,6 +495,14 @@ impl Writer {
         ) {
             Ok(()) => {
                 self.emitted = false;
+                self.release();
+                if self.failures > 0 {
+                    tracing::info!(
+                        failed_commits = self.failures,
+                        "buffer: commits work again; what waited in memory is committed"
+                    );
+                    self.failures = 0;
+                }
                 publish_gauges(&self.store, &self.agg, &self.stats);
                 if added {
                     self.new_records.notify_one();
@@ -481,10 +510,10 @@ impl Writer {
                 true
             }
             Err(e) => {
-                let n = self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 // Every failure is counted; the log says it once per streak
                 // and then every 100th time, so a full disk cannot fill it.
-                if n.is_multiple_of(100) {
+                if self.failures.is_multiple_of(100) {
                     tracing::error!(
                         error = %e,
                         waiting = self.pending.records.len(),
@@ -492,9 +521,18 @@ impl Writer {
                     );
                 }
                 *self.stats.last_error.lock().expect("lock") = Some(e.to_string());
+                self.failures += 1;
                 self.agg.mark_all_dirty();
                 false
             }
+        }
+    }
+
+    /// The intakes may accept again what this writer has committed.
+    fn release(&mut self) {
+        if self.taken > 0 {
+            self.waiting.fetch_sub(self.taken, Ordering::Relaxed);
+            self.taken = 0;
         }
     }
 
