@@ -7,4 +7,5 @@ mod broker;
 mod cli;
 mod functions;
 mod lifecycle;
+mod store_forward;
 mod upstream;
