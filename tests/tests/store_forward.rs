@@ -169,10 +169,14 @@ impl Cloud {
                 }
             }
         });
-        tokio::task::spawn_blocking(move || subscribed.recv_timeout(mqtt::WAIT))
+        let ready = tokio::task::spawn_blocking(move || subscribed.recv_timeout(mqtt::WAIT))
             .await
-            .unwrap()
-            .expect("mosquitto_sub subscribed");
+            .unwrap();
+        if ready.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mosquitto_sub did not subscribe within {:?}", mqtt::WAIT);
+        }
         Cloud { arrivals, child }
     }
 
