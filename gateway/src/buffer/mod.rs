@@ -21,14 +21,23 @@
 //!
 //! `journal_mode=WAL` always (checked: SQLite answers Ok even when WAL did
 //! not take). A record is *committed* when its transaction commits; before
-//! that it is only in memory. So:
+//! that it is only in memory. `synchronous = "full"` is the default, because
+//! the promise is "even when the power goes": every commit syncs the WAL
+//! before it returns. So:
 //!
-//! - `kill -9` of perch loses at most the records accepted in the last
-//!   `commit_interval_ms` (default 50 ms), with either `synchronous` setting;
-//! - a power cut with `synchronous = "normal"` (default) may also lose the
-//!   last commits that the OS had not yet written (WAL stays consistent);
-//!   `synchronous = "full"` makes every commit survive power loss, at about
-//!   ten times the cost per commit on an SD card.
+//! - `kill -9` of perch, or a power cut, loses at most the records accepted
+//!   in the last `commit_interval_ms` (default 50 ms) before it, i.e. those
+//!   not yet committed; nothing committed is lost;
+//! - with `synchronous = "normal"` a crash of perch loses the same, but a
+//!   power cut may also lose commits made since the last WAL sync (SQLite
+//!   syncs the WAL at checkpoints), seconds of records; the database stays
+//!   consistent.
+//!
+//! The sync is paid per commit, not per record: measured with
+//! `cargo bench -p perch --bench buffer` (README, "Buffer performance"),
+//! batched commits reach about 214 k records/s with `full` and 248 k with
+//! `normal` on the development VM, against 1.9 k and 11.9 k records/s
+//! committing each record alone.
 //!
 //! A committed record is deleted only after upstream acknowledged it (MQTT
 //! PUBACK / HTTP 2xx), or by the bounds below, which are counted. After a
