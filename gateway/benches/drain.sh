@@ -67,7 +67,7 @@ up_port=$(free_port)
   echo "max_queued_messages 0"
   [ "$(id -u)" != 0 ] || echo "user root"
 } >"$work/mosquitto.conf"
-sub() { stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$up_port" -c -i drain-count -q 1 -t 'perch/bench/up/#' "$@"; }
+sub=(stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$up_port" -c -i drain-count -q 1 -t 'perch/bench/up/#')
 start_mosquitto() {
   mosquitto -c "$work/mosquitto.conf" >>"$work/mosquitto.log" 2>&1 &
   pids+=($!)
@@ -79,7 +79,7 @@ start_mosquitto() {
   return 1
 }
 start_mosquitto
-sub -W 1 >/dev/null 2>&1 || true # creates the persistent session
+"${sub[@]}" -W 1 >/dev/null 2>&1 || true # creates the persistent session
 kill "${pids[-1]}"
 wait "${pids[-1]}" 2>/dev/null || true
 cat >"$work/perch.toml" <<EOF
@@ -131,7 +131,7 @@ total=$((2 * N))
 
 t_up=$(now)
 start_mosquitto
-sub >"$work/received" 2>/dev/null &
+"${sub[@]}" >"$work/received" 2>/dev/null & # its own pid, so cleanup stops it
 pids+=($!)
 t_first=""
 while :; do
