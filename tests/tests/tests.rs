@@ -11,4 +11,5 @@ mod devkit;
 mod docs;
 mod functions;
 mod lifecycle;
+mod store_forward;
 mod upstream;

@@ -67,16 +67,19 @@ impl Cloud {
             let Some(p) = mqtt::next_publish(&mut self.el, left).await else {
                 break;
             };
-            let v: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON envelope");
-            assert_eq!(v["stream"], "alerts/a");
-            let n = v["data"]["n"]
-                .as_u64()
-                .expect("the record is embedded as JSON");
-            let id = v["id"].as_str().unwrap().to_owned();
-            assert!(id.starts_with("gw-test-"), "{id}");
-            self.arrivals += 1;
-            let entry = self.seen.entry(n).or_insert((self.arrivals, id.clone()));
-            assert_eq!(entry.1, id, "one record, one id, however often it is sent");
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON");
+            // A message carries a JSON array of envelopes.
+            for v in v.as_array().expect("an array of envelopes") {
+                assert_eq!(v["stream"], "alerts/a");
+                let n = v["data"]["n"]
+                    .as_u64()
+                    .expect("the record is embedded as JSON");
+                let id = v["id"].as_str().unwrap().to_owned();
+                assert!(id.starts_with("gw-test-"), "{id}");
+                self.arrivals += 1;
+                let entry = self.seen.entry(n).or_insert((self.arrivals, id.clone()));
+                assert_eq!(entry.1, id, "one record, one id, however often it is sent");
+            }
         }
     }
 

@@ -14,9 +14,10 @@ pub struct BufferConfig {
     pub commit_interval_ms: u64,
     /// Records per transaction at most; a full batch commits at once.
     pub commit_batch: usize,
-    /// SQLite `synchronous` setting: `normal` (WAL: a commit survives a crash
-    /// of perch, the last commits may be lost on power loss) or `full` (a
-    /// commit survives power loss, each commit waits for the disk).
+    /// SQLite `synchronous` setting: `full` (default: a commit survives power
+    /// loss, each commit waits for the disk) or `normal` (WAL: a commit
+    /// survives a crash of perch, but the commits since the last WAL sync
+    /// may be lost on power loss).
     pub synchronous: Synchronous,
     /// Most bytes of records kept (payload and stream name). At the bound
     /// `when_full` applies.
@@ -35,7 +36,7 @@ impl Default for BufferConfig {
         BufferConfig {
             commit_interval_ms: 50,
             commit_batch: 1_000,
-            synchronous: Synchronous::Normal,
+            synchronous: Synchronous::Full,
             max_bytes: 64 * 1024 * 1024,
             max_age_s: 7 * 24 * 3600,
             when_full: WhenFull::DropOldest,

@@ -253,19 +253,43 @@ impl Store {
                     }
                 }
             }
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO records (stream, kind, created_ms, payload) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for r in pending.records.iter() {
-                if config.when_full == WhenFull::DropNewest && bytes + r.size() > config.max_bytes {
-                    counts.dropped_newest += 1;
-                    continue;
+            // Under drop_newest, only what fits goes in (in order).
+            let mut fits = pending.records.len();
+            if config.when_full == WhenFull::DropNewest {
+                let mut b = bytes;
+                for (i, r) in pending.records.iter().enumerate() {
+                    if b + r.size() > config.max_bytes {
+                        fits = i;
+                        break;
+                    }
+                    b += r.size();
                 }
-                insert.execute(params![r.stream, r.kind, r.created_ms, r.payload])?;
-                bytes += r.size();
-                records += 1;
-                counts.committed += 1;
+                counts.dropped_newest += (pending.records.len() - fits) as u64;
             }
+            let new = &pending.records[..fits];
+            // INSERT statements of INSERT_ROWS rows: SQLite does its
+            // per-statement work (AUTOINCREMENT's sqlite_sequence read and
+            // write, statement reset) once per chunk instead of per record.
+            let mut chunks = new.chunks_exact(INSERT_ROWS);
+            {
+                let mut insert = tx.prepare_cached(&insert_sql(INSERT_ROWS))?;
+                for chunk in chunks.by_ref() {
+                    for (i, r) in chunk.iter().enumerate() {
+                        bind_record(&mut insert, i, r)?;
+                    }
+                    insert.raw_execute()?;
+                }
+            }
+            let mut one = tx.prepare_cached(&insert_sql(1))?;
+            for r in chunks.remainder() {
+                bind_record(&mut one, 0, r)?;
+                one.raw_execute()?;
+            }
+            for r in new {
+                bytes += r.size();
+            }
+            records += new.len() as u64;
+            counts.committed += new.len() as u64;
             let mut save = tx.prepare_cached(
                 "INSERT OR REPLACE INTO windows (metric, key, closed_until_ms, open) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -336,6 +360,35 @@ impl Store {
         counts.apply(stats);
         Ok(())
     }
+}
+
+/// Rows per multi-row INSERT (4 parameters each; far below SQLite's 32766).
+const INSERT_ROWS: usize = 64;
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO records (stream, kind, created_ms, payload) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        let p = i * 4;
+        sql.push_str(&format!("(?{},?{},?{},?{})", p + 1, p + 2, p + 3, p + 4));
+    }
+    sql
+}
+
+/// Binds `r` as row `row` of an [`insert_sql`] statement.
+fn bind_record(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    row: usize,
+    r: &NewRecord,
+) -> rusqlite::Result<()> {
+    let p = row * 4;
+    stmt.raw_bind_parameter(p + 1, r.stream.as_str())?;
+    stmt.raw_bind_parameter(p + 2, r.kind)?;
+    stmt.raw_bind_parameter(p + 3, r.created_ms)?;
+    stmt.raw_bind_parameter(p + 4, r.payload.as_slice())?;
+    Ok(())
 }
 
 fn delete_where(

@@ -104,12 +104,25 @@ pub struct MqttUpstreamConfig {
     /// MQTT keep-alive towards the upstream broker.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u64,
-    /// Records published and not yet acknowledged, at most.
+    /// MQTT messages published and not yet acknowledged (PUBACK), at most.
+    /// Each message carries up to `max_records_per_message` records, so up
+    /// to `max_inflight * max_records_per_message` records are in flight.
+    /// 100 is also AWS IoT Core's limit per connection.
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
     /// Records read from the buffer per query.
-    #[serde(default = "default_batch")]
+    #[serde(default = "default_read_batch")]
     pub batch_size: usize,
+    /// Records packed into one MQTT message at most (all of one stream, in
+    /// order). 1 sends each record as its own message (the bare envelope);
+    /// more sends a JSON array of envelopes.
+    #[serde(default = "default_records_per_message")]
+    pub max_records_per_message: usize,
+    /// Payload bytes of one MQTT message at most when it packs several
+    /// records (a record bigger than this travels alone). 131072 fits AWS
+    /// IoT Core's 128 KiB message limit.
+    #[serde(default = "default_message_bytes")]
+    pub max_message_bytes: usize,
     /// Largest packet sent or accepted.
     #[serde(default = "default_packet")]
     pub max_packet_size_bytes: usize,
@@ -146,6 +159,15 @@ fn default_inflight() -> u16 {
 }
 fn default_batch() -> usize {
     100
+}
+fn default_read_batch() -> usize {
+    1000
+}
+fn default_records_per_message() -> usize {
+    100
+}
+fn default_message_bytes() -> usize {
+    128 * 1024
 }
 fn default_packet() -> usize {
     1024 * 1024
@@ -217,10 +239,21 @@ impl UpstreamConfig {
                 "must be at least 5",
             ));
         }
-        if m.max_inflight == 0 || m.batch_size == 0 {
+        if m.max_inflight == 0 || m.batch_size == 0 || m.max_records_per_message == 0 {
             problems.push(Problem::new(
                 "upstream.mqtt.max_inflight",
-                "max_inflight and batch_size must be greater than 0",
+                "max_inflight, batch_size and max_records_per_message must be greater than 0",
+            ));
+        }
+        // The topic and the fixed header need room in the packet too.
+        if m.max_message_bytes == 0 || m.max_message_bytes + 1024 > m.max_packet_size_bytes {
+            problems.push(Problem::new(
+                "upstream.mqtt.max_message_bytes",
+                format!(
+                    "must be greater than 0 and at least 1024 below max_packet_size_bytes \
+                     ({}); lower it or raise max_packet_size_bytes",
+                    m.max_packet_size_bytes
+                ),
             ));
         }
         if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) {
@@ -243,5 +276,40 @@ impl UpstreamConfig {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn message_packing_values_are_checked_against_the_packet_size() {
+        let err = Config::from_toml(
+            "[upstream.mqtt]\nhost = \"h\"\nmax_records_per_message = 0\n\
+             max_message_bytes = 1048576\nmax_packet_size_bytes = 1048576\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("upstream.mqtt.max_inflight")
+                && err.contains("max_records_per_message must be greater than 0"),
+            "{err}"
+        );
+        assert!(
+            err.contains("upstream.mqtt.max_message_bytes")
+                && err.contains("raise max_packet_size_bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn packing_defaults_fit_aws_iot_core() {
+        let c = Config::from_toml("[upstream.mqtt]\nhost = \"h\"\n", "t.toml").unwrap();
+        let m = c.upstream.mqtt.unwrap();
+        assert_eq!(m.max_records_per_message, 100);
+        assert_eq!(m.max_message_bytes, 128 * 1024);
+        assert_eq!(m.max_inflight, 100);
     }
 }

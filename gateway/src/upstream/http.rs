@@ -125,9 +125,9 @@ impl HttpDelivery {
                 Outcome::Accepted => {
                     attempt = 0;
                     self.source.stats.connected.store(1, Ordering::Relaxed);
-                    for r in &rows {
-                        self.source.intake.ack(r.seq);
-                    }
+                    self.source
+                        .intake
+                        .ack_many(rows.iter().map(|r| r.seq).collect());
                     self.source
                         .stats
                         .sent

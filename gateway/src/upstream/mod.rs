@@ -6,21 +6,36 @@
 //! One task keeps one rumqttc connection to the upstream broker (TLS with CA
 //! and optional client certificate, persistent session, retained last will
 //! `perch/<id>/status = offline`). It reads records in `seq` order from its
-//! own read-only buffer connection and publishes each at QoS 1 to
-//! `<topic_prefix>/<stream>` as a JSON envelope:
+//! own read-only buffer connection (`batch_size` rows per query), packs them
+//! into messages and publishes each at QoS 1 to `<topic_prefix>/<stream>`.
+//!
+//! ## Wire format
+//!
+//! Every record travels as a JSON envelope:
 //!
 //! ```json
 //! {"id":"<gateway>-<seq>","stream":"...","kind":"record","time_ms":...,"data":<the record>}
 //! ```
 //!
-//! (`data` is the record itself when it is JSON, else a string.) At most
-//! `max_inflight` records are unacknowledged at a time. perch tracks every
-//! record's packet id itself and tells the buffer to delete a record only on
-//! its PUBACK: rumqttc's own bookkeeping is known to lose publishes across a
-//! session loss (rumqtt #1056), so it is never trusted with durability. After
-//! any connection error the client is rebuilt and delivery starts again from
-//! the oldest record still in the buffer, so what was in flight is sent again
-//! (at least once; receivers drop duplicates by `id`), in order.
+//! (`data` is the record itself when it is JSON, else a string; `kind` is
+//! `record`, `aggregate` or `summary`.) A message carries up to
+//! `max_records_per_message` records (default 100) and at most
+//! `max_message_bytes` of payload, all of one stream, as a JSON array of
+//! envelopes in `seq` order: `[{"id":"gw-7",...},{"id":"gw-8",...}]`. With
+//! `max_records_per_message = 1` the payload is the bare envelope instead.
+//! A stream's messages are published in order, so records arrive in order
+//! per stream; messages of different streams may interleave.
+//!
+//! ## Acknowledgement
+//!
+//! At most `max_inflight` messages are unacknowledged at a time. perch
+//! tracks every message's packet id itself and tells the buffer to delete
+//! exactly the records of that message on its PUBACK: rumqttc's own
+//! bookkeeping is known to lose publishes across a session loss (rumqtt
+//! #1056), so it is never trusted with durability. After any connection
+//! error the client is rebuilt and delivery starts again from the oldest
+//! record still in the buffer, so what was in flight is sent again (at least
+//! once; receivers drop duplicates by `id`), in order.
 //!
 //! Reconnects back off exponentially with jitter up to `backoff_max_ms`.
 //!
@@ -297,6 +312,26 @@ impl Delivery {
         }
     }
 
+    /// Records no MQTT packet of this link can carry would block delivery
+    /// for good: they go to the dead letters (visible, replayable once the
+    /// limit is raised) and delivery goes on.
+    fn dead_letter_too_big(&self, too_big: &mut Vec<(i64, usize)>) {
+        for (seq, size) in too_big.drain(..) {
+            let why = format!(
+                "the record's envelope is {size} bytes, more than fits in \
+                 upstream.mqtt.max_packet_size_bytes ({}); raise it if the upstream broker \
+                 accepts bigger messages, then run `perch buffer replay`",
+                self.config.max_packet_size_bytes
+            );
+            tracing::error!(seq, "upstream: {why}; moved to the dead letters");
+            self.source.intake.dead_letter(vec![seq], 413, why);
+            self.source
+                .stats
+                .dead_lettered
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn options_logged(&self) -> Option<MqttOptions> {
         match self.options() {
             Ok(o) => Some(o),
@@ -330,16 +365,27 @@ impl Delivery {
         self.source.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(host = %self.config.host, port = self.config.port, "upstream: connected");
 
-        // Records in the order they were handed to the client, waiting for
-        // their packet id; then packet id -> seq until the PUBACK. `-1`
-        // marks perch's own status message.
-        let mut unassigned: VecDeque<i64> = VecDeque::new();
-        let mut by_pkid: HashMap<u16, i64> = HashMap::new();
+        // Messages in the order they were handed to the client, waiting for
+        // their packet id; then packet id -> the seqs of its records until
+        // the PUBACK. An empty list marks perch's own status message.
+        let mut unassigned: VecDeque<Vec<i64>> = VecDeque::new();
+        let mut by_pkid: HashMap<u16, Vec<i64>> = HashMap::new();
         let mut inflight = 0usize;
         let mut cursor = 0i64;
-        let mut queued: VecDeque<StoredRecord> = VecDeque::new();
-        let mut payload = Vec::with_capacity(1024);
+        let mut ready: VecDeque<Message> = VecDeque::new();
         let max_inflight = usize::from(self.config.max_inflight);
+        let prefix = self
+            .config
+            .topic_prefix
+            .replace("{id}", &self.source.gateway);
+        let packing = Packing {
+            gateway: &self.source.gateway,
+            prefix: &prefix,
+            max_records: self.config.max_records_per_message,
+            max_bytes: self.config.max_message_bytes,
+            max_packet: self.config.max_packet_size_bytes,
+        };
+        let mut too_big = Vec::new();
 
         client
             .try_publish(
@@ -349,12 +395,12 @@ impl Delivery {
                 "online",
             )
             .map_err(|e| e.to_string())?;
-        unassigned.push_back(-1);
+        unassigned.push_back(Vec::new());
         inflight += 1;
 
         loop {
             while inflight < max_inflight {
-                if queued.is_empty() {
+                if ready.is_empty() {
                     let reader = reader.clone();
                     let after = cursor;
                     let limit = self.config.batch_size;
@@ -364,42 +410,36 @@ impl Delivery {
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("reading the buffer: {e}"))?;
-                    if rows.is_empty() {
-                        break;
+                    let Some(last) = rows.last() else { break };
+                    cursor = last.seq;
+                    packing.pack(&rows, &mut ready, &mut too_big);
+                    self.dead_letter_too_big(&mut too_big);
+                    if ready.is_empty() {
+                        continue;
                     }
-                    queued.extend(rows);
                 }
-                let record = queued.pop_front().expect("non-empty");
-                envelope(&self.source.gateway, &record, &mut payload);
-                let topic = format!(
-                    "{}/{}",
-                    self.config
-                        .topic_prefix
-                        .replace("{id}", &self.source.gateway),
-                    record.stream
-                );
+                let message = ready.pop_front().expect("non-empty");
+                let records = message.seqs.len() as u64;
                 client
-                    .try_publish(topic, QoS::AtLeastOnce, false, payload.clone())
+                    .try_publish(message.topic, QoS::AtLeastOnce, false, message.payload)
                     .map_err(|e| e.to_string())?;
-                unassigned.push_back(record.seq);
-                cursor = record.seq;
+                unassigned.push_back(message.seqs);
                 inflight += 1;
-                self.source.stats.sent.fetch_add(1, Ordering::Relaxed);
+                self.source.stats.sent.fetch_add(records, Ordering::Relaxed);
             }
             tokio::select! {
                 event = el.poll() => match event.map_err(|e| e.to_string())? {
                     Event::Outgoing(Outgoing::Publish(pkid)) => {
-                        if let Some(seq) = unassigned.pop_front() {
-                            by_pkid.insert(pkid, seq);
+                        if let Some(seqs) = unassigned.pop_front() {
+                            by_pkid.insert(pkid, seqs);
                         }
                     }
                     Event::Incoming(Packet::PubAck(ack)) => {
-                        if let Some(seq) = by_pkid.remove(&ack.pkid) {
+                        if let Some(seqs) = by_pkid.remove(&ack.pkid) {
                             inflight -= 1;
-                            if seq >= 0 {
-                                self.source.intake.ack(seq);
-                                self.source.stats.acked.fetch_add(1, Ordering::Relaxed);
-                            }
+                            let n = seqs.len() as u64;
+                            self.source.intake.ack_many(seqs);
+                            self.source.stats.acked.fetch_add(n, Ordering::Relaxed);
                         }
                     }
                     _ => {}
@@ -410,6 +450,115 @@ impl Delivery {
                 _ = tokio::time::sleep(Duration::from_millis(500)), if inflight < max_inflight => {}
             }
         }
+    }
+}
+
+/// One upstream MQTT message: its topic, its payload, and the records it
+/// carries (deleted from the buffer on its PUBACK).
+#[derive(Debug)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub seqs: Vec<i64>,
+}
+
+/// How records are packed into MQTT messages.
+pub struct Packing<'a> {
+    pub gateway: &'a str,
+    /// `topic_prefix` with `{id}` replaced.
+    pub prefix: &'a str,
+    /// 1: one bare envelope per message; more: a JSON array of envelopes.
+    pub max_records: usize,
+    /// Payload bytes at most when a message packs several records.
+    pub max_bytes: usize,
+    /// The largest packet the upstream link sends: a record whose envelope
+    /// (with its topic) does not fit can never be delivered over MQTT.
+    pub max_packet: usize,
+}
+
+impl Packing<'_> {
+    /// Packs `rows` (in `seq` order) into messages appended to `out`: each
+    /// message holds records of one stream in `seq` order, and a stream's
+    /// messages are appended in order, so order per stream holds. Messages
+    /// of different streams may interleave. Every row ends up in exactly
+    /// one message.
+    ///
+    /// Records too big for any packet are not packed: their (seq, envelope
+    /// size) go to `too_big`.
+    pub fn pack(
+        &self,
+        rows: &[StoredRecord],
+        out: &mut VecDeque<Message>,
+        too_big: &mut Vec<(i64, usize)>,
+    ) {
+        // Open messages, one per stream seen in this chunk (few streams:
+        // a linear scan beats hashing).
+        let mut open: Vec<Message> = Vec::new();
+        let mut envelope_buf = Vec::with_capacity(512);
+        for r in rows {
+            envelope(self.gateway, r, &mut envelope_buf);
+            // Fixed header (5), topic length (2), topic, packet id (2),
+            // the array's brackets (2).
+            let packet = 11 + self.prefix.len() + 1 + r.stream.len() + envelope_buf.len();
+            if packet > self.max_packet {
+                too_big.push((r.seq, envelope_buf.len()));
+                continue;
+            }
+            let i = match open.iter().position(|m| {
+                m.topic.len() == self.prefix.len() + 1 + r.stream.len()
+                    && m.topic.ends_with(&r.stream)
+            }) {
+                Some(i) => i,
+                None => {
+                    open.push(Message {
+                        topic: format!("{}/{}", self.prefix, r.stream),
+                        payload: Vec::new(),
+                        seqs: Vec::with_capacity(self.max_records.min(rows.len())),
+                    });
+                    open.len() - 1
+                }
+            };
+            // Close the open message first if this record would not fit.
+            let m = &open[i];
+            if !m.seqs.is_empty() && m.payload.len() + envelope_buf.len() + 2 > self.max_bytes {
+                let full = self.take(&mut open[i]);
+                out.push_back(full);
+            }
+            let m = &mut open[i];
+            if self.max_records > 1 {
+                m.payload.push(if m.seqs.is_empty() { b'[' } else { b',' });
+            }
+            m.payload.extend_from_slice(&envelope_buf);
+            m.seqs.push(r.seq);
+            if m.seqs.len() >= self.max_records {
+                let full = self.take(m);
+                out.push_back(full);
+            }
+        }
+        // Partial messages go in the order of their first record.
+        open.retain(|m| !m.seqs.is_empty());
+        open.sort_by_key(|m| m.seqs[0]);
+        for mut m in open {
+            if self.max_records > 1 {
+                m.payload.push(b']');
+            }
+            out.push_back(m);
+        }
+    }
+
+    /// Closes `m` and leaves an empty message for the same topic in its
+    /// place.
+    fn take(&self, m: &mut Message) -> Message {
+        let empty = Message {
+            topic: m.topic.clone(),
+            payload: Vec::new(),
+            seqs: Vec::with_capacity(self.max_records),
+        };
+        let mut full = std::mem::replace(m, empty);
+        if self.max_records > 1 {
+            full.payload.push(b']');
+        }
+        full
     }
 }
 
@@ -462,9 +611,22 @@ pub fn capture(
                             continue; // an earlier filter's link forwards it
                         }
                         match intake.forward(&topic, &f.publish.payload) {
-                            Ok(()) => stats.captured.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => stats.capture_refused.fetch_add(1, Ordering::Relaxed),
-                        };
+                            Ok(()) => {
+                                stats.captured.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                // Counted every time, logged once per 1000 so
+                                // a stalled disk cannot flood the log.
+                                let n = stats.capture_refused.fetch_add(1, Ordering::Relaxed);
+                                if n.is_multiple_of(1000) {
+                                    tracing::warn!(
+                                        error = %e,
+                                        refused = n + 1,
+                                        "upstream capture: a message on {topic} was not buffered"
+                                    );
+                                }
+                            }
+                        }
                     }
                     Ok(Some(rumqttd::Notification::Unschedule)) => {
                         // The router pauses a link with many pending
@@ -497,6 +659,136 @@ mod tests {
             let full = (i * 2u32.pow(attempt.min(20))).min(m);
             assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
         }
+    }
+
+    fn row(seq: i64, stream: &str) -> StoredRecord {
+        StoredRecord {
+            seq,
+            stream: stream.into(),
+            kind: 0,
+            created_ms: seq,
+            payload: format!("{{\"n\":{seq}}}").into_bytes(),
+        }
+    }
+
+    /// (topic, ids in the message) of each message, in order.
+    fn packed(
+        max_records: usize,
+        max_bytes: usize,
+        rows: &[StoredRecord],
+    ) -> Vec<(String, Vec<i64>)> {
+        let packing = Packing {
+            gateway: "gw",
+            prefix: "up/gw",
+            max_records,
+            max_bytes,
+            max_packet: 1 << 20,
+        };
+        let mut out = VecDeque::new();
+        let mut too_big = Vec::new();
+        packing.pack(rows, &mut out, &mut too_big);
+        assert!(too_big.is_empty());
+        out.into_iter()
+            .map(|m| {
+                let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
+                let envelopes = if max_records == 1 {
+                    vec![v]
+                } else {
+                    v.as_array().expect("an array of envelopes").clone()
+                };
+                let ids: Vec<i64> = envelopes
+                    .iter()
+                    .map(|e| {
+                        let id = e["id"].as_str().unwrap();
+                        id.strip_prefix("gw-").unwrap().parse().unwrap()
+                    })
+                    .collect();
+                assert_eq!(ids, m.seqs, "the message acks exactly what it carries");
+                for e in &envelopes {
+                    assert_eq!(format!("up/gw/{}", e["stream"].as_str().unwrap()), m.topic);
+                    assert_eq!(e["data"]["n"], e["time_ms"]);
+                }
+                (m.topic, m.seqs)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_of_a_stream_are_packed_in_order_up_to_the_count() {
+        let rows: Vec<_> = (1..=7).map(|s| row(s, "a")).collect();
+        assert_eq!(
+            packed(3, 1 << 20, &rows),
+            vec![
+                ("up/gw/a".to_owned(), vec![1, 2, 3]),
+                ("up/gw/a".to_owned(), vec![4, 5, 6]),
+                ("up/gw/a".to_owned(), vec![7]),
+            ]
+        );
+    }
+
+    #[test]
+    fn interleaved_streams_keep_their_own_order_and_every_record_once() {
+        let streams = ["a", "b", "a", "c", "b", "a", "a"];
+        let rows: Vec<_> = (1..=7).map(|s| row(s, streams[s as usize - 1])).collect();
+        let messages = packed(2, 1 << 20, &rows);
+        assert_eq!(
+            messages,
+            vec![
+                // Full messages leave as they fill, partial ones at the end.
+                ("up/gw/a".to_owned(), vec![1, 3]),
+                ("up/gw/b".to_owned(), vec![2, 5]),
+                ("up/gw/a".to_owned(), vec![6, 7]),
+                ("up/gw/c".to_owned(), vec![4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_byte_bound_closes_a_message_and_a_big_record_travels_alone() {
+        let mut rows: Vec<_> = (1..=4).map(|s| row(s, "a")).collect();
+        rows[2].payload = br#"{"n":3,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.to_vec();
+        // One small envelope is ~70 bytes: two fit in 150, the padded one
+        // does not fit with anything.
+        assert_eq!(
+            packed(100, 150, &rows),
+            vec![
+                ("up/gw/a".to_owned(), vec![1, 2]),
+                ("up/gw/a".to_owned(), vec![3]),
+                ("up/gw/a".to_owned(), vec![4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_no_packet_can_carry_is_set_aside_and_the_rest_packed() {
+        let mut rows: Vec<_> = (1..=3).map(|s| row(s, "a")).collect();
+        rows[1].payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(400)).into_bytes();
+        let packing = Packing {
+            gateway: "gw",
+            prefix: "up/gw",
+            max_records: 100,
+            max_bytes: 200,
+            max_packet: 300,
+        };
+        let (mut out, mut too_big) = (VecDeque::new(), Vec::new());
+        packing.pack(&rows, &mut out, &mut too_big);
+        assert_eq!(too_big.len(), 1);
+        assert_eq!(too_big[0].0, 2);
+        assert!(too_big[0].1 > 400);
+        let packed: Vec<_> = out.iter().flat_map(|m| m.seqs.clone()).collect();
+        assert_eq!(packed, vec![1, 3]);
+    }
+
+    #[test]
+    fn one_record_per_message_sends_the_bare_envelope() {
+        let rows: Vec<_> = (1..=2).map(|s| row(s, "a")).collect();
+        assert_eq!(
+            packed(1, 1 << 20, &rows),
+            vec![
+                ("up/gw/a".to_owned(), vec![1]),
+                ("up/gw/a".to_owned(), vec![2]),
+            ]
+        );
     }
 
     #[test]
