@@ -106,7 +106,7 @@ impl Gateway {
 
     /// `perch fn list`, parsed.
     pub fn list(&self) -> Vec<serde_json::Value> {
-        let (ok, text) = self.perch_fn(&["list"]);
+        let (ok, text) = self.perch_fn(&["list", "--json"]);
         assert!(ok, "perch fn list failed: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
     }
