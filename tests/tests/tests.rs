@@ -5,6 +5,7 @@ mod util;
 
 mod broker;
 mod cli;
+mod control;
 mod functions;
 mod lifecycle;
 mod upstream;

@@ -28,8 +28,15 @@
 //! - The registry's active versions are what runs: a restart brings back
 //!   every function as deployed (a function stopped by its circuit breaker
 //!   stays stopped until deployed again).
-//! - Deploys are serialized (one at a time) by the function table's lock,
-//!   which is only ever held on blocking threads, never across an `.await`.
+//! - A deploy, rollback or remove first claims its function's name: a
+//!   second command for a claimed name is refused at once, not queued.
+//!   Their switches are then serialized by the function table's lock, which
+//!   is only ever held on blocking threads, never across an `.await`.
+//! - Rollback returns to the version that ran before (the registry's
+//!   history), instantiated before it takes traffic like a deploy.
+//! - Each function's status is published retained on
+//!   `perch/<id>/fn/<name>/status` when it changes, at most about once a
+//!   second plus once after each command: never per event.
 
 pub mod config;
 pub mod control;
