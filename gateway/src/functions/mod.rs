@@ -708,9 +708,17 @@ impl Inner {
             .map(|e| (e.handle.status().version, e.versions.clone()))
             .ok_or_else(|| DeployError::NotDeployed(name.to_owned()))?;
         let Some((stored, seq)) = self.registry.rollback_target(name)? else {
+            // The registry, not the worker's status: right after a deploy
+            // the worker may not have switched yet.
+            let version = self
+                .registry
+                .active()?
+                .into_iter()
+                .find(|v| v.name == name)
+                .map_or(current.0, |v| v.version);
             return Err(DeployError::NoPrevious {
                 name: name.to_owned(),
-                version: current.0,
+                version,
                 kept: current.1.join(", "),
             });
         };

@@ -695,7 +695,7 @@ async fn rollback_restores_what_ran_before_exactly_and_downgrades_need_force() {
     let err = r.error.unwrap();
     assert!(err.contains("runs version 2.0.0; 1.5.0 is older"), "{err}");
     assert!(err.contains("--force"), "{err}");
-    assert_eq!(f.list()[0].version, "2.0.0");
+    wait_for(&f, "echo", |i| i.version == "2.0.0").await;
     let forced = control::encode_deploy_request(
         &control::DeployOptions {
             force: true,
@@ -771,7 +771,9 @@ async fn a_second_command_for_a_function_being_deployed_is_refused() {
         err.contains("a deploy, rollback or remove of function \"echo\" is in progress"),
         "{err}"
     );
-    assert_eq!(f.list()[0].version, ok.version.unwrap());
+    // The worker switches right after the reply; the status follows.
+    let version = ok.version.unwrap();
+    wait_for(&f, "echo", |i| i.version == version).await;
     f.shutdown().await;
 }
 
