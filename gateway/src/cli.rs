@@ -34,7 +34,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// Hash a password for [[broker.users]].password_hash (reads it from stdin).
     Passwd,
-    /// Deploy and list functions on a running gateway (over MQTT).
+    /// Deploy, roll back, remove and inspect functions on a running gateway
+    /// (over MQTT).
     #[command(subcommand)]
     Fn(FnCommand),
     /// Look into the store-and-forward buffer (works while perch runs).
@@ -52,11 +53,42 @@ pub enum FnCommand {
         /// The function's manifest (TOML, see sdk/ABI.md).
         #[arg(long, short)]
         manifest: PathBuf,
+        /// Deploy even if the version is older than the running one.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         target: FnTarget,
     },
-    /// List the gateway's functions with their status and counters (JSON).
+    /// Return a function to the version that ran before the current one,
+    /// exactly as it was deployed.
+    Rollback {
+        /// The function's name.
+        name: String,
+        #[command(flatten)]
+        target: FnTarget,
+    },
+    /// Stop a function and delete its versions and its state.
+    Remove {
+        /// The function's name.
+        name: String,
+        #[command(flatten)]
+        target: FnTarget,
+    },
+    /// List the gateway's functions with their status and counters.
     List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: FnTarget,
+    },
+    /// One function's status (its retained status topic).
+    Status {
+        /// The function's name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: FnTarget,
     },
@@ -104,7 +136,7 @@ pub struct FnTarget {
     #[arg(long, env = "PERCH_GATEWAY")]
     pub gateway: Option<String>,
     /// MQTT username, for listeners that require a login.
-    #[arg(long, env = "PERCH_USERNAME")]
+    #[arg(long, visible_alias = "user", env = "PERCH_USERNAME")]
     pub username: Option<String>,
     /// MQTT password (prefer the environment variable).
     #[arg(long, env = "PERCH_PASSWORD", hide_env_values = true)]
@@ -347,10 +379,15 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let verb = match &command {
+        FnCommand::Rollback { .. } => "rollback",
+        _ => "remove",
+    };
     match command {
         FnCommand::Deploy {
             wasm,
             manifest,
+            force,
             target,
         } => {
             let module = std::fs::read(&wasm)
@@ -358,7 +395,11 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
             let bundle = control::encode_bundle(&text, &module);
-            let reply = runtime.block_on(control::deploy(&endpoint(target), bundle))?;
+            let options = control::DeployOptions {
+                force,
+                request_id: None,
+            };
+            let reply = runtime.block_on(control::deploy(&endpoint(target), &options, bundle))?;
             println!("{}", serde_json::to_string_pretty(&reply)?);
             match reply.error {
                 None if reply.ok => Ok(()),
@@ -368,15 +409,75 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                 ),
             }
         }
-        FnCommand::List { target } => {
+        FnCommand::Rollback { name, target } | FnCommand::Remove { name, target } => {
+            let command = verb;
+            let reply = runtime.block_on(control::command(&endpoint(target), command, &name))?;
+            println!("{}", serde_json::to_string_pretty(&reply)?);
+            match reply.error {
+                None if reply.ok => Ok(()),
+                error => anyhow::bail!(
+                    "the gateway refused the {command}: {}",
+                    error.unwrap_or_default()
+                ),
+            }
+        }
+        FnCommand::List { json, target } => {
             let functions = runtime.block_on(control::list(&endpoint(target)))?;
-            println!("{}", serde_json::to_string_pretty(&functions)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&functions)?);
+            } else {
+                print!("{}", function_table(&functions));
+            }
+            Ok(())
+        }
+        FnCommand::Status { name, json, target } => {
+            let f = runtime.block_on(control::status(&endpoint(target), &name))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                print!("{}", function_table(std::slice::from_ref(&f)));
+                println!("triggers:  {}", f.triggers.join(", "));
+                if f.every_ms > 0 {
+                    println!("timer:     every {} ms", f.every_ms);
+                }
+                println!("versions:  {}", f.versions.join(", "));
+                println!("sha256:    {}", f.sha256);
+                if let Some(reason) = &f.reason {
+                    println!("stopped:   {reason}");
+                }
+                if let Some(e) = &f.last_error {
+                    println!("last error: {e}");
+                }
+            }
             Ok(())
         }
         FnCommand::New { .. } | FnCommand::Build { .. } | FnCommand::Test { .. } => {
             unreachable!("handled above")
         }
     }
+}
+
+/// `perch fn list` as a table.
+fn function_table(functions: &[crate::functions::control::FunctionInfo]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if functions.is_empty() {
+        out.push_str("no functions deployed\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<12} {:<9} {:>11} {:>8} {:>8} {:>6}",
+        "NAME", "VERSION", "STATE", "INVOCATIONS", "ERRORS", "DROPPED", "QUEUED"
+    );
+    for f in functions {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<12} {:<9} {:>11} {:>8} {:>8} {:>6}",
+            f.name, f.version, f.state, f.invocations, f.errors, f.dropped, f.queued
+        );
+    }
+    out
 }
 
 fn passwd() -> anyhow::Result<()> {

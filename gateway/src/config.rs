@@ -191,7 +191,8 @@ impl Config {
             ));
         }
         self.broker.validate(&mut problems);
-        self.functions.validate(&mut problems);
+        self.functions
+            .validate(self.broker.max_packet_size_bytes, &mut problems);
         self.buffer.validate(&mut problems);
         self.aggregate.validate(&mut problems);
         self.upstream.validate(&mut problems);

@@ -6,6 +6,7 @@ mod util;
 mod broker;
 mod cli;
 mod conformance;
+mod control;
 mod demo;
 mod devkit;
 mod docs;

@@ -21,7 +21,18 @@ pub struct FunctionsConfig {
     /// stages. When it is full, functions get `FULL` and the record is
     /// dropped and counted.
     pub output_queue_len: usize,
+    /// Versions of each function kept in the registry (the running one
+    /// always among them); `rollback` can return to any of them.
+    pub keep_versions: usize,
+    /// Largest deploy bundle accepted. A deploy travels as one MQTT packet,
+    /// so this must stay [`BUNDLE_HEADROOM_BYTES`] under
+    /// `broker.max_packet_size_bytes`.
+    pub max_bundle_bytes: usize,
 }
+
+/// Room in a deploy packet for the topic, the MQTT header and the deploy
+/// options line in front of the bundle.
+pub const BUNDLE_HEADROOM_BYTES: usize = 64 * 1024;
 
 impl Default for FunctionsConfig {
     fn default() -> Self {
@@ -29,12 +40,40 @@ impl Default for FunctionsConfig {
             max_functions: 64,
             state_commit_interval_ms: 1_000,
             output_queue_len: 1_024,
+            keep_versions: 5,
+            max_bundle_bytes: 4 * 1024 * 1024,
         }
     }
 }
 
 impl FunctionsConfig {
-    pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
+    /// `max_packet_size_bytes` is the broker's, which carries the bundles.
+    pub(crate) fn validate(&self, max_packet_size_bytes: usize, problems: &mut Vec<Problem>) {
+        if self.keep_versions < 2 {
+            problems.push(Problem::new(
+                "functions.keep_versions",
+                "must be at least 2: the running version and one to roll back to",
+            ));
+        }
+        if self.max_bundle_bytes == 0 {
+            problems.push(Problem::new(
+                "functions.max_bundle_bytes",
+                "must be greater than 0",
+            ));
+        } else if self.max_bundle_bytes.saturating_add(BUNDLE_HEADROOM_BYTES)
+            > max_packet_size_bytes
+        {
+            problems.push(Problem::new(
+                "functions.max_bundle_bytes",
+                format!(
+                    "{} does not fit in one MQTT packet: a bundle travels as one, and \
+                     broker.max_packet_size_bytes is {max_packet_size_bytes}; raise that to at \
+                     least {} or lower this",
+                    self.max_bundle_bytes,
+                    self.max_bundle_bytes.saturating_add(BUNDLE_HEADROOM_BYTES)
+                ),
+            ));
+        }
         if self.max_functions == 0 {
             problems.push(Problem::new(
                 "functions.max_functions",
@@ -53,5 +92,32 @@ impl FunctionsConfig {
                 "must be greater than 0",
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn a_bundle_limit_the_broker_cannot_carry_is_refused_with_the_fix() {
+        let err = Config::from_toml(
+            "[broker]\nmax_packet_size_bytes = 1048576\n[functions]\nmax_bundle_bytes = 1048576\n\
+             keep_versions = 1\n",
+            "test.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("functions.max_bundle_bytes: 1048576 does not fit in one MQTT packet"),
+            "{err}"
+        );
+        assert!(err.contains("raise that to at least 1114112"), "{err}");
+        assert!(
+            err.contains("functions.keep_versions: must be at least 2"),
+            "{err}"
+        );
+        // The defaults fit: 4 MiB bundles in 5 MiB packets.
+        Config::from_toml("", "empty.toml").unwrap();
     }
 }

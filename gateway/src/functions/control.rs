@@ -1,15 +1,40 @@
-//! The functions control plane over MQTT: topics, the deploy bundle, the
-//! replies, and the thin client that `perch fn ...` uses.
+//! The functions control plane over MQTT: topics, the deploy request and
+//! bundle, the replies, and the thin client that `perch fn ...` uses.
 //!
 //! # Topics (under `perch/<gateway-id>/fn/`)
 //!
 //! | topic | payload | answer on |
 //! |---|---|---|
-//! | `deploy` | a bundle (below) | `deploy/reply`: [`DeployReply`] as JSON |
+//! | `deploy` | a deploy request (below) | `deploy/reply`: [`DeployReply`] |
+//! | `rollback` | `{"name": "..."}` | `rollback/reply`: [`CommandReply`] |
+//! | `remove` | `{"name": "..."}` | `remove/reply`: [`CommandReply`] |
 //! | `list` | anything (ignored) | `list/reply`: JSON array of [`FunctionInfo`] |
+//! | `<name>/status` | (published by the gateway, retained) | [`FunctionInfo`] |
 //!
-//! Every deploy reply carries the SHA-256 of the bundle it answers, so a
-//! client that published a bundle recognises its own reply among others.
+//! Replies are JSON. A request from an MQTT 5 client that carries a response
+//! topic is answered there, with its correlation data; otherwise on the
+//! `/reply` topic above. JSON requests may carry a `"request_id"` string,
+//! echoed in the reply; a deploy reply also carries the SHA-256 of the
+//! bundle it answers, so a client recognises its own reply among others.
+//!
+//! Commands that change a function (deploy, rollback, remove) run one at a
+//! time per name: a second one for a name with a command under way is
+//! refused ("in progress"), not queued. Commands for different names run
+//! side by side; `list` is answered while a deploy is running.
+//!
+//! The retained status of each function is republished when it changes, at
+//! most about once a second (counters change with every event; the status
+//! topic is not a per-event feed). Removing a function clears it.
+//!
+//! # Deploy request
+//!
+//! ```text
+//! [ options: one JSON object on one line, then "\n" ]  bundle
+//! ```
+//!
+//! The options line is optional (a bundle starts with "PRCH", never "{"):
+//! `{"force": true}` allows a version older than the running one (otherwise
+//! refused, so nothing is downgraded by accident); `"request_id"` as above.
 //!
 //! # Bundle format, version 1
 //!
@@ -22,8 +47,12 @@
 //! 9+M     rest  the WebAssembly module
 //! ```
 //!
-//! The largest bundle is the broker's `max_packet_size_bytes`. Signing
-//! (issue 5) will be a new format version; version 1 bundles are unsigned.
+//! The largest bundle is `functions.max_bundle_bytes` (4 MiB by default,
+//! kept 64 KiB under the broker's `max_packet_size_bytes`, because a deploy
+//! is one MQTT packet). A larger bundle that still fits in a packet is
+//! refused with a reply; one larger than the broker's packet limit closes
+//! the sender's connection (MQTT has no other answer to an oversized packet).
+//! Version 1 bundles are unsigned.
 
 use std::time::Duration;
 
@@ -58,8 +87,29 @@ pub enum ControlError {
     Truncated { announced: usize, available: usize },
     #[error("the manifest in the bundle is not UTF-8 text")]
     ManifestNotText,
+    #[error(
+        "the bundle is {size} bytes, more than this gateway accepts ({max} bytes, \
+         functions.max_bundle_bytes); make the module smaller (build with opt-level \"s\" and \
+         strip it) or raise the limit in the gateway's config"
+    )]
+    TooLarge { size: usize, max: usize },
+    #[error(
+        "the deploy options line is not valid: {0}; it is one JSON object such as \
+         {{\"force\": true}} followed by a newline, in front of the bundle"
+    )]
+    Options(String),
+    #[error(
+        "the {command} request is not valid: {message}; send JSON such as \
+         {{\"name\": \"my-function\"}}"
+    )]
+    Request { command: String, message: String },
     #[error("cannot reach the gateway's broker at {addr}: {message}")]
     Connect { addr: String, message: String },
+    #[error(
+        "gateway {gateway:?} publishes no status for function {name:?}: is it deployed there \
+         (`perch fn list`)?"
+    )]
+    NoStatus { gateway: String, name: String },
     #[error(
         "no reply from gateway {gateway:?} within {timeout:?}: is the gateway running with that \
          id (--gateway) and is --broker its address?"
@@ -105,6 +155,83 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<(&str, &[u8]), ControlError> {
     Ok((manifest, wasm))
 }
 
+/// Options of a deploy, sent in front of the bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployOptions {
+    /// Allow a version older than the running one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Splits a deploy request into its options and the bundle.
+pub fn decode_deploy_request(payload: &[u8]) -> Result<(DeployOptions, &[u8]), ControlError> {
+    if payload.first() != Some(&b'{') {
+        return Ok((DeployOptions::default(), payload));
+    }
+    let Some(end) = payload.iter().position(|&b| b == b'\n') else {
+        return Err(ControlError::Options(
+            "it has no newline after it (or there is no bundle)".into(),
+        ));
+    };
+    let options = serde_json::from_slice(&payload[..end])
+        .map_err(|e| ControlError::Options(e.to_string()))?;
+    Ok((options, &payload[end + 1..]))
+}
+
+/// Builds a deploy request: the options line (when there are options) and
+/// the bundle.
+pub fn encode_deploy_request(options: &DeployOptions, bundle: &[u8]) -> Vec<u8> {
+    if options == &DeployOptions::default() {
+        return bundle.to_vec();
+    }
+    let mut out = serde_json::to_vec(options).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(bundle);
+    out
+}
+
+/// A rollback or remove request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl CommandRequest {
+    pub fn decode(command: &str, payload: &[u8]) -> Result<CommandRequest, ControlError> {
+        serde_json::from_slice(payload).map_err(|e| ControlError::Request {
+            command: command.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The answer to a rollback or remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandReply {
+    pub ok: bool,
+    /// `rollback` or `remove`.
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The version running now (after a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The version that ran before the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+    /// Why the command was refused; nothing changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Hex SHA-256, as used in replies.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -129,6 +256,21 @@ pub fn list_reply_topic(gateway: &str) -> String {
     format!("perch/{gateway}/fn/list/reply")
 }
 
+/// `perch/<gateway>/fn/<command>`.
+pub fn command_topic(gateway: &str, command: &str) -> String {
+    format!("perch/{gateway}/fn/{command}")
+}
+
+/// `perch/<gateway>/fn/<command>/reply`.
+pub fn reply_topic(gateway: &str, command: &str) -> String {
+    format!("perch/{gateway}/fn/{command}/reply")
+}
+
+/// The retained status of one function.
+pub fn status_topic(gateway: &str, name: &str) -> String {
+    format!("perch/{gateway}/fn/{name}/status")
+}
+
 /// The answer to a deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployReply {
@@ -136,6 +278,8 @@ pub struct DeployReply {
     pub ok: bool,
     /// SHA-256 of the bundle this answers.
     pub bundle_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,6 +321,15 @@ pub struct FunctionInfo {
     pub last_error: Option<String>,
     pub sha256: String,
     pub deployed_at_ms: i64,
+    /// The trigger filters of the running version.
+    #[serde(default)]
+    pub triggers: Vec<String>,
+    /// Its timer interval (0: none).
+    #[serde(default)]
+    pub every_ms: u64,
+    /// The versions kept in the registry, oldest deploy first.
+    #[serde(default)]
+    pub versions: Vec<String>,
 }
 
 /// How the `perch fn` client reaches a gateway.
@@ -202,6 +355,18 @@ pub async fn request(
     payload: Vec<u8>,
     accept: impl Fn(&[u8]) -> bool,
 ) -> Result<Bytes, ControlError> {
+    request_inner(endpoint, Some((topic, payload)), reply_topic, accept).await
+}
+
+/// [`request`], or with no publish a wait for the first (retained) message
+/// on `reply_topic` that `accept` takes.
+async fn request_inner(
+    endpoint: &Endpoint,
+    publish: Option<(&str, Vec<u8>)>,
+    reply_topic: &str,
+    accept: impl Fn(&[u8]) -> bool,
+) -> Result<Bytes, ControlError> {
+    let size = publish.as_ref().map_or(0, |(_, p)| p.len());
     let (host, port) = match endpoint.broker.rsplit_once(':') {
         Some((h, p)) => (h.trim_matches(['[', ']']), p.parse().unwrap_or(1883)),
         None => (endpoint.broker.as_str(), 1883),
@@ -210,7 +375,7 @@ pub async fn request(
     let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(30));
     // A bundle is one packet; rumqttc's default limit is 10 KiB.
-    options.set_max_packet_size(payload.len() + 1024 * 1024, payload.len() + 1024);
+    options.set_max_packet_size(size + 1024 * 1024, size + 1024);
     if let (Some(u), Some(p)) = (&endpoint.username, &endpoint.password) {
         options.set_credentials(u, p);
     }
@@ -224,11 +389,11 @@ pub async fn request(
             .subscribe(reply_topic, QoS::AtLeastOnce)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        let mut payload = Some(payload);
+        let mut publish = publish;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(payload) = payload.take() {
+                    if let Some((topic, payload)) = publish.take() {
                         client
                             .publish(topic, QoS::AtLeastOnce, false, payload)
                             .await
@@ -256,13 +421,17 @@ pub async fn request(
 }
 
 /// Deploys a bundle and returns the gateway's reply.
-pub async fn deploy(endpoint: &Endpoint, bundle: Vec<u8>) -> Result<DeployReply, ControlError> {
+pub async fn deploy(
+    endpoint: &Endpoint,
+    options: &DeployOptions,
+    bundle: Vec<u8>,
+) -> Result<DeployReply, ControlError> {
     let bundle_sha256 = sha256_hex(&bundle);
     let reply = request(
         endpoint,
         &deploy_topic(&endpoint.gateway),
         &deploy_reply_topic(&endpoint.gateway),
-        bundle,
+        encode_deploy_request(options, &bundle),
         |p| {
             serde_json::from_slice::<DeployReply>(p).is_ok_and(|r| r.bundle_sha256 == bundle_sha256)
         },
@@ -277,9 +446,58 @@ pub async fn deploy(endpoint: &Endpoint, bundle: Vec<u8>) -> Result<DeployReply,
             version: None,
             sha256: None,
             replaced: None,
+            request_id: None,
             error: Some("unreadable reply".into()),
         }),
     )
+}
+
+/// Sends a rollback or remove and returns the gateway's reply.
+pub async fn command(
+    endpoint: &Endpoint,
+    command: &str,
+    name: &str,
+) -> Result<CommandReply, ControlError> {
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    let body = serde_json::to_vec(&CommandRequest {
+        name: name.to_owned(),
+        request_id: Some(request_id.clone()),
+    })
+    .unwrap_or_default();
+    let reply = request(
+        endpoint,
+        &command_topic(&endpoint.gateway, command),
+        &reply_topic(&endpoint.gateway, command),
+        body,
+        |p| {
+            serde_json::from_slice::<CommandReply>(p)
+                .is_ok_and(|r| r.request_id.as_deref() == Some(request_id.as_str()))
+        },
+    )
+    .await?;
+    Ok(serde_json::from_slice(&reply).unwrap_or_default())
+}
+
+/// Reads the retained status of one function.
+pub async fn status(endpoint: &Endpoint, name: &str) -> Result<FunctionInfo, ControlError> {
+    let reply = request_inner(
+        endpoint,
+        None,
+        &status_topic(&endpoint.gateway, name),
+        |p| serde_json::from_slice::<FunctionInfo>(p).is_ok(),
+    )
+    .await
+    .map_err(|e| match e {
+        ControlError::Timeout { gateway, .. } => ControlError::NoStatus {
+            gateway,
+            name: name.to_owned(),
+        },
+        e => e,
+    })?;
+    serde_json::from_slice(&reply).map_err(|e| ControlError::NoStatus {
+        gateway: format!("{} ({e})", endpoint.gateway),
+        name: name.to_owned(),
+    })
 }
 
 /// Lists the gateway's functions.
@@ -306,6 +524,34 @@ mod tests {
         let (m, w) = decode_bundle(&b).unwrap();
         assert_eq!(m, "name = \"x\"");
         assert_eq!(w, b"\0asm\x01\0\0\0");
+    }
+
+    #[test]
+    fn deploy_options_travel_in_front_of_the_bundle() {
+        let bundle = encode_bundle("name = \"x\"", b"\0asm");
+        let (o, b) = decode_deploy_request(&bundle).unwrap();
+        assert_eq!((o, b), (DeployOptions::default(), &bundle[..]));
+        let force = DeployOptions {
+            force: true,
+            request_id: Some("r1".into()),
+        };
+        let request = encode_deploy_request(&force, &bundle);
+        assert!(request.starts_with(b"{\"force\":true,\"request_id\":\"r1\"}\n"));
+        let (o, b) = decode_deploy_request(&request).unwrap();
+        assert_eq!((o, b), (force, &bundle[..]));
+        let err = decode_deploy_request(b"{\"forse\": true}\nPRCH")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `forse`"), "{err}");
+        assert!(err.contains("followed by a newline"), "{err}");
+        let err = decode_deploy_request(b"{\"force\": true}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no newline"), "{err}");
+        let err = CommandRequest::decode("rollback", b"my-fn")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the rollback request is not valid"), "{err}");
     }
 
     #[test]

@@ -28,8 +28,15 @@
 //! - The registry's active versions are what runs: a restart brings back
 //!   every function as deployed (a function stopped by its circuit breaker
 //!   stays stopped until deployed again).
-//! - Deploys are serialized (one at a time) by the function table's lock,
-//!   which is only ever held on blocking threads, never across an `.await`.
+//! - A deploy, rollback or remove first claims its function's name: a
+//!   second command for a claimed name is refused at once, not queued.
+//!   Their switches are then serialized by the function table's lock, which
+//!   is only ever held on blocking threads, never across an `.await`.
+//! - Rollback returns to the version that ran before (the registry's
+//!   history), instantiated before it takes traffic like a deploy.
+//! - Each function's status is published retained on
+//!   `perch/<id>/fn/<name>/status` when it changes, at most about once a
+//!   second plus once after each command: never per event.
 
 pub mod config;
 pub mod control;
@@ -39,7 +46,7 @@ pub mod registry;
 pub mod runtime;
 pub mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc as sync_mpsc, Arc, Mutex};
@@ -47,12 +54,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
 use rumqttd::Notification;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 pub use self::config::FunctionsConfig;
-use self::control::{ControlError, DeployReply, FunctionInfo};
+use self::control::{CommandReply, CommandRequest, ControlError, DeployReply, FunctionInfo};
 use self::dispatch::{FunctionHandle, RunState, Subscriber, Triggers};
 use self::manifest::{Manifest, ManifestError};
 use self::registry::{Registry, RegistryError, StoredVersion};
@@ -106,7 +114,8 @@ pub enum FunctionsError {
     Join(String),
 }
 
-/// Why a deploy was refused. The message goes back to whoever deployed.
+/// Why a deploy, rollback or remove was refused. The message goes back to
+/// whoever sent the command; whatever ran before still runs.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error(transparent)]
@@ -126,12 +135,38 @@ pub enum DeployError {
     Start(#[from] FunctionsError),
     #[error("the worker of function {0:?} did not answer within {READY_TIMEOUT:?}")]
     Timeout(String),
+    #[error(
+        "a deploy, rollback or remove of function {0:?} is in progress; wait for its reply, \
+         then send this again"
+    )]
+    Busy(String),
+    #[error(
+        "function {name:?} runs version {running}; {version} is older and is refused so that \
+         nothing is downgraded by accident: to go back to what ran before, `perch fn rollback \
+         {name}`; to install this older version anyway, deploy it with --force"
+    )]
+    Older {
+        name: String,
+        version: String,
+        running: String,
+    },
+    #[error("no function {0:?} is deployed on this gateway; `perch fn list` shows what is")]
+    NotDeployed(String),
+    #[error(
+        "function {name:?} has no previous version to roll back to: {version} is the first \
+         version it ran that this gateway still keeps (kept: {kept})"
+    )]
+    NoPrevious {
+        name: String,
+        version: String,
+        kept: String,
+    },
 }
 
 /// The running functions stage.
 pub struct Functions {
     inner: Arc<Inner>,
-    control: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 struct Inner {
@@ -140,9 +175,15 @@ struct Inner {
     registry: Arc<Registry>,
     links: Links,
     config: FunctionsConfig,
-    /// The functions and the trigger links. Locked for a whole deploy (that
-    /// is what serializes deploys); only on blocking threads.
+    /// The functions and the trigger links. Locked for a whole deploy,
+    /// rollback or remove; only on blocking threads.
     table: Mutex<Table>,
+    /// Names with a deploy, rollback or remove under way. A second command
+    /// for one of them is refused at once ("in progress") rather than left
+    /// waiting on the table lock without a word.
+    busy: Mutex<HashSet<String>>,
+    /// Wakes the status publisher when a command changed a function.
+    changed: Notify,
 }
 
 struct Table {
@@ -154,7 +195,42 @@ struct Entry {
     handle: Arc<FunctionHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
     filters: Arc<[String]>,
+    every_ms: u64,
+    /// The versions kept in the registry, in deploy order (for status).
+    versions: Vec<String>,
 }
+
+/// A claim on a function name for one command; released on drop.
+struct Busy<'a> {
+    inner: &'a Inner,
+    name: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+    }
+}
+
+/// A publish of the control plane: a reply or a retained status.
+struct Outgoing {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+    /// MQTT 5 correlation data of the request this answers.
+    correlation: Option<Bytes>,
+}
+
+/// Replies and statuses waiting for the control link.
+const OUTGOING_QUEUE: usize = 64;
+
+/// How often the retained status of each function is compared with what
+/// was published, and republished if it changed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Functions {
     /// Opens the registry under `data_dir`, starts every active function and
@@ -181,6 +257,8 @@ impl Functions {
                     functions: BTreeMap::new(),
                     triggers: Triggers::new(links),
                 }),
+                busy: Mutex::new(HashSet::new()),
+                changed: Notify::new(),
             });
             inner.restore()?;
             Ok(inner)
@@ -189,33 +267,68 @@ impl Functions {
         .map_err(|e| FunctionsError::Join(e.to_string()))??;
 
         let (mut tx, rx) = inner.links.open("functions-control")?;
-        for topic in [
-            control::deploy_topic(&inner.gateway_id),
-            control::list_topic(&inner.gateway_id),
-        ] {
-            tx.subscribe(topic).map_err(|source| BrokerError::Link {
-                client_id: "functions-control".into(),
-                source: Box::new(source),
-            })?;
+        for command in COMMANDS {
+            tx.subscribe(control::command_topic(&inner.gateway_id, command))
+                .map_err(|source| BrokerError::Link {
+                    client_id: "functions-control".into(),
+                    source: Box::new(source),
+                })?;
         }
-        let control = tokio::spawn(run_control(inner.clone(), tx, rx));
-        Ok(Functions { inner, control })
+        let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let tasks = vec![
+            tokio::spawn(run_control(inner.clone(), rx, out_tx.clone())),
+            tokio::spawn(run_publisher(tx, out_rx)),
+            tokio::spawn(run_status(inner.clone(), out_tx)),
+        ];
+        Ok(Functions { inner, tasks })
     }
 
-    /// Deploys a bundle, as the control topic does.
+    /// Deploys a bundle (a deploy request: options line optional), as the
+    /// control topic does.
     pub async fn deploy(&self, bundle: Bytes) -> DeployReply {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.deploy(&bundle))
+        let reply = tokio::task::spawn_blocking(move || inner.deploy(&bundle))
             .await
             .unwrap_or_else(|e| DeployReply {
                 ok: false,
                 bundle_sha256: String::new(),
+                request_id: None,
                 name: None,
                 version: None,
                 sha256: None,
                 replaced: None,
                 error: Some(format!("the deploy failed: {e}")),
-            })
+            });
+        self.inner.changed.notify_one();
+        reply
+    }
+
+    /// Rolls a function back to the version that ran before, as the control
+    /// topic does.
+    pub async fn rollback(&self, name: &str) -> CommandReply {
+        self.command("rollback", name).await
+    }
+
+    /// Removes a function, its versions and its state.
+    pub async fn remove(&self, name: &str) -> CommandReply {
+        self.command("remove", name).await
+    }
+
+    async fn command(&self, command: &'static str, name: &str) -> CommandReply {
+        let inner = self.inner.clone();
+        let request = CommandRequest {
+            name: name.to_owned(),
+            request_id: None,
+        };
+        let reply = tokio::task::spawn_blocking(move || inner.command(command, request))
+            .await
+            .unwrap_or_else(|e| CommandReply {
+                command: command.into(),
+                error: Some(format!("the {command} failed: {e}")),
+                ..CommandReply::default()
+            });
+        self.inner.changed.notify_one();
+        reply
     }
 
     /// Status and counters of every function.
@@ -228,7 +341,9 @@ impl Functions {
     /// counted; a worker busy in an invocation finishes it first (bounded by
     /// its fuel).
     pub async fn shutdown(self) {
-        self.control.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         let inner = self.inner.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut table = inner.table.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,9 +366,24 @@ impl Functions {
     }
 }
 
+/// The command topics the control link subscribes to.
+const COMMANDS: [&str; 4] = ["deploy", "rollback", "remove", "list"];
+
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `name` for one command, or says another is under way.
+    fn claim(&self, name: &str) -> Result<Busy<'_>, DeployError> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(name.to_owned()) {
+            return Err(DeployError::Busy(name.to_owned()));
+        }
+        Ok(Busy {
+            inner: self,
+            name: name.to_owned(),
+        })
     }
 
     /// Starts every active version in the registry.
@@ -345,6 +475,8 @@ impl Inner {
                 handle: handle.clone(),
                 thread: Some(thread),
                 filters: compiled.manifest.trigger_filters().into(),
+                every_ms: compiled.manifest.triggers.every_ms,
+                versions: self.registry.version_names(name).unwrap_or_default(),
             },
         );
         Ok(handle)
@@ -383,10 +515,17 @@ impl Inner {
         table.triggers.update(&subscribers)
     }
 
-    /// Handles one deploy bundle; always answers.
-    fn deploy(&self, bundle: &[u8]) -> DeployReply {
+    /// Handles one deploy request; always answers.
+    fn deploy(&self, payload: &[u8]) -> DeployReply {
+        let (request_id, bundle, result) = match control::decode_deploy_request(payload) {
+            Ok((options, bundle)) => {
+                let result = self.try_deploy(bundle, &options);
+                (options.request_id, bundle, result)
+            }
+            Err(e) => (None, payload, Err(e.into())),
+        };
         let bundle_sha256 = control::sha256_hex(bundle);
-        match self.try_deploy(bundle) {
+        match result {
             Ok((compiled, replaced)) => {
                 tracing::info!(
                     function = %compiled.manifest.name,
@@ -397,6 +536,7 @@ impl Inner {
                 DeployReply {
                     ok: true,
                     bundle_sha256,
+                    request_id,
                     name: Some(compiled.manifest.name.clone()),
                     version: Some(compiled.manifest.version.clone()),
                     sha256: Some(compiled.sha256.clone()),
@@ -409,6 +549,7 @@ impl Inner {
                 DeployReply {
                     ok: false,
                     bundle_sha256,
+                    request_id,
                     name: None,
                     version: None,
                     sha256: None,
@@ -423,17 +564,65 @@ impl Inner {
     fn try_deploy(
         &self,
         bundle: &[u8],
+        options: &control::DeployOptions,
     ) -> Result<(Arc<runtime::Compiled>, Option<String>), DeployError> {
+        if bundle.len() > self.config.max_bundle_bytes {
+            return Err(ControlError::TooLarge {
+                size: bundle.len(),
+                max: self.config.max_bundle_bytes,
+            }
+            .into());
+        }
         let (manifest_text, wasm) = control::decode_bundle(bundle)?;
         let manifest = Manifest::from_toml(manifest_text)?;
+        let name = manifest.name.clone();
+        let version = manifest.version.clone();
+        let _busy = self.claim(&name)?;
+        let running = self
+            .lock()
+            .functions
+            .get(&name)
+            .map(|e| e.handle.status().version)
+            .filter(|v| !v.is_empty());
+        if let Some(running) = running {
+            if !options.force && is_older(&version, &running) {
+                return Err(DeployError::Older {
+                    name,
+                    version,
+                    running,
+                });
+            }
+        }
         let compiled = Arc::new(self.runtime.compile(manifest, wasm)?);
-        let name = compiled.manifest.name.clone();
-        let version = compiled.manifest.version.clone();
         self.registry.check_new(&name, &version, &compiled.sha256)?;
-
+        let stored = StoredVersion {
+            name,
+            version,
+            manifest: manifest_text.to_owned(),
+            wasm: wasm.to_vec(),
+            sha256: compiled.sha256.clone(),
+            deployed_at_ms: runtime::now_ms(),
+            stopped_reason: None,
+        };
         let mut table = self.lock();
+        let replaced = self.install(&mut table, &compiled, &stored, None)?;
+        Ok((compiled, replaced))
+    }
+
+    /// Switches a function to `compiled` (stored as `stored`): the worker
+    /// instantiates it and runs its `perch_init` while the old version keeps
+    /// taking events; only once the registry has it does the worker swap
+    /// instances, between two events. Returns the version it replaced.
+    fn install(
+        &self,
+        table: &mut Table,
+        compiled: &Arc<runtime::Compiled>,
+        stored: &StoredVersion,
+        rollback_to: Option<i64>,
+    ) -> Result<Option<String>, DeployError> {
+        let name = stored.name.clone();
         let existed = table.functions.contains_key(&name);
-        let handle = self.create(&mut table, &compiled)?;
+        let handle = self.create(table, compiled)?;
         let previous = handle.status();
         let replaced = (existed && !previous.version.is_empty()).then_some(previous.version);
         let forget = |table: &mut Table| {
@@ -449,35 +638,124 @@ impl Inner {
         let (ready, commit) = match self.hand_over(&handle, compiled.clone()) {
             Ok(r) => r,
             Err(e) => {
-                forget(&mut table);
+                forget(table);
                 return Err(e);
             }
         };
         if let Err(e) = ready {
-            forget(&mut table);
+            forget(table);
             return Err(e.into());
         }
-        let stored = StoredVersion {
-            name: name.clone(),
-            version,
-            manifest: manifest_text.to_owned(),
-            wasm: wasm.to_vec(),
-            sha256: compiled.sha256.clone(),
-            deployed_at_ms: runtime::now_ms(),
-            stopped_reason: None,
+        let activated = match rollback_to {
+            Some(seq) => self.registry.activate_rollback(stored, seq),
+            None => self.registry.activate(stored),
         };
-        if let Err(e) = self.registry.activate(&stored) {
+        if let Err(e) = activated {
             let _ = commit.send(false);
-            forget(&mut table);
+            forget(table);
             return Err(e.into());
         }
         let _ = commit.send(true);
+        if let Err(e) = self.registry.prune(&name, self.config.keep_versions) {
+            tracing::error!(function = %name, error = %e, "cannot prune old versions");
+        }
+        let versions = self.registry.version_names(&name).unwrap_or_default();
         if let Some(entry) = table.functions.get_mut(&name) {
             entry.filters = compiled.manifest.trigger_filters().into();
+            entry.every_ms = compiled.manifest.triggers.every_ms;
+            entry.versions = versions;
         }
-        self.update_triggers(&mut table)
-            .map_err(FunctionsError::from)?;
-        Ok((compiled, replaced))
+        self.update_triggers(table).map_err(FunctionsError::from)?;
+        Ok(replaced)
+    }
+
+    /// Handles a rollback or remove request; always answers.
+    fn command(&self, command: &str, request: CommandRequest) -> CommandReply {
+        let result = match command {
+            "rollback" => self.rollback(&request.name),
+            _ => self.remove(&request.name),
+        };
+        let mut reply = CommandReply {
+            ok: result.is_ok(),
+            command: command.to_owned(),
+            request_id: request.request_id,
+            name: Some(request.name.clone()),
+            ..CommandReply::default()
+        };
+        match result {
+            Ok((replaced, version)) => {
+                tracing::info!(function = %request.name, ?replaced, ?version, "{command} done");
+                reply.replaced = replaced;
+                reply.version = version;
+            }
+            Err(e) => {
+                tracing::warn!(function = %request.name, "{command} refused: {e}");
+                reply.error = Some(e.to_string());
+            }
+        }
+        reply
+    }
+
+    /// Returns to the version that ran before the current one, exactly as
+    /// it was deployed. Returns (the version replaced, the one now running).
+    #[allow(clippy::type_complexity)]
+    fn rollback(&self, name: &str) -> Result<(Option<String>, Option<String>), DeployError> {
+        let _busy = self.claim(name)?;
+        let current = self
+            .lock()
+            .functions
+            .get(name)
+            .map(|e| (e.handle.status().version, e.versions.clone()))
+            .ok_or_else(|| DeployError::NotDeployed(name.to_owned()))?;
+        let Some((stored, seq)) = self.registry.rollback_target(name)? else {
+            // The registry, not the worker's status: right after a deploy
+            // the worker may not have switched yet.
+            let version = self
+                .registry
+                .active()?
+                .into_iter()
+                .find(|v| v.name == name)
+                .map_or(current.0, |v| v.version);
+            return Err(DeployError::NoPrevious {
+                name: name.to_owned(),
+                version,
+                kept: current.1.join(", "),
+            });
+        };
+        let manifest = Manifest::from_toml(&stored.manifest)?;
+        let compiled = Arc::new(self.runtime.compile(manifest, &stored.wasm)?);
+        let stored = StoredVersion {
+            deployed_at_ms: runtime::now_ms(),
+            ..stored
+        };
+        let mut table = self.lock();
+        let replaced = self.install(&mut table, &compiled, &stored, Some(seq))?;
+        Ok((replaced, Some(stored.version)))
+    }
+
+    /// Stops a function and deletes its versions and state. Returns (the
+    /// version that ran, None).
+    #[allow(clippy::type_complexity)]
+    fn remove(&self, name: &str) -> Result<(Option<String>, Option<String>), DeployError> {
+        let _busy = self.claim(name)?;
+        let mut table = self.lock();
+        let mut version = None;
+        if let Some(mut entry) = table.functions.remove(name) {
+            version = Some(entry.handle.status().version);
+            entry.handle.shutdown();
+            if let Some(thread) = entry.thread.take() {
+                if thread.join().is_err() {
+                    tracing::error!(function = %name, "function worker panicked");
+                }
+            }
+            self.update_triggers(&mut table)
+                .map_err(FunctionsError::from)?;
+        }
+        // Also removes what the registry has but could not be started.
+        if !self.registry.remove(name)? && version.is_none() {
+            return Err(DeployError::NotDeployed(name.to_owned()));
+        }
+        Ok((version, None))
     }
 
     fn list(&self) -> Vec<FunctionInfo> {
@@ -509,45 +787,85 @@ impl Inner {
                     last_error: status.last_error,
                     sha256: status.sha256,
                     deployed_at_ms: status.deployed_at_ms,
+                    triggers: e.filters.to_vec(),
+                    every_ms: e.every_ms,
+                    versions: e.versions.clone(),
                 }
             })
             .collect()
     }
 }
 
-/// Answers the control topics.
-async fn run_control(inner: Arc<Inner>, mut tx: LinkTx, mut rx: LinkRx) {
-    let deploy = control::deploy_topic(&inner.gateway_id);
-    let list = control::list_topic(&inner.gateway_id);
+/// Whether semantic version `new` is lower than `running` (a version that
+/// does not parse is never "older": the manifest check refuses it anyway).
+fn is_older(new: &str, running: &str) -> bool {
+    match (semver::Version::parse(new), semver::Version::parse(running)) {
+        (Ok(new), Ok(running)) => new < running,
+        _ => false,
+    }
+}
+
+/// Reads the command topics; each command runs in its own task (on a
+/// blocking thread), so a slow deploy does not hold up `list` or commands
+/// for other functions.
+async fn run_control(inner: Arc<Inner>, mut rx: LinkRx, out: mpsc::Sender<Outgoing>) {
+    let topics: Vec<(String, &'static str)> = COMMANDS
+        .iter()
+        .map(|c| (control::command_topic(&inner.gateway_id, c), *c))
+        .collect();
     loop {
         match rx.next().await {
             Ok(Some(Notification::Forward(forward))) => {
                 let publish = forward.publish;
-                let (reply_topic, reply) = if publish.topic == deploy.as_bytes() {
-                    let deployer = inner.clone();
-                    let bundle = publish.payload;
-                    let reply = tokio::task::spawn_blocking(move || deployer.deploy(&bundle)).await;
-                    let Ok(reply) = reply else { continue };
-                    (
-                        control::deploy_reply_topic(&inner.gateway_id),
-                        serde_json::to_vec(&reply),
-                    )
-                } else if publish.topic == list.as_bytes() {
-                    (
-                        control::list_reply_topic(&inner.gateway_id),
-                        serde_json::to_vec(&inner.list()),
-                    )
-                } else {
+                let Some(&(_, command)) =
+                    topics.iter().find(|(t, _)| publish.topic == t.as_bytes())
+                else {
                     continue;
                 };
-                match reply {
-                    Ok(reply) => {
-                        if let Err(e) = tx.publish(reply_topic, reply) {
-                            tracing::error!(error = %e, "cannot publish a control reply");
+                // An MQTT 5 request names where its answer goes.
+                let (response_topic, correlation) = match forward.properties {
+                    Some(p) => (p.response_topic, p.correlation_data),
+                    None => (None, None),
+                };
+                let topic = response_topic
+                    .unwrap_or_else(|| control::reply_topic(&inner.gateway_id, command));
+                let inner = inner.clone();
+                let out = out.clone();
+                tokio::spawn(async move {
+                    let worker = inner.clone();
+                    let payload = publish.payload;
+                    let reply = tokio::task::spawn_blocking(move || match command {
+                        "deploy" => serde_json::to_vec(&worker.deploy(&payload)),
+                        "list" => serde_json::to_vec(&worker.list()),
+                        _ => {
+                            let reply = match CommandRequest::decode(command, &payload) {
+                                Ok(request) => worker.command(command, request),
+                                Err(e) => CommandReply {
+                                    command: command.into(),
+                                    error: Some(e.to_string()),
+                                    ..CommandReply::default()
+                                },
+                            };
+                            serde_json::to_vec(&reply)
                         }
+                    })
+                    .await;
+                    inner.changed.notify_one();
+                    match reply {
+                        Ok(Ok(payload)) => {
+                            let _ = out
+                                .send(Outgoing {
+                                    topic,
+                                    payload,
+                                    retain: false,
+                                    correlation,
+                                })
+                                .await;
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot encode a control reply"),
+                        Err(e) => tracing::error!(error = %e, "a control command failed"),
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot encode a control reply"),
-                }
+                });
             }
             Ok(Some(Notification::Unschedule)) => {
                 if rx.wake().await.is_err() {
@@ -559,6 +877,83 @@ async fn run_control(inner: Arc<Inner>, mut tx: LinkTx, mut rx: LinkRx) {
         }
     }
     tracing::warn!("functions control plane stopped");
+}
+
+/// Publishes replies and statuses through the control link.
+async fn run_publisher(mut tx: LinkTx, mut out: mpsc::Receiver<Outgoing>) {
+    while let Some(o) = out.recv().await {
+        let properties = o.correlation.map(|c| PublishProperties {
+            correlation_data: Some(c),
+            ..PublishProperties::default()
+        });
+        let publish = Publish::new(Bytes::from(o.topic), Bytes::from(o.payload), o.retain);
+        if let Err(e) = tx.send(Packet::Publish(publish, properties)).await {
+            tracing::error!(error = %e, "cannot publish a control reply or status");
+        }
+    }
+}
+
+/// Keeps `perch/<id>/fn/<name>/status` (retained) up to date: compares
+/// each function's status with what was last published once a second, and
+/// right after a command; publishes only what changed; clears the topic of
+/// a removed function (an empty retained message).
+async fn run_status(inner: Arc<Inner>, out: mpsc::Sender<Outgoing>) {
+    let mut published: HashMap<String, Vec<u8>> = HashMap::new();
+    loop {
+        let snapshot = {
+            let inner = inner.clone();
+            match tokio::task::spawn_blocking(move || inner.list()).await {
+                Ok(s) => s,
+                Err(_) => return,
+            }
+        };
+        let mut seen = HashSet::new();
+        for info in snapshot {
+            seen.insert(info.name.clone());
+            let Ok(payload) = serde_json::to_vec(&info) else {
+                continue;
+            };
+            if published.get(&info.name) == Some(&payload) {
+                continue;
+            }
+            published.insert(info.name.clone(), payload.clone());
+            let topic = control::status_topic(&inner.gateway_id, &info.name);
+            if out
+                .send(Outgoing {
+                    topic,
+                    payload,
+                    retain: true,
+                    correlation: None,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let gone: Vec<String> = published
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            published.remove(&name);
+            let topic = control::status_topic(&inner.gateway_id, &name);
+            let clear = Outgoing {
+                topic,
+                payload: Vec::new(),
+                retain: true,
+                correlation: None,
+            };
+            if out.send(clear).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STATUS_INTERVAL) => {}
+            _ = inner.changed.notified() => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,20 +3,32 @@
 //! (`<data_dir>/functions.db`, WAL mode, `synchronous = FULL`: a deploy that
 //! was acknowledged survives a power cut).
 //!
-//! # Schema (version 1, in `PRAGMA user_version`)
+//! # Schema (version 2, in `PRAGMA user_version`)
 //!
 //! ```sql
 //! function_versions(id, name, version, manifest TEXT, wasm BLOB, sha256,
 //!                   deployed_at_ms, active, stopped_reason)
 //!   -- UNIQUE(name, version); at most one active row per name
 //! function_state(name, key BLOB, value BLOB)  -- PRIMARY KEY(name, key)
+//! function_history(seq, name, version)         -- what ran, newest last
 //! ```
 //!
-//! A version row is immutable once written except for `active` and
-//! `stopped_reason`: rollback (issue 5) is "make an older row active". The
+//! `function_history` is the undo stack of each name: a deploy pushes the
+//! version it activates, a rollback pops the current one and activates the
+//! entry below it (the version that ran before, not merely an older number:
+//! after v1, v2, rollback, v3, a rollback returns to v1). Entries whose
+//! version was pruned are skipped. Version 1 databases are upgraded in place
+//! (the table is added, seeded with each active version).
+//!
+//! A version row is immutable once written except for `active`,
+//! `stopped_reason` and `deployed_at_ms`: rollback is "make an older row
+//! active", so it restores that version's manifest and module byte for byte.
+//! Rows are in deploy order by `id`; [`Registry::prune`] keeps the newest
+//! `functions.keep_versions` rows of a name (the active one always). The
 //! active row of each name is what runs after a restart; `stopped_reason`
 //! keeps a function that the circuit breaker stopped stopped across restarts
-//! until it is deployed again.
+//! until it is deployed again. Removing a function deletes its rows and its
+//! state.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -24,7 +36,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Why the registry failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +138,15 @@ impl Registry {
                  value BLOB NOT NULL,
                  PRIMARY KEY (name, key)
              ) WITHOUT ROWID;
-             PRAGMA user_version = 1;",
+             CREATE TABLE IF NOT EXISTS function_history (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT NOT NULL,
+                 version TEXT NOT NULL
+             );
+             INSERT INTO function_history (name, version)
+                 SELECT name, version FROM function_versions
+                 WHERE active = 1 AND name NOT IN (SELECT name FROM function_history);
+             PRAGMA user_version = 2;",
         )
         .map_err(open_err)?;
         Ok(Registry {
@@ -161,8 +181,55 @@ impl Registry {
     }
 
     /// Stores a version (or finds the identical one) and makes it the active
-    /// version of its name, in one transaction.
+    /// version of its name, in one transaction; pushes it on the name's
+    /// history unless it is already on top.
     pub fn activate(&self, v: &StoredVersion) -> Result<(), RegistryError> {
+        self.activate_with(v, None)
+    }
+
+    /// The version a rollback of `name` returns to, with its place in the
+    /// history: the newest history entry below the top whose version is
+    /// still kept.
+    pub fn rollback_target(
+        &self,
+        name: &str,
+    ) -> Result<Option<(StoredVersion, i64)>, RegistryError> {
+        let conn = self.conn();
+        let found: Option<(i64, String)> = conn
+            .query_row(
+                "SELECT h.seq, h.version FROM function_history h
+                 JOIN function_versions v ON v.name = h.name AND v.version = h.version
+                 WHERE h.name = ?1
+                   AND h.seq < (SELECT MAX(seq) FROM function_history WHERE name = ?1)
+                   AND v.active = 0
+                 ORDER BY h.seq DESC LIMIT 1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((seq, version)) = found else {
+            return Ok(None);
+        };
+        let stored = conn.query_row(
+            "SELECT name, version, manifest, wasm, sha256, deployed_at_ms, stopped_reason
+             FROM function_versions WHERE name = ?1 AND version = ?2",
+            params![name, version],
+            row_to_version,
+        )?;
+        Ok(Some((stored, seq)))
+    }
+
+    /// Makes the rollback target from [`Registry::rollback_target`] active
+    /// and pops the history down to it, in one transaction.
+    pub fn activate_rollback(&self, v: &StoredVersion, seq: i64) -> Result<(), RegistryError> {
+        self.activate_with(v, Some(seq))
+    }
+
+    fn activate_with(
+        &self,
+        v: &StoredVersion,
+        rollback_to: Option<i64>,
+    ) -> Result<(), RegistryError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let existing: Option<String> = tx
@@ -200,8 +267,90 @@ impl Registry {
                 v.deployed_at_ms
             ],
         )?;
+        match rollback_to {
+            Some(seq) => {
+                tx.execute(
+                    "DELETE FROM function_history WHERE name = ?1 AND seq > ?2",
+                    params![v.name, seq],
+                )?;
+            }
+            None => {
+                let top: Option<String> = tx
+                    .query_row(
+                        "SELECT version FROM function_history WHERE name = ?1
+                         ORDER BY seq DESC LIMIT 1",
+                        params![v.name],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if top.as_deref() != Some(v.version.as_str()) {
+                    tx.execute(
+                        "INSERT INTO function_history (name, version) VALUES (?1, ?2)",
+                        params![v.name, v.version],
+                    )?;
+                }
+            }
+        }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Every kept version of `name`, in deploy order (oldest first).
+    pub fn versions(&self, name: &str) -> Result<Vec<StoredVersion>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, version, manifest, wasm, sha256, deployed_at_ms, stopped_reason
+             FROM function_versions WHERE name = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![name], row_to_version)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The kept version numbers of `name`, in deploy order, without the
+    /// modules.
+    pub fn version_names(&self, name: &str) -> Result<Vec<String>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT version FROM function_versions WHERE name = ?1 ORDER BY id")?;
+        let rows = stmt.query_map(params![name], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes the oldest versions of `name` beyond the newest `keep` (never
+    /// the active one); returns how many were deleted.
+    pub fn prune(&self, name: &str, keep: usize) -> Result<usize, RegistryError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let deleted = tx.execute(
+            "DELETE FROM function_versions WHERE name = ?1 AND active = 0 AND id NOT IN
+                 (SELECT id FROM function_versions WHERE name = ?1 ORDER BY id DESC LIMIT ?2)",
+            params![name, keep as i64],
+        )?;
+        tx.execute(
+            "DELETE FROM function_history WHERE name = ?1
+             AND version NOT IN (SELECT version FROM function_versions WHERE name = ?1)",
+            params![name],
+        )?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    /// Deletes every version and the state of `name`; returns whether it had
+    /// any version.
+    pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "DELETE FROM function_versions WHERE name = ?1",
+            params![name],
+        )?;
+        tx.execute("DELETE FROM function_state WHERE name = ?1", params![name])?;
+        tx.execute(
+            "DELETE FROM function_history WHERE name = ?1",
+            params![name],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     /// The active version of every function.
@@ -211,17 +360,7 @@ impl Registry {
             "SELECT name, version, manifest, wasm, sha256, deployed_at_ms, stopped_reason
              FROM function_versions WHERE active = 1 ORDER BY name",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(StoredVersion {
-                name: r.get(0)?,
-                version: r.get(1)?,
-                manifest: r.get(2)?,
-                wasm: r.get(3)?,
-                sha256: r.get(4)?,
-                deployed_at_ms: r.get(5)?,
-                stopped_reason: r.get(6)?,
-            })
-        })?;
+        let rows = stmt.query_map([], row_to_version)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -276,9 +415,73 @@ impl Registry {
     }
 }
 
+fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredVersion> {
+    Ok(StoredVersion {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        manifest: r.get(2)?,
+        wasm: r.get(3)?,
+        sha256: r.get(4)?,
+        deployed_at_ms: r.get(5)?,
+        stopped_reason: r.get(6)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_versions_are_kept_and_the_active_one_always() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("f.db")).unwrap();
+        for (i, v) in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"].iter().enumerate() {
+            r.activate(&version("a", v, &format!("s{i}"))).unwrap();
+        }
+        // Roll back to the oldest: it stays although it is outside the
+        // newest two.
+        r.activate(&version("a", "1.0.0", "s0")).unwrap();
+        assert_eq!(r.prune("a", 2).unwrap(), 1);
+        assert_eq!(r.version_names("a").unwrap(), ["1.0.0", "1.2.0", "1.3.0"]);
+        let kept = r.versions("a").unwrap();
+        assert_eq!(kept[2].sha256, "s3");
+        r.activate(&version("b", "0.1.0", "x")).unwrap();
+        let set: Vec<(&[u8], Option<&[u8]>)> = vec![(b"k", Some(b"v"))];
+        r.save_state("a", set.into_iter()).unwrap();
+        assert!(r.remove("a").unwrap());
+        assert!(!r.remove("a").unwrap());
+        assert!(r.versions("a").unwrap().is_empty());
+        assert!(r.load_state("a").unwrap().is_empty());
+        assert_eq!(r.active().unwrap().len(), 1, "b is untouched");
+    }
+
+    #[test]
+    fn rollback_returns_to_what_ran_before_not_to_an_older_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("f.db")).unwrap();
+        assert!(r.rollback_target("a").unwrap().is_none());
+        r.activate(&version("a", "1.0.0", "s1")).unwrap();
+        assert!(
+            r.rollback_target("a").unwrap().is_none(),
+            "nothing before v1"
+        );
+        r.activate(&version("a", "2.0.0", "s2")).unwrap();
+        let (target, seq) = r.rollback_target("a").unwrap().unwrap();
+        assert_eq!(target.version, "1.0.0");
+        r.activate_rollback(&target, seq).unwrap();
+        assert_eq!(r.active().unwrap()[0].version, "1.0.0");
+        assert!(
+            r.rollback_target("a").unwrap().is_none(),
+            "v1 is the bottom"
+        );
+        r.activate(&version("a", "3.0.0", "s3")).unwrap();
+        let (target, _) = r.rollback_target("a").unwrap().unwrap();
+        assert_eq!(
+            target.version, "1.0.0",
+            "2.0.0 was rolled back, 1.0.0 ran before 3.0.0"
+        );
+        assert_eq!(target.sha256, "s1");
+    }
 
     fn version(name: &str, version: &str, sha: &str) -> StoredVersion {
         StoredVersion {

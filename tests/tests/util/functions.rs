@@ -29,12 +29,17 @@ impl Gateway {
     /// Starts a gateway with id `id` on a free loopback port, keeping its
     /// state in `data_dir`.
     pub fn start(id: &str, data_dir: &Path) -> Gateway {
+        Gateway::start_with(id, data_dir, "")
+    }
+
+    /// Like [`Gateway::start`], with more `[functions]` keys (TOML lines).
+    pub fn start_with(id: &str, data_dir: &Path, functions_toml: &str) -> Gateway {
         let config = data_dir.join("perch.toml");
         std::fs::write(
             &config,
             format!(
                 "[gateway]\nid = \"{id}\"\nshutdown_timeout_ms = 5000\n\n\
-                 [functions]\nstate_commit_interval_ms = 100\n"
+                 [functions]\nstate_commit_interval_ms = 100\n{functions_toml}\n"
             ),
         )
         .unwrap();
@@ -106,7 +111,7 @@ impl Gateway {
 
     /// `perch fn list`, parsed.
     pub fn list(&self) -> Vec<serde_json::Value> {
-        let (ok, text) = self.perch_fn(&["list"]);
+        let (ok, text) = self.perch_fn(&["list", "--json"]);
         assert!(ok, "perch fn list failed: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
     }
@@ -172,6 +177,8 @@ impl Client {
     pub async fn connect(addr: SocketAddr, name: &str, filters: &[&str]) -> Client {
         let mut options = MqttOptions::new(name, addr.ip().to_string(), addr.port());
         options.set_keep_alive(Duration::from_secs(30));
+        // Room for deploy bundles (rumqttc's default limit is 10 KiB).
+        options.set_max_packet_size(8 << 20, 8 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let (tx, received) = tokio::sync::mpsc::unbounded_channel();
         let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -207,6 +214,13 @@ impl Client {
     pub async fn publish(&self, topic: &str, payload: &str) {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish_bytes(&self, topic: &str, payload: Vec<u8>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
             .unwrap();
     }

@@ -1,0 +1,454 @@
+//! The functions control plane end to end: versions, rollback, remove, the
+//! retained status topic, replies to bad requests, the atomic switch, large
+//! bundles and MQTT 5 response topics, against the real `perch` binary.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use perch::functions::control::{encode_bundle, encode_deploy_request, DeployOptions};
+
+use crate::util::functions::{file, wasm_file, Client, Gateway, DEADLINE};
+
+/// The echo function (tests/wat/echo.wat): publishes each event on
+/// `tests/in/#` to `out/<tag>`, so the output says which version ran.
+fn echo_manifest(version: &str, tag: &str) -> String {
+    format!(
+        r#"
+name = "echo"
+version = "{version}"
+
+[triggers]
+topics = ["tests/in/#"]
+
+[limits]
+queue_len = 4096
+queue_policy = "drop_newest"
+
+[publish]
+allow = ["out/#"]
+
+[config]
+out = "out/{tag}"
+"#
+    )
+}
+
+/// Deploys echo `version` tagged `tag` with the CLI; returns (ok, output).
+fn deploy_echo(
+    gw: &Gateway,
+    dir: &Path,
+    version: &str,
+    tag: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let module = wasm_file(dir, "echo");
+    let manifest = file(
+        dir,
+        &format!("echo-{version}.toml"),
+        echo_manifest(version, tag),
+    );
+    let mut args = vec![
+        "deploy",
+        module.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    gw.perch_fn(&args)
+}
+
+/// Publishes one reading and returns the topic echo answered on.
+async fn which_version(sensor: &Client, watcher: &mut Client, reading: &str) -> String {
+    sensor.publish("tests/in/a", reading).await;
+    let (topic, payload) = watcher.next().await;
+    assert_eq!(payload, reading);
+    topic
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_rollback_remove_and_restart_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start("e2e-versions", d);
+    let (ok, out) = deploy_echo(&gw, d, "1.0.0", "v1", &[]);
+    assert!(ok, "{out}\n{}", gw.log());
+
+    // Nothing to roll back to: a clear refusal, v1 keeps running.
+    let (ok, out) = gw.perch_fn(&["rollback", "echo"]);
+    assert!(!ok);
+    assert!(out.contains("no previous version to roll back to"), "{out}");
+    let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor", &[]).await;
+    assert_eq!(which_version(&sensor, &mut watcher, "1").await, "out/v1");
+
+    let (ok, out) = deploy_echo(&gw, d, "2.0.0", "v2", &[]);
+    assert!(ok && out.contains("\"replaced\": \"1.0.0\""), "{out}");
+    assert_eq!(which_version(&sensor, &mut watcher, "2").await, "out/v2");
+
+    // An older version is refused unless forced.
+    let (ok, out) = deploy_echo(&gw, d, "1.5.0", "v15", &[]);
+    assert!(!ok);
+    assert!(out.contains("runs version 2.0.0; 1.5.0 is older"), "{out}");
+    assert!(out.contains("--force"), "{out}");
+    assert_eq!(which_version(&sensor, &mut watcher, "3").await, "out/v2");
+
+    // The human table and the retained status.
+    let (ok, table) = gw.perch_fn(&["list"]);
+    assert!(ok, "{table}");
+    assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("echo") && l.contains("2.0.0") && l.contains("running")),
+        "{table}"
+    );
+    let (ok, status) = gw.perch_fn(&["status", "echo", "--json"]);
+    assert!(ok, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["version"], "2.0.0");
+    assert_eq!(status["triggers"], serde_json::json!(["tests/in/#"]));
+    assert_eq!(status["versions"], serde_json::json!(["1.0.0", "2.0.0"]));
+
+    let (ok, out) = gw.perch_fn(&["rollback", "echo"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"version\": \"1.0.0\""), "{out}");
+    assert_eq!(which_version(&sensor, &mut watcher, "4").await, "out/v1");
+
+    // The rollback survives a restart.
+    drop((watcher, sensor));
+    let gw = gw.restart();
+    let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor", &[]).await;
+    assert_eq!(which_version(&sensor, &mut watcher, "5").await, "out/v1");
+    let mut status_watch =
+        Client::connect(gw.addr, "status", &["perch/e2e-versions/fn/echo/status"]).await;
+    let (_, retained) = status_watch.next().await;
+    assert!(retained.contains("\"version\":\"1.0.0\""), "{retained}");
+
+    let (ok, out) = gw.perch_fn(&["remove", "echo"]);
+    assert!(ok, "{out}");
+    // The retained status is cleared (an empty message), events go nowhere.
+    let start = Instant::now();
+    loop {
+        let (_, payload) = status_watch.next().await;
+        if payload.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the status was not cleared");
+    }
+    sensor.publish("tests/in/a", "6").await;
+    assert!(watcher.nothing_within(Duration::from_millis(500)).await);
+    let (ok, out) = gw.perch_fn(&["status", "echo"]);
+    assert!(!ok);
+    assert!(
+        out.contains("publishes no status for function \"echo\""),
+        "{out}"
+    );
+    assert!(gw.list().is_empty());
+    let (ok, out) = gw.perch_fn(&["remove", "echo"]);
+    assert!(
+        !ok && out.contains("no function \"echo\" is deployed"),
+        "{out}"
+    );
+}
+
+/// While events stream in, v2 replaces v1: every event is handled exactly
+/// once, all of v1's before all of v2's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_to_a_new_version_loses_and_doubles_no_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let gw = std::sync::Arc::new(Gateway::start("e2e-switch", &d));
+    let (ok, out) = deploy_echo(&gw, &d, "1.0.0", "v1", &[]);
+    assert!(ok, "{out}");
+    let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor", &[]).await;
+    let mut sent = 0;
+    for _ in 0..50 {
+        sensor.publish("tests/in/a", &sent.to_string()).await;
+        sent += 1;
+    }
+    let deployer = {
+        let (gw, d) = (gw.clone(), d.clone());
+        std::thread::spawn(move || deploy_echo(&gw, &d, "2.0.0", "v2", &[]))
+    };
+    while !deployer.is_finished() {
+        sensor.publish("tests/in/a", &sent.to_string()).await;
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (ok, out) = deployer.join().unwrap();
+    assert!(ok, "{out}");
+    for _ in 0..50 {
+        sensor.publish("tests/in/a", &sent.to_string()).await;
+        sent += 1;
+    }
+    let mut seen = vec![None; sent];
+    for _ in 0..sent {
+        let (topic, payload) = watcher.next().await;
+        let i: usize = payload.parse().unwrap();
+        assert!(seen[i].is_none(), "event {i} was handled twice");
+        seen[i] = Some(topic);
+    }
+    assert!(watcher.nothing_within(Duration::from_millis(300)).await);
+    let first_v2 = seen
+        .iter()
+        .position(|t| t.as_deref() == Some("out/v2"))
+        .unwrap();
+    assert!(first_v2 >= 50, "v2 ran before it was deployed");
+    assert!(
+        seen[..first_v2]
+            .iter()
+            .all(|t| t.as_deref() == Some("out/v1"))
+            && seen[first_v2..]
+                .iter()
+                .all(|t| t.as_deref() == Some("out/v2")),
+        "v1 and v2 interleaved: {seen:?}"
+    );
+    let f = gw.function("echo");
+    assert_eq!(f["invocations"], sent as u64);
+    assert_eq!((&f["errors"], &f["dropped"]), (&0.into(), &0.into()));
+}
+
+/// Sends `payload` to `perch/<id>/fn/<command>` with a plain MQTT client and
+/// returns the JSON reply from `/reply`.
+async fn raw(
+    gw: &Gateway,
+    client: &mut Client,
+    command: &str,
+    payload: Vec<u8>,
+) -> serde_json::Value {
+    client
+        .publish_bytes(&format!("perch/{}/fn/{command}", gw.id), payload)
+        .await;
+    let (topic, reply) = client.next().await;
+    assert_eq!(topic, format!("perch/{}/fn/{command}/reply", gw.id));
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_control_requests_get_a_reply_and_the_running_version_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start_with("e2e-badctl", d, "max_bundle_bytes = 65536");
+    let (ok, out) = deploy_echo(&gw, d, "1.0.0", "v1", &[]);
+    assert!(ok, "{out}");
+    let replies = ["deploy/reply", "rollback/reply", "remove/reply"]
+        .map(|r| format!("perch/e2e-badctl/fn/{r}"));
+    let filters: Vec<&str> = replies.iter().map(String::as_str).collect();
+    let mut ctl = Client::connect(gw.addr, "ctl", &filters).await;
+
+    let module = std::fs::read(wasm_file(d, "echo")).unwrap();
+    let bundle = encode_bundle(&echo_manifest("2.0.0", "v2"), &module);
+    let r = raw(&gw, &mut ctl, "deploy", bundle[..bundle.len() / 2].to_vec()).await;
+    assert_eq!(r["ok"], false);
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains("unexpected end-of-file"), "{e}");
+    let r = raw(&gw, &mut ctl, "deploy", bundle[..20].to_vec()).await;
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("the bundle is cut short"),
+        "{r}"
+    );
+    let r = raw(&gw, &mut ctl, "deploy", b"hello".to_vec()).await;
+    assert!(
+        r["error"].as_str().unwrap().contains("not a perch bundle"),
+        "{r}"
+    );
+    let r = raw(
+        &gw,
+        &mut ctl,
+        "deploy",
+        [b"{\"force\": yes}\n".as_slice(), &bundle].concat(),
+    )
+    .await;
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("deploy options line is not valid"),
+        "{r}"
+    );
+
+    // Over functions.max_bundle_bytes (but within the broker's packet limit).
+    let mut big = module.clone();
+    push_custom_section(&mut big, 70_000);
+    let big = encode_bundle(&echo_manifest("2.0.0", "v2"), &big);
+    let r = raw(&gw, &mut ctl, "deploy", big).await;
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains("more than this gateway accepts (65536 bytes"),
+        "{e}"
+    );
+
+    let r = raw(&gw, &mut ctl, "rollback", b"echo".to_vec()).await;
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("the rollback request is not valid"),
+        "{r}"
+    );
+    let r = raw(
+        &gw,
+        &mut ctl,
+        "rollback",
+        br#"{"name":"echo","request_id":"r1"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(r["request_id"], "r1");
+    assert!(
+        r["error"].as_str().unwrap().contains("no previous version"),
+        "{r}"
+    );
+    let r = raw(&gw, &mut ctl, "remove", br#"{"name":"nope"}"#.to_vec()).await;
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("no function \"nope\" is deployed"),
+        "{r}"
+    );
+
+    // A second deploy of a name whose deploy is under way: refused at once.
+    let slow = std::fs::read(wasm_file(d, "slow_init")).unwrap();
+    let slow_manifest = |v: &str| {
+        format!("name = \"slow\"\nversion = \"{v}\"\n[triggers]\ntopics = [\"tests/slow\"]\n[limits]\nfuel = 4000000000\n")
+    };
+    ctl.publish_bytes(
+        "perch/e2e-badctl/fn/deploy",
+        encode_bundle(&slow_manifest("1.0.0"), &slow),
+    )
+    .await;
+    ctl.publish_bytes(
+        "perch/e2e-badctl/fn/deploy",
+        encode_deploy_request(
+            &DeployOptions {
+                force: false,
+                request_id: Some("second".into()),
+            },
+            &encode_bundle(&slow_manifest("1.0.1"), &slow),
+        ),
+    )
+    .await;
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let (_, reply) = ctl.next().await;
+        answers.push(serde_json::from_str::<serde_json::Value>(&reply).unwrap());
+    }
+    let refused: Vec<_> = answers.iter().filter(|a| a["ok"] == false).collect();
+    assert_eq!(refused.len(), 1, "{answers:?}");
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("of function \"slow\" is in progress"),
+        "{answers:?}"
+    );
+
+    // Through all of it, v1 ran.
+    let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor", &[]).await;
+    assert_eq!(which_version(&sensor, &mut watcher, "7").await, "out/v1");
+    let f = gw.function("echo");
+    assert_eq!(
+        (&f["version"], &f["state"]),
+        (&"1.0.0".into(), &"running".into())
+    );
+}
+
+/// Appends a custom section of about `size` bytes (named "pad").
+fn push_custom_section(wasm: &mut Vec<u8>, size: usize) {
+    let body_len = 1 + 3 + size;
+    wasm.push(0);
+    let mut n = body_len;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            wasm.push(byte);
+            break;
+        }
+        wasm.push(byte | 0x80);
+    }
+    wasm.push(3);
+    wasm.extend_from_slice(b"pad");
+    wasm.extend(std::iter::repeat_n(0xAB, size));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3_mib_bundle_deploys_and_mqtt5_clients_get_replies_on_their_response_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start("e2e-big", d);
+    let mut big = std::fs::read(wasm_file(d, "echo")).unwrap();
+    push_custom_section(&mut big, 3 * 1024 * 1024);
+    let (ok, out) = gw.perch_fn(&[
+        "deploy",
+        file(d, "big.wasm", &big).to_str().unwrap(),
+        "--manifest",
+        file(d, "big.toml", echo_manifest("1.0.0", "big"))
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(ok, "{out}\n{}", gw.log());
+    let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
+    let sensor = Client::connect(gw.addr, "sensor", &[]).await;
+    assert_eq!(which_version(&sensor, &mut watcher, "1").await, "out/big");
+
+    // MQTT 5: the reply goes to the request's response topic, with its
+    // correlation data, not to the /reply topic.
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut options = MqttOptions::new("v5-client", gw.addr.ip().to_string(), gw.addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = AsyncClient::new(options, 10);
+    client
+        .subscribe("my/replies/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe("perch/e2e-big/fn/+/reply", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let exchange = async {
+        let mut subacks = 0;
+        loop {
+            match el.poll().await.unwrap() {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    subacks += 1;
+                    if subacks == 2 {
+                        let properties = PublishProperties {
+                            response_topic: Some("my/replies/42".into()),
+                            correlation_data: Some(bytes::Bytes::from_static(b"corr-42")),
+                            ..Default::default()
+                        };
+                        client
+                            .publish_with_properties(
+                                "perch/e2e-big/fn/list",
+                                QoS::AtLeastOnce,
+                                false,
+                                "{}",
+                                properties,
+                            )
+                            .await
+                            .unwrap();
+                    }
+                }
+                Event::Incoming(Packet::Publish(p)) => return p,
+                _ => {}
+            }
+        }
+    };
+    let reply = tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("a v5 reply");
+    assert_eq!(&reply.topic[..], b"my/replies/42");
+    let correlation = reply.properties.and_then(|p| p.correlation_data);
+    assert_eq!(correlation.as_deref(), Some(&b"corr-42"[..]));
+    let list: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(list[0]["name"], "echo");
+}
