@@ -37,6 +37,15 @@ pub enum Command {
     /// Look into the store-and-forward buffer (works while perch runs).
     #[command(subcommand)]
     Buffer(BufferCommand),
+    /// Show a running gateway's status (its retained perch/<id>/status
+    /// summary) as a table.
+    Status {
+        #[command(flatten)]
+        target: FnTarget,
+        /// Print the summary as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,7 +142,11 @@ pub struct RunArgs {
     /// [[broker.listeners]] entry. Port 0 picks a free port.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Log format.
+    /// Address of the admin HTTP listener (metrics, health, status page);
+    /// overrides admin.listen. Port 0 picks a free port.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Log format (human lines are journald-friendly under systemd).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 }
@@ -166,6 +179,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Passwd => passwd(),
         Command::Fn(command) => fn_command(command),
         Command::Buffer(command) => buffer(command),
+        Command::Status { target, json } => status(target, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,6 +209,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             None => config.broker.listeners.push(Default::default()),
         }
         config.broker.listeners[0].listen = addr;
+    }
+    if let Some(addr) = args.admin_listen {
+        config.admin.listen = addr;
     }
     // The overrides may have made a valid file invalid (e.g. --listen on a
     // network address with anonymous clients allowed).
@@ -237,9 +254,8 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn fn_command(command: FnCommand) -> anyhow::Result<()> {
-    use crate::functions::control;
-    let endpoint = |t: FnTarget| control::Endpoint {
+fn endpoint(t: FnTarget) -> crate::functions::control::Endpoint {
+    crate::functions::control::Endpoint {
         broker: t.broker,
         gateway: t
             .gateway
@@ -247,7 +263,28 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
         username: t.username,
         password: t.password,
         timeout: Duration::from_millis(t.timeout_ms),
-    };
+    }
+}
+
+fn status(target: FnTarget, json: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = runtime.block_on(crate::admin::status::fetch(&endpoint(target)))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!(
+            "{}",
+            crate::admin::status::table(&summary, crate::buffer::now_ms())
+        );
+    }
+    Ok(())
+}
+
+fn fn_command(command: FnCommand) -> anyhow::Result<()> {
+    use crate::functions::control;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -49,6 +49,26 @@ pub struct Policy {
     pub users: Arc<Users>,
     /// Whether this listener lets clients in without a username.
     pub allow_anonymous: bool,
+    /// The broker's traffic counters (shared by every listener).
+    pub traffic: Arc<Traffic>,
+}
+
+/// What remote clients sent and received, for metrics. Relaxed atomics,
+/// added once per packet by the connection's own task.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Remote clients connected now (logged in).
+    pub connections: AtomicU64,
+    /// Remote clients that logged in since the start.
+    pub connections_total: AtomicU64,
+    /// PUBLISH packets from clients passed on to the router.
+    pub messages_in: AtomicU64,
+    /// PUBLISH packets written to clients.
+    pub messages_out: AtomicU64,
+    /// Bytes of MQTT packets read from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes of MQTT packets written to clients.
+    pub bytes_out: AtomicU64,
 }
 
 /// Counts of what the codecs refused, for logs and metrics.
@@ -95,6 +115,19 @@ pub struct Codec {
     /// 5.0 topic aliases the client set up, so aliased publishes are judged
     /// by their real topic.
     aliases: HashMap<u16, String>,
+    /// Whether this connection logged in (and is counted as connected).
+    counted: bool,
+}
+
+impl Drop for Codec {
+    fn drop(&mut self) {
+        if self.counted {
+            self.policy
+                .traffic
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Codec {
@@ -109,6 +142,7 @@ impl Codec {
             partial_subacks: Mutex::new(HashMap::new()),
             denied_qos2: HashSet::new(),
             aliases: HashMap::new(),
+            counted: false,
         }
     }
 }
@@ -123,6 +157,37 @@ impl Clone for Codec {
 
 impl Protocol for Codec {
     fn read_mut(
+        &mut self,
+        stream: &mut BytesMut,
+        max_size: usize,
+    ) -> Result<Packet, protocol::Error> {
+        let before = stream.len();
+        let packet = self.read_packet(stream, max_size);
+        let traffic = &self.policy.traffic;
+        let read = before.saturating_sub(stream.len()) as u64;
+        traffic.bytes_in.fetch_add(read, Ordering::Relaxed);
+        if let Ok(Packet::Publish(..)) = &packet {
+            traffic.messages_in.fetch_add(1, Ordering::Relaxed);
+        }
+        packet
+    }
+
+    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
+        let before = write.len();
+        let publish = matches!(packet, Packet::Publish(..));
+        let result = self.write_packet(packet, write);
+        let traffic = &self.policy.traffic;
+        let written = write.len().saturating_sub(before) as u64;
+        traffic.bytes_out.fetch_add(written, Ordering::Relaxed);
+        if publish && written > 0 {
+            traffic.messages_out.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl Codec {
+    fn read_packet(
         &mut self,
         stream: &mut BytesMut,
         max_size: usize,
@@ -149,7 +214,7 @@ impl Protocol for Codec {
         }
     }
 
-    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
+    fn write_packet(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
         let version = self.version.unwrap_or(Version::V4);
         if let Some(code) = self.refused {
             return Ok(match packet {
@@ -257,6 +322,10 @@ impl Codec {
         match outcome {
             Ok(acl) => {
                 self.acl = Some(acl);
+                let traffic = &self.policy.traffic;
+                traffic.connections.fetch_add(1, Ordering::Relaxed);
+                traffic.connections_total.fetch_add(1, Ordering::Relaxed);
+                self.counted = true;
                 if connect.keep_alive == 0 {
                     connect.keep_alive = KEEP_ALIVE_OFF_S;
                 }

@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 
 use self::auth::Users;
 use self::codec::{Codec, Policy};
-pub use self::codec::{Refusals, KEEP_ALIVE_OFF_S};
+pub use self::codec::{Refusals, Traffic, KEEP_ALIVE_OFF_S};
 pub use self::config::{AclConfig, BrokerConfig, ListenerConfig, TlsConfig, UserConfig};
 
 /// Why the broker could not start or serve a request.
@@ -105,6 +105,7 @@ pub struct Broker {
     /// Accept loops, aborted on shutdown.
     tasks: Vec<JoinHandle<()>>,
     refusals: Arc<Refusals>,
+    traffic: Arc<Traffic>,
 }
 
 impl Broker {
@@ -123,6 +124,7 @@ impl Broker {
         let router_tx = Router::new(0, router).spawn();
         let users = Arc::new(Users::new(config));
         let refusals = Arc::new(Refusals::default());
+        let traffic = Arc::new(Traffic::default());
 
         let mut broker = Broker {
             links: Links {
@@ -145,6 +147,7 @@ impl Broker {
             listening: Vec::new(),
             tasks: Vec::new(),
             refusals: refusals.clone(),
+            traffic: traffic.clone(),
         };
         for l in &config.listeners {
             let bind_err = |addr, source| BrokerError::Bind {
@@ -190,6 +193,7 @@ impl Broker {
             let policy = Arc::new(Policy {
                 users: users.clone(),
                 allow_anonymous: l.allow_anonymous,
+                traffic: traffic.clone(),
             });
             let server = Server::new(
                 settings,
@@ -238,8 +242,13 @@ impl Broker {
     }
 
     /// What the broker refused so far (logins, publishes, subscriptions).
-    pub fn refusals(&self) -> &Refusals {
+    pub fn refusals(&self) -> &Arc<Refusals> {
         &self.refusals
+    }
+
+    /// What remote clients sent and received.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
     }
 
     /// Stops accepting connections. Connected clients are dropped when the

@@ -223,6 +223,11 @@ impl Functions {
         self.inner.list()
     }
 
+    /// A read-only view for the admin listener, which outlives borrows.
+    pub fn observer(&self) -> Observer {
+        Observer(self.inner.clone())
+    }
+
     /// Stops the control plane and the trigger links, then every worker
     /// (each flushes its state). Events still queued are dropped and
     /// counted; a worker busy in an invocation finishes it first (bounded by
@@ -248,6 +253,29 @@ impl Functions {
         if let Err(e) = joined {
             tracing::error!(error = %e, "stopping the functions failed");
         }
+    }
+}
+
+/// Reads the functions' status and counters; cheap to clone. Its methods
+/// take the table lock, which a deploy holds: call them from a blocking
+/// thread.
+#[derive(Clone)]
+pub struct Observer(Arc<Inner>);
+
+impl Observer {
+    /// Status and counters of every function, as `perch fn list` shows them.
+    pub fn list(&self) -> Vec<FunctionInfo> {
+        self.0.list()
+    }
+
+    /// Every function's handle (status, queue, all counters), for metrics.
+    pub fn handles(&self) -> Vec<Arc<FunctionHandle>> {
+        self.0
+            .lock()
+            .functions
+            .values()
+            .map(|e| e.handle.clone())
+            .collect()
     }
 }
 
