@@ -8,7 +8,8 @@
 //! - **journald** (`JOURNAL_STREAM` is set: systemd connected stderr to the
 //!   journal): no ANSI colours, no timestamp (the journal stamps each line),
 //!   and a `<N>` syslog priority prefix per line, which journald turns into
-//!   the entry's priority (`journalctl -p warning` works).
+//!   the entry's priority (`journalctl -p warning` works) instead of a level
+//!   word.
 //! - **human** (the default): compact lines on stderr; colours only when
 //!   stderr is a terminal and `NO_COLOR` is unset.
 //! - **JSON lines** (`--log-format json`, also under systemd): one object per
@@ -82,6 +83,7 @@ pub fn init(format: LogFormat) {
                 tracing_subscriber::fmt::format()
                     .compact()
                     .without_time()
+                    .with_level(false)
                     .with_target(false)
                     .with_ansi(false),
             ))
