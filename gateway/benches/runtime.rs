@@ -18,6 +18,11 @@
 //!   keys versions by; `instantiate`: instance + ABI checks from a compiled
 //!   module), and the whole `compile_instantiate_200kb` as perch does it.
 //! - `throughput/events`: events per second through one reused instance.
+//! - `metrics/events_off` vs `metrics/events_on`: the same 1,000 events,
+//!   without and with what the function worker records per invocation for
+//!   `/metrics` (two clock reads, the duration histogram, fuel used,
+//!   invocation and error counters: `dispatch::Counters::record`),
+//!   interleaved in one run. Their ratio is the hot-path cost of metrics.
 //!
 //! Run: `cargo bench -p perch --bench runtime` (builds the example modules
 //! first, with the rustup target wasm32-unknown-unknown and clang + lld).
@@ -316,5 +321,58 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, event, deploy, throughput);
+fn metrics(c: &mut Criterion) {
+    use perch::functions::dispatch::Counters;
+    use std::time::Instant;
+    let rt = runtime();
+    let compiled = rt
+        .compile(
+            Manifest::from_toml(MANIFEST).unwrap(),
+            &wat::parse_str(THRESHOLD_WAT).unwrap(),
+        )
+        .unwrap();
+    let mut instance = rt
+        .instantiate(&compiled, Seed::default())
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let fuel = compiled.manifest.limits.fuel;
+    let counters = Counters::default();
+    const EVENTS: u64 = 1_000;
+    let mut group = c.benchmark_group("metrics");
+    group.throughput(Throughput::Elements(EVENTS));
+    // Several rounds of off/on, so that drift on a shared machine hits both.
+    for round in 0..3 {
+        group.bench_function(format!("events_off/{round}"), |b| {
+            b.iter(|| {
+                for i in 0..EVENTS {
+                    let payload: &[u8] = if i % 10 == 0 { b"31.25" } else { b"21.5" };
+                    let result = instance.on_event(TOPIC, payload, i as i64);
+                    black_box(&result);
+                    instance.release(|t, p| {
+                        black_box((t, p));
+                    });
+                }
+            })
+        });
+        group.bench_function(format!("events_on/{round}"), |b| {
+            b.iter(|| {
+                for i in 0..EVENTS {
+                    let payload: &[u8] = if i % 10 == 0 { b"31.25" } else { b"21.5" };
+                    let started = Instant::now();
+                    let result = instance.on_event(TOPIC, payload, i as i64);
+                    let used = fuel.saturating_sub(instance.fuel_left());
+                    // In the order the worker does it (`Worker::finish`).
+                    counters.record(started, used, result.as_ref().err());
+                    instance.release(|t, p| {
+                        black_box((t, p));
+                    });
+                }
+            })
+        });
+    }
+    group.finish();
+    black_box(&counters);
+}
+
+criterion_group!(benches, event, deploy, throughput, metrics);
 criterion_main!(benches);

@@ -41,6 +41,15 @@ pub enum Command {
     /// Look into the store-and-forward buffer (works while perch runs).
     #[command(subcommand)]
     Buffer(BufferCommand),
+    /// Show a running gateway's status (its retained perch/<id>/status
+    /// summary) as a table.
+    Status {
+        #[command(flatten)]
+        target: FnTarget,
+        /// Print the summary as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,7 +209,11 @@ pub struct RunArgs {
     /// [[broker.listeners]] entry. Port 0 picks a free port.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Log format.
+    /// Address of the admin HTTP listener (metrics, health, status page);
+    /// overrides admin.listen. Port 0 picks a free port.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Log format (human lines are journald-friendly under systemd).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 }
@@ -234,6 +247,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Passwd => passwd(),
         Command::Fn(command) => fn_command(command),
         Command::Buffer(command) => buffer(command),
+        Command::Status { target, json } => status(target, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -263,6 +277,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             None => config.broker.listeners.push(Default::default()),
         }
         config.broker.listeners[0].listen = addr;
+    }
+    if let Some(addr) = args.admin_listen {
+        config.admin.listen = addr;
     }
     // The overrides may have made a valid file invalid (e.g. --listen on a
     // network address with anonymous clients allowed).
@@ -321,6 +338,35 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+fn endpoint(t: FnTarget) -> crate::functions::control::Endpoint {
+    crate::functions::control::Endpoint {
+        broker: t.broker,
+        gateway: t
+            .gateway
+            .unwrap_or_else(|| crate::config::GatewayConfig::default().resolved_id()),
+        username: t.username,
+        password: t.password,
+        timeout: Duration::from_millis(t.timeout_ms),
+    }
+}
+
+fn status(target: FnTarget, json: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = runtime.block_on(crate::admin::status::fetch(&endpoint(target)))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!(
+            "{}",
+            crate::admin::status::table(&summary, crate::buffer::now_ms())
+        );
+    }
+    Ok(())
+}
+
 fn fn_command(command: FnCommand) -> anyhow::Result<()> {
     use crate::functions::control;
     match command {
@@ -366,15 +412,6 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let endpoint = |t: FnTarget| control::Endpoint {
-        broker: t.broker,
-        gateway: t
-            .gateway
-            .unwrap_or_else(|| crate::config::GatewayConfig::default().resolved_id()),
-        username: t.username,
-        password: t.password,
-        timeout: Duration::from_millis(t.timeout_ms),
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

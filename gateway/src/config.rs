@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::admin::AdminConfig;
 use crate::aggregate::AggregateConfig;
 use crate::broker::BrokerConfig;
 use crate::buffer::BufferConfig;
@@ -41,6 +42,9 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     /// Delivery of records to the cloud.
     pub upstream: UpstreamConfig,
+    /// The admin HTTP listener (metrics, health, status page) and the
+    /// status topic.
+    pub admin: AdminConfig,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its state.
@@ -196,6 +200,7 @@ impl Config {
         self.buffer.validate(&mut problems);
         self.aggregate.validate(&mut problems);
         self.upstream.validate(&mut problems);
+        self.admin.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -287,6 +292,30 @@ mod tests {
             err.contains("drop_oldest") && err.contains("degrade"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bad_admin_values_are_named_with_what_to_do() {
+        let err = Config::from_toml(
+            "[admin]\nlisten = \"0.0.0.0:9181\"\nstatus_interval_s = 0\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("admin.listen"), "{err}");
+        assert!(err.contains("admin.token"), "says how to fix it: {err}");
+        assert!(err.contains("admin.status_interval_s"), "{err}");
+        let err = Config::from_toml("[admin]\ntoken = \"short\"\nusername = \"ops\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.token: is 5 characters"), "{err}");
+        assert!(err.contains("admin.password_hash"), "{err}");
+        // With a token a network address is fine.
+        Config::from_toml(
+            "[admin]\nlisten = \"0.0.0.0:9181\"\ntoken = \"0123456789abcdef\"\n",
+            "t.toml",
+        )
+        .unwrap();
     }
 
     #[test]

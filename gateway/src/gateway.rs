@@ -2,9 +2,13 @@
 //! them in stages on shutdown.
 //!
 //! Start order follows the data's trip backwards so that nothing produces
-//! into a stage that is not there yet: state directory, buffer, broker,
-//! upstream, functions (whose trigger links subscribe before the ready line
-//! is logged, so a client that waits for it cannot publish past a function).
+//! into a stage that is not there yet: state directory, admin listener
+//! (bound first, so a taken port fails before anything runs), buffer,
+//! broker, upstream, functions (whose trigger links subscribe before the
+//! ready line is logged, so a client that waits for it cannot publish past
+//! a function), then the admin listener starts serving. After the ready
+//! line systemd is told `READY=1` (and pinged by its watchdog when the unit
+//! asks for it).
 //! Shutdown runs the other way: stop accepting clients first, then stop the
 //! functions (each flushes its state; their last outputs reach the buffer),
 //! then the tasks that feed and drain the buffer, then commit what the
@@ -20,10 +24,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::admin::AdminError;
 use crate::broker::{Broker, BrokerError};
 use crate::buffer::{Buffer, BufferError};
 use crate::config::Config;
 use crate::functions::{Functions, FunctionsError, Output};
+use crate::telemetry::systemd;
 use crate::upstream::{self, UpstreamError};
 
 /// Why the gateway could not start.
@@ -45,6 +51,8 @@ pub enum GatewayError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Functions(#[from] FunctionsError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// A running gateway.
@@ -55,6 +63,7 @@ pub struct Gateway {
     buffer: Buffer,
     functions: Functions,
     upstream_stats: Arc<upstream::Stats>,
+    admin_addr: Option<std::net::SocketAddr>,
     /// Turns true when the tasks below must stop.
     stop: watch::Sender<bool>,
     /// Long-lived tasks, with a name for the shutdown log.
@@ -69,6 +78,8 @@ impl Gateway {
         prepare_data_dir(&config.gateway.data_dir)?;
         // rustls needs one process-wide crypto provider for outgoing TLS.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let admin = crate::admin::bind(&config.admin)?;
+        let started = std::time::Instant::now();
         let buffer = Buffer::open(&config.buffer, &config.aggregate, &config.gateway.data_dir)?;
         let broker = Broker::start_in(&config.broker, Some(&config.gateway.data_dir))?;
         let (stop, stopped) = watch::channel(false);
@@ -97,19 +108,48 @@ impl Gateway {
             "function outputs",
             tokio::spawn(outputs_to_buffer(outputs_rx, buffer.intake())),
         ));
-        let listening = broker
+        let listeners = broker
             .listening()
             .iter()
             .map(|l| {
                 let scheme = if l.tls { "mqtts" } else { "mqtt" };
                 format!("{scheme}://{} ({})", l.addr, l.name)
             })
-            .collect::<Vec<_>>()
-            .join(", ");
+            .collect::<Vec<_>>();
+        let admin_addr = admin.addr();
+        tasks.extend(admin.start(
+            crate::admin::Sources {
+                id: id.clone(),
+                listeners: listeners.clone(),
+                listener_addrs: broker.listening().iter().map(|l| l.addr).collect(),
+                traffic: broker.traffic().clone(),
+                refusals: broker.refusals().clone(),
+                functions: functions.observer(),
+                buffer: buffer.intake(),
+                upstream: upstream_stats.clone(),
+                upstream_kind: match (&config.upstream.mqtt, &config.upstream.http) {
+                    (Some(_), _) => "mqtt",
+                    (None, Some(_)) => "http",
+                    (None, None) => "none",
+                },
+                links: broker.links(),
+                started,
+            },
+            stopped.clone(),
+        ));
+        let admin_text = match admin_addr {
+            Some(a) => format!("admin on http://{a}"),
+            None => "admin off".to_owned(),
+        };
         tracing::info!(
-            "perch ready: gateway {id}, data in {}, listening on {listening}",
-            config.gateway.data_dir.display()
+            "perch ready: gateway {id}, data in {}, {admin_text}, listening on {}",
+            config.gateway.data_dir.display(),
+            listeners.join(", ")
         );
+        systemd::notify_or_log("READY=1");
+        if let Some(every) = systemd::watchdog_interval() {
+            tasks.push(("systemd watchdog", tokio::spawn(watchdog(every, stopped))));
+        }
         Ok(Gateway {
             id,
             config,
@@ -117,6 +157,7 @@ impl Gateway {
             buffer,
             functions,
             upstream_stats,
+            admin_addr,
             stop,
             tasks,
         })
@@ -142,6 +183,11 @@ impl Gateway {
         &self.functions
     }
 
+    /// Where the admin HTTP listener is bound (`None` when disabled).
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr
+    }
+
     /// Counters of the upstream link.
     pub fn upstream_stats(&self) -> &upstream::Stats {
         &self.upstream_stats
@@ -151,6 +197,7 @@ impl Gateway {
     pub async fn shutdown(mut self) {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(self.config.gateway.shutdown_timeout_ms);
+        systemd::notify_or_log("STOPPING=1");
         tracing::info!("shutdown: no longer accepting MQTT clients");
         self.broker.stop_listening();
         if tokio::time::timeout_at(deadline, self.functions.shutdown())
@@ -209,6 +256,19 @@ async fn outputs_to_buffer(mut outputs: mpsc::Receiver<Output>, intake: crate::b
                 tracing::warn!(function = %function, error = %e, refused, "function output not buffered");
             }
             refused += 1;
+        }
+    }
+}
+
+/// Pings systemd's watchdog every `every` (half of `WatchdogSec=`) while
+/// the async runtime runs; a wedged runtime stops the pings and systemd
+/// restarts perch.
+async fn watchdog(every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => systemd::notify_or_log("WATCHDOG=1"),
+            _ = stop.changed() => return,
         }
     }
 }

@@ -23,7 +23,10 @@
 //!   default.
 //! - [`gateway`]: starts the stages in order, reports ready, stops them in
 //!   stages on shutdown.
-//! - [`telemetry`]: logging (human or JSON lines).
+//! - [`admin`]: the admin HTTP listener (Prometheus metrics, health and
+//!   readiness, the status page) and the retained status topic.
+//! - [`telemetry`]: logging (human, JSON lines, journald), metric
+//!   primitives, systemd notifications.
 //! - [`cli`]: the `perch` command line; `main.rs` only calls it.
 //! - [`devkit`]: `perch fn new|build|test`, the function author's loop
 //!   without a gateway (templates from `sdk/examples/`).
@@ -34,6 +37,7 @@
 //! The trip of an event and the promises each stage keeps are in the
 //! project's DESIGN.md.
 
+pub mod admin;
 pub mod aggregate;
 pub mod broker;
 pub mod buffer;

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod admin;
 mod broker;
 mod cli;
 mod conformance;

@@ -105,6 +105,8 @@ pub struct Gateway {
     child: Option<Child>,
     /// Listener name -> bound address, from the ready line.
     pub listeners: Vec<(String, SocketAddr)>,
+    /// The admin HTTP listener's address, from the ready line.
+    pub admin: Option<SocketAddr>,
     /// Every stderr line so far (the reader thread keeps appending).
     pub log: Arc<Mutex<Vec<String>>>,
     pub data_dir: tempfile::TempDir,
@@ -117,8 +119,17 @@ impl Gateway {
         Gateway::try_start(extra).unwrap_or_else(|log| panic!("perch did not become ready:\n{log}"))
     }
 
+    /// Like `try_start`, with extra environment variables for perch.
+    pub fn try_start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Gateway, String> {
+        Gateway::spawn(extra, env)
+    }
+
     /// Like `start`, but returns the log if perch exits or never gets ready.
     pub fn try_start(extra: &[&str]) -> Result<Gateway, String> {
+        Gateway::spawn(extra, &[])
+    }
+
+    fn spawn(extra: &[&str], env: &[(&str, &str)]) -> Result<Gateway, String> {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut args: Vec<String> = vec!["run".into()];
         if !extra.contains(&"--data-dir") {
@@ -129,6 +140,11 @@ impl Gateway {
             args.push("--listen".into());
             args.push("127.0.0.1:0".into());
         }
+        // Tests run in parallel: never the fixed default admin port.
+        if !extra.contains(&"--admin-listen") {
+            args.push("--admin-listen".into());
+            args.push("127.0.0.1:0".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(perch_bin())
             .args(&args)
@@ -137,6 +153,11 @@ impl Gateway {
                 std::env::var("PERCH_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
             .env("NO_COLOR", "1")
+            // The same log shape and no systemd whatever runs the tests.
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -163,6 +184,7 @@ impl Gateway {
                 return Ok(Gateway {
                     child: Some(child),
                     listeners: parse_listeners(&line),
+                    admin: parse_admin(&line),
                     log,
                     data_dir,
                 });
@@ -234,6 +256,12 @@ impl Drop for Gateway {
             let _ = child.wait();
         }
     }
+}
+
+/// "..., admin on http://127.0.0.1:9181, listening on ..."
+fn parse_admin(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("admin on http://").nth(1)?;
+    rest.split(',').next()?.trim().parse().ok()
 }
 
 /// "... listening on mqtt://127.0.0.1:1883 (local), mqtts://127.0.0.1:8883 (tls)"

@@ -71,6 +71,26 @@ pub struct Policy {
     /// QoS 2 publishes a persistent-session client sent but had not
     /// released (PUBREL) when its connection ended, by client id.
     pub held_qos2: Arc<Mutex<HashMap<String, HashMap<u16, Will>>>>,
+    /// The broker's traffic counters (shared by every listener).
+    pub traffic: Arc<Traffic>,
+}
+
+/// What remote clients sent and received, for metrics. Relaxed atomics,
+/// added once per packet by the connection's own task.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Remote clients connected now (logged in).
+    pub connections: AtomicU64,
+    /// Remote clients that logged in since the start.
+    pub connections_total: AtomicU64,
+    /// PUBLISH packets from clients passed on to the router.
+    pub messages_in: AtomicU64,
+    /// PUBLISH packets written to clients.
+    pub messages_out: AtomicU64,
+    /// Bytes of MQTT packets read from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes of MQTT packets written to clients.
+    pub bytes_out: AtomicU64,
 }
 
 /// Counts of what the codecs refused, for logs and metrics.
@@ -139,6 +159,8 @@ pub struct Codec {
     /// rumqttd is in the middle of a batch whose packets an error would
     /// throw away.
     mid_batch: bool,
+    /// Whether this connection logged in (and is counted as connected).
+    counted: bool,
 }
 
 impl Codec {
@@ -161,6 +183,7 @@ impl Codec {
             incoming_qos2: HashMap::new(),
             earlier_qos2: HashMap::new(),
             mid_batch: false,
+            counted: false,
         }
     }
 }
@@ -169,6 +192,12 @@ impl Drop for Codec {
     /// rumqttd drops the codec when the connection ends: the will (still
     /// here unless a DISCONNECT discarded it) is due.
     fn drop(&mut self) {
+        if self.counted {
+            self.policy
+                .traffic
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some((client_id, will)) = self.will.take() {
             self.policy.wills.ended(client_id, will);
         }
@@ -204,6 +233,37 @@ impl Clone for Codec {
 
 impl Protocol for Codec {
     fn read_mut(
+        &mut self,
+        stream: &mut BytesMut,
+        max_size: usize,
+    ) -> Result<Packet, protocol::Error> {
+        let before = stream.len();
+        let packet = self.read_packet(stream, max_size);
+        let traffic = &self.policy.traffic;
+        let read = before.saturating_sub(stream.len()) as u64;
+        traffic.bytes_in.fetch_add(read, Ordering::Relaxed);
+        if let Ok(Packet::Publish(..)) = &packet {
+            traffic.messages_in.fetch_add(1, Ordering::Relaxed);
+        }
+        packet
+    }
+
+    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
+        let before = write.len();
+        let publish = matches!(packet, Packet::Publish(..));
+        let result = self.write_packet(packet, write);
+        let traffic = &self.policy.traffic;
+        let written = write.len().saturating_sub(before) as u64;
+        traffic.bytes_out.fetch_add(written, Ordering::Relaxed);
+        if publish && written > 0 {
+            traffic.messages_out.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl Codec {
+    fn read_packet(
         &mut self,
         stream: &mut BytesMut,
         max_size: usize,
@@ -252,7 +312,7 @@ impl Protocol for Codec {
         }
     }
 
-    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
+    fn write_packet(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
         let version = self.version.unwrap_or(Version::V4);
         if let Some(code) = self.refused {
             return Ok(match packet {
@@ -415,6 +475,10 @@ impl Codec {
         match outcome {
             Ok(acl) => {
                 self.acl = Some(acl);
+                let traffic = &self.policy.traffic;
+                traffic.connections.fetch_add(1, Ordering::Relaxed);
+                traffic.connections_total.fetch_add(1, Ordering::Relaxed);
+                self.counted = true;
                 self.policy
                     .wills
                     .connected(&connect.client_id, connect.clean_session);

@@ -47,7 +47,7 @@ use tokio::task::JoinHandle;
 
 use self::auth::Users;
 use self::codec::{Codec, Policy};
-pub use self::codec::{Refusals, KEEP_ALIVE_OFF_S};
+pub use self::codec::{Refusals, Traffic, KEEP_ALIVE_OFF_S};
 pub use self::config::{AclConfig, BrokerConfig, ListenerConfig, TlsConfig, UserConfig};
 
 /// Why the broker could not start or serve a request.
@@ -118,6 +118,7 @@ pub struct Broker {
     refusals: Arc<Refusals>,
     /// The retained-message store, when the broker has a data directory.
     retained: Option<retained::Store>,
+    traffic: Arc<Traffic>,
 }
 
 impl Broker {
@@ -144,6 +145,7 @@ impl Broker {
         let router_tx = Router::new(0, router).spawn();
         let users = Arc::new(Users::new(config));
         let refusals = Arc::new(Refusals::default());
+        let traffic = Arc::new(Traffic::default());
 
         let mut broker = Broker {
             links: Links {
@@ -167,6 +169,7 @@ impl Broker {
             tasks: Vec::new(),
             refusals: refusals.clone(),
             retained: None,
+            traffic: traffic.clone(),
         };
         if let Some(dir) = data_dir {
             let bounds = retained::Bounds {
@@ -238,6 +241,7 @@ impl Broker {
                 wills: wills.clone(),
                 unacked: unacked.clone(),
                 held_qos2: held_qos2.clone(),
+                traffic: traffic.clone(),
             });
             let server = Server::new(
                 settings,
@@ -286,8 +290,13 @@ impl Broker {
     }
 
     /// What the broker refused so far (logins, publishes, subscriptions).
-    pub fn refusals(&self) -> &Refusals {
+    pub fn refusals(&self) -> &Arc<Refusals> {
         &self.refusals
+    }
+
+    /// What remote clients sent and received.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
     }
 
     /// What the retained store could not keep, if there is one.

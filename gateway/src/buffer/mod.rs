@@ -156,6 +156,9 @@ pub struct Stats {
     pub refused_emits: AtomicU64,
     pub open_windows: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Whether the last commit attempt failed (the database is not
+    /// writable now); read by the admin listener's `/readyz`.
+    pub commit_failing: std::sync::atomic::AtomicBool,
 }
 
 enum Command {
@@ -512,6 +515,7 @@ impl Writer {
                     );
                     self.failures = 0;
                 }
+                self.stats.commit_failing.store(false, Ordering::Relaxed);
                 publish_gauges(&self.store, &self.agg, &self.stats);
                 if added {
                     self.new_records.notify_one();
@@ -519,6 +523,7 @@ impl Writer {
                 true
             }
             Err(e) => {
+                self.stats.commit_failing.store(true, Ordering::Relaxed);
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 // Every failure is counted; the log says it once per streak
                 // and then every 100th time, so a full disk cannot fill it.

@@ -55,6 +55,7 @@ use super::runtime::{
 };
 use super::state::StateCache;
 use crate::broker::{BrokerError, Links};
+use crate::telemetry::Histogram;
 use crate::topic;
 
 /// How long a worker waits for the deploy to be committed to the registry
@@ -102,6 +103,54 @@ pub struct Counters {
     pub consecutive_failures: AtomicU32,
     /// Outputs the host refused.
     pub outputs: Arc<OutputCounters>,
+    /// Failed invocations by [`Failure::kind`], indexed like [`ERROR_KINDS`].
+    pub errors_by_kind: [AtomicU64; ERROR_KINDS.len()],
+    /// How long invocations took.
+    pub duration: Histogram,
+    /// Fuel burnt by invocations.
+    pub fuel_used: AtomicU64,
+}
+
+/// The failure kinds counted per function ([`Failure::kind`]); anything
+/// else counts as the last, `other`.
+pub const ERROR_KINDS: [&str; 15] = [
+    "out_of_fuel",
+    "memory_limit",
+    "memory_out_of_bounds",
+    "stack_overflow",
+    "unreachable",
+    "integer_divide_by_zero",
+    "integer_overflow",
+    "bad_conversion_to_integer",
+    "table_out_of_bounds",
+    "indirect_call_to_null",
+    "bad_signature",
+    "host_error",
+    "handler_error",
+    "event_too_large",
+    "other",
+];
+
+impl Counters {
+    /// Counts one invocation that started at `started` and burnt
+    /// `fuel_used`: a few relaxed atomic adds and a clock read, nothing
+    /// locked or allocated (the hot path; `benches/runtime.rs` measures it).
+    #[inline]
+    pub fn record(&self, started: Instant, fuel_used: u64, failure: Option<&Failure>) {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        self.duration
+            .observe_ns(started.elapsed().as_nanos().min(u64::MAX as u128) as u64);
+        self.fuel_used.fetch_add(fuel_used, Ordering::Relaxed);
+        if let Some(failure) = failure {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            let kind = failure.kind();
+            let i = ERROR_KINDS
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or(ERROR_KINDS.len() - 1);
+            self.errors_by_kind[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A function as the rest of the gateway sees it: its queue, its counters,
@@ -212,6 +261,11 @@ impl FunctionHandle {
     /// Events waiting.
     pub fn queued(&self) -> usize {
         lock(&self.inbox).events.len()
+    }
+
+    /// What the queue drops when full.
+    pub fn queue_policy(&self) -> QueuePolicy {
+        lock(&self.inbox).policy
     }
 
     pub fn status(&self) -> Status {
@@ -462,8 +516,10 @@ impl Worker {
         let Some(instance) = self.instance() else {
             return;
         };
+        let started = Instant::now();
         let result = instance.on_event(&event.topic, &event.payload, event.timestamp_ms);
-        self.finish(result);
+        let fuel_left = instance.fuel_left();
+        self.finish(result, started, fuel_left);
     }
 
     fn on_tick(&mut self) {
@@ -481,13 +537,22 @@ impl Worker {
         let Some(instance) = self.instance() else {
             return;
         };
+        let started = Instant::now();
         let result = instance.on_timer(now_ms());
-        self.finish(result);
+        let fuel_left = instance.fuel_left();
+        self.finish(result, started, fuel_left);
     }
 
-    fn finish(&mut self, result: Result<(), Failure>) {
+    fn finish(&mut self, result: Result<(), Failure>, started: Instant, fuel_left: u64) {
         let counters = &self.handle.counters;
-        counters.invocations.fetch_add(1, Ordering::Relaxed);
+        let fuel = self.compiled.as_ref().map_or(0, |c| c.manifest.limits.fuel);
+        // An event too large never reached the guest: no fuel was set or
+        // burnt for it.
+        let fuel_used = match result {
+            Err(Failure::EventTooLarge { .. }) => 0,
+            _ => fuel.saturating_sub(fuel_left),
+        };
+        counters.record(started, fuel_used, result.as_ref().err());
         if let Some(instance) = self.instance.as_mut() {
             // After a trap nothing is staged; after a clean return (zero or
             // not) the outputs stand.
@@ -501,9 +566,12 @@ impl Worker {
             }
             Err(failure) => failure,
         };
-        counters.errors.fetch_add(1, Ordering::Relaxed);
         let message = failure.to_string();
-        tracing::warn!(function = %self.handle.name, kind = failure.kind(), "invocation failed: {message}");
+        let version = self
+            .compiled
+            .as_ref()
+            .map_or("", |c| c.manifest.version.as_str());
+        tracing::warn!(function = %self.handle.name, version, kind = failure.kind(), "invocation failed: {message}");
         lock(&self.handle.status).last_error = Some(message.clone());
         // An event too large for the buffer never reached the guest: it says
         // nothing about the function's health.

@@ -336,6 +336,11 @@ impl Functions {
         self.inner.list()
     }
 
+    /// A read-only view for the admin listener, which outlives borrows.
+    pub fn observer(&self) -> Observer {
+        Observer(self.inner.clone())
+    }
+
     /// Stops the control plane and the trigger links, then every worker
     /// (each flushes its state). Events still queued are dropped and
     /// counted; a worker busy in an invocation finishes it first (bounded by
@@ -368,6 +373,29 @@ impl Functions {
 
 /// The command topics the control link subscribes to.
 const COMMANDS: [&str; 4] = ["deploy", "rollback", "remove", "list"];
+
+/// Reads the functions' status and counters; cheap to clone. Its methods
+/// take the table lock, which a deploy holds: call them from a blocking
+/// thread.
+#[derive(Clone)]
+pub struct Observer(Arc<Inner>);
+
+impl Observer {
+    /// Status and counters of every function, as `perch fn list` shows them.
+    pub fn list(&self) -> Vec<FunctionInfo> {
+        self.0.list()
+    }
+
+    /// Every function's handle (status, queue, all counters), for metrics.
+    pub fn handles(&self) -> Vec<Arc<FunctionHandle>> {
+        self.0
+            .lock()
+            .functions
+            .values()
+            .map(|e| e.handle.clone())
+            .collect()
+    }
+}
 
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {

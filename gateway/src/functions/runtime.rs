@@ -269,6 +269,9 @@ pub struct OutputCounters {
     pub limited: AtomicU64,
     /// Outputs dropped because the channel behind was full (`FULL`).
     pub full: AtomicU64,
+    /// The function's log budget over time (lines dropped beyond it are
+    /// counted there).
+    pub log: crate::telemetry::LogLimiter,
 }
 
 /// What an instance carries over from the one before it: the function's
@@ -333,6 +336,8 @@ type ConfigEntry = (Box<[u8]>, Box<[u8]>);
 #[derive(Debug)]
 pub struct Context {
     pub name: Arc<str>,
+    /// The manifest's version, tagged on the function's log lines.
+    pub version: Arc<str>,
     allow: Vec<String>,
     /// Config values as text, sorted by key: `config_get` runs once per
     /// event in a typical function, and a binary search over the key bytes
@@ -414,6 +419,7 @@ impl Runtime {
 
         let ctx = Arc::new(Context {
             name: manifest.name.as_str().into(),
+            version: manifest.version.as_str().into(),
             allow: manifest.publish.allow.clone(),
             config: {
                 let mut config: Vec<ConfigEntry> = manifest
@@ -914,9 +920,26 @@ impl Host {
 
     fn log(&mut self, level: i32, message: &[u8]) {
         if self.log_lines_left == 0 {
+            // Over the per-invocation cap: counted with the rate limit's.
+            self.counters.log.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.log_lines_left -= 1;
+        let function = &*self.ctx.name;
+        let version = &*self.ctx.version;
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        match self.counters.log.take(now) {
+            None => return,
+            Some(0) => {}
+            Some(dropped) => tracing::warn!(
+                function,
+                version,
+                dropped,
+                "function log lines dropped by the rate limit ({} lines/s, bursts of {})",
+                crate::telemetry::LogLimiter::PER_SECOND,
+                crate::telemetry::LogLimiter::BURST
+            ),
+        }
         let mut end = message.len().min(MAX_LOG_LINE_BYTES);
         let text = loop {
             // Cut at a character boundary; invalid UTF-8 is shown replaced.
@@ -926,13 +949,12 @@ impl Host {
                 Err(_) => break String::from_utf8_lossy(&message[..end]),
             }
         };
-        let function = &*self.ctx.name;
         match level {
-            0 => tracing::error!(function, "{text}"),
-            1 => tracing::warn!(function, "{text}"),
-            2 => tracing::info!(function, "{text}"),
-            3 => tracing::debug!(function, "{text}"),
-            _ => tracing::trace!(function, "{text}"),
+            0 => tracing::error!(function, version, "{text}"),
+            1 => tracing::warn!(function, version, "{text}"),
+            2 => tracing::info!(function, version, "{text}"),
+            3 => tracing::debug!(function, version, "{text}"),
+            _ => tracing::trace!(function, version, "{text}"),
         }
     }
 }
