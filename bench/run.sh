@@ -45,8 +45,8 @@ if [ "$smoke" = 1 ]; then
   s1_max=1
 else
   s0_duration=2; s1_duration=2; s2_duration=3
-  s1_rates=(5000 10000 20000 40000 80000 160000); s1_latency_rate=10000
-  s2_rates=(1000 2000 5000 10000 20000 40000 80000); s2_latency_rate=1000
+  s1_rates=(5000 10000 20000 40000 80000 160000 320000 640000); s1_latency_rate=10000
+  s2_rates=(1000 2000 5000 10000 20000 40000 80000 160000); s2_latency_rate=1000
   s1_max=1
 fi
 publishers=10
@@ -127,7 +127,7 @@ start_perch() { # start_perch PORT CONFIG -> $started, once it logged "perch rea
   "$perch" run --config "$2" --listen "127.0.0.1:$1" --data-dir "$data" 2>"$plog" &
   started=$!; pids+=("$started")
   for i in $(seq 1 200); do
-    grep -q "perch ready" "$plog" && return 0
+    grep -qs "perch ready" "$plog" && return 0
     kill -0 "$started" 2>/dev/null || { log "perch died at start: see $plog"; return 1; }
     sleep 0.05
   done
@@ -197,7 +197,7 @@ s1() {
 # --- scenario 2: the edge job -----------------------------------------------
 s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
   local system="$1" run="$2" rate="$3" uport lport out pids_measured=() conf idle peak
-  local processed=0 sent lost p ticks0=0 ticks1=0
+  local processed=0 dropped=0 listing sent lost p ticks0=0 ticks1=0
   uport="$(free_port)"; lport="$(free_port)"
   start_mosquitto "$uport"
   local upstream_pid="$started"
@@ -219,7 +219,7 @@ s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
     started=$!; pids+=("$started"); pids_measured+=("$started")
     local i
     for i in $(seq 1 200); do
-      grep -q ready "$work/edge_job.out" 2>/dev/null && break
+      grep -qs ready "$work/edge_job.out" && break
       kill -0 "$started" 2>/dev/null || { log "edge_job.py died: see $work/edge_job.log"; return 1; }
       sleep 0.05
     done
@@ -234,8 +234,9 @@ s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
   if [ "$system" = perch ]; then
     # Every event sent must have been through the function (none dropped).
     for i in $(seq 1 50); do
-      processed="$("$perch" fn list --broker "127.0.0.1:$lport" --gateway bench 2>/dev/null |
-        sed -n 's/.*"invocations": *\([0-9]*\).*/\1/p' | head -1)"
+      listing="$("$perch" fn list --broker "127.0.0.1:$lport" --gateway bench 2>/dev/null || true)"
+      processed="$(sed -n 's/.*"invocations": *\([0-9]*\).*/\1/p' <<<"$listing" | head -1)"
+      dropped="$(sed -n 's/.*"dropped": *\([0-9]*\).*/\1/p' <<<"$listing" | head -1)"
       [ "${processed:-0}" -ge "$sent" ] && break
       sleep 0.1
     done
@@ -247,7 +248,7 @@ s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
   fi
   stop "$upstream_pid"
   record "$out" scenario=2 system="$system" run="$run" step="$rate" \
-    processed="${processed:-0}" rss_idle_kb="$idle" rss_peak_kb="$peak" \
+    processed="${processed:-0}" dropped="${dropped:-0}" rss_idle_kb="$idle" rss_peak_kb="$peak" \
     cpu_ms="$(( (ticks1 - ticks0) * 1000 / $(getconf CLK_TCK) ))"
   lost="$(field "$out" lost)"
   [ "$lost" = 0 ] && [ "${processed:-0}" -ge "$sent" ]
@@ -290,5 +291,6 @@ fi
 python3 "$bench/report.py" "$results" --machine "$machine" --versions "$versions" \
   --load "$(cut -d' ' -f1 /proc/loadavg)" --elapsed "$elapsed" --runs "$runs" \
   --smoke "$smoke" --s1-latency-rate "$s1_latency_rate" --s2-latency-rate "$s2_latency_rate" \
+  --s1-top "${s1_rates[-1]}" --s2-top "${s2_rates[-1]}" \
   --out "$out"
 log "wrote $out (raw: $results)"

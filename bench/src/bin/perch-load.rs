@@ -530,3 +530,77 @@ async fn main() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["perch-load"];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+    }
+
+    #[test]
+    fn bad_options_say_what_to_use_instead() {
+        for (extra, expected) in [
+            (&["--qos", "2"][..], "--qos 2 is not supported: use 0 or 1"),
+            (&["--publishers", "0"], "use 1 to 10000"),
+            (&["--duration-s", "0"], "use more than 0"),
+            (&["--expect-every", "0"], "use 1 (every message) or more"),
+            (&["--size", "2000000"], "use a smaller payload"),
+        ] {
+            let err = validate(&args(extra)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{extra:?}: {err}");
+        }
+        validate(&args(&[])).unwrap();
+    }
+
+    #[tokio::test]
+    async fn publishes_into_the_null_sink_at_the_rate_asked() {
+        let line = run(args(&[
+            "--null-sink",
+            "--publishers",
+            "3",
+            "--rate",
+            "3000",
+            "--duration-s",
+            "0.5",
+            "--label",
+            "t",
+        ]))
+        .await
+        .unwrap();
+        let sent: u64 = line
+            .split(r#""sent":"#)
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no sent count in {line}"));
+        // 1500 due in 0.5 s; pacing may end a few short on a loaded machine.
+        assert!((1400..=1510).contains(&sent), "{line}");
+        assert!(line.starts_with(r#"{"label":"t","publishers":3"#), "{line}");
+        assert!(
+            !line.contains("p99_ms"),
+            "no subscriber, no latency: {line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_is_not_there_is_named_in_the_error() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = run(args(&["--broker", &format!("127.0.0.1:{port}")]))
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("cannot connect to the broker at 127.0.0.1:{port}")),
+            "{text}"
+        );
+    }
+}
