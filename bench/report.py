@@ -271,8 +271,8 @@ def main():
         ("RSS peak under load (MiB)", peak_rss, mib_fmt, False),
     ])
     out.append("")
-    out.append("The ladders (offered rate → result) of every step are in the raw results, "
-               "one JSON line per step.")
+    out.append(f"Every step of the ladders (offered rate → result) is one JSON line in "
+               f"`{a.out.rsplit('/', 1)[-1].removesuffix('.md')}.jsonl`, beside this report.")
     out.append("")
     base = a.out.removesuffix(".md")
     name = base.rsplit("/", 1)[-1]

@@ -17,7 +17,8 @@
 # builds of perch and perch-load, the example functions. Everything runs on
 # 127.0.0.1, on free ports, and every process it starts is stopped on exit.
 # Raw results: <work>/results.jsonl (one perch-load line per step, with the
-# scenario, system, run and RSS added); the report: bench/results/<date>.md.
+# scenario, system, run and RSS added); the report: bench/results/<date>.md,
+# with the raw lines beside it (<date>.jsonl) and SVG plots (<date>-*.svg).
 set -euo pipefail
 
 bench="$(cd "$(dirname "$0")" && pwd)"
@@ -288,6 +289,7 @@ else
   mkdir -p "$bench/results"
   out="$bench/results/$(date -u +%Y-%m-%d).md"
 fi
+cp "$results" "${out%.md}.jsonl" # the raw lines, kept beside the report
 python3 "$bench/report.py" "$results" --machine "$machine" --versions "$versions" \
   --load "$(cut -d' ' -f1 /proc/loadavg)" --elapsed "$elapsed" --runs "$runs" \
   --smoke "$smoke" --s1-latency-rate "$s1_latency_rate" --s2-latency-rate "$s2_latency_rate" \
