@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw results (JSON lines) into the markdown report.
+
+Each number in the tables is the median over the runs, with the min-max of
+the runs beside it; ratios are taken between the medians of one run set, so
+perch and its peer were measured side by side on the same machine. The
+advantage column is always "how many times better perch is" (> 1: perch
+wins, < 1: the peer wins): throughput divided by the peer's, or the peer's
+latency / memory divided by perch's.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def num(v):
+    return float(v) if v not in (None, "") else None
+
+
+def load(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def spread(values, fmt):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—", None
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt(med), med
+    return f"{fmt(med)} ({fmt(min(values))}–{fmt(max(values))})", med
+
+
+def rate_fmt(v):
+    return f"{v / 1000:.1f} k" if v >= 1000 else f"{v:.0f}"
+
+
+def ladder_fmt(top):
+    """Rates of a ladder; the top rung passed means "at least"."""
+    return lambda v: ("≥ " if v >= top else "") + rate_fmt(v)
+
+
+def ms_fmt(v):
+    return f"{v:.2f}" if v < 10 else f"{v:.0f}"
+
+
+def mib_fmt(v):
+    return f"{v / 1024:.1f}"
+
+
+def pct_fmt(v):
+    return f"{v:.1f} %"
+
+
+def advantage(perch, peer, higher_is_better):
+    if perch is None or peer is None or perch == 0 or peer == 0:
+        return "—"
+    ratio = perch / peer if higher_is_better else peer / perch
+    return f"{ratio:.2f}x" + ("" if ratio >= 1 else " (peer wins)")
+
+
+def per_run(rows, scenario, system):
+    runs = defaultdict(list)
+    for r in rows:
+        if r["scenario"] == scenario and r["system"] == system:
+            runs[r["run"]].append(r)
+    return runs
+
+
+# A step is sustained when nothing was lost and the p99 latency stayed under
+# this: a system that only keeps up by queueing seconds of backlog does not.
+SUSTAINED_P99_MS = 500
+
+
+def sustained(steps, needs_processed):
+    """The highest offered rate of a run's ladder that was sustained."""
+    best = None
+    for r in steps:
+        rate = int(r["step"])
+        if rate == 0:
+            continue
+        ok = (r.get("lost") == 0 and r.get("received", 0) > 0
+              and r.get("p99_ms", 1e9) < SUSTAINED_P99_MS)
+        if needs_processed:
+            ok = ok and int(r.get("processed", 0)) >= r["sent"]
+        if ok and (best is None or rate > best):
+            best = rate
+    return best
+
+
+def at_step(steps, rate, key):
+    for r in steps:
+        if int(r["step"]) == rate:
+            return num(r.get(key))
+    return None
+
+
+def peak_rss(steps):
+    values = [int(r.get("rss_peak_kb", 0)) for r in steps]
+    return max(values) if values else None
+
+
+def idle_rss(steps):
+    values = [int(r.get("rss_idle_kb", 0)) for r in steps if int(r.get("rss_idle_kb", 0)) > 0]
+    return min(values) if values else None
+
+
+def table(rows_out, perch_runs, peer_runs, specs):
+    for label, getter, fmt, higher in specs:
+        p_text, p_med = spread([getter(s) for s in perch_runs.values()], fmt)
+        q_text, q_med = spread([getter(s) for s in peer_runs.values()], fmt)
+        rows_out.append(f"| {label} | {p_text} | {q_text} | {advantage(p_med, q_med, higher)} |")
+
+
+def svg_plot(path, title, series, x_label, y_label):
+    """A log-log line chart, hand-written SVG: series = {name: [(x, y)]}."""
+    import math
+    w, h, left, right, top, bottom = 640, 360, 70, 150, 40, 50
+    points = [p for pts in series.values() for p in pts if p[0] > 0 and p[1] > 0]
+    if not points:
+        return False
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    lx0, lx1 = math.log10(x0), math.log10(x1) if x1 > x0 else math.log10(x0) + 1
+    ly0, ly1 = math.floor(math.log10(y0)), math.ceil(math.log10(y1))
+    if ly1 == ly0:
+        ly1 += 1
+
+    def sx(x):
+        return left + (math.log10(x) - lx0) / (lx1 - lx0) * (w - left - right)
+
+    def sy(y):
+        return h - bottom - (math.log10(y) - ly0) / (ly1 - ly0) * (h - top - bottom)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>']
+    for e in range(ly0, ly1 + 1):
+        y = sy(10 ** e)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10 ** e:g}</text>')
+    for x in sorted({p[0] for p in points}):
+        out.append(f'<text x="{sx(x):.1f}" y="{h - bottom + 16}" text-anchor="middle">'
+                   f'{rate_fmt(x).replace(".0 k", "k")}</text>')
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 10}" text-anchor="middle">{x_label}</text>')
+    out.append(f'<text x="16" y="{h / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 16 {h / 2})">{y_label}</text>')
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+    for i, (name, pts) in enumerate(series.items()):
+        pts = sorted(p for p in pts if p[0] > 0 and p[1] > 0)
+        c = colours[i % len(colours)]
+        if pts:
+            path_d = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}"
+                              for j, (x, y) in enumerate(pts))
+            out.append(f'<path d="{path_d}" fill="none" stroke="{c}" stroke-width="2"/>')
+            for x, y in pts:
+                out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"/>')
+        ly = top + 20 * i + 10
+        out.append(f'<line x1="{w - right + 10}" y1="{ly}" x2="{w - right + 30}" y2="{ly}" '
+                   f'stroke="{c}" stroke-width="2"/>')
+        out.append(f'<text x="{w - right + 36}" y="{ly + 4}">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return True
+
+
+def ladder(rows, scenario, system, key):
+    """(offered rate, median of `key` over the runs) per ladder step."""
+    by_step = defaultdict(list)
+    for r in rows:
+        if r["scenario"] == scenario and r["system"] == system and int(r["step"]) > 0:
+            v = num(r.get(key))
+            if v is not None:
+                by_step[int(r["step"])].append(v)
+    return [(x, statistics.median(v)) for x, v in sorted(by_step.items())]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--machine", required=True)
+    ap.add_argument("--versions", required=True)
+    ap.add_argument("--load", required=True)
+    ap.add_argument("--elapsed", required=True)
+    ap.add_argument("--runs", required=True)
+    ap.add_argument("--smoke", default="0")
+    ap.add_argument("--s1-latency-rate", type=int, required=True)
+    ap.add_argument("--s2-latency-rate", type=int, required=True)
+    ap.add_argument("--s1-top", type=int, required=True)
+    ap.add_argument("--s2-top", type=int, required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    rows = load(a.results)
+    if not rows:
+        sys.exit("report.py: no results to report: every step failed (see the logs in the work dir)")
+    first = rows[0]
+    out = []
+    out.append(f"# perch vs the alternatives — {a.out.rsplit('/', 1)[-1].removesuffix('.md')}")
+    out.append("")
+    out.append(f"- Command: `bench/run.sh{' --smoke' if a.smoke == '1' else ''}` "
+               f"({a.runs} run(s), {a.elapsed} s in all)")
+    out.append(f"- Machine: {a.machine}; load average {a.load} at the end "
+               "(a shared VM: other builds ran at the same time, so figures are noisy)")
+    out.append(f"- Versions: {a.versions}")
+    out.append(f"- Load: {first['publishers']} publisher connections, {first['size']}-byte JSON "
+               "payloads, QoS 0, one subscriber; medians over the runs with (min–max)")
+    out.append("")
+
+    s0 = per_run(rows, "0", "null-sink")
+    text, _ = spread([s[0]["send_rate"] for s in s0.values()], rate_fmt)
+    out.append("## 0. The load generator's own ceiling")
+    out.append("")
+    out.append(f"Publishing flat out into a null sink (reads TCP, answers CONNECT): **{text} msgs/s**. "
+               "Every rate below is far under it, so the generator is not the bottleneck.")
+    out.append("")
+
+    perch, mosq = per_run(rows, "1", "perch"), per_run(rows, "1", "mosquitto")
+    out.append("## 1. Broker only: fan-in, perch vs Mosquitto")
+    out.append("")
+    out.append("| measure | perch | Mosquitto | perch's advantage |")
+    out.append("|---|---|---|---|")
+    lr = a.s1_latency_rate
+    table(out, perch, mosq, [
+        ("sustained msgs/s: zero loss, p99 < 500 ms (highest ladder step)",
+         lambda s: sustained(s, False), ladder_fmt(a.s1_top), True),
+        ("flat out: msgs/s accepted from the publishers",
+         lambda s: at_step(s, 0, "send_rate"), rate_fmt, True),
+        ("flat out: msgs/s delivered to the subscriber",
+         lambda s: at_step(s, 0, "recv_rate"), rate_fmt, True),
+        ("flat out: share lost",
+         lambda s: (100.0 * at_step(s, 0, "lost") / at_step(s, 0, "expected"))
+         if at_step(s, 0, "expected") else None, pct_fmt, False),
+        (f"p50 latency at {rate_fmt(lr)} msgs/s (ms)", lambda s: at_step(s, lr, "p50_ms"), ms_fmt, False),
+        (f"p99 latency at {rate_fmt(lr)} msgs/s (ms)", lambda s: at_step(s, lr, "p99_ms"), ms_fmt, False),
+        ("RSS idle (MiB)", idle_rss, mib_fmt, False),
+        ("RSS peak under load (MiB)", peak_rss, mib_fmt, False),
+    ])
+    out.append("")
+
+    perch, py = per_run(rows, "2", "perch"), per_run(rows, "2", "python")
+    lr = a.s2_latency_rate
+    out.append("## 2. The edge job: perch vs Mosquitto + a Python script")
+    out.append("")
+    out.append("Sensor events → parse JSON, threshold, 10 s windows, forward 1 in 100 → SQLite "
+               "outbox → upstream Mosquitto (QoS 1). perch runs the `window-sample` function; "
+               "the peer is Mosquitto + `bench/peers/edge_job.py` (paho-mqtt, sqlite3). Zero loss "
+               "means every event was processed and every forwarded sample reached the upstream. "
+               "RSS of the peer is Mosquitto's plus Python's.")
+    out.append("")
+    out.append("| measure | perch | Mosquitto + Python | perch's advantage |")
+    out.append("|---|---|---|---|")
+    table(out, perch, py, [
+        ("sustained events/s: zero loss, p99 < 500 ms (highest ladder step)",
+         lambda s: sustained(s, True), ladder_fmt(a.s2_top), True),
+        (f"p50 latency event → upstream at {rate_fmt(lr)} events/s (ms)",
+         lambda s: at_step(s, lr, "p50_ms"), ms_fmt, False),
+        (f"p99 latency event → upstream at {rate_fmt(lr)} events/s (ms)",
+         lambda s: at_step(s, lr, "p99_ms"), ms_fmt, False),
+        ("RSS idle (MiB)", idle_rss, mib_fmt, False),
+        ("RSS peak under load (MiB)", peak_rss, mib_fmt, False),
+    ])
+    out.append("")
+    out.append(f"Every step of the ladders (offered rate → result) is one JSON line in "
+               f"`{a.out.rsplit('/', 1)[-1].removesuffix('.md')}.jsonl`, beside this report.")
+    out.append("")
+    base = a.out.removesuffix(".md")
+    name = base.rsplit("/", 1)[-1]
+    plots = [
+        (f"{base}-broker-latency.svg", "Broker only: p99 latency vs offered load",
+         {"perch": ladder(rows, "1", "perch", "p99_ms"),
+          "Mosquitto": ladder(rows, "1", "mosquitto", "p99_ms")},
+         "offered msgs/s", "p99 latency (ms)"),
+        (f"{base}-edge-latency.svg", "Edge job: p99 event → upstream vs offered load",
+         {"perch": ladder(rows, "2", "perch", "p99_ms"),
+          "Mosquitto + Python": ladder(rows, "2", "python", "p99_ms")},
+         "offered events/s", "p99 latency (ms)"),
+        (f"{base}-edge-rss.svg", "Edge job: peak RSS vs offered load",
+         {"perch": [(x, y / 1024) for x, y in ladder(rows, "2", "perch", "rss_peak_kb")],
+          "Mosquitto + Python": [(x, y / 1024) for x, y in ladder(rows, "2", "python", "rss_peak_kb")]},
+         "offered events/s", "peak RSS (MiB)"),
+    ]
+    drawn = [p for p in plots if svg_plot(*p)]
+    if drawn:
+        out.append("Median per ladder step over the runs (steps past a system's last sustained "
+                   "one are not run):")
+        out.append("")
+        for path, title, *_ in drawn:
+            out.append(f"![{title}]({path.rsplit('/', 1)[-1]})")
+        out.append("")
+    del name
+    with open(a.out, "w") as f:
+        f.write("\n".join(out))
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# perch against what users would run instead, side by side in one run.
+#
+#   bench/run.sh            the suite: 3 runs of each scenario (a few minutes)
+#   bench/run.sh --smoke    one short run of each piece (~10 s of load): checks
+#                           the pieces work, writes no report into bench/results
+#   bench/run.sh --runs N   N runs instead of 3
+#
+# Scenarios (bench/README.md says what each measures and how):
+#   0  the load generator's own ceiling (publishing into a null sink)
+#   1  broker only: fan-in through perch's broker vs Mosquitto
+#   2  the edge job: sensors -> window-sample function -> SQLite -> upstream
+#      Mosquitto, vs Mosquitto + bench/peers/edge_job.py (paho-mqtt, sqlite3)
+#
+# Installs what it needs when missing: the Debian package mosquitto
+# (apt-get), paho-mqtt into a venv under the work dir (pip), the release
+# builds of perch and perch-load, the example functions. Everything runs on
+# 127.0.0.1, on free ports, and every process it starts is stopped on exit.
+# Raw results: <work>/results.jsonl (one perch-load line per step, with the
+# scenario, system, run and RSS added); the report: bench/results/<date>.md,
+# with the raw lines beside it (<date>.jsonl) and SVG plots (<date>-*.svg).
+set -euo pipefail
+
+bench="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$bench")"
+work="${PERCH_BENCH_WORK:-$root/target/bench-work}"
+runs=3
+smoke=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) smoke=1; runs=1 ;;
+    --runs)
+      [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || {
+        echo "run.sh: --runs needs a positive number, e.g. --runs 5" >&2; exit 2; }
+      runs="$2"; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1'; use --smoke, --runs N or --help" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$smoke" = 1 ]; then
+  # ~10 s of load in all: one short step per piece.
+  s0_duration=1; s1_duration=1; s2_duration=2
+  s1_rates=(5000); s1_latency_rate=5000; s2_rates=(1000); s2_latency_rate=1000
+  s1_max=1
+else
+  s0_duration=2; s1_duration=2; s2_duration=3
+  s1_rates=(5000 10000 20000 40000 80000 160000 320000 640000); s1_latency_rate=10000
+  s2_rates=(1000 2000 5000 10000 20000 40000 80000 160000); s2_latency_rate=1000
+  s1_max=1
+fi
+publishers=10
+size=128
+
+log() { echo "run.sh: $*" >&2; }
+
+# --- every process we start is stopped on exit -----------------------------
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop() { # stop PID...: SIGTERM, wait, forget
+  local p q keep
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+  for p in "$@"; do
+    keep=()
+    for q in "${pids[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+    pids=("${keep[@]+"${keep[@]}"}")
+  done
+}
+
+# --- what the suite needs ---------------------------------------------------
+mkdir -p "$work"
+if ! command -v mosquitto >/dev/null; then
+  log "installing the Debian package mosquitto"
+  if [ "$(id -u)" = 0 ]; then apt-get update -q >&2 && apt-get install -y -q mosquitto >&2
+  else sudo apt-get update -q >&2 && sudo apt-get install -y -q mosquitto >&2; fi
+fi
+mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+py="$work/venv/bin/python"
+if ! "$py" -c 'import paho.mqtt' 2>/dev/null; then
+  log "installing paho-mqtt into $work/venv"
+  python3 -m venv "$work/venv"
+  "$work/venv/bin/pip" install -q paho-mqtt >&2
+fi
+log "building perch and perch-load (release) and the example functions"
+PERCH_EXAMPLES_OUT="$work/functions" "$root/sdk/build-examples.sh" >/dev/null
+(cd "$root" && cargo build -q --release -p perch -p perch-bench)
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+perch="$target_dir/release/perch"
+load="$target_dir/release/perch-load"
+
+# --- helpers ----------------------------------------------------------------
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_port() { # wait_port PORT PID: until something listens, or the process died
+  local i
+  for i in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || { log "process $2 died before listening on $1"; return 1; }
+    sleep 0.05
+  done
+  log "nothing listens on port $1 after 10 s"; return 1
+}
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+start_mosquitto() { # start_mosquitto PORT -> $started
+  local conf="$work/mosquitto-$1.conf"
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nlog_type error\n' \
+    "$1" >"$conf"
+  "$mosquitto_bin" -c "$conf" 2>>"$work/mosquitto.log" &
+  started=$!; pids+=("$started")
+  wait_port "$1" "$started"
+}
+start_perch() { # start_perch PORT CONFIG -> $started, once it logged "perch ready"
+  local data="$work/perch-data-$1" plog="$work/perch-$1.log" i
+  rm -rf "$data"
+  "$perch" run --config "$2" --listen "127.0.0.1:$1" --data-dir "$data" 2>"$plog" &
+  started=$!; pids+=("$started")
+  for i in $(seq 1 200); do
+    grep -qs "perch ready" "$plog" && return 0
+    kill -0 "$started" 2>/dev/null || { log "perch died at start: see $plog"; return 1; }
+    sleep 0.05
+  done
+  log "perch not ready after 10 s: see $plog"; return 1
+}
+
+results="$work/results.jsonl"
+: >"$results"
+record() { # record JSON_LINE key=value...: append the line with extra fields
+  local line="${1%\}}" kv
+  shift
+  for kv in "$@"; do line+=",\"${kv%%=*}\":\"${kv#*=}\""; done
+  echo "$line}" >>"$results"
+  echo "$line}" >&2
+}
+field() { # field JSON_LINE NAME: a number field of a result line
+  sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"
+}
+
+smoke_check() { # in --smoke, a step that lost messages or failed fails the run
+  if [ "$smoke" = 1 ]; then
+    log "smoke: $1 failed or lost messages (last result line above; logs in $work)"
+    exit 1
+  fi
+}
+
+# --- scenario 0: the generator's own ceiling --------------------------------
+s0() {
+  local out
+  out="$("$load" --null-sink --publishers "$publishers" --size "$size" \
+    --duration-s "$s0_duration" --label null-sink)"
+  record "$out" scenario=0 system=null-sink run="$1" step=max
+}
+
+# --- scenario 1: broker only ------------------------------------------------
+perch_broker_conf="$work/perch-broker.toml"
+printf '[gateway]\nid = "bench"\n' >"$perch_broker_conf"
+
+s1_step() { # s1_step SYSTEM RUN RATE -> 0 if nothing was lost
+  local system="$1" run="$2" rate="$3" port out pid idle peak lost
+  port="$(free_port)"
+  if [ "$system" = perch ]; then start_perch "$port" "$perch_broker_conf"
+  else start_mosquitto "$port"; fi
+  pid="$started"
+  idle="$(rss_kb "$pid")"
+  out="$("$load" --broker "127.0.0.1:$port" --publishers "$publishers" --size "$size" \
+    --rate "$rate" --duration-s "$s1_duration" --drain-timeout-s 5 \
+    --label "s1-$system-$rate")"
+  peak="$(hwm_kb "$pid")"
+  stop "$pid"
+  record "$out" scenario=1 system="$system" run="$run" step="$rate" \
+    rss_idle_kb="$idle" rss_peak_kb="$peak"
+  lost="$(field "$out" lost)"
+  [ "$lost" = 0 ]
+}
+
+s1() {
+  local system rate
+  for system in perch mosquitto; do
+    if [ "$s1_max" = 1 ]; then s1_step "$system" "$1" 0 || true; fi
+    for rate in "${s1_rates[@]}"; do
+      s1_step "$system" "$1" "$rate" || { smoke_check "s1 $system at $rate msgs/s"; break; }
+    done
+  done
+}
+
+# --- scenario 2: the edge job -----------------------------------------------
+s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
+  local system="$1" run="$2" rate="$3" uport lport out pids_measured=() conf idle peak
+  local processed=0 dropped=0 listing sent lost p ticks0=0 ticks1=0
+  uport="$(free_port)"; lport="$(free_port)"
+  start_mosquitto "$uport"
+  local upstream_pid="$started"
+  if [ "$system" = perch ]; then
+    conf="$work/perch-edge.toml"
+    printf '[gateway]\nid = "bench"\n\n[upstream.mqtt]\nhost = "127.0.0.1"\nport = %s\nclient_id = "perch-bench"\ntopic_prefix = "up"\n' \
+      "$uport" >"$conf"
+    start_perch "$lport" "$conf"
+    pids_measured=("$started")
+    "$perch" fn deploy "$work/functions/window-sample.wasm" \
+      --manifest "$work/functions/window-sample.toml" \
+      --broker "127.0.0.1:$lport" --gateway bench >/dev/null ||
+      { log "deploying window-sample failed (log: $work/perch-$lport.log)"; return 1; }
+  else
+    start_mosquitto "$lport"
+    pids_measured=("$started")
+    "$py" "$bench/peers/edge_job.py" --local-port "$lport" --upstream-port "$uport" \
+      --db "$work/edge_job-$lport.db" >"$work/edge_job.out" 2>>"$work/edge_job.log" &
+    started=$!; pids+=("$started"); pids_measured+=("$started")
+    local i
+    for i in $(seq 1 200); do
+      grep -qs ready "$work/edge_job.out" && break
+      kill -0 "$started" 2>/dev/null || { log "edge_job.py died: see $work/edge_job.log"; return 1; }
+      sleep 0.05
+    done
+  fi
+  idle=0; for p in "${pids_measured[@]}"; do idle=$((idle + $(rss_kb "$p"))); ticks0=$((ticks0 + $(cpu_ticks "$p"))); done
+  out="$("$load" --broker "127.0.0.1:$lport" --sub-broker "127.0.0.1:$uport" \
+    --sub-topic up/samples --expect-every 100 --publishers "$publishers" --size "$size" \
+    --rate "$rate" --duration-s "$s2_duration" --drain-timeout-s 10 \
+    --label "s2-$system-$rate")"
+  sent="$(field "$out" sent)"
+  peak=0; for p in "${pids_measured[@]}"; do peak=$((peak + $(hwm_kb "$p"))); ticks1=$((ticks1 + $(cpu_ticks "$p"))); done
+  if [ "$system" = perch ]; then
+    # Every event sent must have been through the function (none dropped).
+    for i in $(seq 1 50); do
+      listing="$("$perch" fn list --broker "127.0.0.1:$lport" --gateway bench 2>/dev/null || true)"
+      processed="$(sed -n 's/.*"invocations": *\([0-9]*\).*/\1/p' <<<"$listing" | head -1)"
+      dropped="$(sed -n 's/.*"dropped": *\([0-9]*\).*/\1/p' <<<"$listing" | head -1)"
+      [ "${processed:-0}" -ge "$sent" ] && break
+      sleep 0.1
+    done
+    stop "${pids_measured[@]}"
+  else
+    stop "${pids_measured[1]}" "${pids_measured[0]}"
+    processed="$(sed -n 's/.*"processed": *\([0-9]*\).*/\1/p' "$work/edge_job.out" | tail -1)"
+    rm -f "$work/edge_job-$lport.db"*
+  fi
+  stop "$upstream_pid"
+  record "$out" scenario=2 system="$system" run="$run" step="$rate" \
+    processed="${processed:-0}" dropped="${dropped:-0}" rss_idle_kb="$idle" rss_peak_kb="$peak" \
+    cpu_ms="$(( (ticks1 - ticks0) * 1000 / $(getconf CLK_TCK) ))"
+  lost="$(field "$out" lost)"
+  [ "$lost" = 0 ] && [ "${processed:-0}" -ge "$sent" ]
+}
+
+s2() {
+  local system rate
+  for system in perch python; do
+    for rate in "${s2_rates[@]}"; do
+      s2_step "$system" "$1" "$rate" || { smoke_check "s2 $system at $rate events/s"; break; }
+    done
+  done
+}
+
+# --- the runs, peers side by side -------------------------------------------
+started_at="$(date -u +%s)"
+for run in $(seq 1 "$runs"); do
+  log "run $run of $runs"
+  s0 "$run"
+  s1 "$run"
+  s2 "$run"
+done
+elapsed=$(( $(date -u +%s) - started_at ))
+
+machine="$(python3 - <<'EOF'
+import os, platform
+model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((int(l.split()[1]) // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+print(f"{platform.machine()}, {os.cpu_count()} cores ({model}), {mem} MiB RAM, Linux {platform.release()}")
+EOF
+)"
+versions="perch $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'), $("$mosquitto_bin" -h 2>/dev/null | head -1 | sed 's/ (build.*//'), Python $("$py" -c 'import platform; print(platform.python_version())'), paho-mqtt $("$py" -c 'import importlib.metadata as m; print(m.version("paho-mqtt"))')"
+
+if [ "$smoke" = 1 ]; then
+  out="$work/smoke.md"
+else
+  mkdir -p "$bench/results"
+  out="$bench/results/$(date -u +%Y-%m-%d).md"
+fi
+cp "$results" "${out%.md}.jsonl" # the raw lines, kept beside the report
+python3 "$bench/report.py" "$results" --machine "$machine" --versions "$versions" \
+  --load "$(cut -d' ' -f1 /proc/loadavg)" --elapsed "$elapsed" --runs "$runs" \
+  --smoke "$smoke" --s1-latency-rate "$s1_latency_rate" --s2-latency-rate "$s2_latency_rate" \
+  --s1-top "${s1_rates[-1]}" --s2-top "${s2_rates[-1]}" \
+  --out "$out"
+log "wrote $out (raw: $results)"
