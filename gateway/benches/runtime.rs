@@ -326,10 +326,7 @@ fn metrics(c: &mut Criterion) {
     use std::time::Instant;
     let rt = runtime();
     let compiled = rt
-        .compile(
-            Manifest::from_toml(MANIFEST).unwrap(),
-            &wat::parse_str(THRESHOLD_WAT).unwrap(),
-        )
+        .compile(Manifest::from_toml(MANIFEST).unwrap(), threshold_wasm())
         .unwrap();
     let mut instance = rt
         .instantiate(&compiled, Seed::default())
@@ -345,8 +342,8 @@ fn metrics(c: &mut Criterion) {
         group.bench_function(format!("events_off/{round}"), |b| {
             b.iter(|| {
                 for i in 0..EVENTS {
-                    let payload: &[u8] = if i % 10 == 0 { b"31.25" } else { b"21.5" };
-                    let result = instance.on_event(TOPIC, payload, i as i64);
+                    let payload = if i % 10 == 0 { ABOVE } else { BELOW };
+                    let result = instance.on_event(TOPIC.as_bytes(), payload, i as i64);
                     black_box(&result);
                     instance.release(|t, p| {
                         black_box((t, p));
@@ -357,9 +354,9 @@ fn metrics(c: &mut Criterion) {
         group.bench_function(format!("events_on/{round}"), |b| {
             b.iter(|| {
                 for i in 0..EVENTS {
-                    let payload: &[u8] = if i % 10 == 0 { b"31.25" } else { b"21.5" };
+                    let payload = if i % 10 == 0 { ABOVE } else { BELOW };
                     let started = Instant::now();
-                    let result = instance.on_event(TOPIC, payload, i as i64);
+                    let result = instance.on_event(TOPIC.as_bytes(), payload, i as i64);
                     let used = fuel.saturating_sub(instance.fuel_left());
                     // In the order the worker does it (`Worker::finish`).
                     counters.record(started, used, result.as_ref().err());
