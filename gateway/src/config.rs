@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::admin::AdminConfig;
 use crate::aggregate::AggregateConfig;
 use crate::broker::BrokerConfig;
 use crate::buffer::BufferConfig;
 use crate::functions::FunctionsConfig;
+use crate::telemetry::admin::AdminConfig;
 use crate::upstream::UpstreamConfig;
 
 /// The annotated default configuration, printed by `perch config default`.
@@ -221,6 +221,22 @@ mod tests {
         let parsed = Config::from_toml(DEFAULT_TOML, "default").expect("default config is valid");
         let built = Config::default();
         assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+
+    /// The configs the .deb installs on each board are valid for this build
+    /// (cross/ci.sh checks them again with the ARM binaries).
+    #[test]
+    fn every_board_config_is_valid() {
+        let boards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&boards).unwrap() {
+            let path = entry.unwrap().path().join("perch.toml");
+            if path.exists() {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 6, "only {checked} board configs found");
     }
 
     #[test]

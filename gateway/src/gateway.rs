@@ -24,11 +24,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::AdminError;
 use crate::broker::{Broker, BrokerError};
 use crate::buffer::{Buffer, BufferError};
 use crate::config::Config;
 use crate::functions::{Functions, FunctionsError, Output};
+use crate::telemetry::admin::AdminError;
 use crate::telemetry::systemd;
 use crate::upstream::{self, UpstreamError};
 
@@ -78,7 +78,7 @@ impl Gateway {
         prepare_data_dir(&config.gateway.data_dir)?;
         // rustls needs one process-wide crypto provider for outgoing TLS.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let admin = crate::admin::bind(&config.admin)?;
+        let admin = crate::telemetry::admin::bind(&config.admin)?;
         let started = std::time::Instant::now();
         let buffer = Buffer::open(&config.buffer, &config.aggregate, &config.gateway.data_dir)?;
         let broker = Broker::start_in(&config.broker, Some(&config.gateway.data_dir))?;
@@ -118,7 +118,7 @@ impl Gateway {
             .collect::<Vec<_>>();
         let admin_addr = admin.addr();
         tasks.extend(admin.start(
-            crate::admin::Sources {
+            crate::telemetry::admin::Sources {
                 id: id.clone(),
                 listeners: listeners.clone(),
                 listener_addrs: broker.listening().iter().map(|l| l.addr).collect(),

@@ -23,28 +23,24 @@
 //!   default.
 //! - [`gateway`]: starts the stages in order, reports ready, stops them in
 //!   stages on shutdown.
-//! - [`admin`]: the admin HTTP listener (Prometheus metrics, health and
-//!   readiness, the status page) and the retained status topic.
-//! - [`telemetry`]: logging (human, JSON lines, journald), metric
-//!   primitives, systemd notifications.
-//! - [`cli`]: the `perch` command line; `main.rs` only calls it.
-//! - [`devkit`]: `perch fn new|build|test`, the function author's loop
-//!   without a gateway (templates from `sdk/examples/`).
-//! - [`demo`]: `perch demo`, the whole trip on one screen: simulated
-//!   sensors, the example functions (shipped in `gateway/demo/`), a
-//!   stand-in cloud.
+//! - [`telemetry`]: what operators see: logging (human, JSON lines,
+//!   journald), metric primitives, systemd notifications, and
+//!   [`telemetry::admin`], the admin HTTP listener (Prometheus metrics,
+//!   health and readiness, the status page) and the retained status topic.
+//! - [`cli`]: the `perch` command line; `main.rs` only calls it. Besides
+//!   the thin commands it holds [`cli::demo`] (`perch demo`: simulated
+//!   sensors, the example functions shipped in `gateway/demo/`, a stand-in
+//!   cloud, on one screen) and [`cli::devkit`] (`perch fn new|build|test`,
+//!   the function author's loop without a gateway).
 //!
 //! The trip of an event and the promises each stage keeps are in the
 //! project's DESIGN.md.
 
-pub mod admin;
 pub mod aggregate;
 pub mod broker;
 pub mod buffer;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod devkit;
 pub mod functions;
 pub mod gateway;
 pub mod telemetry;

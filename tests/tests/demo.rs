@@ -196,7 +196,7 @@ fn bundled_functions_are_the_sdk_examples() {
         ));
     }
     events.push(("sensors/t9/temperature".to_owned(), "not json".to_owned()));
-    for (manifest, wasm) in perch::demo::bundled_functions() {
+    for (manifest, wasm) in perch::cli::demo::bundled_functions() {
         let name = Manifest::from_toml(manifest).unwrap().name;
         let fresh = std::fs::read(built.join(format!("{name}.wasm"))).unwrap();
         let shipped = run_module(manifest, wasm, &events);

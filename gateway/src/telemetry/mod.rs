@@ -1,5 +1,7 @@
-//! Telemetry: how perch logs, the metric primitives the stages count with,
-//! and systemd's notification protocol.
+//! Telemetry: what operators see. How perch logs, the metric primitives
+//! the stages count with, systemd's notification protocol, and the admin
+//! HTTP listener ([`admin`]: `/metrics`, `/healthz`, `/readyz`, the status
+//! page and the retained status topic).
 //!
 //! # Logs
 //!
@@ -30,6 +32,7 @@
 //! [`systemd`] speaks sd_notify (READY=1, WATCHDOG=1) over the datagram
 //! socket in `$NOTIFY_SOCKET`; without it, it does nothing.
 
+pub mod admin;
 pub mod systemd;
 
 use std::io::IsTerminal;

@@ -29,13 +29,19 @@ pub enum Lang {
 
 /// The SDK, vendored into every new Rust project.
 const SDK_FILES: [(&str, &str); 7] = [
-    ("src/lib.rs", include_str!("../../sdk/src/lib.rs")),
-    ("src/context.rs", include_str!("../../sdk/src/context.rs")),
-    ("src/error.rs", include_str!("../../sdk/src/error.rs")),
-    ("src/export.rs", include_str!("../../sdk/src/export.rs")),
-    ("src/math.rs", include_str!("../../sdk/src/math.rs")),
-    ("src/sys.rs", include_str!("../../sdk/src/sys.rs")),
-    ("src/testing.rs", include_str!("../../sdk/src/testing.rs")),
+    ("src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
+    (
+        "src/context.rs",
+        include_str!("../../../sdk/src/context.rs"),
+    ),
+    ("src/error.rs", include_str!("../../../sdk/src/error.rs")),
+    ("src/export.rs", include_str!("../../../sdk/src/export.rs")),
+    ("src/math.rs", include_str!("../../../sdk/src/math.rs")),
+    ("src/sys.rs", include_str!("../../../sdk/src/sys.rs")),
+    (
+        "src/testing.rs",
+        include_str!("../../../sdk/src/testing.rs"),
+    ),
 ];
 
 /// The vendored SDK's manifest: sdk/Cargo.toml with the workspace's
@@ -61,11 +67,11 @@ serde = { version = "1.0", default-features = false, features = ["derive"] }
 toml = "0.9"
 "#;
 
-const RUST_LIB: &str = include_str!("../../sdk/examples/threshold-alert/src/lib.rs");
-const RUST_BUILD: &str = include_str!("../../sdk/examples/threshold-alert/build.rs");
-const RUST_MANIFEST: &str = include_str!("../../sdk/examples/threshold-alert/manifest.toml");
-const C_SOURCE: &str = include_str!("../../sdk/examples/c-threshold/threshold.c");
-const C_MANIFEST: &str = include_str!("../../sdk/examples/c-threshold/manifest.toml");
+const RUST_LIB: &str = include_str!("../../../sdk/examples/threshold-alert/src/lib.rs");
+const RUST_BUILD: &str = include_str!("../../../sdk/examples/threshold-alert/build.rs");
+const RUST_MANIFEST: &str = include_str!("../../../sdk/examples/threshold-alert/manifest.toml");
+const C_SOURCE: &str = include_str!("../../../sdk/examples/c-threshold/threshold.c");
+const C_MANIFEST: &str = include_str!("../../../sdk/examples/c-threshold/manifest.toml");
 
 /// Sample events for `perch fn test`, one JSON object a line.
 const EVENTS: &str = r#"{"topic":"sensors/t1/temperature","payload":{"device":"t1","temperature":21.5}}

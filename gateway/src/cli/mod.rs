@@ -1,5 +1,10 @@
 //! The `perch` command line. Each subcommand is a thin layer over a module;
-//! `main.rs` calls [`main`] and turns its result into an exit code.
+//! `main.rs` calls [`main`] and turns its result into an exit code. Two
+//! subcommands are more than a layer and have their own module: [`demo`]
+//! (`perch demo`) and [`devkit`] (`perch fn new|build|test`).
+
+pub mod demo;
+pub mod devkit;
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -28,7 +33,7 @@ pub enum Command {
     Run(RunArgs),
     /// Watch events flow: simulated sensors, the example functions, the
     /// buffer and a stand-in cloud, on one screen. Needs no setup or network.
-    Demo(crate::demo::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Print the default config or check a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -106,8 +111,8 @@ pub enum FnCommand {
         /// The function's name (lowercase letters, digits, '-').
         name: String,
         /// The language of the handler.
-        #[arg(long, value_enum, default_value_t = crate::devkit::Lang::Rust)]
-        lang: crate::devkit::Lang,
+        #[arg(long, value_enum, default_value_t = devkit::Lang::Rust)]
+        lang: devkit::Lang,
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -307,7 +312,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-fn demo(args: crate::demo::DemoArgs) -> anyhow::Result<()> {
+fn demo(args: demo::DemoArgs) -> anyhow::Result<()> {
     // The screen is the demo's output; the log says only what went wrong.
     telemetry::init_with_default_filter(LogFormat::Human, "warn,rumqttd=off");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -317,7 +322,7 @@ fn demo(args: crate::demo::DemoArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-        crate::demo::run(args, shutdown).await
+        demo::run(args, shutdown).await
     });
     runtime.shutdown_timeout(Duration::from_millis(500));
     result
@@ -355,13 +360,13 @@ fn status(target: FnTarget, json: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let summary = runtime.block_on(crate::admin::status::fetch(&endpoint(target)))?;
+    let summary = runtime.block_on(crate::telemetry::admin::status::fetch(&endpoint(target)))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print!(
             "{}",
-            crate::admin::status::table(&summary, crate::buffer::now_ms())
+            crate::telemetry::admin::status::table(&summary, crate::buffer::now_ms())
         );
     }
     Ok(())
@@ -371,7 +376,7 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
     use crate::functions::control;
     match command {
         FnCommand::New { name, lang, dir } => {
-            let dir = crate::devkit::new(&name, lang, dir.as_deref())?;
+            let dir = devkit::new(&name, lang, dir.as_deref())?;
             println!(
                 "created {dir}: build it with `cd {dir} && perch fn build`, try it with \
                  `perch fn test`",
@@ -380,7 +385,7 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
             return Ok(());
         }
         FnCommand::Build { dir } => {
-            crate::devkit::build(&dir)?;
+            devkit::build(&dir)?;
             return Ok(());
         }
         FnCommand::Test { dir, events, wasm } => {
@@ -395,13 +400,12 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                         crate::functions::manifest::Manifest::from_toml(&text)?,
                     )
                 }
-                None => crate::devkit::build(&dir)?,
+                None => devkit::build(&dir)?,
             };
             let wasm = std::fs::read(&module)
                 .with_context(|| format!("cannot read {}", module.display()))?;
             let events = events.unwrap_or_else(|| dir.join("events.jsonl"));
-            let report =
-                crate::devkit::test(manifest, &wasm, &events, &mut std::io::stdout().lock())?;
+            let report = devkit::test(manifest, &wasm, &events, &mut std::io::stdout().lock())?;
             anyhow::ensure!(
                 report.failures == 0,
                 "{} of {} events failed (see FAILED above)",

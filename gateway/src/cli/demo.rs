@@ -41,16 +41,16 @@ use crate::gateway::Gateway;
 /// The example functions the demo deploys: (manifest, module).
 const FUNCTIONS: [(&str, &[u8]); 3] = [
     (
-        include_str!("../../sdk/examples/threshold-alert/manifest.toml"),
-        include_bytes!("../demo/threshold-alert.wasm"),
+        include_str!("../../../sdk/examples/threshold-alert/manifest.toml"),
+        include_bytes!("../../demo/threshold-alert.wasm"),
     ),
     (
-        include_str!("../../sdk/examples/moving-average/manifest.toml"),
-        include_bytes!("../demo/moving-average.wasm"),
+        include_str!("../../../sdk/examples/moving-average/manifest.toml"),
+        include_bytes!("../../demo/moving-average.wasm"),
     ),
     (
-        include_str!("../../sdk/examples/anomaly-zscore/manifest.toml"),
-        include_bytes!("../demo/anomaly-zscore.wasm"),
+        include_str!("../../../sdk/examples/anomaly-zscore/manifest.toml"),
+        include_bytes!("../../demo/anomaly-zscore.wasm"),
     ),
 ];
 
