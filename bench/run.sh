@@ -125,7 +125,7 @@ start_mosquitto() { # start_mosquitto PORT -> $started
 start_perch() { # start_perch PORT CONFIG -> $started, once it logged "perch ready"
   local data="$work/perch-data-$1" plog="$work/perch-$1.log" i
   rm -rf "$data"
-  "$perch" run --config "$2" --listen "127.0.0.1:$1" --data-dir "$data" 2>"$plog" &
+  "$perch" run --config "$2" --listen "127.0.0.1:$1" --data-dir "$data" --admin-listen 127.0.0.1:0 2>"$plog" &
   started=$!; pids+=("$started")
   for i in $(seq 1 200); do
     grep -qs "perch ready" "$plog" && return 0

@@ -105,7 +105,7 @@ host = "127.0.0.1"
 port = $up_port
 ${EXTRA_TOML:-}
 EOF
-"$PERCH_BIN" run --config "$work/perch.toml" --data-dir "$work/data" 2>"$work/perch.log" &
+"$PERCH_BIN" run --config "$work/perch.toml" --data-dir "$work/data" --admin-listen 127.0.0.1:0 2>"$work/perch.log" &
 pids+=($!)
 for _ in $(seq 200); do grep -q "perch ready" "$work/perch.log" && break; sleep 0.05; done
 port=$(sed -n 's/.*listening on mqtt:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$work/perch.log" | head -1)

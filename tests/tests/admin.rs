@@ -19,7 +19,7 @@ use crate::util::{free_port, mqtt, perch, perch_with_stdin, workspace_root, Gate
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// One HTTP/1.1 GET; returns (status, body).
-fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the admin listener");
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let auth = auth

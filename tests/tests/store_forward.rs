@@ -355,6 +355,8 @@ struct Confined {
     control: tempfile::TempDir,
     log: Arc<Mutex<Vec<String>>>,
     addr: SocketAddr,
+    /// The admin listener (`/readyz`).
+    admin: SocketAddr,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
@@ -380,7 +382,7 @@ mount -t tmpfs -o size=2m tmpfs "$D"
     i=$((i + 1)); sleep 0.05
   done
 ) &
-exec '{perch}' run --config '{config}' --data-dir "$D"
+exec '{perch}' run --config '{config}' --data-dir "$D" --admin-listen 127.0.0.1:0
 "#,
             data = data.path().display(),
             control = control.path().display(),
@@ -427,11 +429,18 @@ exec '{perch}' run --config '{config}' --data-dir "$D"
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line}"));
+        let admin = line
+            .split("admin on http://")
+            .nth(1)
+            .and_then(|s| s.split([',', ' ']).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no admin address in {line}"));
         Confined {
             child,
             control,
             log,
             addr,
+            admin,
             _dirs: (data, cfg_dir),
         }
     }
@@ -458,6 +467,23 @@ exec '{perch}' run --config '{config}' --data-dir "$D"
 
     fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Polls `/readyz` until it answers `want` (or 30 s pass); returns the
+    /// last answer.
+    async fn readyz_until(&self, want: u16) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let admin = self.admin;
+            let answer =
+                tokio::task::spawn_blocking(move || crate::admin::get(admin, "/readyz", None))
+                    .await
+                    .unwrap();
+            if answer.0 == want || tokio::time::Instant::now() > deadline {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn wait_log(&self, needle: &str, wait: Duration) -> bool {
@@ -534,6 +560,10 @@ async fn a_full_disk_is_reported_the_gateway_keeps_serving_and_recovers() {
     assert_eq!(&p.payload[..], b"still here");
     drop((client, el));
     assert!(gw.running(), "perch is up:\n{}", gw.log_text());
+    // /readyz says the gateway is not ready, and why.
+    let (status, body) = gw.readyz_until(503).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the buffer's last commit failed"), "{body}");
 
     gw.ask("free", "freed").await;
     assert!(
@@ -541,6 +571,8 @@ async fn a_full_disk_is_reported_the_gateway_keeps_serving_and_recovers() {
         "recovery is logged:\n{}",
         gw.log_text()
     );
+    let (status, body) = gw.readyz_until(200).await;
+    assert_eq!(status, 200, "ready again once commits work: {body}");
     publish(gw.addr, 1000..1010, 0).await;
     let deadline = tokio::time::Instant::now() + DELIVERY;
     while tokio::time::Instant::now() < deadline

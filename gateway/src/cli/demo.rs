@@ -180,6 +180,7 @@ pub async fn run(
         plain,
         started: Instant::now(),
         gateway_addr: addr,
+        admin_addr: gateway.admin_addr(),
         cloud_addr,
         last_events: 0,
         last_tick: Instant::now(),
@@ -243,6 +244,9 @@ fn gateway_config(
         listen.set_port(0);
     }
     config.broker.listeners[0].listen = listen;
+    // The status page on a free port: a gateway already running here (or
+    // another demo) keeps the default one.
+    config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.validate("the demo's gateway config")?;
     Ok(config)
 }
@@ -406,6 +410,7 @@ struct View {
     plain: bool,
     started: Instant,
     gateway_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     cloud_addr: SocketAddr,
     last_events: u64,
     last_tick: Instant,
@@ -498,6 +503,11 @@ impl View {
             self.gateway_addr.ip(),
             self.gateway_addr.port()
         ));
+        if let Some(admin) = self.admin_addr {
+            s.push_str(&format!(
+                "status page:        http://{admin}/   (metrics: http://{admin}/metrics)\n"
+            ));
+        }
         let _ = out.write_all(s.as_bytes());
         let _ = out.flush();
     }
