@@ -317,7 +317,7 @@ fn rand_id() -> u64 {
 }
 
 /// Lets the broker notice that a dropped connection is gone before the same
-/// client id connects again: rumqttd races the two (see the README's known
+/// client id connects again: rumqttd races the two (see docs/broker.md's known
 /// deviations), and these tests are about something else.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -653,7 +653,7 @@ async fn deviation_an_empty_non_retained_publish_deletes_the_retained_message() 
     let (_c, mut el) = subscriber(gw.addr(), "dv-sub", "dv/#").await;
     assert!(
         next_publish(&mut el, QUIET).await.is_none(),
-        "rumqttd now keeps the retained message: remove this deviation from the README"
+        "rumqttd now keeps the retained message: remove this deviation from docs/broker.md"
     );
 }
 
@@ -914,7 +914,7 @@ async fn deviation_sessions_do_not_survive_a_gateway_restart() {
     assert_eq!(
         ack.1,
         vec![0, 0],
-        "rumqttd sessions now survive: update the README"
+        "rumqttd sessions now survive: update docs/broker.md"
     );
 }
 
@@ -1341,7 +1341,7 @@ async fn deviation_the_clients_maximum_packet_size_is_not_honoured() {
     publish_one(gw.addr(), "mps/x", &[b'y'; 200], false).await;
     assert!(
         raw.next_publish(Duration::from_secs(2)).await.is_ok(),
-        "rumqttd now honours the client's maximum packet size: update the README"
+        "rumqttd now honours the client's maximum packet size: update docs/broker.md"
     );
 }
 
@@ -1376,7 +1376,7 @@ async fn deviation_receive_maximum_is_not_honoured() {
     }
     assert_eq!(
         n, 5,
-        "rumqttd now honours Receive Maximum: update the README"
+        "rumqttd now honours Receive Maximum: update docs/broker.md"
     );
 }
 

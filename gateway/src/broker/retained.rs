@@ -6,7 +6,7 @@
 //! - **Capture.** Every connection's codec sees each PUBLISH a client sends,
 //!   after the ACL let it through. Those that change rumqttd's retained set
 //!   (a retained publish, or any publish with an empty payload, which rumqttd
-//!   takes as "delete the retained message": see the README's known
+//!   takes as "delete the retained message": see docs/broker.md's known
 //!   deviations) are handed to [`Capture::offer`], a non-blocking send on a
 //!   bounded channel. Non-retained publishes with a payload cost one branch.
 //!   A retained will (delay 0) is captured when its connection ends without

@@ -34,7 +34,7 @@
 //!   consistent.
 //!
 //! The sync is paid per commit, not per record: measured with
-//! `cargo bench -p perch --bench buffer` (README, "Buffer performance"),
+//! `cargo bench -p perch --bench buffer` (docs/performance.md, "Buffer performance"),
 //! batched commits reach about 214 k records/s with `full` and 248 k with
 //! `normal` on the development VM, against 1.9 k and 11.9 k records/s
 //! committing each record alone.

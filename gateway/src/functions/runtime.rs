@@ -30,7 +30,7 @@
 //! version to the function's worker, which instantiates it, checks the ABI
 //! and runs `perch_init` (for a 230 KB module: ~16 µs plus `perch_init`)
 //! before it replaces the old instance. Re-creating an instance after a trap
-//! is the same microseconds. Figures: README, "Function performance".
+//! is the same microseconds. Figures: docs/performance.md.
 //!
 //! wasmi's `CompilationMode::Lazy` would skip validating function bodies
 //! at deploy and validate each on its first call instead. It is not used: a
