@@ -10,7 +10,10 @@
 //!   parse the `limit` config value through a host call, and (above the
 //!   limit) serialize and publish the alert, which the host copies out.
 //!   Their ratio is the wasm overhead. `event/empty_wasm` is a handler that
-//!   returns at once: the host's fixed cost per event.
+//!   returns at once: the host's fixed cost per event. The fuel each event
+//!   takes is printed first. With `PERCH_BENCH_BASELINE_WASM=FILE` (say, the
+//!   example built from an older SDK) that module is measured side by side
+//!   as `event/threshold_baseline_wasm_*`.
 //! - `deploy/*`: the phases of deploying a ~200 KB module, each on its own
 //!   (`parse`: wasmi without validation of function bodies; `parse_validate`: what perch's
 //!   compile does; `translate_all`: wasmi's eager mode, every function
@@ -145,6 +148,25 @@ fn event(c: &mut Criterion) {
     let mut host = TestHost::from_manifest(MANIFEST).unwrap();
     let buf: Box<EventBuffer<4096>> = Box::default();
 
+    // Optionally the same function built another way (from an older SDK,
+    // say), measured side by side: its path in PERCH_BENCH_BASELINE_WASM.
+    let baseline = std::env::var_os("PERCH_BENCH_BASELINE_WASM").map(|path| {
+        let wasm = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("PERCH_BENCH_BASELINE_WASM={path:?}: {e}"));
+        let compiled = rt
+            .compile(Manifest::from_toml(MANIFEST).unwrap(), &wasm)
+            .unwrap();
+        rt.instantiate(&compiled, Seed::default())
+            .map_err(|(e, _)| e)
+            .unwrap()
+    });
+    let budget = compiled.manifest.limits.fuel;
+    print_fuel("threshold-alert", &mut instance, budget);
+    let mut baseline = baseline.map(|mut b| {
+        print_fuel("baseline threshold-alert", &mut b, budget);
+        b
+    });
+
     let mut group = c.benchmark_group("event");
     // The host's fixed cost per event: a handler that returns at once.
     let empty = rt
@@ -181,6 +203,21 @@ fn event(c: &mut Criterion) {
                 assert_eq!(n, alerts);
             })
         });
+        if let Some(baseline) = baseline.as_mut() {
+            group.bench_function(format!("threshold_baseline_wasm_{label}"), |b| {
+                b.iter(|| {
+                    baseline
+                        .on_event(TOPIC.as_bytes(), black_box(payload), 1)
+                        .unwrap();
+                    let mut n = 0;
+                    baseline.release(|t, p| {
+                        black_box((t, p));
+                        n += 1;
+                    });
+                    assert_eq!(n, alerts);
+                })
+            });
+        }
         group.bench_function(format!("threshold_native_{label}"), |b| {
             b.iter(|| {
                 let payload = black_box(payload);
@@ -197,6 +234,22 @@ fn event(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Prints the fuel (about one unit per wasm instruction: the guest's work,
+/// whatever the machine's load) one event below and one above the limit
+/// takes. Twice each: lazy translation charges a function's first call.
+fn print_fuel(name: &str, instance: &mut perch::functions::runtime::Instance, budget: u64) {
+    for (label, payload) in [("below", BELOW), ("above", ABOVE)].repeat(2) {
+        instance.on_event(TOPIC.as_bytes(), payload, 1).unwrap();
+        eprintln!(
+            "{name}: fuel per event {label} the limit: {}",
+            budget - instance.fuel_left()
+        );
+        instance.release(|t, p| {
+            black_box((t, p));
+        });
+    }
 }
 
 /// A valid perch module of about 200 KB: the ABI exports plus many

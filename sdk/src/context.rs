@@ -6,7 +6,8 @@ use core::fmt::{self, Write as _};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{sys, Error};
+use crate::config_cache::{Cached, ConfigValue};
+use crate::{json, sys, Error};
 
 /// Bytes of the stack buffer behind [`Context::publish_json`],
 /// [`Context::forward_json`] and [`Context::state_set_json`]. Larger outputs:
@@ -52,6 +53,26 @@ impl<'a> Event<'a> {
         serde_json_core::from_slice(self.payload)
             .map(|(value, _)| value)
             .map_err(|_| Error::Payload)
+    }
+
+    /// Finds top-level fields of the JSON payload in one pass, without serde
+    /// (see [`crate::json`]): the lean way to read a few fields of a reading.
+    ///
+    /// ```
+    /// # use perch_sdk::{Error, Event};
+    /// let event = Event::new("sensors/t1/temperature", br#"{"temperature":21.5}"#, 0);
+    /// let [device, temperature] = event.fields(["device", "temperature"])?;
+    /// assert_eq!(device.opt_str()?, None);
+    /// assert_eq!(temperature.f64()?, 21.5);
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn fields<const N: usize>(&self, names: [&str; N]) -> Result<[json::Field<'a>; N], Error> {
+        json::fields(self.payload, names)
+    }
+
+    /// One top-level field of the JSON payload; see [`Event::fields`].
+    pub fn field(&self, name: &str) -> Result<json::Field<'a>, Error> {
+        json::field(self.payload, name)
     }
 
     /// The payload as UTF-8 text.
@@ -217,6 +238,10 @@ impl Context {
     }
 
     /// Config `key` as a number (`30`, `30.0`, `-1.5e3`).
+    ///
+    /// The typed `config_*` helpers ask the host once per instance and keep
+    /// the value (config is fixed for an instance's life), so calling them
+    /// on every event costs a lookup, not a host call and a parse.
     pub fn config_f64(&self, key: &str) -> Result<f64, Error> {
         self.config_parsed(key)
     }
@@ -246,14 +271,25 @@ impl Context {
         or_default(self.config_bool(key), default)
     }
 
-    fn config_parsed<T: core::str::FromStr>(&self, key: &str) -> Result<T, Error> {
+    /// A typed config value, fetched and parsed once per instance (config is
+    /// fixed for an instance's life; see `config_cache`).
+    fn config_parsed<T: ConfigValue>(&self, key: &str) -> Result<T, Error> {
+        if let Some(cached) = sys::with_config_cache(|c| c.get(key.as_bytes(), T::accepts)) {
+            return T::from_cached(&cached).ok_or(Error::NotFound);
+        }
         let mut buf = [0u8; CONFIG_VALUE_MAX];
         let text = match self.config_get(key, &mut buf) {
             // Too long to be a number or a boolean.
             Err(Error::TooLarge { .. }) => return Err(Error::Config),
+            Err(Error::NotFound) => {
+                sys::with_config_cache(|c| c.put(key.as_bytes(), Cached::Missing));
+                return Err(Error::NotFound);
+            }
             other => other?,
         };
-        text.trim().parse().map_err(|_| Error::Config)
+        let value = T::parse(text.trim()).ok_or(Error::Config)?;
+        sys::with_config_cache(|c| c.put(key.as_bytes(), value.to_cached()));
+        Ok(value)
     }
 
     /// Writes `msg` to the gateway's log, tagged with the function's name.

@@ -3,8 +3,9 @@
 //! A perch function is a WebAssembly module that the gateway runs on MQTT
 //! events (and on intervals), in a sandbox with a fuel and memory budget.
 //! This crate is its guest side of the host ABI (`sdk/ABI.md`): `no_std`,
-//! no allocator, fixed-size buffers from [`heapless`] and a JSON reader from
-//! [`serde_json_core`].
+//! no allocator, fixed-size buffers from [`heapless`], its own lean JSON
+//! field reader and writer ([`json`]), and [`serde_json_core`] for payloads
+//! that are better read into a struct.
 //!
 //! A whole function:
 //!
@@ -12,6 +13,23 @@
 //! #![no_std]
 //! use perch_sdk::{Context, Error, Event};
 //!
+//! fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
+//!     let [temperature] = event.fields(["temperature"])?;
+//!     if temperature.f64()? > ctx.config_f64("limit")? {
+//!         ctx.publish("alerts/hot", event.payload)?;
+//!     }
+//!     Ok(())
+//! }
+//!
+//! perch_sdk::function!(on_event);
+//! # fn main() {}
+//! ```
+//!
+//! The same with serde, which costs the function several times the fuel per
+//! event (`docs/performance.md`) but reads any shape into a struct:
+//!
+//! ```
+//! # use perch_sdk::{Context, Error, Event};
 //! #[derive(serde::Deserialize)]
 //! struct Reading {
 //!     temperature: f64,
@@ -24,8 +42,7 @@
 //!     }
 //!     Ok(())
 //! }
-//!
-//! perch_sdk::function!(on_event);
+//! # perch_sdk::function!(on_event);
 //! # fn main() {}
 //! ```
 //!
@@ -38,6 +55,11 @@
 //! - [`context`]: [`Event`] (what a handler gets) and [`Context`] (outputs,
 //!   state, config, log, clock): the API a function is written against.
 //! - [`error`]: [`Error`], the ABI's error codes plus the SDK's own.
+//! - [`json`]: the lean JSON path: top-level fields of a payload in one
+//!   pass ([`json::fields`]), an object writer ([`json::Object`]), and
+//!   exact fast number parsing and printing.
+//! - `config_cache`: the typed config values an instance has read, so each
+//!   is fetched from the host and parsed once per instance.
 //! - [`export`]: the [`function!`] macro and the event buffer behind the
 //!   exports the host calls.
 //! - `sys`: the raw `perch` imports (on wasm32) or the [`testing`] host
@@ -59,9 +81,11 @@
 #[cfg(not(target_arch = "wasm32"))]
 extern crate std;
 
+mod config_cache;
 pub mod context;
 pub mod error;
 pub mod export;
+pub mod json;
 pub mod math;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]

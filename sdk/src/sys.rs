@@ -62,6 +62,8 @@ mod calls {
     // the given length, so the host reads or writes only guest memory the
     // caller owns for the duration of the call; the host keeps no pointer.
     use super::imports;
+    use crate::config_cache::ConfigCache;
+    use core::cell::UnsafeCell;
 
     pub fn publish(topic: &[u8], payload: &[u8]) -> i32 {
         unsafe { imports::publish(topic.as_ptr(), topic.len(), payload.as_ptr(), payload.len()) }
@@ -106,10 +108,22 @@ mod calls {
     pub fn now_ms() -> i64 {
         unsafe { imports::now_ms() }
     }
+
+    /// Runs `f` on the instance's config cache, a static in its memory.
+    pub fn with_config_cache<R>(f: impl FnOnce(&mut ConfigCache) -> R) -> R {
+        struct Slot(UnsafeCell<ConfigCache>);
+        // SAFETY: a wasm instance runs one thread.
+        unsafe impl Sync for Slot {}
+        static CACHE: Slot = Slot(UnsafeCell::new(ConfigCache::new()));
+        // SAFETY: one thread, and `f` (the cache's own get/put) never comes
+        // back here, so this is the only reference while it runs.
+        f(unsafe { &mut *CACHE.0.get() })
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 mod calls {
+    use crate::config_cache::ConfigCache;
     use crate::testing::with_host;
 
     pub fn publish(topic: &[u8], payload: &[u8]) -> i32 {
@@ -146,6 +160,12 @@ mod calls {
 
     pub fn now_ms() -> i64 {
         with_host(|h| h.now_ms())
+    }
+
+    /// Runs `f` on the config cache of the test host (one per host, so tests
+    /// with different configs never share values).
+    pub fn with_config_cache<R>(f: impl FnOnce(&mut ConfigCache) -> R) -> R {
+        with_host(|h| f(h.config_cache()))
     }
 }
 

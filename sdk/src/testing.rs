@@ -48,6 +48,7 @@ use std::format;
 use std::string::{String, ToString};
 use std::vec::Vec;
 
+use crate::config_cache::ConfigCache;
 use crate::export::{self, EventBuffer, DEFAULT_EVENT_BUFFER};
 use crate::{Context, Error, Event, Level};
 
@@ -103,6 +104,11 @@ pub struct TestHost {
     output_bytes_max: usize,
     /// Output bytes used by the current invocation; reset by each `run`.
     output_bytes_used: usize,
+    /// Typed config values read so far: what an instance keeps in memory.
+    /// Emptied when the config changes ([`TestHost::with_config`]).
+    config_cache: ConfigCache,
+    /// How many times a handler asked for a config value (`config_get`).
+    config_reads: usize,
     state: BTreeMap<Vec<u8>, Vec<u8>>,
     now_ms: i64,
     published: Vec<Message>,
@@ -143,6 +149,8 @@ impl TestHost {
             publish_allow: None,
             output_bytes_max: OUTPUT_BYTES_DEFAULT,
             output_bytes_used: 0,
+            config_cache: ConfigCache::new(),
+            config_reads: 0,
             state: BTreeMap::new(),
             now_ms: 0,
             published: Vec::new(),
@@ -197,9 +205,24 @@ impl TestHost {
     }
 
     /// Sets config `key` to `value` (the text the host would hand over).
+    ///
+    /// Like a redeploy with a new config, it also forgets the typed values
+    /// the function has read so far.
     pub fn with_config(mut self, key: &str, value: &str) -> Self {
         self.config.insert(key.to_owned(), value.to_owned());
+        self.config_cache = ConfigCache::new();
         self
+    }
+
+    /// How many times handlers asked this host for a config value. The
+    /// SDK's typed helpers (`config_f64` and friends) ask once per key and
+    /// instance, as on the gateway.
+    pub fn config_reads(&self) -> usize {
+        self.config_reads
+    }
+
+    pub(crate) fn config_cache(&mut self) -> &mut ConfigCache {
+        &mut self.config_cache
     }
 
     /// Adds a `publish.allow` filter; from the first one on, topics that
@@ -412,6 +435,7 @@ impl TestHost {
     }
 
     pub(crate) fn config_get(&mut self, key: &[u8], out: &mut [u8]) -> i32 {
+        self.config_reads += 1;
         let Ok(key) = std::str::from_utf8(key) else {
             return Error::Invalid.code();
         };
@@ -613,6 +637,31 @@ mod tests {
             assert_eq!(ctx.publish("b", b""), Err(Error::Denied));
             assert_eq!(ctx.publish("a/1", b"123456"), Err(Error::Limit));
         });
+    }
+
+    #[test]
+    fn typed_config_is_read_once_per_instance() {
+        let mut host = TestHost::new()
+            .with_config("limit", "30.0")
+            .with_config("label", "hot");
+        for _ in 0..3 {
+            host.run(|ctx| {
+                assert_eq!(ctx.config_f64("limit"), Ok(30.0));
+                assert_eq!(ctx.config_f64_or("missing", 1.5), Ok(1.5));
+                assert_eq!(ctx.config_bool("missing"), Err(Error::NotFound));
+                // Failures are not kept: each read asks again.
+                assert_eq!(ctx.config_f64("label"), Err(Error::Config));
+            });
+        }
+        // limit and missing once each, label three times.
+        assert_eq!(host.config_reads(), 5);
+        // Another type for the same key is its own read.
+        host.run(|ctx| assert_eq!(ctx.config_i64("limit"), Err(Error::Config)));
+        assert_eq!(host.config_reads(), 6);
+        // A new config (a redeploy) forgets what was read.
+        let mut host = host.with_config("limit", "-1.5e3");
+        host.run(|ctx| assert_eq!(ctx.config_f64("limit"), Ok(-1500.0)));
+        assert_eq!(host.config_reads(), 7);
     }
 
     #[test]

@@ -15,14 +15,8 @@
 #![cfg_attr(not(test), no_std)]
 
 use perch_sdk::heapless::String;
-use perch_sdk::{math, Context, Error, Event, Level};
+use perch_sdk::{json, math, Context, Error, Event, Level};
 use serde::{Deserialize, Serialize};
-
-#[derive(Deserialize)]
-struct Reading<'a> {
-    device: Option<&'a str>,
-    temperature: f64,
-}
 
 /// Running count, mean and sum of squared deviations (Welford).
 #[derive(Serialize, Deserialize, Default, Debug, Clone, Copy, PartialEq)]
@@ -57,20 +51,11 @@ impl Stats {
     }
 }
 
-#[derive(Serialize)]
-struct Outlier<'a> {
-    device: &'a str,
-    value: f64,
-    mean: f64,
-    stddev: f64,
-    z: f64,
-    timestamp_ms: i64,
-}
-
 /// Handles one reading.
 pub fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
-    let reading: Reading = event.json()?;
-    let device = reading.device.or(event.topic_level(1)).unwrap_or("unknown");
+    let [device, temperature] = event.fields(["device", "temperature"])?;
+    let (device, x) = (device.opt_str()?, temperature.f64()?);
+    let device = device.or(event.topic_level(1)).unwrap_or("unknown");
     let threshold = ctx.config_f64_or("z_threshold", 3.0)?;
     let min_samples = ctx.config_i64_or("min_samples", 10)?.max(2) as u64;
 
@@ -79,24 +64,22 @@ pub fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
     key.push_str(device).map_err(|_| Error::Encode)?;
     let mut stats: Stats = ctx.state_get_json(&key)?.unwrap_or_default();
 
-    let x = reading.temperature;
     if stats.n >= min_samples {
         if let Some(z) = stats.z(x).filter(|z| z.abs() > threshold) {
             let stream = match ctx.config_str::<64>("stream") {
                 Err(Error::NotFound) => String::try_from("anomalies").map_err(|_| Error::Encode)?,
                 other => other?,
             };
-            ctx.forward_json(
-                &stream,
-                &Outlier {
-                    device,
-                    value: x,
-                    mean: math::round_to(stats.mean, 3),
-                    stddev: math::round_to(stats.stddev(), 3),
-                    z: math::round_to(z, 2),
-                    timestamp_ms: event.timestamp_ms,
-                },
-            )?;
+            let mut buf = [0u8; 512];
+            let mut outlier = json::Object::new(&mut buf);
+            outlier
+                .str("device", device)
+                .f64("value", x)
+                .f64("mean", math::round_to(stats.mean, 3))
+                .f64("stddev", math::round_to(stats.stddev(), 3))
+                .f64("z", math::round_to(z, 2))
+                .i64("timestamp_ms", event.timestamp_ms);
+            ctx.forward(&stream, outlier.finish()?)?;
             perch_sdk::debug!(ctx, "outlier on {}: z = {}", device, math::round_to(z, 2));
         }
     }

@@ -12,17 +12,11 @@
 #![cfg_attr(not(test), no_std)]
 
 use perch_sdk::heapless::{String, Vec};
-use perch_sdk::{math, Context, Error, Event};
+use perch_sdk::{json, math, Context, Error, Event};
 use serde::{Deserialize, Serialize};
 
 /// The most readings a window can hold (what one state value stores).
 pub const WINDOW_MAX: usize = 32;
-
-#[derive(Deserialize)]
-struct Reading<'a> {
-    device: Option<&'a str>,
-    temperature: f64,
-}
 
 /// The last readings of one device, oldest first.
 #[derive(Serialize, Deserialize, Default, Debug, PartialEq)]
@@ -50,13 +44,6 @@ impl Window {
     }
 }
 
-#[derive(Serialize)]
-struct Average<'a> {
-    device: &'a str,
-    average: f64,
-    samples: usize,
-}
-
 fn key<const N: usize>(prefix: &str, device: &str, suffix: &str) -> Result<String<N>, Error> {
     let mut key = String::new();
     for part in [prefix, device, suffix] {
@@ -67,8 +54,9 @@ fn key<const N: usize>(prefix: &str, device: &str, suffix: &str) -> Result<Strin
 
 /// Handles one reading.
 pub fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
-    let reading: Reading = event.json()?;
-    let device = reading.device.or(event.topic_level(1)).unwrap_or("unknown");
+    let [device, temperature] = event.fields(["device", "temperature"])?;
+    let (device, temperature) = (device.opt_str()?, temperature.f64()?);
+    let device = device.or(event.topic_level(1)).unwrap_or("unknown");
     let size = ctx.config_i64_or("window", 10)?;
     if !(1..=WINDOW_MAX as i64).contains(&size) {
         return Err(Error::Config);
@@ -76,19 +64,17 @@ pub fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
 
     let state_key: String<256> = key("window/", device, "")?;
     let mut window: Window = ctx.state_get_json(&state_key)?.unwrap_or_default();
-    window.push(reading.temperature, size as usize);
+    window.push(temperature, size as usize);
     ctx.state_set_json(&state_key, &window)?;
 
-    ctx.emit_keyed("temperature", device, reading.temperature)?;
+    ctx.emit_keyed("temperature", device, temperature)?;
     let topic: String<256> = key("averages/", device, "/temperature")?;
-    ctx.publish_json(
-        &topic,
-        &Average {
-            device,
-            average: math::round_to(window.average(), 3),
-            samples: window.values.len(),
-        },
-    )
+    let mut buf = [0u8; 512];
+    let mut out = json::Object::new(&mut buf);
+    out.str("device", device)
+        .f64("average", math::round_to(window.average(), 3))
+        .u64("samples", window.values.len() as u64);
+    ctx.publish(&topic, out.finish()?)
 }
 
 perch_sdk::function! {

@@ -6,45 +6,35 @@
 //! Out: `alerts/<device>/temperature` with
 //! `{"device":"t1","temperature":31.5,"limit":30.0}`, for every reading above
 //! the limit. The C example in `sdk/examples/c-threshold/` does the same.
+//!
+//! It reads the payload and writes the alert with `perch_sdk::json` (the
+//! lean path for a few fields: no serde, a fraction of the fuel) and reads
+//! the limit with `config_f64`, which asks the host once per instance.
 // Tests run natively with std; the module itself never links it.
 #![cfg_attr(not(test), no_std)]
 
-use perch_sdk::{Context, Error, Event};
-use serde::{Deserialize, Serialize};
-
-#[derive(Deserialize)]
-struct Reading<'a> {
-    device: Option<&'a str>,
-    temperature: f64,
-}
-
-#[derive(Serialize)]
-struct Alert<'a> {
-    device: &'a str,
-    temperature: f64,
-    limit: f64,
-}
+use perch_sdk::{json, Context, Error, Event};
 
 /// Handles one reading.
 pub fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
-    let reading: Reading = event.json()?;
+    let [device, temperature] = event.fields(["device", "temperature"])?;
+    let (device, temperature) = (device.opt_str()?, temperature.f64()?);
     let limit = ctx.config_f64("limit")?;
-    if reading.temperature <= limit {
+    if temperature <= limit {
         return Ok(());
     }
-    let device = reading.device.or(event.topic_level(1)).unwrap_or("unknown");
+    let device = device.or(event.topic_level(1)).unwrap_or("unknown");
     let mut topic: perch_sdk::heapless::String<128> = perch_sdk::heapless::String::new();
     for part in ["alerts/", device, "/temperature"] {
         topic.push_str(part).map_err(|_| Error::Encode)?;
     }
-    ctx.publish_json(
-        &topic,
-        &Alert {
-            device,
-            temperature: reading.temperature,
-            limit,
-        },
-    )
+    let mut buf = [0u8; 256];
+    let mut alert = json::Object::new(&mut buf);
+    alert
+        .str("device", device)
+        .f64("temperature", temperature)
+        .f64("limit", limit);
+    ctx.publish(&topic, alert.finish()?)
 }
 
 perch_sdk::function! {
@@ -100,13 +90,41 @@ mod tests {
     #[test]
     fn refuses_payloads_it_cannot_read() {
         let mut host = host();
-        for bad in [&b"31.5"[..], b"{\"temp\":31.5}", b"not json", b""] {
+        for bad in [
+            &b"31.5"[..],
+            b"{\"temp\":31.5}",
+            b"not json",
+            b"",
+            br#"{"temperature":"31.5"}"#,
+            br#"{"device":5,"temperature":31.5}"#,
+            br#"{"temperature":31.5,"temperature":32}"#,
+            br#"{"temperature":31.5"#,
+        ] {
             assert_eq!(
                 host.event(on_event, "sensors/t1/temperature", bad, 1),
                 Err(Error::Payload)
             );
         }
         assert!(host.published().is_empty());
+    }
+
+    #[test]
+    fn reads_the_limit_once_per_instance() {
+        let mut host = host();
+        for t in ["12", "31.5", "29.99", "30.01"] {
+            let payload = format!(r#"{{"device":"t1","temperature":{t}}}"#);
+            host.event(on_event, "sensors/t1/temperature", payload.as_bytes(), 1)
+                .unwrap();
+        }
+        assert_eq!(host.config_reads(), 1);
+        let alerts: Vec<_> = host.published().iter().map(|m| m.text()).collect();
+        assert_eq!(
+            alerts,
+            [
+                r#"{"device":"t1","temperature":31.5,"limit":30.0}"#,
+                r#"{"device":"t1","temperature":30.01,"limit":30.0}"#
+            ]
+        );
     }
 
     #[test]

@@ -9,20 +9,7 @@
 #![cfg_attr(not(test), no_std)]
 
 use perch_sdk::heapless::String;
-use perch_sdk::{math, Context, Error, Event};
-use serde::{Deserialize, Serialize};
-
-#[derive(Deserialize)]
-struct Reading<'a> {
-    device: Option<&'a str>,
-    temperature: f64,
-}
-
-#[derive(Serialize)]
-struct Celsius<'a> {
-    device: &'a str,
-    temperature: f64,
-}
+use perch_sdk::{json, math, Context, Error, Event};
 
 /// °F to °C.
 pub fn fahrenheit_to_celsius(f: f64) -> f64 {
@@ -31,29 +18,26 @@ pub fn fahrenheit_to_celsius(f: f64) -> f64 {
 
 /// Handles one reading.
 pub fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
-    // A bare number or an object; serde-json-core has no untagged enums.
-    let reading = match event.json::<f64>() {
-        Ok(temperature) => Reading {
-            device: None,
-            temperature,
-        },
-        Err(_) => event.json()?,
+    // A bare number or an object.
+    let (device, fahrenheit) = match json::number(event.payload) {
+        Ok(fahrenheit) => (None, fahrenheit),
+        Err(_) => {
+            let [device, temperature] = event.fields(["device", "temperature"])?;
+            (device.opt_str()?, temperature.f64()?)
+        }
     };
     let decimals = ctx.config_i64_or("decimals", 2)?.clamp(0, 15) as u32;
-    let device = reading.device.or(event.topic_level(1)).unwrap_or("unknown");
-    let celsius = math::round_to(fahrenheit_to_celsius(reading.temperature), decimals);
+    let device = device.or(event.topic_level(1)).unwrap_or("unknown");
+    let celsius = math::round_to(fahrenheit_to_celsius(fahrenheit), decimals);
 
     let base = event.topic.strip_suffix("_f").unwrap_or(event.topic);
     let mut topic: String<256> = String::new();
     topic.push_str(base).map_err(|_| Error::Encode)?;
     topic.push_str("_c").map_err(|_| Error::Encode)?;
-    ctx.publish_json(
-        &topic,
-        &Celsius {
-            device,
-            temperature: celsius,
-        },
-    )
+    let mut buf = [0u8; 512];
+    let mut out = json::Object::new(&mut buf);
+    out.str("device", device).f64("temperature", celsius);
+    ctx.publish(&topic, out.finish()?)
 }
 
 perch_sdk::function! {

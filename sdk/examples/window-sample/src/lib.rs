@@ -20,32 +20,25 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use perch_sdk::{Context, Error, Event};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Reading<'a> {
-    device: Option<&'a str>,
-    temperature: f64,
-    seq: Option<u64>,
-}
 
 /// Readings without a `seq` seen since the instance started.
 static UNNUMBERED: AtomicU64 = AtomicU64::new(0);
 
 /// Handles one reading.
 pub fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
-    let reading: Reading = event.json()?;
+    let [device, temperature, seq] = event.fields(["device", "temperature", "seq"])?;
+    let (device, temperature, seq) = (device.opt_str()?, temperature.f64()?, seq.opt_u64()?);
     let limit = ctx.config_f64("limit")?;
     let every = ctx.config_i64_or("forward_every", 100)?;
     if every < 1 {
         return Err(Error::Config);
     }
-    let device = reading.device.or(event.topic_level(1)).unwrap_or("unknown");
-    ctx.emit_keyed("temperature", device, reading.temperature)?;
-    if reading.temperature > limit {
+    let device = device.or(event.topic_level(1)).unwrap_or("unknown");
+    ctx.emit_keyed("temperature", device, temperature)?;
+    if temperature > limit {
         ctx.emit_keyed("over_limit", device, 1.0)?;
     }
-    let seq = match reading.seq {
+    let seq = match seq {
         Some(seq) => seq,
         None => UNNUMBERED.fetch_add(1, Ordering::Relaxed),
     };
