@@ -94,3 +94,306 @@ fn relative_links_in_the_docs_point_at_files_that_exist() {
     }
     assert!(checked > 10, "only {checked} links found");
 }
+
+/// One command line of a fenced shell block: where it is, and its words.
+struct DocCommand {
+    place: String,
+    line: String,
+    args: Vec<String>,
+}
+
+/// Splits a shell line into words and operators the way sh would for the
+/// plain lines docs hold: quotes, backslashes, comments, `|`, `&&`, `||`,
+/// `;`, `&` and redirections (their target is dropped). Each element is one
+/// simple command's words.
+fn shell_commands(line: &str) -> Vec<Vec<String>> {
+    let mut commands = vec![Vec::new()];
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut skip_next_word = false;
+    let mut chars = line.chars().peekable();
+    let finish = |word: &mut String,
+                  in_word: &mut bool,
+                  skip: &mut bool,
+                  commands: &mut Vec<Vec<String>>| {
+        if *in_word {
+            if *skip {
+                *skip = false;
+            } else {
+                commands.last_mut().unwrap().push(std::mem::take(word));
+            }
+            word.clear();
+            *in_word = false;
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                for c in chars.by_ref() {
+                    if c == '\'' {
+                        break;
+                    }
+                    word.push(c);
+                }
+            }
+            '"' => {
+                in_word = true;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => word.extend(chars.next()),
+                        c => word.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                word.extend(chars.next());
+            }
+            '#' if !in_word => break,
+            c if c.is_whitespace() => {
+                finish(&mut word, &mut in_word, &mut skip_next_word, &mut commands)
+            }
+            '|' | '&' | ';' => {
+                finish(&mut word, &mut in_word, &mut skip_next_word, &mut commands);
+                while chars.next_if(|n| matches!(n, '|' | '&')).is_some() {}
+                commands.push(Vec::new());
+            }
+            '>' | '<' => {
+                // `2>` and `>` alike: drop the descriptor and the target.
+                if in_word && word.chars().all(|c| c.is_ascii_digit()) {
+                    word.clear();
+                    in_word = false;
+                }
+                finish(&mut word, &mut in_word, &mut skip_next_word, &mut commands);
+                while chars.next_if(|n| matches!(n, '>' | '&')).is_some() {}
+                skip_next_word = true;
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    finish(&mut word, &mut in_word, &mut skip_next_word, &mut commands);
+    commands.retain(|c| !c.is_empty());
+    commands
+}
+
+/// perch's arguments in a simple command that runs perch: `perch ...`,
+/// `./target/release/perch ...`, `sudo perch ...`, `cargo run ... -p perch
+/// -- ...`. None for any other command.
+fn perch_args(words: &[String]) -> Option<Vec<String>> {
+    let mut words = words;
+    while let Some(first) = words.first() {
+        if first == "sudo" || first.contains('=') {
+            words = &words[1..];
+        } else {
+            break;
+        }
+    }
+    let first = words.first()?;
+    if first == "perch" || first.ends_with("/perch") {
+        return Some(words[1..].to_vec());
+    }
+    if first == "cargo" && words.get(1).is_some_and(|w| w == "run") {
+        let package = words.windows(2).any(|w| w[0] == "-p" && w[1] == "perch");
+        let dashes = words.iter().position(|w| w == "--");
+        if package {
+            return Some(dashes.map_or(Vec::new(), |i| words[i + 1..].to_vec()));
+        }
+    }
+    None
+}
+
+/// Every command line in the fenced shell blocks (```sh, ```bash, ```shell,
+/// ```console, or a bare ```) of README.md and docs/*.md that runs perch.
+/// Continuation lines are joined; a leading `$ ` prompt is dropped.
+fn documented_perch_commands() -> Vec<DocCommand> {
+    let root = crate::util::workspace_root();
+    let mut pages = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    let mut found = Vec::new();
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let name = page.strip_prefix(&root).unwrap().display().to_string();
+        let mut fence: Option<bool> = None; // Some(is shell) inside a block
+        let mut pending = String::new();
+        let mut start = 0;
+        for (i, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if let Some(info) = trimmed.strip_prefix("```") {
+                fence = match fence {
+                    Some(_) => None,
+                    None => Some(matches!(
+                        info.trim(),
+                        "" | "sh" | "bash" | "shell" | "console"
+                    )),
+                };
+                pending.clear();
+                continue;
+            }
+            if fence != Some(true) {
+                continue;
+            }
+            if pending.is_empty() {
+                start = i + 1;
+            }
+            let line = line.trim().strip_prefix("$ ").unwrap_or(line.trim());
+            if let Some(joined) = line.strip_suffix('\\') {
+                pending.push_str(joined);
+                pending.push(' ');
+                continue;
+            }
+            pending.push_str(line);
+            let full = std::mem::take(&mut pending);
+            for words in shell_commands(&full) {
+                if let Some(args) = perch_args(&words) {
+                    found.push(DocCommand {
+                        place: format!("{name}:{start}"),
+                        line: full.trim().to_owned(),
+                        args,
+                    });
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A placeholder the docs write for a value the reader fills in (NAME,
+/// FILE.wasm, ADDR): clap may refuse it as a value, which is no drift.
+fn is_placeholder(value: &str) -> bool {
+    let stem = value.split('.').next().unwrap_or("");
+    !stem.is_empty()
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+}
+
+#[test]
+fn shell_lines_split_as_sh_would() {
+    let split = shell_commands(
+        "echo 'a b' | perch passwd > hash.txt 2>&1 && perch fn list --gateway \"$(hostname)\" # x",
+    );
+    assert_eq!(
+        split,
+        vec![
+            vec!["echo".to_owned(), "a b".into()],
+            vec!["perch".into(), "passwd".into()],
+            vec![
+                "perch".into(),
+                "fn".into(),
+                "list".into(),
+                "--gateway".into(),
+                "$(hostname)".into()
+            ],
+        ]
+    );
+    let cargo: Vec<String> = ["cargo", "run", "--release", "-p", "perch", "--", "demo"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(perch_args(&cargo), Some(vec!["demo".to_owned()]));
+    assert_eq!(perch_args(&["mosquitto_sub".to_owned()]), None);
+    assert!(is_placeholder("FILE.wasm") && is_placeholder("ADDR") && !is_placeholder("x.toml"));
+}
+
+/// The docs cannot drift from the binary: every `perch ...` line in a shell
+/// block of the README or docs/ is parsed by perch's own command line
+/// (`perch::cli::Cli`, the parser the binary runs), so a renamed
+/// subcommand or flag fails here. A synopsis's optional parts (`[--force]`)
+/// are checked as if given.
+/// Whether perch's own command line (`perch::cli::Cli`, the parser the
+/// binary runs) accepts `args`; the first line of clap's error if not.
+/// `--help` and `--version` are accepted, and so is a placeholder value
+/// (`--listen ADDR`) where clap checks the value's type.
+fn accepted(args: &[String]) -> Result<(), String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::Parser as _;
+    let Err(e) = perch::cli::Cli::try_parse_from(
+        std::iter::once("perch".to_owned()).chain(args.iter().cloned()),
+    ) else {
+        return Ok(());
+    };
+    let placeholder = matches!(e.kind(), ErrorKind::ValueValidation)
+        && matches!(
+            e.get(ContextKind::InvalidValue),
+            Some(ContextValue::String(v)) if is_placeholder(v)
+        );
+    if placeholder || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return Ok(());
+    }
+    Err(e
+        .render()
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned())
+}
+
+#[test]
+fn the_docs_check_refuses_what_perch_refuses() {
+    let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+    assert!(accepted(&words("fn deploy FILE.wasm --manifest FILE.toml --force")).is_ok());
+    assert!(accepted(&words("run --listen ADDR --admin-listen 127.0.0.1:0")).is_ok());
+    assert!(accepted(&words("fn deploy x.wasm --manifst m.toml")).is_err());
+    assert!(accepted(&words("fn deploy x.wasm")).is_err());
+    assert!(accepted(&words("function list")).is_err());
+    assert!(accepted(&words("run --listen localhost")).is_err());
+}
+
+/// The docs cannot drift from the binary: every `perch ...` line in a shell
+/// block of the README or docs/ is parsed by perch's own command line, so a
+/// renamed subcommand or flag fails here. A synopsis's optional parts
+/// (`[--force]`) are checked as if given.
+#[test]
+fn every_perch_command_in_the_docs_is_one_the_binary_accepts() {
+    let commands = documented_perch_commands();
+    let mut problems = Vec::new();
+    for command in &commands {
+        let args: Vec<String> = command
+            .args
+            .iter()
+            .map(|a| a.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if let Err(e) = accepted(&args) {
+            problems.push(format!(
+                "{}: `{}`\n  perch {}\n  {e}",
+                command.place,
+                command.line,
+                args.join(" ")
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "commands in the docs that perch does not accept:\n{}",
+        problems.join("\n")
+    );
+    assert!(
+        commands.len() >= 25,
+        "only {} perch commands found in the docs' shell blocks",
+        commands.len()
+    );
+    // Every page with a shell block that runs perch was seen.
+    for page in [
+        "README.md",
+        "docs/deploying.md",
+        "docs/operating.md",
+        "docs/getting-started.md",
+    ] {
+        assert!(
+            commands.iter().any(|c| c.place.starts_with(page)),
+            "no perch command found in {page}"
+        );
+    }
+}

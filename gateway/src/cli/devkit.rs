@@ -6,13 +6,22 @@
 //! Templates are the SDK's own, shipped inside the binary: the Rust project
 //! is `sdk/examples/threshold-alert` (handler, tests, build script) with a
 //! vendored copy of `perch-sdk` in `perch-sdk/`, so it builds with nothing
-//! but crates.io; the C project is `sdk/examples/c-threshold`. Both build
-//! and deploy as they are.
+//! but crates.io; the C project is `sdk/examples/c-threshold`; the
+//! AssemblyScript project is `sdk/examples/as-threshold` (the handler and a
+//! small ABI layer, `assembly/perch.ts`). All three build and deploy as they
+//! are.
+//!
+//! `perch fn build` tells what it does and how long each step took: it
+//! installs the toolchain piece that is missing (the rustup target
+//! `wasm32-unknown-unknown`; the AssemblyScript compiler, pinned in the
+//! project's package.json, with npm into the project's node_modules),
+//! compiles, then checks the module in the real runtime.
 
 use std::fmt::Write as _;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 
@@ -25,7 +34,12 @@ use crate::functions::Output;
 pub enum Lang {
     Rust,
     C,
+    Assemblyscript,
 }
+
+/// The AssemblyScript compiler new projects pin (package.json); `perch fn
+/// build` installs the version the project's package.json names.
+pub const ASSEMBLYSCRIPT_VERSION: &str = "0.27.37";
 
 /// The SDK, vendored into every new Rust project.
 const SDK_FILES: [(&str, &str); 7] = [
@@ -72,6 +86,11 @@ const RUST_BUILD: &str = include_str!("../../../sdk/examples/threshold-alert/bui
 const RUST_MANIFEST: &str = include_str!("../../../sdk/examples/threshold-alert/manifest.toml");
 const C_SOURCE: &str = include_str!("../../../sdk/examples/c-threshold/threshold.c");
 const C_MANIFEST: &str = include_str!("../../../sdk/examples/c-threshold/manifest.toml");
+const AS_INDEX: &str = include_str!("../../../sdk/examples/as-threshold/assembly/index.ts");
+const AS_PERCH: &str = include_str!("../../../sdk/examples/as-threshold/assembly/perch.ts");
+const AS_CONFIG: &str = include_str!("../../../sdk/examples/as-threshold/asconfig.json");
+const AS_PACKAGE: &str = include_str!("../../../sdk/examples/as-threshold/package.json");
+const AS_MANIFEST: &str = include_str!("../../../sdk/examples/as-threshold/manifest.toml");
 
 /// Sample events for `perch fn test`, one JSON object a line.
 const EVENTS: &str = r#"{"topic":"sensors/t1/temperature","payload":{"device":"t1","temperature":21.5}}
@@ -94,7 +113,10 @@ pub fn new(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<PathBuf
     let mut files: Vec<(String, String)> = vec![
         ("events.jsonl".into(), EVENTS.into()),
         ("README.md".into(), readme(name, lang)),
-        (".gitignore".into(), "/target\n/build\n".into()),
+        (
+            ".gitignore".into(),
+            "/target\n/build\n/node_modules\n".into(),
+        ),
     ];
     match lang {
         Lang::Rust => {
@@ -117,6 +139,16 @@ pub fn new(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<PathBuf
         Lang::C => {
             files.push(("manifest.toml".into(), rename(C_MANIFEST, name)?));
             files.push(("function.c".into(), C_SOURCE.into()));
+        }
+        Lang::Assemblyscript => {
+            files.push(("manifest.toml".into(), rename(AS_MANIFEST, name)?));
+            files.push(("package.json".into(), as_package_json(name)?));
+            files.push(("asconfig.json".into(), AS_CONFIG.into()));
+            files.push((
+                "assembly/index.ts".into(),
+                AS_INDEX.replacen("// as-threshold:", &format!("// {name}:"), 1),
+            ));
+            files.push(("assembly/perch.ts".into(), AS_PERCH.into()));
         }
     }
     for (path, text) in files {
@@ -164,6 +196,20 @@ fn rename(manifest: &str, name: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The template's package.json with the project's name; the compiler
+/// version stays the one the template pins.
+fn as_package_json(name: &str) -> anyhow::Result<String> {
+    let mut package: serde_json::Value =
+        serde_json::from_str(AS_PACKAGE).context("the template package.json (a perch bug)")?;
+    package["name"] = name.into();
+    anyhow::ensure!(
+        package["devDependencies"]["assemblyscript"] == ASSEMBLYSCRIPT_VERSION,
+        "the template package.json pins another assemblyscript than {ASSEMBLYSCRIPT_VERSION} \
+         (a perch bug)"
+    );
+    Ok(serde_json::to_string_pretty(&package)? + "\n")
+}
+
 fn rust_cargo_toml(name: &str) -> String {
     format!(
         r#"[package]
@@ -200,6 +246,10 @@ fn readme(name: &str, lang: Lang) -> String {
     let source = match lang {
         Lang::Rust => "src/lib.rs (the handler and its tests; `cargo test` runs them natively)",
         Lang::C => "function.c (against the raw ABI: no libc, no allocator)",
+        Lang::Assemblyscript => {
+            "assembly/index.ts (assembly/perch.ts wraps the ABI; `perch fn build` installs \
+             the AssemblyScript compiler pinned in package.json into node_modules with npm)"
+        }
     };
     format!(
         "# {name}\n\n\
@@ -215,48 +265,126 @@ fn readme(name: &str, lang: Lang) -> String {
     )
 }
 
+/// Prints what `perch fn build` is doing, and how long it took.
+struct Progress {
+    start: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            start: Instant::now(),
+        }
+    }
+
+    /// Runs one step: says what it is before (tools print below it), and
+    /// how long it took after it succeeded.
+    fn step<T>(
+        &self,
+        doing: &str,
+        done: &str,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        eprintln!("perch fn build: {doing}");
+        let start = Instant::now();
+        let value = f()?;
+        eprintln!("perch fn build: {done} in {}", seconds(start));
+        Ok(value)
+    }
+}
+
+fn seconds(since: Instant) -> String {
+    format!("{:.1} s", since.elapsed().as_secs_f64())
+}
+
 /// Builds the project in `dir` to `dir/build/<name>.wasm` and checks it
 /// against the runtime. Returns the module's path and its manifest.
 pub fn build(dir: &Path) -> anyhow::Result<(PathBuf, Manifest)> {
+    let progress = Progress::new();
     let manifest = read_manifest(dir)?;
     let out_dir = dir.join("build");
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let out = out_dir.join(format!("{}.wasm", manifest.name));
-    if dir.join("Cargo.toml").exists() {
-        build_rust(dir, &out)?;
+    // Built beside it and renamed once the runtime accepted it, so
+    // build/NAME.wasm is always the last module that runs.
+    let partial = out_dir.join(format!("{}.partial.wasm", manifest.name));
+    let built = if dir.join("Cargo.toml").exists() {
+        create_dir(&out_dir)?;
+        build_rust(&progress, dir, &partial)
+    } else if dir.join("asconfig.json").exists() {
+        create_dir(&out_dir)?;
+        build_assemblyscript(&progress, dir, &partial)
     } else if let Some(source) = c_source(dir)? {
-        build_c(&source, &out)?;
+        create_dir(&out_dir)?;
+        build_c(&progress, &source, &partial)
     } else {
         bail!(
-            "{} has neither Cargo.toml nor a .c file: is it a function project? \
+            "{} has no Cargo.toml, asconfig.json or .c file: is it a function project? \
              Start one with `perch fn new NAME`",
             dir.display()
         );
-    }
-    let wasm = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
-    let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let runtime = Runtime::new(tx);
-    let compiled = runtime
-        .compile(manifest.clone(), &wasm)
-        .with_context(|| format!("{} is not a module perch can run", out.display()))?;
-    runtime
-        .instantiate(&compiled, Seed::default())
-        .map_err(|(e, _)| e)
-        .with_context(|| format!("{} does not start in the perch runtime", out.display()))?;
+    };
+    let checked = built.and_then(|()| check(&progress, &manifest, &partial, &out));
+    let _ = std::fs::remove_file(&partial);
+    let (wasm, compiled) = checked?;
     eprintln!(
-        "perch fn build: {} ({} bytes, sha256 {}) runs in the perch runtime\n  \
+        "perch fn build: {} ({} bytes, sha256 {}) runs in the perch runtime; built in {}\n  \
          deploy it: perch fn deploy {} --manifest {}",
         out.display(),
         wasm.len(),
         compiled.sha256,
+        seconds(progress.start),
         out.display(),
         dir.join("manifest.toml").display()
     );
     Ok((out, manifest))
 }
 
-fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
+/// Loads the module at `partial` into the real runtime and, once it
+/// starts there, writes it to `out`.
+fn check(
+    progress: &Progress,
+    manifest: &Manifest,
+    partial: &Path,
+    out: &Path,
+) -> anyhow::Result<(Vec<u8>, crate::functions::runtime::Compiled)> {
+    let wasm =
+        std::fs::read(partial).with_context(|| format!("cannot read {}", partial.display()))?;
+    let compiled = progress.step(
+        &format!("checking {} in the perch runtime", out.display()),
+        "checked",
+        || {
+            let (tx, _rx) = tokio::sync::mpsc::channel(1);
+            let runtime = Runtime::new(tx);
+            let compiled = runtime.compile(manifest.clone(), &wasm).with_context(|| {
+                format!(
+                    "the module just built is not one perch can run (sdk/ABI.md says what a \
+                     module must export and may import); {} is unchanged",
+                    out.display()
+                )
+            })?;
+            runtime
+                .instantiate(&compiled, Seed::default())
+                .map_err(|(e, _)| e)
+                .with_context(|| {
+                    format!(
+                        "the module just built does not start in the perch runtime; {} is \
+                         unchanged",
+                        out.display()
+                    )
+                })?;
+            Ok(compiled)
+        },
+    )?;
+    std::fs::write(out, &wasm).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok((wasm, compiled))
+}
+
+fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// The manifest of the project in `dir`.
+pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     let path = dir.join("manifest.toml");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -288,8 +416,8 @@ fn c_source(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     }
 }
 
-fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<()> {
-    ensure_wasm_target()?;
+fn build_rust(progress: &Progress, dir: &Path, out: &Path) -> anyhow::Result<()> {
+    ensure_wasm_target(progress)?;
     let cargo_toml = std::fs::read_to_string(dir.join("Cargo.toml"))?;
     let package: toml::Value = toml::from_str(&cargo_toml)
         .with_context(|| format!("{} is not valid TOML", dir.join("Cargo.toml").display()))?;
@@ -302,25 +430,32 @@ fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<()> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.join("target"));
-    eprintln!("perch fn build: cargo build --release --target wasm32-unknown-unknown");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
-        .arg("--manifest-path")
-        .arg(dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .status()
-        .context("cannot run cargo: is Rust installed (https://rustup.rs)?")?;
-    anyhow::ensure!(
-        status.success(),
-        "cargo could not build the function (its errors are above)"
-    );
+    progress.step(
+        "compiling (cargo build --release --target wasm32-unknown-unknown)",
+        "compiled",
+        || {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+                .arg("--manifest-path")
+                .arg(dir.join("Cargo.toml"))
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .status()
+                .context("cannot run cargo: is Rust installed (https://rustup.rs)?")?;
+            anyhow::ensure!(
+                status.success(),
+                "cargo could not build the function (its errors are above); fix them and run \
+                 `perch fn build` again"
+            );
+            Ok(())
+        },
+    )?;
     let built = target_dir.join(format!("wasm32-unknown-unknown/release/{crate_name}.wasm"));
     std::fs::copy(&built, out).with_context(|| format!("cargo built no {}", built.display()))?;
     Ok(())
 }
 
 /// Installs the wasm32 target with rustup when it is missing, saying so.
-fn ensure_wasm_target() -> anyhow::Result<()> {
+fn ensure_wasm_target(progress: &Progress) -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output();
@@ -332,62 +467,163 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
         {
             Ok(())
         }
-        Ok(_) => {
-            eprintln!(
-                "perch fn build: the Rust target wasm32-unknown-unknown is missing; installing \
-                 it (rustup target add wasm32-unknown-unknown)"
-            );
-            let status = Command::new("rustup")
-                .args(["target", "add", "wasm32-unknown-unknown"])
-                .status()?;
-            anyhow::ensure!(
-                status.success(),
-                "rustup could not install wasm32-unknown-unknown; run \
-                 `rustup target add wasm32-unknown-unknown` and try again"
-            );
-            Ok(())
-        }
+        Ok(_) => progress.step(
+            "the Rust target wasm32-unknown-unknown is missing; installing it \
+             (rustup target add wasm32-unknown-unknown)",
+            "installed wasm32-unknown-unknown",
+            || {
+                let status = Command::new("rustup")
+                    .args(["target", "add", "wasm32-unknown-unknown"])
+                    .status()?;
+                anyhow::ensure!(
+                    status.success(),
+                    "rustup could not install wasm32-unknown-unknown; run \
+                     `rustup target add wasm32-unknown-unknown` and try again"
+                );
+                Ok(())
+            },
+        ),
         // No rustup: cargo will say whether the target is there.
         Err(_) => Ok(()),
     }
 }
 
-fn build_c(source: &Path, out: &Path) -> anyhow::Result<()> {
+/// Builds an AssemblyScript project with the compiler its package.json
+/// pins, installing that compiler into the project's node_modules first
+/// when it is not there yet.
+fn build_assemblyscript(progress: &Progress, dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let version = pinned_assemblyscript(dir)?;
+    let asc = dir.join("node_modules/.bin/asc");
+    let installed = std::fs::read_to_string(dir.join("node_modules/assemblyscript/package.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|p| p["version"].as_str().map(str::to_owned));
+    if installed.as_deref() != Some(version.as_str()) || !asc.exists() {
+        if Command::new("npm").arg("--version").output().is_err() {
+            bail!(
+                "npm is needed to install the AssemblyScript compiler: install Node.js 18 or \
+                 newer with npm (on Debian: sudo apt-get install -y nodejs npm) and run \
+                 `perch fn build` again"
+            );
+        }
+        progress.step(
+            &format!(
+                "installing the AssemblyScript compiler {version} into {} \
+                 (npm install --no-save assemblyscript@{version})",
+                dir.join("node_modules").display()
+            ),
+            &format!("installed assemblyscript {version}"),
+            || {
+                let status = Command::new("npm")
+                    .args(["install", "--no-save", "--no-audit", "--no-fund"])
+                    .arg(format!("assemblyscript@{version}"))
+                    .current_dir(dir)
+                    .status()
+                    .context("cannot run npm")?;
+                anyhow::ensure!(
+                    status.success(),
+                    "npm could not install assemblyscript@{version} (its errors are above); \
+                     check the network and npm's registry setting (npm config get registry), \
+                     then run `perch fn build` again"
+                );
+                Ok(())
+            },
+        )?;
+    }
+    progress.step(
+        &format!("compiling (asc --config asconfig.json, AssemblyScript {version})"),
+        "compiled",
+        || {
+            // asc is a node script; run it with node so a missing node says so.
+            let status = Command::new("node")
+                .arg(dir.join("node_modules/assemblyscript/bin/asc.js"))
+                .args(["--config", "asconfig.json", "--outFile"])
+                .arg(std::path::absolute(out)?)
+                .current_dir(dir)
+                .status()
+                .context(
+                    "cannot run node: install Node.js 18 or newer (on Debian: sudo apt-get \
+                     install -y nodejs npm)",
+                )?;
+            anyhow::ensure!(
+                status.success(),
+                "the AssemblyScript compiler could not build the function (its errors are \
+                 above); fix them and run `perch fn build` again"
+            );
+            Ok(())
+        },
+    )
+}
+
+/// The assemblyscript version the project's package.json pins.
+fn pinned_assemblyscript(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("package.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: an AssemblyScript project pins its compiler there (perch fn new \
+             NAME --lang assemblyscript writes one)",
+            path.display()
+        )
+    })?;
+    let package: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    match package["devDependencies"]["assemblyscript"].as_str() {
+        Some(v) if semver::Version::parse(v).is_ok() => Ok(v.to_owned()),
+        Some(v) => bail!(
+            "{} asks for assemblyscript {v:?}; pin an exact version (e.g. \
+             \"{ASSEMBLYSCRIPT_VERSION}\") so every build uses the same compiler",
+            path.display()
+        ),
+        None => bail!(
+            "{} has no devDependencies.assemblyscript; add \"assemblyscript\": \
+             \"{ASSEMBLYSCRIPT_VERSION}\" there",
+            path.display()
+        ),
+    }
+}
+
+fn build_c(progress: &Progress, source: &Path, out: &Path) -> anyhow::Result<()> {
     for tool in ["clang", "wasm-ld"] {
         if Command::new(tool).arg("--version").output().is_err() {
             bail!("{tool} is needed to build C functions: sudo apt-get install -y clang lld");
         }
     }
-    eprintln!("perch fn build: clang --target=wasm32 {}", source.display());
-    // The flags of sdk/examples/c-threshold/build.sh: a bare module with the
-    // features ABI.md allows, a 16 KiB stack.
-    let status = Command::new("clang")
-        .args([
-            "--target=wasm32",
-            "-O2",
-            "-nostdlib",
-            "-ffreestanding",
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-mcpu=mvp",
-            "-mmutable-globals",
-            "-msign-ext",
-            "-mbulk-memory",
-            "-Wl,--no-entry",
-            "-Wl,--strip-all",
-            "-Wl,-z,stack-size=16384",
-            "-o",
-        ])
-        .arg(out)
-        .arg(source)
-        .status()
-        .context("cannot run clang")?;
-    anyhow::ensure!(
-        status.success(),
-        "clang could not build the function (its errors are above)"
-    );
-    Ok(())
+    progress.step(
+        &format!("compiling (clang --target=wasm32 {})", source.display()),
+        "compiled",
+        || {
+            // The flags of sdk/examples/c-threshold/build.sh: a bare module with
+            // the features ABI.md allows, a 16 KiB stack.
+            let status = Command::new("clang")
+                .args([
+                    "--target=wasm32",
+                    "-O2",
+                    "-nostdlib",
+                    "-ffreestanding",
+                    "-std=c11",
+                    "-Wall",
+                    "-Wextra",
+                    "-mcpu=mvp",
+                    "-mmutable-globals",
+                    "-msign-ext",
+                    "-mbulk-memory",
+                    "-Wl,--no-entry",
+                    "-Wl,--strip-all",
+                    "-Wl,-z,stack-size=16384",
+                    "-o",
+                ])
+                .arg(out)
+                .arg(source)
+                .status()
+                .context("cannot run clang")?;
+            anyhow::ensure!(
+                status.success(),
+                "clang could not build the function (its errors are above); fix them and run \
+                 `perch fn build` again"
+            );
+            Ok(())
+        },
+    )
 }
 
 /// One line of an events file.

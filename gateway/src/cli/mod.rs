@@ -391,15 +391,7 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
         FnCommand::Test { dir, events, wasm } => {
             telemetry::init(LogFormat::Human);
             let (module, manifest) = match wasm {
-                Some(path) => {
-                    let manifest_path = dir.join("manifest.toml");
-                    let text = std::fs::read_to_string(&manifest_path)
-                        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
-                    (
-                        path,
-                        crate::functions::manifest::Manifest::from_toml(&text)?,
-                    )
-                }
+                Some(path) => (path, devkit::read_manifest(&dir)?),
                 None => devkit::build(&dir)?,
             };
             let wasm = std::fs::read(&module)
