@@ -810,6 +810,31 @@ async fn will_v5_delay_and_session_expiry() {
     );
 }
 
+/// 3.1.1 §3.1.4 (MQTT-3.1.4-2), 5.0 §3.1.4: a client that reconnects with
+/// the same client id right after its connection dropped is served, and its
+/// new connection stays up. (rumqttd alone could close it: it gave the new
+/// connection the old one's connection id, and the old connection's late
+/// "gone" event then closed the new one.)
+#[tokio::test]
+async fn connect_fast_reconnect_with_the_same_id_stays_up() {
+    let gw = Gateway::start(&[]);
+    for c in [Connect::v4("bouncy").clean(false), Connect::v5("bouncy5")] {
+        for round in 0..15 {
+            let (raw, _) = Raw::connect(gw.addr(), &c).await;
+            drop(raw);
+            let (mut raw, _) = Raw::connect(gw.addr(), &c).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            raw.send(&[0xc0, 0]).await;
+            assert_eq!(
+                raw.read(mqtt::WAIT).await,
+                Ok((0xd0, Vec::new())),
+                "{} round {round}: the new connection answers PINGREQ",
+                c.id
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- sessions
 
 /// 3.1.1 §3.1.2.4 (MQTT-3.1.2-5), 5.0 §3.1.2.11: a client with a persistent
@@ -893,29 +918,112 @@ async fn session_clean_start_discards_the_previous_session() {
     assert_eq!(raw.next_publish(QUIET).await, Err(End::Timeout));
 }
 
-/// Deviation from 3.1.1 §4.1 / 5.0 §4.1 (session state is kept for the
-/// session's lifetime): sessions live in rumqttd's memory, so a gateway
-/// restart ends every persistent session (SessionPresent=0, subscriptions
-/// and queued messages gone). Only retained messages are persisted.
+/// 3.1.1 §4.1 and §3.2.2.2, 5.0 §4.1 and §3.1.2.11.2: session state lasts
+/// as long as the session, gateway restarts included. A persistent session
+/// (3.1.1 clean session 0; 5.0 session expiry > 0) reconnects after a
+/// restart (SIGTERM, then kill -9) with SessionPresent=1 and its
+/// subscriptions in place without subscribing again, and gets the QoS 1
+/// messages published after the restart while it was offline. A clean
+/// session's subscriptions are not kept.
 #[tokio::test]
-async fn deviation_sessions_do_not_survive_a_gateway_restart() {
+async fn session_survives_a_gateway_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let mut gw = Gateway::start(&["--data-dir", data]);
-    let c = Connect::v4("durable").clean(false);
-    let (mut raw, _) = Raw::connect(gw.addr(), &c).await;
-    raw.send(&subscribe_packet(false, 1, "d/#", 1, &[])).await;
-    raw.read(mqtt::WAIT).await.unwrap();
-    drop(raw);
+    // session expiry 3600 s (property 0x11)
+    let sessions = [
+        Connect::v4("durable4").clean(false),
+        Connect::v5("durable5")
+            .clean(false)
+            .props(&[0x11, 0, 0, 0x0e, 0x10]),
+        Connect::v4("forgotten"),
+    ];
+    for c in &sessions {
+        let (mut raw, ack) = Raw::connect(gw.addr(), c).await;
+        assert_eq!(ack.1[0], 0, "a new session");
+        let v5 = c.level == 5;
+        raw.send(&subscribe_packet(v5, 1, &format!("d/{}", c.id), 1, &[]))
+            .await;
+        assert_eq!(raw.read(mqtt::WAIT).await.unwrap().0, 0x90, "SUBACK");
+        drop(raw);
+    }
     gw.signal("TERM");
     assert!(gw.wait(Duration::from_secs(30)).is_some());
+
+    let mut gw = Gateway::start(&["--data-dir", data]);
+    for c in &sessions {
+        publish_one(gw.addr(), &format!("d/{}", c.id), b"after", false).await;
+    }
+    for c in &sessions[..2] {
+        let (mut raw, ack) = Raw::connect(gw.addr(), c).await;
+        assert_eq!(ack.1[0], 1, "{}: SessionPresent=1 after a restart", c.id);
+        let p = raw
+            .next_publish(mqtt::WAIT)
+            .await
+            .expect("queued while offline");
+        let (topic, _, payload) = parse_publish(&p, c.level == 5);
+        assert_eq!((topic, payload), (format!("d/{}", c.id), b"after".to_vec()));
+        drop(raw);
+    }
+    let (mut raw, ack) = Raw::connect(gw.addr(), &sessions[2].clone().clean(false)).await;
+    assert_eq!(ack.1[0], 0, "a clean session is not restored");
+    assert_eq!(raw.next_publish(QUIET).await, Err(End::Timeout));
+    drop(raw);
+
+    // kill -9: the subscription is on disk milliseconds after its SUBACK.
+    let c = Connect::v4("killed").clean(false);
+    let (mut raw, _) = Raw::connect(gw.addr(), &c).await;
+    raw.send(&subscribe_packet(false, 1, "k/#", 1, &[])).await;
+    raw.read(mqtt::WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.signal("KILL");
+    assert!(gw.wait(Duration::from_secs(30)).is_some());
+    drop(gw);
     let gw = Gateway::start(&["--data-dir", data]);
-    let (_raw, ack) = Raw::connect(gw.addr(), &c).await;
-    assert_eq!(
-        ack.1,
-        vec![0, 0],
-        "rumqttd sessions now survive: update docs/broker.md"
-    );
+    publish_one(gw.addr(), "k/1", b"k", false).await;
+    let (mut raw, ack) = Raw::connect(gw.addr(), &c).await;
+    assert_eq!(ack.1[0], 1, "SessionPresent=1 after kill -9");
+    let p = raw.next_publish(mqtt::WAIT).await.expect("queued");
+    assert_eq!(parse_publish(&p, false).0, "k/1");
+}
+
+/// 5.0 §3.1.2.11.2 (Session Expiry Interval), which rumqttd alone ignores
+/// (it keeps every session forever): a session ends when its expiry runs
+/// out after the connection closed, at once when it is 0 or absent, and a
+/// clean start with an expiry starts a new session that outlives its
+/// connection (MQTT-3.1.2-4, -23).
+#[tokio::test]
+async fn v5_session_expiry_is_honoured() {
+    let gw = Gateway::start(&[]);
+    let addr = gw.addr();
+    let session_present = |c: Connect| async move {
+        let (_raw, ack) = Raw::connect(addr, &c).await;
+        ack.1[0]
+    };
+    // Expiry 1 s: gone 2.5 s after the connection closed.
+    let brief = Connect::v5("brief").clean(false).props(&[0x11, 0, 0, 0, 1]);
+    subscribe_and_leave(addr, &brief).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(session_present(brief).await, 0, "expired after 1 s");
+    // No expiry (0): the session ends with the connection.
+    let zero = Connect::v5("zero").clean(false);
+    subscribe_and_leave(addr, &zero).await;
+    settle().await;
+    assert_eq!(session_present(zero).await, 0, "ended with the connection");
+    // Clean start with expiry 60 s: a new session that is kept.
+    let fresh = Connect::v5("fresh").props(&[0x11, 0, 0, 0, 60]);
+    subscribe_and_leave(addr, &fresh).await;
+    settle().await;
+    assert_eq!(session_present(fresh.clean(false)).await, 1, "kept");
+}
+
+/// Connects `c`, subscribes to `se/#` at QoS 1 and drops the connection.
+async fn subscribe_and_leave(addr: SocketAddr, c: &Connect) {
+    let (mut raw, _) = Raw::connect(addr, c).await;
+    raw.send(&subscribe_packet(c.level == 5, 1, "se/#", 1, &[]))
+        .await;
+    assert_eq!(raw.read(mqtt::WAIT).await.unwrap().0, 0x90, "SUBACK");
+    drop(raw);
 }
 
 // ---------------------------------------------------------------- subscriptions
@@ -1327,41 +1435,90 @@ async fn v5_maximum_packet_size() {
     bystanders_still_served(gw.addr()).await;
 }
 
-/// Deviation from 5.0 §3.1.2.11.4 (MQTT-3.1.2-24): the server must not
-/// send a client a packet larger than the Maximum Packet Size it asked
-/// for; rumqttd ignores the client's limit and sends it anyway.
+/// 5.0 §3.1.2.11.4 (MQTT-3.1.2-24/25): the server does not send a client
+/// a packet larger than the Maximum Packet Size it asked for; it discards
+/// the message and behaves as if it had been delivered, so the QoS 1 and
+/// QoS 2 flows go on (in rumqttd's order: the made-up acknowledgement of
+/// the discarded message waits for the client's earlier one). The discard
+/// is counted in `perch_broker_messages_too_large_total`.
 #[tokio::test]
-async fn deviation_the_clients_maximum_packet_size_is_not_honoured() {
+async fn v5_the_clients_maximum_packet_size_is_honoured() {
     let gw = Gateway::start(&[]);
     // Maximum Packet Size 64 (property 0x27)
     let (mut raw, _) =
         Raw::connect(gw.addr(), &Connect::v5("small").props(&[0x27, 0, 0, 0, 64])).await;
-    raw.send(&subscribe_packet(true, 1, "mps/#", 0, &[])).await;
+    raw.send(&subscribe_packet(true, 1, "mps/#", 2, &[])).await;
     raw.read(mqtt::WAIT).await.unwrap();
-    publish_one(gw.addr(), "mps/x", &[b'y'; 200], false).await;
+    // QoS 1: a small message left unacknowledged, then a big one (discarded
+    // while the small one is still in flight), then another small one.
+    publish_one(gw.addr(), "mps/1", b"first", false).await;
+    let first = raw.next_publish(mqtt::WAIT).await.expect("first");
+    publish_one(gw.addr(), "mps/big", &[b'y'; 200], false).await;
+    publish_one(gw.addr(), "mps/2", b"second", false).await;
+    let second = raw.next_publish(mqtt::WAIT).await.expect("second");
+    assert_eq!(
+        parse_publish(&second, true).0,
+        "mps/2",
+        "the big one is skipped"
+    );
+    for p in [&first, &second] {
+        let pkid = parse_publish(p, true).1.unwrap().to_be_bytes();
+        raw.send(&[0x40, 2, pkid[0], pkid[1]]).await;
+    }
+    // QoS 2: a big one and a small one from a QoS 2 publisher.
+    let (c, mut el) = connect(mqtt::options("mps-q2", gw.addr())).await.unwrap();
+    c.publish("mps/big2", QoS::ExactlyOnce, false, vec![b'z'; 200])
+        .await
+        .unwrap();
+    c.publish("mps/3", QoS::ExactlyOnce, false, b"third".to_vec())
+        .await
+        .unwrap();
+    let pump = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let third = raw.next_publish(mqtt::WAIT).await.expect("third");
+    let (topic, pkid, _) = parse_publish(&third, true);
+    assert_eq!((topic.as_str(), (third.0 >> 1) & 3), ("mps/3", 2));
+    let pkid = pkid.unwrap().to_be_bytes();
+    raw.send(&[0x50, 2, pkid[0], pkid[1]]).await;
+    let rel = raw.read(mqtt::WAIT).await.expect("PUBREL");
+    assert_eq!(rel.0, 0x62);
+    raw.send(&[0x70, 2, pkid[0], pkid[1]]).await;
+    // The connection is still up and served.
+    publish_one(gw.addr(), "mps/4", b"fourth", false).await;
+    let fourth = raw.next_publish(mqtt::WAIT).await.expect("fourth");
+    assert_eq!(parse_publish(&fourth, true).0, "mps/4");
+    pump.abort();
+    let metrics = crate::admin::get(gw.admin.unwrap(), "/metrics", None).1;
     assert!(
-        raw.next_publish(Duration::from_secs(2)).await.is_ok(),
-        "rumqttd now honours the client's maximum packet size: update docs/broker.md"
+        metrics.contains("\nperch_broker_messages_too_large_total 2\n"),
+        "two discards counted:\n{metrics}"
     );
 }
 
-/// 5.0 §3.2.2.3.14 (Server Keep Alive): the server may tell the client to
-/// use another keep-alive. perch does not override the client's: the
-/// CONNACK carries no Server Keep Alive, so the client's own value is in
-/// force (and enforced, see `connect_keep_alive_is_enforced_...`).
+/// 5.0 §3.2.2.3.14 (Server Keep Alive, MQTT-3.2.2-21): the server may tell
+/// the client to use another keep-alive. perch keeps a client's own
+/// keep-alive (the CONNACK carries no Server Keep Alive; it is enforced,
+/// see `connect_keep_alive_is_enforced_...`); a client that asked for 0
+/// (off) is told the keep-alive perch enforces instead, 65,535 s.
 #[tokio::test]
-async fn v5_server_keep_alive_is_the_clients_own() {
+async fn v5_server_keep_alive() {
     let gw = Gateway::start(&[]);
     let (_c, _el, ack) = v5::connect(v5::options("ska", gw.addr())).await;
     assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), None);
+    let (_raw, ack) = Raw::connect(gw.addr(), &Connect::v5("ska0").keep_alive(0)).await;
+    // CONNACK: flags, reason, property length, properties
+    let props = &ack.1[3..];
+    assert!(
+        props.windows(3).any(|w| w == [0x13, 0xff, 0xff]),
+        "Server Keep Alive 65535 in {props:?}"
+    );
 }
 
-/// Deviation from 5.0 §3.1.2.11.3 / §4.9 (flow control): the server must
-/// not have more unacknowledged QoS 1/2 publishes towards a client than
-/// the client's Receive Maximum; rumqttd uses its own `max_inflight_count`
-/// for every client.
+/// 5.0 §3.1.2.11.3 and §4.9 (MQTT-3.3.4-9): the server never has more
+/// unacknowledged QoS 1/2 publishes towards a client than the client's
+/// Receive Maximum; each PUBACK lets the next one through, in order, and
+/// nothing is lost.
 #[tokio::test]
-async fn deviation_receive_maximum_is_not_honoured() {
+async fn v5_receive_maximum_is_honoured() {
     let gw = Gateway::start(&[]);
     // Receive Maximum 2 (property 0x21)
     let (mut raw, _) = Raw::connect(gw.addr(), &Connect::v5("slow").props(&[0x21, 0, 2])).await;
@@ -1370,14 +1527,23 @@ async fn deviation_receive_maximum_is_not_honoured() {
     for i in 0..5 {
         publish_one(gw.addr(), &format!("rm/{i}"), b"r", false).await;
     }
-    let mut n = 0;
-    while raw.next_publish(Duration::from_millis(1_500)).await.is_ok() {
-        n += 1; // never acknowledged
+    let mut unacked = std::collections::VecDeque::new();
+    while let Ok(p) = raw.next_publish(QUIET).await {
+        unacked.push_back(parse_publish(&p, true));
     }
-    assert_eq!(
-        n, 5,
-        "rumqttd now honours Receive Maximum: update docs/broker.md"
-    );
+    assert_eq!(unacked.len(), 2, "no more than Receive Maximum in flight");
+    let mut topics = Vec::new();
+    while let Some((topic, pkid, _)) = unacked.pop_front() {
+        topics.push(topic);
+        let pkid = pkid.unwrap().to_be_bytes();
+        raw.send(&[0x40, 2, pkid[0], pkid[1]]).await;
+        // The PUBACK frees one slot: one more comes, not two.
+        while let Ok(p) = raw.next_publish(QUIET).await {
+            unacked.push_back(parse_publish(&p, true));
+        }
+        assert!(unacked.len() <= 2, "over Receive Maximum: {unacked:?}");
+    }
+    assert_eq!(topics, ["rm/0", "rm/1", "rm/2", "rm/3", "rm/4"]);
 }
 
 // ---------------------------------------------------------------- malformed

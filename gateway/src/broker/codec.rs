@@ -17,7 +17,9 @@
 //! - refuses remote clients that use a client id reserved for the gateway's
 //!   own links (`perch-internal-*`), so no client can take over their
 //!   sessions;
-//! - accepts keep-alive 0 ("off", allowed by both specs; rumqttd refuses it);
+//! - accepts keep-alive 0 ("off", allowed by both specs; rumqttd refuses it)
+//!   and enforces the largest keep-alive instead, which a 5.0 client is told
+//!   in the CONNACK's Server Keep Alive;
 //! - enforces the client's ACL on PUBLISH and SUBSCRIBE;
 //! - hands what changes the retained set (retained publishes, empty
 //!   payloads) to the retained store ([`super::retained`]), so it survives
@@ -26,7 +28,9 @@
 //!   the connection ends without DISCONNECT; a DISCONNECT is not passed on:
 //!   the codec ends the connection itself after it (see `will` for why);
 //! - closes connections that send malformed packets rumqttd would accept:
-//!   reserved fixed-header flags set, a second CONNECT.
+//!   reserved fixed-header flags set, a second CONNECT;
+//! - honours a 5.0 client's Receive Maximum and Maximum Packet Size (see
+//!   "Flow control" below).
 //!
 //! A denied publish is never routed. When the client expects an answer (QoS 1
 //! or 2, or a SUBSCRIBE whose every filter is denied) the denied packet is
@@ -36,6 +40,33 @@
 //! Answers follow the specs: 3.1.1 acknowledges a denied publish positively
 //! (§3.3.5, MQTT-3.3.5-2) and fails a denied filter with 0x80; 5.0 uses reason
 //! 0x87 (Not authorized) for both.
+//!
+//! # Flow control (5.0 §4.9, §3.1.2.11.3-4)
+//!
+//! rumqttd sends a client up to `max_inflight_count` unacknowledged QoS 1/2
+//! publishes whatever the client asked for, and ignores the client's
+//! Maximum Packet Size. The codec sits in between:
+//!
+//! - **Receive Maximum.** A QoS 1/2 PUBLISH written while the client already
+//!   has its Receive Maximum unacknowledged (no PUBACK, PUBCOMP, or PUBREC
+//!   with a failure code yet) is held, encoded, in the codec instead of being
+//!   written. Each acknowledgement that frees a slot makes the next `read`
+//!   hand rumqttd a PINGREQ of our own; its PINGRESP is written out as the
+//!   oldest held publish. rumqttd counts held publishes as in flight, so
+//!   `max_inflight_count` bounds how many can be held.
+//! - **Maximum Packet Size.** A PUBLISH that encodes larger than the client's
+//!   limit is not written, it is counted (`messages_too_large`) and,
+//!   as MQTT-3.1.2-25 says, treated as delivered: the codec gives rumqttd the
+//!   PUBACK (QoS 1) or PUBREC and PUBCOMP (QoS 2) the client would have sent.
+//!   rumqttd only takes acknowledgements in the order it sent the publishes
+//!   (an out-of-order one drops the client), so the codec keeps that order:
+//!   a made-up acknowledgement waits until the client acknowledged every
+//!   publish sent before it.
+//!
+//! Packets the codec makes up for rumqttd are queued (`inject`) and
+//! returned by the next `read`, before anything from the socket; rumqttd
+//! calls `read` again right after every write, so they never wait for the
+//! client.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,11 +79,18 @@ use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingReq, Proto
 
 use super::auth::{Acl, Refusal, Users};
 use super::retained::Capture;
+use super::session::{Sessions, Sub};
 use super::will::{self, Will, Wills};
 
 /// Keep-alive used for clients that ask for none (0 = off): the largest the
 /// protocol can express, 18.2 h, which rumqttd enforces at 1.5x.
 pub const KEEP_ALIVE_OFF_S: u16 = u16::MAX;
+
+/// How long a CONNECT waits for an earlier connection of its client id to
+/// end before rumqttd takes that one over (see `Sessions::wait_until_gone`):
+/// long enough for a just-dropped connection's task to notice on a loaded
+/// board, short enough not to matter for a real takeover.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Settings shared by every connection on one listener.
 pub struct Policy {
@@ -64,6 +102,8 @@ pub struct Policy {
     pub retained: Option<Capture>,
     /// Where wills go when a connection ends without DISCONNECT.
     pub wills: Arc<Wills>,
+    /// Persistent sessions: stored subscriptions, expiry timers.
+    pub sessions: Arc<Sessions>,
     /// Packet ids of QoS 1/2 messages a persistent-session client had not
     /// acknowledged when its connection ended, by client id: rumqttd sends
     /// them again on reconnect but without DUP, which the codec sets.
@@ -91,6 +131,9 @@ pub struct Traffic {
     pub bytes_in: AtomicU64,
     /// Bytes of MQTT packets written to clients.
     pub bytes_out: AtomicU64,
+    /// PUBLISH packets not sent because they were larger than the 5.0
+    /// client's Maximum Packet Size (MQTT-3.1.2-25: discarded).
+    pub messages_too_large: AtomicU64,
 }
 
 /// Counts of what the codecs refused, for logs and metrics.
@@ -113,6 +156,102 @@ enum Pending {
     Ping,
     /// Our answer to a packet we turned into a PINGREQ, already encoded.
     Answer(Vec<u8>),
+    /// A slot in the client's Receive Maximum came free: the oldest held
+    /// publish goes out.
+    Release,
+}
+
+/// A packet the codec hands rumqttd as if the client had sent it.
+#[derive(Clone, Copy)]
+enum Inject {
+    PubAck(u16),
+    PubRec(u16),
+    PubComp(u16),
+    /// A PINGREQ whose PINGRESP releases a held publish.
+    Release,
+}
+
+/// The client's side of flow control, for the QoS 1/2 publishes written to
+/// it (see "Flow control" in the module doc).
+#[derive(Default)]
+struct Flow {
+    /// The client's Receive Maximum (5.0; 65,535 when it sets none).
+    receive_max: usize,
+    /// The client's Maximum Packet Size in bytes (0: none).
+    max_packet: usize,
+    /// Publishes written to the client and not yet acknowledged (PUBACK,
+    /// PUBCOMP, PUBREC with a failure code).
+    in_flight: usize,
+    /// Publishes held back by Receive Maximum, encoded, oldest first:
+    /// packet id and bytes.
+    held: VecDeque<(u16, Vec<u8>)>,
+    /// Every QoS 1/2 publish rumqttd wrote, in its order, until the
+    /// PUBACK/PUBREC: packet id, QoS, and whether it was discarded (too
+    /// large), so its made-up acknowledgement waits for its turn.
+    acks: VecDeque<(u16, u8, bool)>,
+    /// PUBRELs rumqttd wrote, in order, until the PUBCOMP: packet id and
+    /// whether its message was discarded.
+    rels: VecDeque<(u16, bool)>,
+    /// Packet ids of discarded QoS 2 publishes whose PUBREL is due.
+    discarded_qos2: HashSet<u16>,
+    /// Releases asked of rumqttd (PINGREQs injected) not yet answered.
+    releasing: usize,
+}
+
+impl Flow {
+    /// The client acknowledged `pkid` (PUBACK or PUBREC): the made-up
+    /// acknowledgements of discarded publishes that were waiting for it
+    /// follow.
+    fn acked(&mut self, pkid: u16, inject: &mut VecDeque<Inject>) {
+        if let Some(i) = self.acks.iter().position(|a| a.0 == pkid) {
+            self.acks.remove(i);
+        }
+        self.flush_acks(inject);
+    }
+
+    /// Made-up acknowledgements for the discarded publishes at the head.
+    fn flush_acks(&mut self, inject: &mut VecDeque<Inject>) {
+        while let Some(&(pkid, qos, true)) = self.acks.front() {
+            self.acks.pop_front();
+            if qos == 1 {
+                inject.push_back(Inject::PubAck(pkid));
+            } else {
+                self.discarded_qos2.insert(pkid);
+                inject.push_back(Inject::PubRec(pkid));
+            }
+        }
+    }
+
+    /// The client completed `pkid` (PUBCOMP).
+    fn completed(&mut self, pkid: u16, inject: &mut VecDeque<Inject>) {
+        if let Some(i) = self.rels.iter().position(|r| r.0 == pkid) {
+            self.rels.remove(i);
+        }
+        self.flush_rels(inject);
+    }
+
+    /// Made-up PUBCOMPs for the discarded QoS 2 publishes at the head.
+    fn flush_rels(&mut self, inject: &mut VecDeque<Inject>) {
+        while let Some(&(pkid, true)) = self.rels.front() {
+            self.rels.pop_front();
+            inject.push_back(Inject::PubComp(pkid));
+        }
+    }
+
+    /// A slot of the client's Receive Maximum came free.
+    fn freed(&mut self, inject: &mut VecDeque<Inject>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.schedule(inject);
+    }
+
+    /// Asks for as many held publishes as the client has room for.
+    fn schedule(&mut self, inject: &mut VecDeque<Inject>) {
+        while self.held.len() > self.releasing && self.in_flight + self.releasing < self.receive_max
+        {
+            self.releasing += 1;
+            inject.push_back(Inject::Release);
+        }
+    }
 }
 
 /// One connection's codec. Cloned from a template per connection.
@@ -142,9 +281,16 @@ pub struct Codec {
     will: Option<(String, Will)>,
     /// The client sent DISCONNECT: the next read ends the connection.
     closing: bool,
+    /// A 5.0 client asked for keep-alive 0, which rumqttd cannot do: its
+    /// CONNACK carries the keep-alive enforced instead (Server Keep Alive,
+    /// 5.0 §3.2.2.3.14).
+    server_keep_alive: bool,
     /// The client id and whether its session outlives the connection.
     client_id: String,
     persistent: bool,
+    /// This connection's generation in [`Sessions`] and how its session
+    /// persists (see [`Sessions::connected`]); `None` for an assigned id.
+    session: Option<(u64, Option<Option<u32>>)>,
     /// Outgoing QoS 1/2 publishes not yet acknowledged (PUBACK / PUBREC),
     /// and those to mark DUP because they were sent on an earlier
     /// connection. Locked because `write` takes `&self`; one task uses it.
@@ -155,6 +301,11 @@ pub struct Codec {
     /// routes those itself when their PUBREL comes.
     incoming_qos2: HashMap<u16, Will>,
     earlier_qos2: HashMap<u16, Will>,
+    /// Flow control towards the client; locked because `write` takes
+    /// `&self` (one task uses it, never contended).
+    flow: Mutex<Flow>,
+    /// Packets for rumqttd made up by the codec, returned by the next reads.
+    inject: Mutex<VecDeque<Inject>>,
     /// A packet was handed to rumqttd since it last saw InsufficientBytes:
     /// rumqttd is in the middle of a batch whose packets an error would
     /// throw away.
@@ -177,11 +328,18 @@ impl Codec {
             aliases: HashMap::new(),
             will: None,
             closing: false,
+            server_keep_alive: false,
             client_id: String::new(),
             persistent: false,
+            session: None,
             unacked: Mutex::new((HashSet::new(), HashSet::new())),
             incoming_qos2: HashMap::new(),
             earlier_qos2: HashMap::new(),
+            flow: Mutex::new(Flow {
+                receive_max: usize::from(u16::MAX),
+                ..Flow::default()
+            }),
+            inject: Mutex::new(VecDeque::new()),
             mid_batch: false,
             counted: false,
         }
@@ -200,6 +358,11 @@ impl Drop for Codec {
         }
         if let Some((client_id, will)) = self.will.take() {
             self.policy.wills.ended(client_id, will);
+        }
+        if let Some((generation, persistence)) = self.session.take() {
+            self.policy
+                .sessions
+                .ended(self.client_id.clone(), generation, persistence);
         }
         if self.persistent {
             let mut held = std::mem::take(&mut self.incoming_qos2);
@@ -280,6 +443,39 @@ impl Codec {
             // After a DISCONNECT (MQTT-3.14.4-1: the server closes).
             return Err(protocol::Error::InvalidProtocol);
         }
+        if let Some(injected) = self.inject.get_mut().expect("codec lock").pop_front() {
+            self.mid_batch = true;
+            return Ok(match injected {
+                Inject::PubAck(pkid) => Packet::PubAck(
+                    protocol::PubAck {
+                        pkid,
+                        reason: protocol::PubAckReason::Success,
+                    },
+                    None,
+                ),
+                Inject::PubRec(pkid) => Packet::PubRec(
+                    protocol::PubRec {
+                        pkid,
+                        reason: protocol::PubRecReason::Success,
+                    },
+                    None,
+                ),
+                Inject::PubComp(pkid) => Packet::PubComp(
+                    protocol::PubComp {
+                        pkid,
+                        reason: protocol::PubCompReason::Success,
+                    },
+                    None,
+                ),
+                Inject::Release => {
+                    self.pending
+                        .get_mut()
+                        .expect("codec lock")
+                        .push_back(Pending::Release);
+                    Packet::PingReq(PingReq)
+                }
+            });
+        }
         loop {
             if let Some(&first) = stream.first() {
                 check_fixed_header(first, version)?;
@@ -325,14 +521,43 @@ impl Codec {
                 let start = write.len();
                 let n = self.inner_write(packet, write)?;
                 let sent = peek(&write[start..]);
-                if let Some(pkid) = sent.pkid {
-                    let mut unacked = self.unacked.lock().expect("codec lock");
-                    if unacked.1.remove(&pkid) {
-                        // MQTT-3.3.1-1: a re-delivery carries DUP.
-                        write[start] |= 0x08;
+                let mut flow = self.flow.lock().expect("codec lock");
+                if flow.max_packet > 0 && write.len() - start > flow.max_packet {
+                    // MQTT-3.1.2-25: discarded, and treated as delivered.
+                    write.truncate(start);
+                    self.policy
+                        .traffic
+                        .messages_too_large
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        client_id = self.client_id,
+                        max_packet_size = flow.max_packet,
+                        "message larger than the client's Maximum Packet Size not sent"
+                    );
+                    if let Some(pkid) = sent.pkid {
+                        flow.acks.push_back((pkid, sent.qos, true));
+                        flow.flush_acks(&mut self.inject.lock().expect("codec lock"));
                     }
-                    unacked.0.insert(pkid);
+                    return Ok(0);
                 }
+                let Some(pkid) = sent.pkid else {
+                    return Ok(n);
+                };
+                let mut unacked = self.unacked.lock().expect("codec lock");
+                if unacked.1.remove(&pkid) {
+                    // MQTT-3.3.1-1: a re-delivery carries DUP.
+                    write[start] |= 0x08;
+                }
+                flow.acks.push_back((pkid, sent.qos, false));
+                if !flow.held.is_empty() || flow.in_flight >= flow.receive_max {
+                    // 5.0 §4.9: the client has no room; hold it.
+                    flow.held.push_back((pkid, write[start..].to_vec()));
+                    write.truncate(start);
+                    flow.schedule(&mut self.inject.lock().expect("codec lock"));
+                    return Ok(0);
+                }
+                flow.in_flight += 1;
+                unacked.0.insert(pkid);
                 Ok(n)
             }
             Packet::PingResp(resp) => {
@@ -342,8 +567,20 @@ impl Codec {
                         write.extend_from_slice(&bytes);
                         Ok(bytes.len())
                     }
+                    Some(Pending::Release) => Ok(self.release(write)),
                     Some(Pending::Ping) | None => self.inner_write(Packet::PingResp(resp), write),
                 }
+            }
+            Packet::PubRel(rel, props) => {
+                let mut flow = self.flow.lock().expect("codec lock");
+                let discarded = flow.discarded_qos2.remove(&rel.pkid);
+                flow.rels.push_back((rel.pkid, discarded));
+                if discarded {
+                    flow.flush_rels(&mut self.inject.lock().expect("codec lock"));
+                    return Ok(0);
+                }
+                drop(flow);
+                self.inner_write(Packet::PubRel(rel, props), write)
             }
             Packet::SubAck(mut ack, props) => {
                 let denied = self
@@ -379,6 +616,11 @@ impl Codec {
                 }
                 Ok(n)
             }
+            Packet::ConnAck(ack, mut props) if self.server_keep_alive => {
+                props.get_or_insert_with(Default::default).server_keep_alive =
+                    Some(KEEP_ALIVE_OFF_S);
+                self.inner_write(Packet::ConnAck(ack, props), write)
+            }
             packet => self.inner_write(packet, write),
         }
     }
@@ -388,6 +630,24 @@ impl Codec {
 const NOT_AUTHORIZED: u8 = 0x87;
 
 impl Codec {
+    /// Writes the oldest held publish (a slot in the client's Receive
+    /// Maximum came free); returns the bytes written.
+    fn release(&self, write: &mut BytesMut) -> usize {
+        let mut flow = self.flow.lock().expect("codec lock");
+        flow.releasing = flow.releasing.saturating_sub(1);
+        let Some((pkid, bytes)) = flow.held.pop_front() else {
+            return 0;
+        };
+        flow.in_flight += 1;
+        self.unacked.lock().expect("codec lock").0.insert(pkid);
+        write.extend_from_slice(&bytes);
+        self.policy
+            .traffic
+            .messages_out
+            .fetch_add(1, Ordering::Relaxed);
+        bytes.len()
+    }
+
     /// A DISCONNECT: decoded here because rumqttd's 5.0 codec cannot read
     /// the short form (reason code without properties, §3.14.2.2.1) and
     /// waits forever for bytes that never come.
@@ -474,6 +734,13 @@ impl Codec {
         };
         match outcome {
             Ok(acl) => {
+                if !connect.client_id.is_empty() {
+                    // See `Sessions::wait_until_gone`: rumqttd's same-id
+                    // reconnect race.
+                    self.policy
+                        .sessions
+                        .wait_until_gone(&connect.client_id, TAKEOVER_WAIT);
+                }
                 self.acl = Some(acl);
                 let traffic = &self.policy.traffic;
                 traffic.connections.fetch_add(1, Ordering::Relaxed);
@@ -483,6 +750,16 @@ impl Codec {
                     .wills
                     .connected(&connect.client_id, connect.clean_session);
                 self.client_id.clone_from(&connect.client_id);
+                if let Some(p) = &props {
+                    let flow = self.flow.get_mut().expect("codec lock");
+                    // 0 is a protocol error (§3.1.2.11.3); read as "no limit".
+                    if let Some(max) = p.receive_maximum.filter(|&m| m > 0) {
+                        flow.receive_max = usize::from(max);
+                    }
+                    if let Some(max) = p.max_packet_size {
+                        flow.max_packet = max as usize;
+                    }
+                }
                 self.persistent = !connect.clean_session && !connect.client_id.is_empty();
                 let earlier = self
                     .policy
@@ -533,9 +810,27 @@ impl Codec {
                         },
                     ));
                 }
+                if !connect.client_id.is_empty() {
+                    let persistence = persistence(version, connect.clean_session, props.as_ref());
+                    if persistence.is_some() && connect.clean_session {
+                        // 5.0 clean start with a session expiry: a new
+                        // session that outlives the connection. rumqttd
+                        // forgets clean sessions, so the old one is ended
+                        // here and rumqttd is told to keep the new one.
+                        self.policy.sessions.end_now(&connect.client_id);
+                        connect.clean_session = false;
+                        self.persistent = true;
+                    }
+                    let generation = self
+                        .policy
+                        .sessions
+                        .connected(&connect.client_id, persistence);
+                    self.session = Some((generation, persistence));
+                }
                 let (will, will_props) = (None, None);
                 if connect.keep_alive == 0 {
                     connect.keep_alive = KEEP_ALIVE_OFF_S;
+                    self.server_keep_alive = version == Version::V5;
                 }
                 Ok(Packet::Connect(connect, props, will, will_props, login))
             }
@@ -640,6 +935,10 @@ impl Codec {
                     .expect("codec lock")
                     .0
                     .remove(&a.pkid);
+                let flow = self.flow.get_mut().expect("codec lock");
+                let inject = self.inject.get_mut().expect("codec lock");
+                flow.acked(a.pkid, inject);
+                flow.freed(inject);
                 Some(Packet::PubAck(a, props))
             }
             Packet::PubRec(r, props) => {
@@ -648,7 +947,24 @@ impl Codec {
                     .expect("codec lock")
                     .0
                     .remove(&r.pkid);
+                let flow = self.flow.get_mut().expect("codec lock");
+                let inject = self.inject.get_mut().expect("codec lock");
+                flow.acked(r.pkid, inject);
+                // 5.0 §4.9: a PUBREC with a failure code ends the flow.
+                if !matches!(
+                    r.reason,
+                    protocol::PubRecReason::Success | protocol::PubRecReason::NoMatchingSubscribers
+                ) {
+                    flow.freed(inject);
+                }
                 Some(Packet::PubRec(r, props))
+            }
+            Packet::PubComp(c, props) => {
+                let flow = self.flow.get_mut().expect("codec lock");
+                let inject = self.inject.get_mut().expect("codec lock");
+                flow.completed(c.pkid, inject);
+                flow.freed(inject);
+                Some(Packet::PubComp(c, props))
             }
             Packet::Subscribe(mut subscribe, props) => {
                 let denied: Vec<bool> = subscribe
@@ -662,6 +978,19 @@ impl Codec {
                     })
                     .collect();
                 let n_denied = denied.iter().filter(|&&d| d).count();
+                if let Some((_, Some(_))) = self.session {
+                    for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
+                        self.policy.sessions.subscribed(
+                            &self.client_id,
+                            Sub {
+                                filter: f.path.clone(),
+                                qos: f.qos as u8,
+                                no_local: f.nolocal,
+                                retain_as_published: f.preserve_retain,
+                            },
+                        );
+                    }
+                }
                 if n_denied == 0 {
                     return Some(Packet::Subscribe(subscribe, props));
                 }
@@ -687,6 +1016,14 @@ impl Codec {
                     .insert(subscribe.pkid, denied);
                 Some(Packet::Subscribe(subscribe, props))
             }
+            Packet::Unsubscribe(unsubscribe, props) => {
+                if let Some((_, Some(_))) = self.session {
+                    for f in &unsubscribe.filters {
+                        self.policy.sessions.unsubscribed(&self.client_id, f);
+                    }
+                }
+                Some(Packet::Unsubscribe(unsubscribe, props))
+            }
             Packet::PingReq(p) => {
                 self.pending
                     .get_mut()
@@ -705,6 +1042,30 @@ impl Codec {
             .expect("codec lock")
             .push_back(Pending::Answer(bytes));
         Packet::PingReq(PingReq)
+    }
+}
+
+/// How a CONNECT's session persists, as [`Sessions::connected`] takes it:
+/// `None` ends with the connection; `Some(None)` never expires (3.1.1 clean
+/// session 0, 5.0 expiry 0xFFFFFFFF); `Some(Some(s))` expires `s` seconds
+/// after the connection ends (5.0 §3.1.2.11.2; 0 when absent).
+fn persistence(
+    version: Version,
+    clean: bool,
+    props: Option<&protocol::ConnectProperties>,
+) -> Option<Option<u32>> {
+    match version {
+        Version::V4 => (!clean).then_some(None),
+        Version::V5 => {
+            let expiry = props.and_then(|p| p.session_expiry_interval).unwrap_or(0);
+            if clean && expiry == 0 {
+                None
+            } else if expiry == u32::MAX {
+                Some(None)
+            } else {
+                Some(Some(expiry))
+            }
+        }
     }
 }
 

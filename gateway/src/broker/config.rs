@@ -44,6 +44,12 @@ pub struct BrokerConfig {
     pub max_retained_messages: u64,
     /// Most bytes (topic + payload) of retained messages kept on disk.
     pub max_retained_bytes: u64,
+    /// Most persistent sessions (3.1.1 clean session 0, 5.0 a session
+    /// expiry above 0) kept on disk, so they survive a restart. A session
+    /// past the bound works until the next restart (logged and counted).
+    pub max_persistent_sessions: u64,
+    /// Most subscriptions kept on disk per persistent session.
+    pub max_subscriptions_per_session: u64,
     /// Where the broker accepts MQTT clients. Each listener speaks MQTT 3.1.1
     /// and 5.0 on one port.
     pub listeners: Vec<ListenerConfig>,
@@ -66,6 +72,8 @@ impl Default for BrokerConfig {
             tls_handshake_timeout_ms: 10_000,
             max_retained_messages: 10_000,
             max_retained_bytes: 16 * 1024 * 1024,
+            max_persistent_sessions: 1_000,
+            max_subscriptions_per_session: 100,
             listeners: vec![ListenerConfig::default()],
             anonymous: AclConfig::default(),
             users: Vec::new(),
@@ -151,7 +159,7 @@ pub struct UserConfig {
 
 impl BrokerConfig {
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
-        let positive: [(&str, u64); 10] = [
+        let positive: [(&str, u64); 12] = [
             ("broker.max_connections", self.max_connections as u64),
             (
                 "broker.max_packet_size_bytes",
@@ -177,6 +185,14 @@ impl BrokerConfig {
             ),
             ("broker.max_retained_messages", self.max_retained_messages),
             ("broker.max_retained_bytes", self.max_retained_bytes),
+            (
+                "broker.max_persistent_sessions",
+                self.max_persistent_sessions,
+            ),
+            (
+                "broker.max_subscriptions_per_session",
+                self.max_subscriptions_per_session,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

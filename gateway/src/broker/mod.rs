@@ -20,6 +20,9 @@
 //! - **Retained messages survive a restart**: the codecs capture them into a
 //!   bounded SQLite store, restored through an in-process link before any
 //!   listener opens: see [`retained`].
+//! - **Persistent sessions survive a restart**: the codecs capture their
+//!   subscriptions into SQLite; they are recreated in the router before any
+//!   listener opens, and 5.0 session expiry is enforced: see [`session`].
 //! - **Will messages** are kept and published by perch (rumqttd's own
 //!   handling races a clean DISCONNECT against the socket closing and can
 //!   disconnect an unrelated client): see [`will`].
@@ -31,6 +34,7 @@ pub mod auth;
 mod codec;
 mod config;
 pub mod retained;
+pub mod session;
 mod tls;
 mod will;
 
@@ -65,6 +69,8 @@ pub enum BrokerError {
     },
     #[error(transparent)]
     Retained(#[from] retained::RetainedError),
+    #[error(transparent)]
+    Session(#[from] session::SessionError),
     #[error("cannot open an in-process link {client_id:?} to the broker: {source}")]
     Link {
         client_id: String,
@@ -118,6 +124,8 @@ pub struct Broker {
     refusals: Arc<Refusals>,
     /// The retained-message store, when the broker has a data directory.
     retained: Option<retained::Store>,
+    /// Persistent sessions (stored when the broker has a data directory).
+    sessions: Option<Arc<session::Sessions>>,
     traffic: Arc<Traffic>,
 }
 
@@ -169,6 +177,7 @@ impl Broker {
             tasks: Vec::new(),
             refusals: refusals.clone(),
             retained: None,
+            sessions: None,
             traffic: traffic.clone(),
         };
         if let Some(dir) = data_dir {
@@ -187,6 +196,37 @@ impl Broker {
             }
             broker.retained = Some(store);
         }
+        let opener: Arc<session::Opener> = Arc::new({
+            let router_tx = router_tx.clone();
+            move |id: &str, clean: bool| {
+                LinkBuilder::new(id, router_tx.clone())
+                    .clean_session(clean)
+                    .dynamic_filters(true)
+                    .build()
+                    .map(|(tx, rx, _ack)| (tx, rx))
+                    .map_err(Box::new)
+            }
+        });
+        // After the retained messages: a restored subscription is sent the
+        // matching ones when its client comes back, as any new one is.
+        let sessions = match data_dir {
+            Some(dir) => {
+                let bounds = session::Bounds {
+                    max_sessions: config.max_persistent_sessions,
+                    max_subscriptions: config.max_subscriptions_per_session,
+                };
+                let (sessions, stored) = session::open(dir, bounds, opener)?;
+                let sessions = Arc::new(sessions);
+                if !stored.is_empty() {
+                    let n = stored.len();
+                    sessions.restore(stored);
+                    tracing::info!(sessions = n, "persistent sessions restored");
+                }
+                sessions
+            }
+            None => Arc::new(session::Sessions::in_memory(opener)),
+        };
+        broker.sessions = Some(sessions.clone());
         let capture = broker.retained.as_ref().map(retained::Store::capture);
         let (will_tx, will_rx) = broker.links.open("wills")?;
         let wills = Arc::new(will::Wills::new(will_tx, capture.clone()));
@@ -239,6 +279,7 @@ impl Broker {
                 allow_anonymous: l.allow_anonymous,
                 retained: capture.clone(),
                 wills: wills.clone(),
+                sessions: sessions.clone(),
                 unacked: unacked.clone(),
                 held_qos2: held_qos2.clone(),
                 traffic: traffic.clone(),
@@ -314,6 +355,11 @@ impl Broker {
         if let Some(store) = &self.retained {
             if !store.flush(Duration::from_secs(2)) {
                 tracing::warn!("the retained-message store did not finish its last commit");
+            }
+        }
+        if let Some(sessions) = &self.sessions {
+            if !sessions.flush(Duration::from_secs(2)) {
+                tracing::warn!("the session store did not finish its last commit");
             }
         }
     }

@@ -80,6 +80,12 @@ fn broker(m: &mut Metrics, s: &Sources) {
         get(&t.messages_out),
     );
     m.single(
+        "perch_broker_messages_too_large_total",
+        "counter",
+        "PUBLISH packets not sent to an MQTT 5.0 client because they exceeded its Maximum Packet Size.",
+        get(&t.messages_too_large),
+    );
+    m.single(
         "perch_broker_bytes_received_total",
         "counter",
         "Bytes of MQTT packets read from clients.",
