@@ -6,8 +6,9 @@
 //!
 //! - [`broker`]: the embedded MQTT broker (rumqttd): listeners, TLS, logins,
 //!   ACLs, in-process links for the gateway's own parts, and what perch adds
-//!   around rumqttd for the MQTT specs: retained messages kept in SQLite
-//!   (`retained.db`), will messages, the codec's fixes.
+//!   around rumqttd for the MQTT specs: retained messages and persistent
+//!   sessions kept in SQLite (`retained.db`, `sessions.db`), will messages,
+//!   the codec's fixes (flow control included).
 //! - [`functions`]: sandboxed WebAssembly functions on MQTT events: the
 //!   registry (SQLite), the wasmi runtime and host ABI, triggers and queues,
 //!   per-function state, the deploy control plane.

@@ -317,8 +317,9 @@ fn rand_id() -> u64 {
 }
 
 /// Lets the broker notice that a dropped connection is gone before the same
-/// client id connects again: rumqttd races the two (see docs/broker.md's known
-/// deviations), and these tests are about something else.
+/// client id connects again. perch waits for that itself (see
+/// `connect_fast_reconnect_with_the_same_id_stays_up`); these tests are
+/// about something else and do not lean on it.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
