@@ -6,9 +6,11 @@
 //!   and once the same crate compiled natively, its host calls answered by
 //!   the SDK's in-process host (`perch_sdk::testing::TestHost`). Both sides
 //!   copy the event into an event buffer, frame it with the SDK's
-//!   `dispatch_event`, parse the JSON payload with serde-json-core, read and
-//!   parse the `limit` config value through a host call, and (above the
-//!   limit) serialize and publish the alert, which the host copies out.
+//!   `dispatch_event`, read the payload's fields with the SDK's JSON reader
+//!   (`perch_sdk::json`), take the `limit` config value from the SDK's
+//!   per-instance cache (one host call on the first event), and (above the
+//!   limit) write the alert with `json::Object` and publish it, which the
+//!   host copies out.
 //!   Their ratio is the wasm overhead. `event/empty_wasm` is a handler that
 //!   returns at once: the host's fixed cost per event. The fuel each event
 //!   takes is printed first. With `PERCH_BENCH_BASELINE_WASM=FILE` (say, the

@@ -25,7 +25,7 @@
 //! # fn main() {}
 //! ```
 //!
-//! The same with serde, which costs the function several times the fuel per
+//! The same with serde, which costs the function over twice the fuel per
 //! event (`docs/performance.md`) but reads any shape into a struct:
 //!
 //! ```

@@ -18,6 +18,11 @@
 //! other targets keep the loop. Why, and the checks that keep the tail-call
 //! dispatcher from growing the native stack: gateway/Cargo.toml.
 //!
+//! What a guest costs per event is mostly its own code: the Rust SDK's
+//! lean JSON path (`perch_sdk::json`) and per-instance config cache bring
+//! `threshold-alert` from ~11,600 to ~4,700 fuel per reading; the wasm vs
+//! native figures are in docs/performance.md.
+//!
 //! # Deploying: validation eager, translation lazy
 //!
 //! [`Runtime::compile`] parses the module and validates every function body

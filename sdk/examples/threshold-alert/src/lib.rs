@@ -8,7 +8,7 @@
 //! the limit. The C example in `sdk/examples/c-threshold/` does the same.
 //!
 //! It reads the payload and writes the alert with `perch_sdk::json` (the
-//! lean path for a few fields: no serde, a fraction of the fuel) and reads
+//! lean path for a few fields: no serde, less than half the fuel) and reads
 //! the limit with `config_f64`, which asks the host once per instance.
 // Tests run natively with std; the module itself never links it.
 #![cfg_attr(not(test), no_std)]
