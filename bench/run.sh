@@ -85,6 +85,12 @@ if ! command -v mosquitto >/dev/null; then
 fi
 mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 py="$work/venv/bin/python"
+if ! "$py" -c 'import paho.mqtt' 2>/dev/null && ! python3 -c 'import ensurepip' 2>/dev/null; then
+  # Debian ships `python3 -m venv` in a package of its own.
+  log "installing the Debian package python3-venv"
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q python3-venv >&2
+  else sudo apt-get install -y -q python3-venv >&2; fi
+fi
 if ! "$py" -c 'import paho.mqtt' 2>/dev/null; then
   log "installing paho-mqtt into $work/venv"
   python3 -m venv "$work/venv"
