@@ -20,14 +20,14 @@ const DELIVERY: Duration = Duration::from_secs(60);
 
 /// A Mosquitto broker on a loopback port, with persistence so that a
 /// restart keeps the cloud subscriber's session and queued messages.
-struct Mosquitto {
+pub(crate) struct Mosquitto {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
-    fn start(port: u16, dir: tempfile::TempDir) -> Mosquitto {
+    pub(crate) fn start(port: u16, dir: tempfile::TempDir) -> Mosquitto {
         let conf = dir.path().join("mosquitto.conf");
         // As root, Mosquitto drops to the `mosquitto` user unless told
         // otherwise, and that user cannot write our temp dir.
@@ -71,13 +71,13 @@ impl Mosquitto {
         }
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// SIGTERM (Mosquitto saves its persistence file) and wait; returns the
     /// directory for a restart.
-    fn stop(mut self) -> tempfile::TempDir {
+    pub(crate) fn stop(mut self) -> tempfile::TempDir {
         let mut child = self.child.take().unwrap();
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -103,24 +103,24 @@ impl Drop for Mosquitto {
 
 /// One record as the cloud saw it.
 #[derive(Debug, Clone)]
-struct Arrival {
-    id: String,
-    stream: String,
-    n: u64,
+pub(crate) struct Arrival {
+    pub(crate) id: String,
+    pub(crate) stream: String,
+    pub(crate) n: u64,
     /// Records in the MQTT message that carried it.
-    batch: usize,
+    pub(crate) batch: usize,
 }
 
 /// A subscriber on the upstream broker with a persistent session that
 /// survives the broker's restart: `mosquitto_sub -c`, which reconnects by
 /// itself and gets what was queued for it meanwhile.
-struct Cloud {
-    arrivals: Arc<Mutex<Vec<Arrival>>>,
+pub(crate) struct Cloud {
+    pub(crate) arrivals: Arc<Mutex<Vec<Arrival>>>,
     child: Child,
 }
 
 impl Cloud {
-    async fn start(upstream: SocketAddr, filter: &str, client_id: &str) -> Cloud {
+    pub(crate) async fn start(upstream: SocketAddr, filter: &str, client_id: &str) -> Cloud {
         // Line-buffered: into a pipe, its stdio would hold lines back.
         let mut child = Command::new("stdbuf")
             .args([
@@ -181,7 +181,7 @@ impl Cloud {
     }
 
     /// Distinct record numbers seen so far.
-    fn distinct(&self) -> usize {
+    pub(crate) fn distinct(&self) -> usize {
         let a = self.arrivals.lock().unwrap();
         a.iter()
             .map(|r| r.n)
@@ -189,7 +189,7 @@ impl Cloud {
             .len()
     }
 
-    async fn wait_distinct(&self, want: usize, wait: Duration) {
+    pub(crate) async fn wait_distinct(&self, want: usize, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
         while self.distinct() < want && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -199,7 +199,7 @@ impl Cloud {
     /// After dedupe by id: each record number has one id, each id one
     /// record; first arrivals are in publish order within each stream.
     /// Returns the distinct record numbers.
-    fn check(&self) -> Vec<u64> {
+    pub(crate) fn check(&self) -> Vec<u64> {
         let a = self.arrivals.lock().unwrap();
         let mut id_of: HashMap<u64, &str> = HashMap::new();
         let mut n_of: HashMap<&str, u64> = HashMap::new();
@@ -238,7 +238,7 @@ impl Drop for Cloud {
 
 /// Publishes `{"n":i}` for each i at QoS 1, alternating `alerts/a` and
 /// `alerts/b` by parity, each with a padding of `pad` bytes.
-async fn publish(addr: SocketAddr, range: std::ops::Range<u64>, pad: usize) {
+pub(crate) async fn publish(addr: SocketAddr, range: std::ops::Range<u64>, pad: usize) {
     let (client, mut el) = connect(mqtt::options("sensor", addr)).await.unwrap();
     let padding = "x".repeat(pad);
     for n in range {
@@ -350,25 +350,30 @@ async fn mosquitto_upstream_restarted_mid_stream_gets_every_record_once_in_order
 /// directory on a 2 MiB tmpfs that only it sees. A helper shell in the same
 /// namespace fills the tmpfs and frees it again when the test drops a file
 /// into the control directory (`fill`, `free`, `stop`).
-struct Confined {
+pub(crate) struct Confined {
     child: Child,
     control: tempfile::TempDir,
     log: Arc<Mutex<Vec<String>>>,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The admin listener (`/readyz`).
-    admin: SocketAddr,
+    pub(crate) admin: SocketAddr,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
 impl Confined {
-    fn start(config: &Path) -> Confined {
+    pub(crate) fn start(config: &Path) -> Confined {
+        Confined::start_sized(config, "2m")
+    }
+
+    /// Like `start`, with a tmpfs of `size` (`mount -o size=`).
+    pub(crate) fn start_sized(config: &Path, size: &str) -> Confined {
         let data = tempfile::tempdir().unwrap();
         let control = tempfile::tempdir().unwrap();
         let cfg_dir = tempfile::tempdir().unwrap();
         let script = format!(
             r#"set -e
 D='{data}'; C='{control}'
-mount -t tmpfs -o size=2m tmpfs "$D"
+mount -t tmpfs -o size={size} tmpfs "$D"
 (
   i=0
   while [ $i -lt 6000 ] && [ ! -e "$C/stop" ]; do
@@ -447,7 +452,7 @@ exec '{perch}' run --config '{config}' --data-dir "$D" --admin-listen 127.0.0.1:
 
     /// Drops `name` into the control dir and waits for the helper's answer
     /// (`df` of the tmpfs), which it returns.
-    async fn ask(&self, name: &str, answer: &str) -> String {
+    pub(crate) async fn ask(&self, name: &str, answer: &str) -> String {
         std::fs::write(self.control.path().join(name), "").unwrap();
         let path = self.control.path().join(answer);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -465,13 +470,13 @@ exec '{perch}' run --config '{config}' --data-dir "$D" --admin-listen 127.0.0.1:
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
     /// Polls `/readyz` until it answers `want` (or 30 s pass); returns the
     /// last answer.
-    async fn readyz_until(&self, want: u16) -> (u16, String) {
+    pub(crate) async fn readyz_until(&self, want: u16) -> (u16, String) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let admin = self.admin;
@@ -486,7 +491,7 @@ exec '{perch}' run --config '{config}' --data-dir "$D" --admin-listen 127.0.0.1:
         }
     }
 
-    async fn wait_log(&self, needle: &str, wait: Duration) -> bool {
+    pub(crate) async fn wait_log(&self, needle: &str, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if self.log_text().contains(needle) {
@@ -499,7 +504,7 @@ exec '{perch}' run --config '{config}' --data-dir "$D" --admin-listen 127.0.0.1:
         }
     }
 
-    fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 }

@@ -11,6 +11,7 @@ mod control;
 mod demo;
 mod devkit;
 mod docs;
+mod faults;
 mod functions;
 mod lifecycle;
 mod store_forward;

@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod faults;
 pub mod functions;
 
 /// How long a gateway may take to print its ready line.
