@@ -149,6 +149,17 @@ fn list(problems: &[Problem]) -> String {
 }
 
 impl Config {
+    /// The broker's settings with what depends on other sections filled
+    /// in: anonymous clients are not admins of a gateway with trusted keys
+    /// unless `[broker.anonymous] admin` says so.
+    pub fn broker_resolved(&self) -> crate::broker::BrokerConfig {
+        let mut broker = self.broker.clone();
+        if broker.anonymous.admin.is_none() && !self.functions.trusted_keys.is_empty() {
+            broker.anonymous.admin = Some(false);
+        }
+        broker
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -81,7 +81,7 @@ impl Gateway {
         let admin = crate::telemetry::admin::bind(&config.admin)?;
         let started = std::time::Instant::now();
         let buffer = Buffer::open(&config.buffer, &config.aggregate, &config.gateway.data_dir)?;
-        let broker = Broker::start_in(&config.broker, Some(&config.gateway.data_dir))?;
+        let broker = Broker::start_in(&config.broker_resolved(), Some(&config.gateway.data_dir))?;
         let (stop, stopped) = watch::channel(false);
         let upstream_stats = Arc::new(upstream::Stats::default());
         let mut tasks = Vec::new();

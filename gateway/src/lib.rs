@@ -11,7 +11,7 @@
 //!   the codec's fixes (flow control included).
 //! - [`functions`]: sandboxed WebAssembly functions on MQTT events: the
 //!   registry (SQLite), the wasmi runtime and host ABI, triggers and queues,
-//!   per-function state, the deploy control plane.
+//!   per-function state, the deploy control plane, signed bundles.
 //! - [`aggregate`]: tumbling windows over the metrics functions emit.
 //! - [`buffer`]: the SQLite outbox (store-and-forward): batched commits,
 //!   bounds, the crash-loss window; hosts the aggregator.
@@ -31,8 +31,9 @@
 //! - [`cli`]: the `perch` command line; `main.rs` only calls it. Besides
 //!   the thin commands it holds [`cli::demo`] (`perch demo`: simulated
 //!   sensors, the example functions shipped in `gateway/demo/`, a stand-in
-//!   cloud, on one screen) and [`cli::devkit`] (`perch fn new|build|test`,
-//!   the function author's loop without a gateway).
+//!   cloud, on one screen), [`cli::devkit`] (`perch fn new|build|test`,
+//!   the function author's loop without a gateway) and [`cli::keys`]
+//!   (signing keys and signed bundles).
 //!
 //! The trip of an event and the promises each stage keeps are in the
 //! project's DESIGN.md.

@@ -14,5 +14,6 @@ mod docs;
 mod faults;
 mod functions;
 mod lifecycle;
+mod signing;
 mod store_forward;
 mod upstream;

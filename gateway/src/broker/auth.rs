@@ -5,6 +5,20 @@
 //! sensors would multiply; so a successful verification is remembered as a
 //! salted SHA-256 of the password (salt random per process) and later logins
 //! of the same user with the same password are checked against that instead.
+//!
+//! # The control topics are for admins
+//!
+//! Everything under [`CONTROL_FILTER`] (`perch/+/fn/#`: deploy, rollback,
+//! remove, list and whatever commands the control plane adds, plus the
+//! topics the gateway itself publishes there) may be published to only by
+//! an admin: a `[[broker.users]]` entry with `admin = true`, or anonymous
+//! clients when `[broker.anonymous] admin` says so (unset: while no user is
+//! an admin and `functions.trusted_keys` is empty, which the gateway
+//! resolves before starting the broker). No publish ACL grants it to anyone
+//! else, `#` included; a non-admin's publish there is refused like any
+//! other publish outside the ACL (5.0: PUBACK 0x87) and never reaches the
+//! control plane. An admin may also subscribe within it, to read replies,
+//! status and logs, whatever its subscribe list says.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,23 +62,32 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
+/// The functions control plane's topics, for admins only.
+pub const CONTROL_FILTER: &str = "perch/+/fn/#";
+
 /// What one client may publish and subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acl {
     publish: Vec<String>,
     subscribe: Vec<String>,
+    /// May publish to (and subscribe within) [`CONTROL_FILTER`].
+    admin: bool,
 }
 
 impl Acl {
-    pub fn new(publish: &[String], subscribe: &[String]) -> Acl {
+    pub fn new(publish: &[String], subscribe: &[String], admin: bool) -> Acl {
         Acl {
             publish: publish.to_vec(),
             subscribe: subscribe.to_vec(),
+            admin,
         }
     }
 
     /// Whether a publish to `topic` may be delivered.
     pub fn may_publish(&self, topic: &str) -> bool {
+        if topic::matches(CONTROL_FILTER, topic) {
+            return self.admin;
+        }
         topic::matches_any(&self.publish, topic)
     }
 
@@ -73,6 +96,9 @@ impl Acl {
     /// filter it shares.
     pub fn may_subscribe(&self, filter: &str) -> bool {
         let filter = shared_inner(filter).unwrap_or(filter);
+        if self.admin && topic::covers(CONTROL_FILTER, filter) {
+            return true;
+        }
         self.subscribe
             .iter()
             .any(|allowed| topic::covers(allowed, filter))
@@ -112,14 +138,19 @@ impl Users {
             .users
             .iter()
             .map(|u| {
-                let acl = Arc::new(Acl::new(&u.publish, &u.subscribe));
+                let acl = Arc::new(Acl::new(&u.publish, &u.subscribe, u.admin));
                 (u.name.clone(), (u.password_hash.clone(), acl))
             })
             .collect();
-        let AclConfig { publish, subscribe } = &config.anonymous;
+        let AclConfig {
+            publish,
+            subscribe,
+            admin,
+        } = &config.anonymous;
+        let admin = admin.unwrap_or_else(|| !config.users.iter().any(|u| u.admin));
         Users {
             users,
-            anonymous: Arc::new(Acl::new(publish, subscribe)),
+            anonymous: Arc::new(Acl::new(publish, subscribe, admin)),
             salt: rand::random(),
             verified: Mutex::new(HashMap::new()),
         }
@@ -186,6 +217,7 @@ mod tests {
             password_hash: hash_password("s3cret"),
             publish: vec!["sensors/#".into()],
             subscribe: vec!["alerts/+".into()],
+            admin: false,
         });
         Users::new(&config)
     }
@@ -224,5 +256,47 @@ mod tests {
         assert!(!acl.may_subscribe("#"));
         assert!(acl.may_subscribe("$share/g/alerts/x"));
         assert!(!acl.may_subscribe("$share/g/sensors/x"));
+    }
+
+    #[test]
+    fn only_admins_publish_to_the_control_topics_whatever_their_acl_says() {
+        let everything = vec!["#".to_owned()];
+        let user = Acl::new(&everything, &everything, false);
+        let admin = Acl::new(&[], &[], true);
+        for topic in [
+            "perch/gw/fn/deploy",
+            "perch/gw/fn/rollback",
+            "perch/other/fn/list",
+            "perch/gw/fn/x/status",
+        ] {
+            assert!(!user.may_publish(topic), "{topic}");
+            assert!(admin.may_publish(topic), "{topic}");
+        }
+        assert!(user.may_publish("perch/gw/status"));
+        assert!(!admin.may_publish("sensors/x"));
+        assert!(admin.may_subscribe("perch/gw/fn/deploy/reply"));
+        assert!(admin.may_subscribe("perch/+/fn/#"));
+        assert!(!admin.may_subscribe("perch/#"));
+        assert!(user.may_subscribe("perch/gw/fn/deploy/reply"));
+    }
+
+    #[test]
+    fn anonymous_clients_are_admins_only_until_a_user_is_one() {
+        let mut config = BrokerConfig::default();
+        let control = "perch/gw/fn/deploy";
+        assert!(Users::new(&config).anonymous().may_publish(control));
+        config.users.push(UserConfig {
+            name: "ops".into(),
+            password_hash: hash_password("pw"),
+            publish: vec![],
+            subscribe: vec![],
+            admin: true,
+        });
+        assert!(!Users::new(&config).anonymous().may_publish(control));
+        config.anonymous.admin = Some(true);
+        assert!(Users::new(&config).anonymous().may_publish(control));
+        config.users.clear();
+        config.anonymous.admin = Some(false);
+        assert!(!Users::new(&config).anonymous().may_publish(control));
     }
 }

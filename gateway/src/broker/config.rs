@@ -129,6 +129,11 @@ pub struct AclConfig {
     /// Filters the client may subscribe within; a subscription reaching
     /// outside them is refused with SUBACK failure.
     pub subscribe: Vec<String>,
+    /// (`[broker.anonymous]` only.) Whether anonymous clients may use the
+    /// functions control topics (`perch/+/fn/#`: deploy, rollback, remove…).
+    /// Unset: yes while no `[[broker.users]]` entry is an admin and
+    /// `functions.trusted_keys` is empty; no otherwise.
+    pub admin: Option<bool>,
 }
 
 impl Default for AclConfig {
@@ -136,6 +141,7 @@ impl Default for AclConfig {
         AclConfig {
             publish: vec!["#".to_owned()],
             subscribe: vec!["#".to_owned()],
+            admin: None,
         }
     }
 }
@@ -155,6 +161,12 @@ pub struct UserConfig {
     /// Filters this user may subscribe within. Empty: none.
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// Whether this user may use the functions control topics
+    /// (`perch/+/fn/#`: deploy, rollback, remove, list…), which no publish
+    /// filter grants. Naming an admin takes that right from anonymous
+    /// clients (unless `[broker.anonymous] admin = true`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl BrokerConfig {

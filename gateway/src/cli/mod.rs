@@ -1,10 +1,13 @@
 //! The `perch` command line. Each subcommand is a thin layer over a module;
 //! `main.rs` calls [`main`] and turns its result into an exit code. Two
 //! subcommands are more than a layer and have their own module: [`demo`]
-//! (`perch demo`) and [`devkit`] (`perch fn new|build|test`).
+//! (`perch demo`) and [`devkit`] (`perch fn new|build|test`); [`keys`]
+//! holds signing (`perch key generate|public`, `perch fn sign`, and the
+//! bundle `perch fn deploy` sends).
 
 pub mod demo;
 pub mod devkit;
+pub mod keys;
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -43,6 +46,9 @@ pub enum Command {
     /// (over MQTT).
     #[command(subcommand)]
     Fn(FnCommand),
+    /// Signing keys for deploy bundles (functions.trusted_keys).
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Look into the store-and-forward buffer (works while perch runs).
     #[command(subcommand)]
     Buffer(BufferCommand),
@@ -58,20 +64,62 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a signing key: writes the private key (PEM, mode 0600) and
+    /// prints its public key as functions.trusted_keys takes it.
+    Generate {
+        /// Where to write the private key; never overwritten.
+        #[arg(long, short, default_value = keys::DEFAULT_KEY_FILE)]
+        out: PathBuf,
+        /// Print {"private_key_file", "public_key"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the public key of a private key file.
+    Public {
+        /// The private key (PEM).
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum FnCommand {
-    /// Deploy a function: FILE.wasm plus its manifest. Prints the gateway's
-    /// JSON reply; exits non-zero if the gateway refused it.
+    /// Deploy a function: FILE.wasm with --manifest (signed on the fly with
+    /// --key), or a bundle made by `perch fn sign`. Prints the gateway's
+    /// JSON reply (progress goes to stderr); exits non-zero if the gateway
+    /// refused it.
     Deploy {
-        /// The WebAssembly module.
+        /// The WebAssembly module, or a bundle.
         wasm: PathBuf,
-        /// The function's manifest (TOML, see sdk/ABI.md).
+        /// The function's manifest (TOML, see sdk/ABI.md); not with a bundle.
         #[arg(long, short)]
-        manifest: PathBuf,
+        manifest: Option<PathBuf>,
+        /// Sign the bundle with this private key (`perch key generate`).
+        #[arg(long)]
+        key: Option<PathBuf>,
         /// Deploy even if the version is older than the running one.
         #[arg(long)]
         force: bool,
+        /// Only the JSON reply on stdout, no progress on stderr.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: FnTarget,
+    },
+    /// Build a signed bundle from a module and its manifest, for
+    /// `perch fn deploy BUNDLE` (or any MQTT client) later.
+    Sign {
+        /// The WebAssembly module.
+        wasm: PathBuf,
+        /// The function's manifest (TOML).
+        #[arg(long, short)]
+        manifest: PathBuf,
+        /// The private key (`perch key generate`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the bundle (default: the module's path, .bundle).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
     },
     /// Return a function to the version that ran before the current one,
     /// exactly as it was deployed.
@@ -251,6 +299,7 @@ pub fn main(cli: Cli) -> ExitCode {
             .map_err(anyhow::Error::from),
         Command::Passwd => passwd(),
         Command::Fn(command) => fn_command(command),
+        Command::Key(command) => key_command(command),
         Command::Buffer(command) => buffer(command),
         Command::Status { target, json } => status(target, json),
     };
@@ -388,6 +437,21 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
             devkit::build(&dir)?;
             return Ok(());
         }
+        FnCommand::Sign {
+            wasm,
+            manifest,
+            key,
+            out,
+        } => {
+            let (out, size) = keys::sign(&wasm, &manifest, &key, out)?;
+            println!("{}", out.display());
+            eprintln!(
+                "signed {} ({size} bytes): deploy it with `perch fn deploy {}`",
+                out.display(),
+                out.display()
+            );
+            return Ok(());
+        }
         FnCommand::Test { dir, events, wasm } => {
             telemetry::init(LogFormat::Human);
             let (module, manifest) = match wasm {
@@ -420,19 +484,39 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
         FnCommand::Deploy {
             wasm,
             manifest,
+            key,
             force,
+            json,
             target,
         } => {
-            let module = std::fs::read(&wasm)
-                .with_context(|| format!("cannot read the module {}", wasm.display()))?;
-            let text = std::fs::read_to_string(&manifest)
-                .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
-            let bundle = control::encode_bundle(&text, &module);
+            let bundle = keys::deploy_bundle(&wasm, manifest.as_deref(), key.as_deref())?;
             let options = control::DeployOptions {
                 force,
                 request_id: None,
             };
-            let reply = runtime.block_on(control::deploy(&endpoint(target), &options, bundle))?;
+            let mut progress = Progress::new(!json);
+            progress.step(&format!("uploading {}", human_bytes(bundle.len())));
+            let started = std::time::Instant::now();
+            let reply = runtime.block_on(control::deploy_with_progress(
+                &endpoint(target),
+                &options,
+                bundle,
+                &mut || progress.step("sent, waiting for the gateway"),
+            ));
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) => {
+                    progress.done("failed");
+                    return Err(e.into());
+                }
+            };
+            let elapsed = started.elapsed().as_millis();
+            match (&reply.name, &reply.version) {
+                (Some(name), Some(version)) if reply.ok => {
+                    progress.done(&format!("deployed {name} {version} in {elapsed} ms"))
+                }
+                _ => progress.done(&format!("refused after {elapsed} ms")),
+            }
             println!("{}", serde_json::to_string_pretty(&reply)?);
             match reply.error {
                 None if reply.ok => Ok(()),
@@ -484,9 +568,91 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        FnCommand::New { .. } | FnCommand::Build { .. } | FnCommand::Test { .. } => {
+        FnCommand::New { .. }
+        | FnCommand::Build { .. }
+        | FnCommand::Test { .. }
+        | FnCommand::Sign { .. } => {
             unreachable!("handled above")
         }
+    }
+}
+
+fn key_command(command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Generate { out, json } => {
+            let public = keys::generate(&out)?;
+            if json {
+                let doc = serde_json::json!({
+                    "private_key_file": out.display().to_string(),
+                    "public_key": public.to_string(),
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                eprintln!(
+                    "wrote the private key to {} (mode 0600: keep it secret, keep a copy). \
+                     Trust it on a gateway with this line in [functions]:\n  \
+                     trusted_keys = [\"{public}\"]\nthe public key:",
+                    out.display()
+                );
+                println!("{public}");
+            }
+        }
+        KeyCommand::Public { key } => println!("{}", keys::public(&key)?),
+    }
+    Ok(())
+}
+
+/// The deploy's progress on stderr: one line that grows on a terminal
+/// (`uploading 3.1 MiB … sent, waiting for the gateway … deployed …`), one
+/// line per step otherwise (logs, CI).
+struct Progress {
+    enabled: bool,
+    tty: bool,
+    started: bool,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            enabled,
+            tty: std::io::stderr().is_terminal(),
+            started: false,
+        }
+    }
+
+    fn step(&mut self, text: &str) {
+        use std::io::Write;
+        if !self.enabled {
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = if !self.tty {
+            writeln!(err, "{text}")
+        } else if self.started {
+            write!(err, " … {text}")
+        } else {
+            write!(err, "{text}")
+        };
+        let _ = err.flush();
+        self.started = true;
+    }
+
+    fn done(&mut self, text: &str) {
+        self.step(text);
+        if self.enabled && self.tty {
+            eprintln!();
+        }
+        self.enabled = false;
+    }
+}
+
+/// 3.1 MiB, 12.0 KiB, 800 bytes.
+fn human_bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
     }
 }
 

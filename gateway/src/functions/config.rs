@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::bundle::PublicKey;
 use crate::config::Problem;
 
 /// `[functions]`
@@ -28,6 +29,12 @@ pub struct FunctionsConfig {
     /// so this must stay [`BUNDLE_HEADROOM_BYTES`] under
     /// `broker.max_packet_size_bytes`.
     pub max_bundle_bytes: usize,
+    /// Public keys (`ed25519:<base64>`, as `perch key generate` prints
+    /// them) whose signed bundles this gateway deploys. Empty: unsigned
+    /// (format 1) bundles are accepted too, and anonymous loopback clients
+    /// may use the control topics while no user is an admin. Set: every
+    /// deploy must be signed by one of them.
+    pub trusted_keys: Vec<String>,
 }
 
 /// Room in a deploy packet for the topic, the MQTT header and the deploy
@@ -42,11 +49,21 @@ impl Default for FunctionsConfig {
             output_queue_len: 1_024,
             keep_versions: 5,
             max_bundle_bytes: 4 * 1024 * 1024,
+            trusted_keys: Vec::new(),
         }
     }
 }
 
 impl FunctionsConfig {
+    /// `trusted_keys`, parsed; the config check refused the config if one
+    /// did not parse, so none are left out here in practice.
+    pub fn trusted_public_keys(&self) -> Vec<PublicKey> {
+        self.trusted_keys
+            .iter()
+            .filter_map(|k| k.parse().ok())
+            .collect()
+    }
+
     /// `max_packet_size_bytes` is the broker's, which carries the bundles.
     pub(crate) fn validate(&self, max_packet_size_bytes: usize, problems: &mut Vec<Problem>) {
         if self.keep_versions < 2 {
@@ -73,6 +90,14 @@ impl FunctionsConfig {
                     self.max_bundle_bytes.saturating_add(BUNDLE_HEADROOM_BYTES)
                 ),
             ));
+        }
+        for (i, key) in self.trusted_keys.iter().enumerate() {
+            if let Err(e) = key.parse::<PublicKey>() {
+                problems.push(Problem::new(
+                    format!("functions.trusted_keys[{i}]"),
+                    e.to_string(),
+                ));
+            }
         }
         if self.max_functions == 0 {
             problems.push(Problem::new(
@@ -117,6 +142,20 @@ mod tests {
             err.contains("functions.keep_versions: must be at least 2"),
             "{err}"
         );
+        let err = Config::from_toml(
+            "[functions]\ntrusted_keys = [\"ed25519:AAAA\", \"ssh-ed25519 AAAAC3\"]\n",
+            "test.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "functions.trusted_keys[0]: \"ed25519:AAAA\" is not an ed25519 public key"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("functions.trusted_keys[1]"), "{err}");
+        assert!(err.contains("as `perch key generate` prints it"), "{err}");
         // The defaults fit: 4 MiB bundles in 5 MiB packets.
         Config::from_toml("", "empty.toml").unwrap();
     }

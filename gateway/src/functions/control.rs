@@ -36,23 +36,15 @@
 //! `{"force": true}` allows a version older than the running one (otherwise
 //! refused, so nothing is downgraded by accident); `"request_id"` as above.
 //!
-//! # Bundle format, version 1
+//! # Bundles
 //!
-//! ```text
-//! offset  size  content
-//! 0       4     magic "PRCH"
-//! 4       1     bundle format version: 1
-//! 5       4     manifest length M, u32 big-endian
-//! 9       M     the manifest, UTF-8 TOML (sdk/ABI.md, "Manifest")
-//! 9+M     rest  the WebAssembly module
-//! ```
-//!
-//! The largest bundle is `functions.max_bundle_bytes` (4 MiB by default,
-//! kept 64 KiB under the broker's `max_packet_size_bytes`, because a deploy
-//! is one MQTT packet). A larger bundle that still fits in a packet is
-//! refused with a reply; one larger than the broker's packet limit closes
-//! the sender's connection (MQTT has no other answer to an oversized packet).
-//! Version 1 bundles are unsigned.
+//! The bundle formats (1, unsigned; 2, signed with ed25519) and their
+//! checks are in [`super::bundle`]. The largest bundle is
+//! `functions.max_bundle_bytes` (4 MiB by default, kept 64 KiB under the
+//! broker's `max_packet_size_bytes`, because a deploy is one MQTT packet).
+//! A larger bundle that still fits in a packet is refused with a reply; one
+//! larger than the broker's packet limit closes the sender's connection
+//! (MQTT has no other answer to an oversized packet).
 
 use std::time::Duration;
 
@@ -63,30 +55,13 @@ use sha2::{Digest, Sha256};
 
 /// First bytes of every bundle.
 pub const BUNDLE_MAGIC: &[u8; 4] = b"PRCH";
-/// The bundle format this gateway reads and writes.
-pub const BUNDLE_FORMAT: u8 = 1;
+/// The format [`encode_bundle`] writes (unsigned; see [`super::bundle`]).
+pub const BUNDLE_FORMAT: u8 = super::bundle::FORMAT_UNSIGNED;
 const HEADER_LEN: usize = 9;
 
 /// Why a bundle or a control request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error(
-        "the deploy payload is not a perch bundle (it does not start with \"PRCH\"); \
-         deploy with `perch fn deploy FILE.wasm --manifest FILE.toml`, which builds the bundle"
-    )]
-    NotABundle,
-    #[error(
-        "the bundle has format version {0}, this gateway reads version {BUNDLE_FORMAT}; \
-         use a `perch fn deploy` of the same perch release as the gateway"
-    )]
-    BundleVersion(u8),
-    #[error(
-        "the bundle is cut short: its header announces a {announced}-byte manifest but only \
-         {available} bytes follow"
-    )]
-    Truncated { announced: usize, available: usize },
-    #[error("the manifest in the bundle is not UTF-8 text")]
-    ManifestNotText,
     #[error(
         "the bundle is {size} bytes, more than this gateway accepts ({max} bytes, \
          functions.max_bundle_bytes); make the module smaller (build with opt-level \"s\" and \
@@ -112,12 +87,15 @@ pub enum ControlError {
     NoStatus { gateway: String, name: String },
     #[error(
         "no reply from gateway {gateway:?} within {timeout:?}: is the gateway running with that \
-         id (--gateway) and is --broker its address?"
+         id (--gateway) and is --broker its address? Control requests from clients that are not \
+         admins are dropped by the broker: log in (--user) as a [[broker.users]] entry with \
+         admin = true"
     )]
     Timeout { gateway: String, timeout: Duration },
 }
 
-/// Builds a bundle from a manifest and a module.
+/// Builds an unsigned (format 1) bundle from a manifest and a module;
+/// [`super::bundle::SigningKey::sign`] builds a signed one.
 pub fn encode_bundle(manifest: &str, wasm: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + manifest.len() + wasm.len());
     out.extend_from_slice(BUNDLE_MAGIC);
@@ -126,33 +104,6 @@ pub fn encode_bundle(manifest: &str, wasm: &[u8]) -> Vec<u8> {
     out.extend_from_slice(manifest.as_bytes());
     out.extend_from_slice(wasm);
     out
-}
-
-/// Splits a bundle into manifest text and module bytes.
-pub fn decode_bundle(bytes: &[u8]) -> Result<(&str, &[u8]), ControlError> {
-    if bytes.len() < 5 || &bytes[..4] != BUNDLE_MAGIC {
-        return Err(ControlError::NotABundle);
-    }
-    if bytes[4] != BUNDLE_FORMAT {
-        return Err(ControlError::BundleVersion(bytes[4]));
-    }
-    let rest = &bytes[5..];
-    let Some((len, rest)) = rest.split_first_chunk::<4>() else {
-        return Err(ControlError::Truncated {
-            announced: 0,
-            available: rest.len(),
-        });
-    };
-    let len = u32::from_be_bytes(*len) as usize;
-    if len > rest.len() {
-        return Err(ControlError::Truncated {
-            announced: len,
-            available: rest.len(),
-        });
-    }
-    let (manifest, wasm) = rest.split_at(len);
-    let manifest = std::str::from_utf8(manifest).map_err(|_| ControlError::ManifestNotText)?;
-    Ok((manifest, wasm))
 }
 
 /// Options of a deploy, sent in front of the bundle.
@@ -355,7 +306,14 @@ pub async fn request(
     payload: Vec<u8>,
     accept: impl Fn(&[u8]) -> bool,
 ) -> Result<Bytes, ControlError> {
-    request_inner(endpoint, Some((topic, payload)), reply_topic, accept).await
+    request_inner(
+        endpoint,
+        Some((topic, payload)),
+        reply_topic,
+        accept,
+        &mut || {},
+    )
+    .await
 }
 
 /// [`request`], or with no publish a wait for the first (retained) message
@@ -365,6 +323,7 @@ async fn request_inner(
     publish: Option<(&str, Vec<u8>)>,
     reply_topic: &str,
     accept: impl Fn(&[u8]) -> bool,
+    on_sent: &mut dyn FnMut(),
 ) -> Result<Bytes, ControlError> {
     let size = publish.as_ref().map_or(0, |(_, p)| p.len());
     let (host, port) = match endpoint.broker.rsplit_once(':') {
@@ -400,6 +359,10 @@ async fn request_inner(
                             .map_err(|e| connect_err(e.to_string()))?;
                     }
                 }
+                // The broker has the request (for 5.0 clients a refusal
+                // would say so here; 3.1.1 acknowledges even a publish the
+                // ACL dropped).
+                Ok(Event::Incoming(Packet::PubAck(_))) => on_sent(),
                 Ok(Event::Incoming(Packet::Publish(p)))
                     if p.topic == reply_topic && accept(&p.payload) =>
                 {
@@ -426,15 +389,28 @@ pub async fn deploy(
     options: &DeployOptions,
     bundle: Vec<u8>,
 ) -> Result<DeployReply, ControlError> {
+    deploy_with_progress(endpoint, options, bundle, &mut || {}).await
+}
+
+/// [`deploy`], calling `on_sent` once the broker acknowledged the upload.
+pub async fn deploy_with_progress(
+    endpoint: &Endpoint,
+    options: &DeployOptions,
+    bundle: Vec<u8>,
+    on_sent: &mut dyn FnMut(),
+) -> Result<DeployReply, ControlError> {
     let bundle_sha256 = sha256_hex(&bundle);
-    let reply = request(
+    let reply = request_inner(
         endpoint,
-        &deploy_topic(&endpoint.gateway),
+        Some((
+            &deploy_topic(&endpoint.gateway),
+            encode_deploy_request(options, &bundle),
+        )),
         &deploy_reply_topic(&endpoint.gateway),
-        encode_deploy_request(options, &bundle),
         |p| {
             serde_json::from_slice::<DeployReply>(p).is_ok_and(|r| r.bundle_sha256 == bundle_sha256)
         },
+        on_sent,
     )
     .await?;
     // `accept` parsed it already.
@@ -485,6 +461,7 @@ pub async fn status(endpoint: &Endpoint, name: &str) -> Result<FunctionInfo, Con
         None,
         &status_topic(&endpoint.gateway, name),
         |p| serde_json::from_slice::<FunctionInfo>(p).is_ok(),
+        &mut || {},
     )
     .await
     .map_err(|e| match e {
@@ -521,9 +498,9 @@ mod tests {
     fn a_bundle_round_trips() {
         let b = encode_bundle("name = \"x\"", b"\0asm\x01\0\0\0");
         assert_eq!(&b[..5], b"PRCH\x01");
-        let (m, w) = decode_bundle(&b).unwrap();
-        assert_eq!(m, "name = \"x\"");
-        assert_eq!(w, b"\0asm\x01\0\0\0");
+        let parsed = super::super::bundle::parse(&b).unwrap();
+        assert_eq!(parsed.manifest, "name = \"x\"");
+        assert_eq!(parsed.wasm, b"\0asm\x01\0\0\0");
     }
 
     #[test]
@@ -552,17 +529,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("the rollback request is not valid"), "{err}");
-    }
-
-    #[test]
-    fn bad_bundles_say_what_is_wrong() {
-        let err = decode_bundle(b"\0asm\x01\0\0\0").unwrap_err().to_string();
-        assert!(err.contains("not a perch bundle"), "{err}");
-        let err = decode_bundle(b"PRCH\x02\0\0\0\0").unwrap_err().to_string();
-        assert!(err.contains("format version 2"), "{err}");
-        let err = decode_bundle(b"PRCH\x01\0\0\0\x10abc")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("16-byte manifest but only 3 bytes"), "{err}");
     }
 }

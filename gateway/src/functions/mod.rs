@@ -5,7 +5,7 @@
 //! ([`registry`], SQLite), the manifest ([`manifest`]), the wasm sandbox and
 //! host ABI ([`runtime`], wasmi), per-function state ([`state`]), triggers,
 //! queues and workers ([`dispatch`]), and the deploy control plane over MQTT
-//! ([`control`]). The ABI between host and guest is `sdk/ABI.md`.
+//! ([`control`]) with its bundles and their signatures ([`bundle`]). The ABI between host and guest is `sdk/ABI.md`.
 //!
 //! # How it fits together
 //!
@@ -38,6 +38,7 @@
 //!   `perch/<id>/fn/<name>/status` when it changes, at most about once a
 //!   second plus once after each command: never per event.
 
+pub mod bundle;
 pub mod config;
 pub mod control;
 pub mod dispatch;
@@ -120,6 +121,8 @@ pub enum FunctionsError {
 pub enum DeployError {
     #[error(transparent)]
     Bundle(#[from] ControlError),
+    #[error(transparent)]
+    Signature(#[from] bundle::BundleError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error(transparent)]
@@ -601,7 +604,9 @@ impl Inner {
             }
             .into());
         }
-        let (manifest_text, wasm) = control::decode_bundle(bundle)?;
+        let bundle = bundle::parse(bundle)?;
+        bundle::check_trust(&bundle, &self.config.trusted_public_keys())?;
+        let (manifest_text, wasm) = (bundle.manifest, bundle.wasm);
         let manifest = Manifest::from_toml(manifest_text)?;
         let name = manifest.name.clone();
         let version = manifest.version.clone();
