@@ -13,5 +13,6 @@ mod devkit;
 mod docs;
 mod functions;
 mod lifecycle;
+mod rollout;
 mod store_forward;
 mod upstream;

@@ -70,6 +70,22 @@ pub enum FnCommand {
         /// Deploy even if the version is older than the running one.
         #[arg(long)]
         force: bool,
+        /// Run it as a canary on this share of the events (1-99 percent)
+        /// beside the running version, until `perch fn promote` (rolled
+        /// back automatically if it fails too often).
+        #[arg(long, value_name = "PERCENT", conflicts_with = "shadow")]
+        canary: Option<u8>,
+        /// Run it as a shadow on a copy of the events, its outputs
+        /// discarded and compared with the running version's.
+        #[arg(long)]
+        shadow: bool,
+        #[command(flatten)]
+        target: FnTarget,
+    },
+    /// Make a function's canary or shadow its only version.
+    Promote {
+        /// The function's name.
+        name: String,
         #[command(flatten)]
         target: FnTarget,
     },
@@ -422,6 +438,7 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let verb = match &command {
         FnCommand::Rollback { .. } => "rollback",
+        FnCommand::Promote { .. } => "promote",
         _ => "remove",
     };
     match command {
@@ -429,6 +446,8 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
             wasm,
             manifest,
             force,
+            canary,
+            shadow,
             target,
         } => {
             let module = std::fs::read(&wasm)
@@ -439,6 +458,8 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
             let options = control::DeployOptions {
                 force,
                 request_id: None,
+                canary,
+                shadow,
             };
             let reply = runtime.block_on(control::deploy(&endpoint(target), &options, bundle))?;
             println!("{}", serde_json::to_string_pretty(&reply)?);
@@ -450,7 +471,9 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                 ),
             }
         }
-        FnCommand::Rollback { name, target } | FnCommand::Remove { name, target } => {
+        FnCommand::Rollback { name, target }
+        | FnCommand::Remove { name, target }
+        | FnCommand::Promote { name, target } => {
             let command = verb;
             let reply = runtime.block_on(control::command(&endpoint(target), command, &name))?;
             println!("{}", serde_json::to_string_pretty(&reply)?);
