@@ -301,3 +301,100 @@ async fn bad_rollout_requests_are_refused_with_the_reason() {
     assert_eq!(f["version"], "1.0.0", "{f:#}");
     assert!(f.get("canary").is_none(), "{f:#}");
 }
+
+/// Polls `perch fn list` until echo is listed and `check` holds for it.
+fn wait_listed(gw: &Gateway, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(f) = gw.list().into_iter().find(|f| f["name"] == "echo") {
+            if check(&f) {
+                return f;
+            }
+        }
+        assert!(
+            start.elapsed() < crate::util::functions::DEADLINE * 3,
+            "echo did not reach the expected state on {}\nlog:\n{}",
+            gw.id,
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Publishes `payload` retained on the upstream broker at `addr` (the
+/// fleet's desired state) and waits for the PUBACK.
+async fn publish_desired(addr: std::net::SocketAddr, topic: &str, payload: Vec<u8>) {
+    use crate::util::mqtt;
+    let mut options = mqtt::options(&format!("ci-{}", payload.len()), addr);
+    options.set_max_packet_size(8 << 20, 8 << 20);
+    let (client, mut el) = mqtt::connect(options).await.expect("connect upstream");
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
+        .await
+        .unwrap();
+    mqtt::wait_puback(&mut el).await;
+    let _ = client.disconnect().await;
+}
+
+/// A fleet deploy request: the options line (if any) and the bundle.
+fn fleet_request(version: &str, tag: &str, fail: bool, options: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = std::fs::read(wasm_file(dir.path(), "echo")).unwrap();
+    let bundle =
+        perch::functions::control::encode_bundle(&echo_manifest(version, tag, fail), &wasm);
+    let mut out = options.as_bytes().to_vec();
+    out.extend_from_slice(&bundle);
+    out
+}
+
+/// Three gateways through one upstream broker (Mosquitto): the desired
+/// state on `perch/fleet/lab/deploy/echo` reaches the two that are up, their
+/// statuses and replies come back upstream, and the one that was offline
+/// converges when it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_follow_the_fleet_desired_state() {
+    let mosquitto = crate::store_forward::Mosquitto::start(
+        crate::util::free_port(),
+        tempfile::tempdir().unwrap(),
+    );
+    let upstream = format!(
+        "\n[upstream.mqtt]\n\
+         host = \"127.0.0.1\"\nport = {}\nfleet_groups = [\"lab\"]\n",
+        mosquitto.addr().port()
+    );
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let topic = "perch/fleet/lab/deploy/echo";
+    let mut cloud = Client::connect(
+        mosquitto.addr(),
+        "cloud",
+        &["perch/+/fn/echo/status", "perch/+/fn/deploy/reply"],
+    )
+    .await;
+    let gw1 = Gateway::start_with("fleet-1", dirs[0].path(), &upstream);
+    let gw2 = Gateway::start_with("fleet-2", dirs[1].path(), &upstream);
+
+    // v1 is the desired state: both gateways that are up run it.
+    publish_desired(
+        mosquitto.addr(),
+        topic,
+        fleet_request("1.0.0", "v1", false, ""),
+    )
+    .await;
+    for gw in [&gw1, &gw2] {
+        wait_listed(gw, |f| f["version"] == "1.0.0");
+    }
+    // Their statuses and replies come back upstream under their ids.
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 4 {
+        let (t, p) = cloud.next().await;
+        let status = t.ends_with("/fn/echo/status") && p.contains("\"version\":\"1.0.0\"");
+        let reply = t.ends_with("/fn/deploy/reply") && p.contains("\"ok\":true");
+        if status || reply {
+            seen.insert(t);
+        }
+    }
+    // The third was offline; it converges when it starts.
+    let gw3 = Gateway::start_with("fleet-3", dirs[2].path(), &upstream);
+    wait_listed(&gw3, |f| f["version"] == "1.0.0");
+    drop((gw1, gw2, gw3));
+}

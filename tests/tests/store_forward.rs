@@ -20,14 +20,14 @@ const DELIVERY: Duration = Duration::from_secs(60);
 
 /// A Mosquitto broker on a loopback port, with persistence so that a
 /// restart keeps the cloud subscriber's session and queued messages.
-struct Mosquitto {
+pub(crate) struct Mosquitto {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
-    fn start(port: u16, dir: tempfile::TempDir) -> Mosquitto {
+    pub(crate) fn start(port: u16, dir: tempfile::TempDir) -> Mosquitto {
         let conf = dir.path().join("mosquitto.conf");
         // As root, Mosquitto drops to the `mosquitto` user unless told
         // otherwise, and that user cannot write our temp dir.
@@ -71,7 +71,7 @@ impl Mosquitto {
         }
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 

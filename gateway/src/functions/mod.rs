@@ -173,6 +173,11 @@ pub enum DeployError {
     )]
     NoRollout(String),
     #[error(
+        "function {name:?} already runs this module (version {version}); a canary or shadow \
+         of it would compare it with itself, so nothing was started"
+    )]
+    SameAsRunning { name: String, version: String },
+    #[error(
         "the deploy options are not valid: {0}; give \"canary\" as a share of the events from 1 \
          to 99 percent, or \"shadow\": true, not both"
     )]
@@ -648,6 +653,15 @@ impl Inner {
         }
         let mode = rollout_mode(options)?;
         let compiled = Arc::new(self.runtime.compile(manifest, wasm)?);
+        if mode.is_some() {
+            let running = self.lock().functions.get(&name).map(|e| e.handle.status());
+            if let Some(running) = running.filter(|s| s.sha256 == compiled.sha256) {
+                return Err(DeployError::SameAsRunning {
+                    name,
+                    version: running.version,
+                });
+            }
+        }
         self.registry.check_new(&name, &version, &compiled.sha256)?;
         let stored = StoredVersion {
             name,
