@@ -4,7 +4,8 @@
 //! "a function's output left it": the registry of deployed versions
 //! ([`registry`], SQLite), the manifest ([`manifest`]), the wasm sandbox and
 //! host ABI ([`runtime`], wasmi), per-function state ([`state`]), triggers,
-//! queues and workers ([`dispatch`]), and the deploy control plane over MQTT
+//! queues and workers ([`dispatch`]), canary and shadow rollouts beside the
+//! running version ([`rollout`]), and the deploy control plane over MQTT
 //! ([`control`]). The ABI between host and guest is `sdk/ABI.md`.
 //!
 //! # How it fits together
