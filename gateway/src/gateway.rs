@@ -108,6 +108,18 @@ impl Gateway {
             "function outputs",
             tokio::spawn(outputs_to_buffer(outputs_rx, buffer.intake())),
         ));
+        if let Some(mqtt) = &config.upstream.mqtt {
+            // Fleet deploys arrive on the local control topic, so the
+            // functions stage handles them like any other deploy; it
+            // subscribes to that topic first (Functions::start).
+            tasks.extend(upstream::fleet::start(
+                mqtt,
+                &id,
+                broker.links(),
+                config.functions.max_bundle_bytes,
+                stopped.clone(),
+            )?);
+        }
         let listeners = broker
             .listening()
             .iter()

@@ -17,7 +17,7 @@
 //!   bounds, the crash-loss window; hosts the aggregator.
 //! - [`upstream`]: delivery of buffered records to an upstream MQTT broker
 //!   or HTTP(S) endpoint, acknowledged per record or batch; capture of local
-//!   topics into the buffer.
+//!   topics into the buffer; the fleet's desired state (`upstream::fleet`).
 //! - [`topic`]: MQTT topic names and filters: validation and matching, shared
 //!   by the broker's ACLs and the functions' triggers.
 //! - [`config`]: the TOML config file: parsing, validation, the annotated

@@ -328,6 +328,7 @@ async fn bad_control_requests_get_a_reply_and_the_running_version_keeps_running(
             &DeployOptions {
                 force: false,
                 request_id: Some("second".into()),
+                ..DeployOptions::default()
             },
             &encode_bundle(&slow_manifest("1.0.1"), &slow),
         ),

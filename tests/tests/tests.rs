@@ -14,6 +14,7 @@ mod docs;
 mod faults;
 mod functions;
 mod lifecycle;
+mod rollout;
 mod signing;
 mod store_forward;
 mod upstream;

@@ -103,6 +103,22 @@ pub enum FnCommand {
         /// Only the JSON reply on stdout, no progress on stderr.
         #[arg(long)]
         json: bool,
+        /// Run it as a canary on this share of the events (1-99 percent)
+        /// beside the running version, until `perch fn promote` (rolled
+        /// back automatically if it fails too often).
+        #[arg(long, value_name = "PERCENT", conflicts_with = "shadow")]
+        canary: Option<u8>,
+        /// Run it as a shadow on a copy of the events, its outputs
+        /// discarded and compared with the running version's.
+        #[arg(long)]
+        shadow: bool,
+        #[command(flatten)]
+        target: FnTarget,
+    },
+    /// Make a function's canary or shadow its only version.
+    Promote {
+        /// The function's name.
+        name: String,
         #[command(flatten)]
         target: FnTarget,
     },
@@ -478,6 +494,7 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let verb = match &command {
         FnCommand::Rollback { .. } => "rollback",
+        FnCommand::Promote { .. } => "promote",
         _ => "remove",
     };
     match command {
@@ -487,12 +504,16 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
             key,
             force,
             json,
+            canary,
+            shadow,
             target,
         } => {
             let bundle = keys::deploy_bundle(&wasm, manifest.as_deref(), key.as_deref())?;
             let options = control::DeployOptions {
                 force,
                 request_id: None,
+                canary,
+                shadow,
             };
             let mut progress = Progress::new(!json);
             progress.step(&format!("uploading {}", human_bytes(bundle.len())));
@@ -526,7 +547,9 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                 ),
             }
         }
-        FnCommand::Rollback { name, target } | FnCommand::Remove { name, target } => {
+        FnCommand::Rollback { name, target }
+        | FnCommand::Remove { name, target }
+        | FnCommand::Promote { name, target } => {
             let command = verb;
             let reply = runtime.block_on(control::command(&endpoint(target), command, &name))?;
             println!("{}", serde_json::to_string_pretty(&reply)?);

@@ -35,6 +35,12 @@ pub struct FunctionsConfig {
     /// may use the control topics while no user is an admin. Set: every
     /// deploy must be signed by one of them.
     pub trusted_keys: Vec<String>,
+    /// A canary (`perch fn deploy --canary PERCENT`) is judged over windows
+    /// of this many of its own invocations.
+    pub canary_window_events: u64,
+    /// A canary is rolled back as soon as more than this share (percent) of
+    /// the invocations of one window have failed.
+    pub canary_max_error_percent: u8,
 }
 
 /// Room in a deploy packet for the topic, the MQTT header and the deploy
@@ -50,6 +56,8 @@ impl Default for FunctionsConfig {
             keep_versions: 5,
             max_bundle_bytes: 4 * 1024 * 1024,
             trusted_keys: Vec::new(),
+            canary_window_events: 20,
+            canary_max_error_percent: 10,
         }
     }
 }
@@ -109,6 +117,22 @@ impl FunctionsConfig {
             problems.push(Problem::new(
                 "functions.state_commit_interval_ms",
                 "must be greater than 0: a commit per write is what this interval avoids",
+            ));
+        }
+        if self.canary_window_events == 0 {
+            problems.push(Problem::new(
+                "functions.canary_window_events",
+                "must be at least 1: a canary is judged over windows of this many invocations",
+            ));
+        }
+        if self.canary_max_error_percent > 100 {
+            problems.push(Problem::new(
+                "functions.canary_max_error_percent",
+                format!(
+                    "{} is not a percentage: give 0 to 100 (0 rolls a canary back at its first \
+                     error)",
+                    self.canary_max_error_percent
+                ),
             ));
         }
         if self.output_queue_len == 0 {

@@ -8,6 +8,7 @@
 //! | `deploy` | a deploy request (below) | `deploy/reply`: [`DeployReply`] |
 //! | `rollback` | `{"name": "..."}` | `rollback/reply`: [`CommandReply`] |
 //! | `remove` | `{"name": "..."}` | `remove/reply`: [`CommandReply`] |
+//! | `promote` | `{"name": "..."}` | `promote/reply`: [`CommandReply`] |
 //! | `list` | anything (ignored) | `list/reply`: JSON array of [`FunctionInfo`] |
 //! | `<name>/status` | (published by the gateway, retained) | [`FunctionInfo`] |
 //!
@@ -34,7 +35,10 @@
 //!
 //! The options line is optional (a bundle starts with "PRCH", never "{"):
 //! `{"force": true}` allows a version older than the running one (otherwise
-//! refused, so nothing is downgraded by accident); `"request_id"` as above.
+//! refused, so nothing is downgraded by accident); `"request_id"` as above;
+//! `{"canary": 10}` runs the new version as a canary on 10 % of the events
+//! and `{"shadow": true}` as a shadow (`functions::rollout`), until
+//! `promote` (or `rollback`).
 //!
 //! # Bundles
 //!
@@ -115,6 +119,14 @@ pub struct DeployOptions {
     pub force: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Run the new version as a canary taking this share (1–99 percent) of
+    /// the events beside the running one (`functions::rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u8>,
+    /// Run the new version as a shadow on a copy of the events, its outputs
+    /// discarded (`functions::rollout`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 /// Splits a deploy request into its options and the bundle.
@@ -281,6 +293,12 @@ pub struct FunctionInfo {
     /// The versions kept in the registry, oldest deploy first.
     #[serde(default)]
     pub versions: Vec<String>,
+    /// A canary beside the running version (`functions::rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::rollout::RolloutInfo>,
+    /// A shadow beside the running version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<super::rollout::RolloutInfo>,
 }
 
 /// How the `perch fn` client reaches a gateway.
@@ -511,6 +529,7 @@ mod tests {
         let force = DeployOptions {
             force: true,
             request_id: Some("r1".into()),
+            ..DeployOptions::default()
         };
         let request = encode_deploy_request(&force, &bundle);
         assert!(request.starts_with(b"{\"force\":true,\"request_id\":\"r1\"}\n"));

@@ -50,6 +50,7 @@ use tokio::task::JoinHandle;
 
 use super::manifest::QueuePolicy;
 use super::registry::Registry;
+use super::rollout::{self, Candidate, RolloutInfo, Route};
 use super::runtime::{
     now_ms, Compiled, Failure, Instance, OutputCounters, Runtime, RuntimeError, Seed,
 };
@@ -165,6 +166,9 @@ pub struct FunctionHandle {
     accepting: AtomicBool,
     pub counters: Counters,
     status: Mutex<Status>,
+    /// The canary or shadow beside the live version, if any
+    /// ([`rollout`]); its counters are updated by the worker.
+    pub rollout: Mutex<Option<RolloutInfo>>,
 }
 
 struct Inbox {
@@ -188,6 +192,10 @@ pub struct Deploy {
 
 enum Command {
     Deploy(Box<Deploy>),
+    /// Start a canary or shadow beside the live version.
+    Rollout(Box<rollout::Start>),
+    /// End the canary or shadow; the live version stays. Answers when done.
+    EndRollout(sync_mpsc::SyncSender<()>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -216,6 +224,7 @@ impl FunctionHandle {
                 state: RunState::Starting,
                 last_error: None,
             }),
+            rollout: Mutex::new(None),
         })
     }
 
@@ -249,6 +258,27 @@ impl FunctionHandle {
             .commands
             .push_back(Command::Deploy(Box::new(deploy)));
         self.wake.notify_one();
+    }
+
+    /// Hands a canary or shadow to the worker.
+    pub fn start_rollout(&self, start: rollout::Start) {
+        lock(&self.inbox)
+            .commands
+            .push_back(Command::Rollout(Box::new(start)));
+        self.wake.notify_one();
+    }
+
+    /// Asks the worker to end the canary or shadow; `done` hears when it has.
+    pub fn end_rollout(&self, done: sync_mpsc::SyncSender<()>) {
+        lock(&self.inbox)
+            .commands
+            .push_back(Command::EndRollout(done));
+        self.wake.notify_one();
+    }
+
+    /// The canary or shadow, as its status shows it.
+    pub fn rollout(&self) -> Option<RolloutInfo> {
+        lock(&self.rollout).clone()
     }
 
     /// Asks the worker to flush state and exit.
@@ -309,6 +339,7 @@ pub fn spawn_worker(
         publisher,
         compiled: None,
         instance: None,
+        candidate: None,
         deployed_at_ms: 0,
         flush_every,
         next_flush: Instant::now() + flush_every,
@@ -335,6 +366,8 @@ struct Worker {
     /// Exactly one of `instance` and `seed` holds the state at any time.
     instance: Option<Instance>,
     seed: Option<Seed>,
+    /// A canary or shadow beside the live version ([`rollout`]).
+    candidate: Option<Candidate>,
     deployed_at_ms: i64,
     flush_every: Duration,
     next_flush: Instant,
@@ -402,6 +435,12 @@ impl Worker {
             };
             match job {
                 Job::Command(Command::Deploy(d)) => self.deploy(*d),
+                Job::Command(Command::Rollout(start)) => self.start_rollout(*start),
+                Job::Command(Command::EndRollout(done)) => {
+                    self.candidate = None;
+                    *lock(&self.handle.rollout) = None;
+                    let _ = done.send(());
+                }
                 Job::Event(event) => self.on_event(event),
                 Job::Tick => self.on_tick(),
                 Job::Flush => self.flush(),
@@ -481,7 +520,42 @@ impl Worker {
             .consecutive_failures
             .store(0, Ordering::Relaxed);
         self.compiled = Some(d.compiled);
+        // A deploy (or the promotion of the candidate) replaces both.
+        self.candidate = None;
+        *lock(&self.handle.rollout) = None;
         self.handle.accepting.store(true, Ordering::Relaxed);
+    }
+
+    fn start_rollout(&mut self, start: rollout::Start) {
+        let started = {
+            let state = match &mut self.instance {
+                Some(i) => i.state_mut(),
+                None => &mut self.seed.get_or_insert_with(Seed::default).state,
+            };
+            Candidate::start(&self.runtime, &start, state, &self.handle.rollout)
+        };
+        match started {
+            Ok(candidate) => {
+                tracing::info!(
+                    function = %self.handle.name,
+                    version = %candidate.compiled.manifest.version,
+                    mode = candidate.mode.noun(),
+                    "rollout started"
+                );
+                self.candidate = Some(candidate);
+                let _ = start.ready.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = start.ready.send(Err(e));
+            }
+        }
+    }
+
+    /// Ends the candidate for `reason` (its status keeps the reason).
+    fn end_candidate(&mut self, reason: String) {
+        tracing::warn!(function = %self.handle.name, "{reason}");
+        self.candidate = None;
+        lock(&self.handle.status).last_error = Some(reason);
     }
 
     /// The live instance, re-created first if a trap poisoned it.
@@ -513,13 +587,49 @@ impl Worker {
     }
 
     fn on_event(&mut self, event: Event) {
+        let route = self
+            .candidate
+            .as_mut()
+            .map_or(Route::Live, Candidate::route);
+        if route == Route::Candidate {
+            return self.on_canary_event(&event);
+        }
         let Some(instance) = self.instance() else {
             return;
         };
         let started = Instant::now();
         let result = instance.on_event(&event.topic, &event.payload, event.timestamp_ms);
         let fuel_left = instance.fuel_left();
+        // Only while a shadow runs: what the live version's outputs were.
+        let live = (route == Route::Both).then(|| instance.fingerprint());
         self.finish(result, started, fuel_left);
+        if let (Some(live), Some(shadow)) = (live, self.candidate.as_mut()) {
+            if let Some(reason) =
+                shadow.shadow_event(&self.runtime, &event, live, &self.handle.rollout)
+            {
+                self.end_candidate(reason);
+            }
+        }
+    }
+
+    /// A canary's share of the events: run on the live state, outputs
+    /// delivered.
+    fn on_canary_event(&mut self, event: &Event) {
+        let Some(canary) = self.candidate.as_mut() else {
+            return;
+        };
+        let state = match &mut self.instance {
+            Some(i) => i.state_mut(),
+            None => &mut self.seed.get_or_insert_with(Seed::default).state,
+        };
+        let (publisher, name) = (&mut self.publisher, &self.handle.name);
+        let verdict =
+            canary.canary_event(&self.runtime, state, event, &self.handle.rollout, |t, p| {
+                publish(publisher, name, t, p)
+            });
+        if let Some(reason) = verdict {
+            self.end_candidate(reason);
+        }
     }
 
     fn on_tick(&mut self) {

@@ -4,8 +4,10 @@
 //! "a function's output left it": the registry of deployed versions
 //! ([`registry`], SQLite), the manifest ([`manifest`]), the wasm sandbox and
 //! host ABI ([`runtime`], wasmi), per-function state ([`state`]), triggers,
-//! queues and workers ([`dispatch`]), and the deploy control plane over MQTT
-//! ([`control`]) with its bundles and their signatures ([`bundle`]). The ABI between host and guest is `sdk/ABI.md`.
+//! queues and workers ([`dispatch`]), canary and shadow rollouts beside the
+//! running version ([`rollout`]), and the deploy control plane over MQTT
+//! ([`control`]) with its bundles and their signatures ([`bundle`]). The ABI
+//! between host and guest is `sdk/ABI.md`.
 //!
 //! # How it fits together
 //!
@@ -44,6 +46,7 @@ pub mod control;
 pub mod dispatch;
 pub mod manifest;
 pub mod registry;
+pub mod rollout;
 pub mod runtime;
 pub mod state;
 
@@ -164,6 +167,26 @@ pub enum DeployError {
         version: String,
         kept: String,
     },
+    #[error(
+        "function {0:?} has no running version for a canary or shadow to run beside; deploy it \
+         without --canary/--shadow first"
+    )]
+    NoLiveVersion(String),
+    #[error(
+        "function {0:?} has no canary or shadow to promote; deploy one with --canary PERCENT or \
+         --shadow, or deploy the new version directly"
+    )]
+    NoRollout(String),
+    #[error(
+        "function {name:?} already runs this module (version {version}); a canary or shadow \
+         of it would compare it with itself, so nothing was started"
+    )]
+    SameAsRunning { name: String, version: String },
+    #[error(
+        "the deploy options are not valid: {0}; give \"canary\" as a share of the events from 1 \
+         to 99 percent, or \"shadow\": true, not both"
+    )]
+    RolloutOptions(String),
 }
 
 /// The running functions stage.
@@ -201,6 +224,9 @@ struct Entry {
     every_ms: u64,
     /// The versions kept in the registry, in deploy order (for status).
     versions: Vec<String>,
+    /// The canary or shadow the worker runs beside the live version,
+    /// as `promote` installs it (never in the registry until then).
+    candidate: Option<(Arc<runtime::Compiled>, StoredVersion)>,
 }
 
 /// A claim on a function name for one command; released on drop.
@@ -312,6 +338,11 @@ impl Functions {
         self.command("rollback", name).await
     }
 
+    /// Makes a function's canary or shadow its only version.
+    pub async fn promote(&self, name: &str) -> CommandReply {
+        self.command("promote", name).await
+    }
+
     /// Removes a function, its versions and its state.
     pub async fn remove(&self, name: &str) -> CommandReply {
         self.command("remove", name).await
@@ -375,7 +406,7 @@ impl Functions {
 }
 
 /// The command topics the control link subscribes to.
-const COMMANDS: [&str; 4] = ["deploy", "rollback", "remove", "list"];
+const COMMANDS: [&str; 5] = ["deploy", "rollback", "remove", "list", "promote"];
 
 /// Reads the functions' status and counters; cheap to clone. Its methods
 /// take the table lock, which a deploy holds: call them from a blocking
@@ -508,6 +539,7 @@ impl Inner {
                 filters: compiled.manifest.trigger_filters().into(),
                 every_ms: compiled.manifest.triggers.every_ms,
                 versions: self.registry.version_names(name).unwrap_or_default(),
+                candidate: None,
             },
         );
         Ok(handle)
@@ -626,7 +658,17 @@ impl Inner {
                 });
             }
         }
+        let mode = rollout_mode(options)?;
         let compiled = Arc::new(self.runtime.compile(manifest, wasm)?);
+        if mode.is_some() {
+            let running = self.lock().functions.get(&name).map(|e| e.handle.status());
+            if let Some(running) = running.filter(|s| s.sha256 == compiled.sha256) {
+                return Err(DeployError::SameAsRunning {
+                    name,
+                    version: running.version,
+                });
+            }
+        }
         self.registry.check_new(&name, &version, &compiled.sha256)?;
         let stored = StoredVersion {
             name,
@@ -638,8 +680,93 @@ impl Inner {
             stopped_reason: None,
         };
         let mut table = self.lock();
+        if let Some(mode) = mode {
+            self.start_rollout(&mut table, &compiled, stored, mode)?;
+            return Ok((compiled, None));
+        }
         let replaced = self.install(&mut table, &compiled, &stored, None)?;
         Ok((compiled, replaced))
+    }
+
+    /// Starts `compiled` as a canary or shadow beside the running version
+    /// (see [`rollout`]); replaces a rollout under way.
+    fn start_rollout(
+        &self,
+        table: &mut Table,
+        compiled: &Arc<runtime::Compiled>,
+        stored: StoredVersion,
+        mode: rollout::Mode,
+    ) -> Result<(), DeployError> {
+        let name = stored.name.clone();
+        let entry = table
+            .functions
+            .get_mut(&name)
+            .filter(|e| e.handle.is_running())
+            .ok_or_else(|| DeployError::NoLiveVersion(name.clone()))?;
+        let (ready_tx, ready_rx) = sync_mpsc::sync_channel(1);
+        entry.handle.start_rollout(rollout::Start {
+            compiled: compiled.clone(),
+            mode,
+            judge: rollout::Judge {
+                window_events: self.config.canary_window_events,
+                max_error_percent: self.config.canary_max_error_percent,
+            },
+            ready: ready_tx,
+        });
+        ready_rx
+            .recv_timeout(READY_TIMEOUT)
+            .map_err(|_| DeployError::Timeout(name.clone()))??;
+        entry.candidate = Some((compiled.clone(), stored));
+        Ok(())
+    }
+
+    /// Makes the canary or shadow the function's only version, through the
+    /// same switch as a deploy. Returns (the version replaced, the one now
+    /// running).
+    #[allow(clippy::type_complexity)]
+    fn promote(&self, name: &str) -> Result<(Option<String>, Option<String>), DeployError> {
+        let _busy = self.claim(name)?;
+        let mut table = self.lock();
+        let entry = table
+            .functions
+            .get_mut(name)
+            .ok_or_else(|| DeployError::NotDeployed(name.to_owned()))?;
+        let live = entry.handle.rollout().is_some_and(|r| r.state == "running");
+        let Some((compiled, stored)) = entry.candidate.take().filter(|_| live) else {
+            return Err(DeployError::NoRollout(name.to_owned()));
+        };
+        let stored = StoredVersion {
+            deployed_at_ms: runtime::now_ms(),
+            ..stored
+        };
+        match self.install(&mut table, &compiled, &stored, None) {
+            Ok(replaced) => Ok((replaced, Some(stored.version))),
+            Err(e) => {
+                // The rollout goes on: the candidate is still the worker's.
+                if let Some(entry) = table.functions.get_mut(name) {
+                    entry.candidate = Some((compiled, stored));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends a canary or shadow that is running; returns its version, or
+    /// None when there was none.
+    fn end_rollout(&self, table: &mut Table, name: &str) -> Result<Option<String>, DeployError> {
+        let Some(entry) = table.functions.get_mut(name) else {
+            return Ok(None);
+        };
+        let candidate = entry.candidate.take();
+        let Some(info) = entry.handle.rollout().filter(|r| r.state == "running") else {
+            return Ok(None);
+        };
+        let (done_tx, done_rx) = sync_mpsc::sync_channel(1);
+        entry.handle.end_rollout(done_tx);
+        done_rx
+            .recv_timeout(READY_TIMEOUT)
+            .map_err(|_| DeployError::Timeout(name.to_owned()))?;
+        Ok(candidate.map(|(_, s)| s.version).or(Some(info.version)))
     }
 
     /// Switches a function to `compiled` (stored as `stored`): the worker
@@ -697,6 +824,8 @@ impl Inner {
             entry.filters = compiled.manifest.trigger_filters().into();
             entry.every_ms = compiled.manifest.triggers.every_ms;
             entry.versions = versions;
+            // The worker dropped any canary or shadow with the switch.
+            entry.candidate = None;
         }
         self.update_triggers(table).map_err(FunctionsError::from)?;
         Ok(replaced)
@@ -706,6 +835,7 @@ impl Inner {
     fn command(&self, command: &str, request: CommandRequest) -> CommandReply {
         let result = match command {
             "rollback" => self.rollback(&request.name),
+            "promote" => self.promote(&request.name),
             _ => self.remove(&request.name),
         };
         let mut reply = CommandReply {
@@ -734,6 +864,14 @@ impl Inner {
     #[allow(clippy::type_complexity)]
     fn rollback(&self, name: &str) -> Result<(Option<String>, Option<String>), DeployError> {
         let _busy = self.claim(name)?;
+        {
+            // During a canary or shadow, a rollback ends it and nothing else.
+            let mut table = self.lock();
+            if let Some(ended) = self.end_rollout(&mut table, name)? {
+                let running = table.functions.get(name).map(|e| e.handle.status().version);
+                return Ok((Some(ended), running));
+            }
+        }
         let current = self
             .lock()
             .functions
@@ -805,6 +943,8 @@ impl Inner {
                     RunState::Stopped(reason) => ("stopped", Some(reason)),
                 };
                 let c = &h.counters;
+                let rollout = h.rollout();
+                let canary = rollout.as_ref().is_some_and(|r| r.percent.is_some());
                 FunctionInfo {
                     name: h.name.to_string(),
                     version: status.version,
@@ -823,9 +963,26 @@ impl Inner {
                     triggers: e.filters.to_vec(),
                     every_ms: e.every_ms,
                     versions: e.versions.clone(),
+                    canary: rollout.clone().filter(|_| canary),
+                    shadow: rollout.filter(|_| !canary),
                 }
             })
             .collect()
+    }
+}
+
+/// The rollout a deploy asks for, if any.
+fn rollout_mode(options: &control::DeployOptions) -> Result<Option<rollout::Mode>, DeployError> {
+    match (options.canary, options.shadow) {
+        (Some(_), true) => Err(DeployError::RolloutOptions(
+            "it asks for a canary and a shadow at once".into(),
+        )),
+        (Some(percent @ 1..=99), false) => Ok(Some(rollout::Mode::Canary { percent })),
+        (Some(percent), false) => Err(DeployError::RolloutOptions(format!(
+            "canary {percent} is not a share from 1 to 99 percent (100 is a plain deploy)"
+        ))),
+        (None, true) => Ok(Some(rollout::Mode::Shadow)),
+        (None, false) => Ok(None),
     }
 }
 

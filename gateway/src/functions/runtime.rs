@@ -784,6 +784,48 @@ impl Instance {
         }
     }
 
+    /// Drops the outputs of the last invocation instead of releasing them
+    /// (a shadow version's): publishes are not sent, emit and forward
+    /// records give their reserved place in the output channel back.
+    pub fn discard(&mut self) {
+        self.store.data_mut().staged.clear();
+    }
+
+    /// A hash of the outputs the last invocation staged (topics, payloads,
+    /// metrics and their values, streams and records; not timestamps), so
+    /// two versions' outputs for one event can be compared without keeping
+    /// them. Call before [`Instance::release`] or [`Instance::discard`].
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        for staged in &self.store.data().staged {
+            match staged {
+                Staged::Publish { topic, payload } => {
+                    0u8.hash(&mut h);
+                    topic.hash(&mut h);
+                    payload.hash(&mut h);
+                }
+                Staged::Output(
+                    _,
+                    Output::Metric {
+                        metric, key, value, ..
+                    },
+                ) => {
+                    1u8.hash(&mut h);
+                    metric.as_str().hash(&mut h);
+                    key.as_str().hash(&mut h);
+                    value.to_bits().hash(&mut h);
+                }
+                Staged::Output(_, Output::Record { stream, record, .. }) => {
+                    2u8.hash(&mut h);
+                    stream.hash(&mut h);
+                    record.hash(&mut h);
+                }
+            }
+        }
+        h.finish()
+    }
+
     /// The function's state, for flushing.
     pub fn state_mut(&mut self) -> &mut StateCache {
         &mut self.store.data_mut().state

@@ -59,6 +59,17 @@ impl StateCache {
         cache
     }
 
+    /// A copy of the current entries with nothing to flush: what a canary's
+    /// `perch_init` or a shadow version runs on (its writes are never
+    /// saved).
+    pub fn snapshot(&self) -> StateCache {
+        StateCache {
+            entries: self.entries.clone(),
+            total_bytes: self.total_bytes,
+            ..StateCache::default()
+        }
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.entries.get(key).map(Vec::as_slice)
     }

@@ -791,6 +791,7 @@ async fn rollback_restores_what_ran_before_exactly_and_downgrades_need_force() {
         &control::DeployOptions {
             force: true,
             request_id: Some("r-7".into()),
+            ..control::DeployOptions::default()
         },
         &older,
     );

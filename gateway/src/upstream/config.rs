@@ -129,6 +129,11 @@ pub struct MqttUpstreamConfig {
     /// TLS towards the broker (AWS IoT Core, EMQX, HiveMQ, Mosquitto...).
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
+    /// Fleet groups this gateway belongs to: it follows the retained deploy
+    /// bundles on `perch/fleet/<group>/deploy/<name>` of the upstream
+    /// broker (the fleet's desired state, see [`super::fleet`]).
+    #[serde(default)]
+    pub fleet_groups: Vec<String>,
 }
 
 /// `[upstream.mqtt.tls]`
@@ -188,6 +193,19 @@ impl UpstreamConfig {
                 "upstream.backoff_initial_ms",
                 "must be greater than 0 and at most upstream.backoff_max_ms",
             ));
+        }
+        if let Some(m) = &self.mqtt {
+            for (i, g) in m.fleet_groups.iter().enumerate() {
+                if g.is_empty() || g.contains(['/', '+', '#']) {
+                    problems.push(Problem::new(
+                        format!("upstream.mqtt.fleet_groups[{i}]"),
+                        format!(
+                            "{g:?} is not a fleet group name: it is one MQTT topic level, not \
+                             empty, without '/', '+' or '#' (e.g. \"greenhouses\")"
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(h) = &self.http {
             if self.mqtt.is_some() {

@@ -51,6 +51,7 @@
 //! and forwards each message as a record in the stream named by its topic.
 
 mod config;
+pub mod fleet;
 mod http;
 
 use std::collections::{HashMap, VecDeque};
@@ -229,6 +230,43 @@ pub struct Delivery {
     pub source: Source,
 }
 
+/// The connection settings every upstream MQTT client of this gateway
+/// shares (the delivery's and the fleet's): address, keep-alive, packet
+/// size, login, TLS.
+pub(crate) fn connection_options(
+    c: &MqttUpstreamConfig,
+    client_id: String,
+) -> Result<MqttOptions, UpstreamError> {
+    let mut o = MqttOptions::new(client_id, c.host.clone(), c.port);
+    o.set_keep_alive(Duration::from_secs(c.keep_alive_s));
+    o.set_max_packet_size(c.max_packet_size_bytes, c.max_packet_size_bytes);
+    if !c.username.is_empty() {
+        o.set_credentials(c.username.clone(), c.password.clone());
+    }
+    if let Some(tls) = &c.tls {
+        let read = |what, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| UpstreamError::ReadFile {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let ca = read("CA file", &tls.ca_path)?;
+        let client_auth = match (&tls.cert_path, &tls.key_path) {
+            (Some(cert), Some(key)) => {
+                Some((read("client certificate", cert)?, read("client key", key)?))
+            }
+            _ => None,
+        };
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
 impl Delivery {
     fn options(&self) -> Result<MqttOptions, UpstreamError> {
         let c = &self.config;
@@ -237,41 +275,15 @@ impl Delivery {
         } else {
             c.client_id.clone()
         };
-        let mut o = MqttOptions::new(client_id, c.host.clone(), c.port);
-        o.set_keep_alive(Duration::from_secs(c.keep_alive_s));
+        let mut o = connection_options(c, client_id)?;
         o.set_clean_session(false);
         o.set_inflight(c.max_inflight);
-        o.set_max_packet_size(c.max_packet_size_bytes, c.max_packet_size_bytes);
         o.set_last_will(LastWill::new(
             status_topic(&self.source.gateway),
             "offline",
             QoS::AtLeastOnce,
             true,
         ));
-        if !c.username.is_empty() {
-            o.set_credentials(c.username.clone(), c.password.clone());
-        }
-        if let Some(tls) = &c.tls {
-            let read = |what, path: &std::path::Path| {
-                std::fs::read(path).map_err(|source| UpstreamError::ReadFile {
-                    what,
-                    path: path.to_owned(),
-                    source,
-                })
-            };
-            let ca = read("CA file", &tls.ca_path)?;
-            let client_auth = match (&tls.cert_path, &tls.key_path) {
-                (Some(cert), Some(key)) => {
-                    Some((read("client certificate", cert)?, read("client key", key)?))
-                }
-                _ => None,
-            };
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            }));
-        }
         Ok(o)
     }
 
