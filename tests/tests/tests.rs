@@ -14,7 +14,6 @@ mod docs;
 mod functions;
 mod hostile;
 mod hostile_control;
-mod hostile_input;
 mod lifecycle;
 mod store_forward;
 mod upstream;
