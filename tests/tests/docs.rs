@@ -397,3 +397,45 @@ fn every_perch_command_in_the_docs_is_one_the_binary_accepts() {
         );
     }
 }
+
+/// SECURITY.md names the test behind every defence it claims: each
+/// `module::test` it names must be a test function of this suite (or, with
+/// a `tests::` path, a unit test in gateway/src), so a renamed or deleted
+/// test cannot leave a defence claimed with nothing checking it.
+#[test]
+fn every_test_security_md_names_exists() {
+    let root = crate::util::workspace_root();
+    let text = std::fs::read_to_string(root.join("SECURITY.md")).unwrap();
+    let mut sources = Vec::new();
+    rust_sources(&root.join("tests/tests"), &mut sources);
+    rust_sources(&root.join("gateway/src"), &mut sources);
+    let code: String = sources
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let named: Vec<&str> = text
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.contains("::")
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':')
+        })
+        .collect();
+    assert!(
+        named.len() > 20,
+        "SECURITY.md names too few tests: {named:?}"
+    );
+    let missing: Vec<&&str> = named
+        .iter()
+        .filter(|path| {
+            let name = path.rsplit("::").next().unwrap();
+            !code.contains(&format!("fn {name}()"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "SECURITY.md names tests that do not exist: {missing:?}"
+    );
+}

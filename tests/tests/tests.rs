@@ -13,6 +13,8 @@ mod devkit;
 mod docs;
 mod faults;
 mod functions;
+mod hostile;
+mod hostile_control;
 mod lifecycle;
 mod rollout;
 mod signing;

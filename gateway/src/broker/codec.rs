@@ -497,6 +497,7 @@ impl Codec {
                     return Err(e);
                 }
             };
+            check_topics(&packet, &self.aliases)?;
             match self.police(packet, peeked) {
                 Some(packet) => {
                     self.mid_batch = true;
@@ -1152,6 +1153,30 @@ fn check_fixed_header(first: u8, version: Version) -> Result<(), protocol::Error
         3 => flags & 0b0110 != 0b0110,
         6 | 8 | 10 => flags == 0b0010,
         _ => flags == 0,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(protocol::Error::IncorrectPacketFormat)
+    }
+}
+
+/// Rejects an empty topic name or filter (3.1.1 §4.7.3, MQTT-4.7.3-1; 5.0
+/// §4.7.3): rumqttd's codecs accept both and route the publish nowhere.
+/// 5.0 allows an empty topic name only with a topic alias the client has
+/// set (§3.3.2.3.4); one it never set is a protocol error too.
+fn check_topics(packet: &Packet, aliases: &HashMap<u16, String>) -> Result<(), protocol::Error> {
+    let ok = match packet {
+        Packet::Publish(publish, props) => {
+            !publish.topic.is_empty()
+                || props
+                    .as_ref()
+                    .and_then(|p| p.topic_alias)
+                    .is_some_and(|a| aliases.contains_key(&a))
+        }
+        Packet::Subscribe(subscribe, _) => subscribe.filters.iter().all(|f| !f.path.is_empty()),
+        Packet::Unsubscribe(unsubscribe, _) => unsubscribe.filters.iter().all(|f| !f.is_empty()),
+        _ => true,
     };
     if ok {
         Ok(())

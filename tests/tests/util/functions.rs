@@ -81,6 +81,13 @@ impl Gateway {
         }
     }
 
+    /// The admin HTTP listener's address (metrics, health).
+    pub fn admin(&self) -> SocketAddr {
+        self.process
+            .admin
+            .expect("the ready line names the admin listener")
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         self.process.wait(Duration::ZERO).is_none()

@@ -1,0 +1,34 @@
+//! The deploy path up to the switch-over, on arbitrary bytes: the deploy
+//! request's options line, the bundle header, the manifest (TOML), and the
+//! module's validation against the ABI (`Runtime::compile`). Every input
+//! must end in `Ok` or a typed error whose message is not empty; none may
+//! panic, hang or allocate without bound.
+//!
+//! After the signed bundle format (issue 5) lands, point this at its
+//! `parse(&[u8]) -> Result<Bundle, BundleError>` instead of
+//! `decode_bundle`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use perch::functions::control::{decode_bundle, decode_deploy_request};
+use perch::functions::manifest::Manifest;
+use perch::functions::runtime::Runtime;
+
+fuzz_target!(|data: &[u8]| {
+    let (_options, bundle) = match decode_deploy_request(data) {
+        Ok(parts) => parts,
+        Err(e) => return assert!(!e.to_string().is_empty()),
+    };
+    let (manifest, wasm) = match decode_bundle(bundle) {
+        Ok(parts) => parts,
+        Err(e) => return assert!(!e.to_string().is_empty()),
+    };
+    let manifest = match Manifest::from_toml(manifest) {
+        Ok(m) => m,
+        Err(e) => return assert!(!e.to_string().is_empty()),
+    };
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    if let Err(e) = Runtime::new(tx).compile(manifest, wasm) {
+        assert!(!e.to_string().is_empty());
+    }
+});
