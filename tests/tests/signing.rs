@@ -404,3 +404,62 @@ async fn only_admins_may_publish_to_the_control_topics() {
     ]);
     assert!(ok && out.contains("\"version\": \"1.0.0\""), "{out}");
 }
+
+/// Logs every event's payload at level info (`perch fn logs`).
+const LOGGER_WAT: &str = r#"
+(module
+  (import "perch" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "perch_abi_version") (result i32) (i32.const 1))
+  (func (export "perch_event_buffer") (result i32) (i32.const 1024))
+  (func (export "perch_event_buffer_len") (result i32) (i32.const 4096))
+  (func (export "perch_on_event") (param $tl i32) (param $pl i32) (param $ts i64) (result i32)
+    (call $log (i32.const 2) (i32.add (i32.const 1024) (local.get $tl)) (local.get $pl))
+    (i32.const 0)))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perch_fn_logs_prints_a_functions_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start("e2e-logs", d);
+    let module = file(d, "logger.wasm", wat::parse_str(LOGGER_WAT).unwrap());
+    let manifest = file(
+        d,
+        "logger.toml",
+        "name = \"logger\"\nversion = \"1.0.0\"\n[triggers]\ntopics = [\"tests/log\"]\n",
+    );
+    let (ok, out) = gw.perch_fn(&[
+        "deploy",
+        module.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let logs = std::process::Command::new(crate::util::perch_bin())
+        .args(["fn", "logs", "logger", "--broker", &gw.addr.to_string()])
+        .args(["--gateway", "e2e-logs", "--timeout-ms", "6000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Events all through the window, so when the CLI subscribes does not
+    // matter (the lines are live, not kept).
+    let sensor = Client::connect(gw.addr, "sensor", &[]).await;
+    for i in 0..40 {
+        sensor.publish("tests/log", &format!("reading {i}")).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = logs.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("reading "))
+        .unwrap_or_else(|| panic!("no log line: {text}"));
+    assert!(line.contains(" INFO  1.0.0"), "{line}");
+}

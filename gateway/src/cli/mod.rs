@@ -152,6 +152,20 @@ pub enum FnCommand {
         #[command(flatten)]
         target: FnTarget,
     },
+    /// Print a function's log lines as it writes them (live: lines are not
+    /// kept), for --timeout-ms or, with --follow, until Ctrl-C.
+    Logs {
+        /// The function's name.
+        name: String,
+        /// Keep printing until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        /// Print each line as the JSON the gateway publishes.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: FnTarget,
+    },
     /// List the gateway's functions with their status and counters.
     List {
         /// Print JSON instead of a table.
@@ -561,6 +575,26 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                 ),
             }
         }
+        FnCommand::Logs {
+            name,
+            follow,
+            json,
+            target,
+        } => {
+            let endpoint = endpoint(target);
+            let timeout = endpoint.timeout;
+            let until = async move {
+                if follow {
+                    let _ = tokio::signal::ctrl_c().await;
+                } else {
+                    tokio::time::sleep(timeout).await;
+                }
+            };
+            runtime.block_on(control::follow_logs(&endpoint, &name, until, |line| {
+                println!("{}", log_line(line, json));
+            }))?;
+            Ok(())
+        }
         FnCommand::List { json, target } => {
             let functions = runtime.block_on(control::list(&endpoint(target)))?;
             if json {
@@ -677,6 +711,30 @@ fn human_bytes(n: usize) -> String {
         n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
         n => format!("{n} bytes"),
     }
+}
+
+/// One line of `perch fn logs`: `12:03:04.120 WARN  1.2.0  message`, or
+/// the JSON as published.
+fn log_line(payload: &[u8], json: bool) -> String {
+    let text = String::from_utf8_lossy(payload);
+    if json {
+        return text.into_owned();
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return text.into_owned();
+    };
+    let ms = v["ts_ms"].as_i64().unwrap_or(0);
+    let day_ms = ms.rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03} {:<5} {:<10} {}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000,
+        v["level"].as_str().unwrap_or("").to_uppercase(),
+        v["version"].as_str().unwrap_or(""),
+        v["message"].as_str().unwrap_or("")
+    )
 }
 
 /// `perch fn list` as a table.

@@ -11,6 +11,7 @@
 //! | `promote` | `{"name": "..."}` | `promote/reply`: [`CommandReply`] |
 //! | `list` | anything (ignored) | `list/reply`: JSON array of [`FunctionInfo`] |
 //! | `<name>/status` | (published by the gateway, retained) | [`FunctionInfo`] |
+//! | `<name>/logs` | (published by the gateway, not retained) | one JSON log line |
 //!
 //! Replies are JSON. A request from an MQTT 5 client that carries a response
 //! topic is answered there, with its correlation data; otherwise on the
@@ -227,6 +228,11 @@ pub fn command_topic(gateway: &str, command: &str) -> String {
 /// `perch/<gateway>/fn/<command>/reply`.
 pub fn reply_topic(gateway: &str, command: &str) -> String {
     format!("perch/{gateway}/fn/{command}/reply")
+}
+
+/// The log lines of one function (JSON, non-retained; see `runtime`).
+pub fn logs_topic(gateway: &str, name: &str) -> String {
+    format!("perch/{gateway}/fn/{name}/logs")
 }
 
 /// The retained status of one function.
@@ -506,6 +512,51 @@ pub async fn list(endpoint: &Endpoint) -> Result<Vec<FunctionInfo>, ControlError
     )
     .await?;
     Ok(serde_json::from_slice(&reply).unwrap_or_default())
+}
+
+/// Prints a function's log lines as they are published: calls `line` for
+/// each, until `until` resolves. The lines are live; none are kept.
+pub async fn follow_logs(
+    endpoint: &Endpoint,
+    name: &str,
+    until: impl std::future::Future<Output = ()>,
+    mut line: impl FnMut(&[u8]),
+) -> Result<(), ControlError> {
+    let (host, port) = match endpoint.broker.rsplit_once(':') {
+        Some((h, p)) => (h.trim_matches(['[', ']']), p.parse().unwrap_or(1883)),
+        None => (endpoint.broker.as_str(), 1883),
+    };
+    let client_id = format!("perch-cli-{:016x}", rand::random::<u64>());
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    if let (Some(u), Some(p)) = (&endpoint.username, &endpoint.password) {
+        options.set_credentials(u, p);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let topic = logs_topic(&endpoint.gateway, name);
+    let connect_err = |message: String| ControlError::Connect {
+        addr: endpoint.broker.clone(),
+        message,
+    };
+    client
+        .subscribe(&topic, QoS::AtMostOnce)
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    let read = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => line(&p.payload),
+                Ok(_) => {}
+                Err(e) => return Err(connect_err(e.to_string())),
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = read => r,
+        () = until => Ok(()),
+    };
+    let _ = client.try_disconnect();
+    result
 }
 
 #[cfg(test)]

@@ -277,8 +277,8 @@ impl Functions {
         let inner = tokio::task::spawn_blocking(move || -> Result<Arc<Inner>, FunctionsError> {
             let registry = Arc::new(Registry::open(&path)?);
             let inner = Arc::new(Inner {
-                gateway_id: id,
-                runtime: Arc::new(Runtime::new(outputs)),
+                gateway_id: id.clone(),
+                runtime: Arc::new(Runtime::new(outputs).publish_logs_as(&id)),
                 registry,
                 links: links.clone(),
                 config,

@@ -351,6 +351,8 @@ pub struct Context {
     fuel: u64,
     memory_pages: u32,
     output_bytes: usize,
+    /// Where its log lines are published too, if anywhere.
+    log_topic: Option<Bytes>,
 }
 
 /// A validated, compiled function version: one per version, shared by all of
@@ -373,9 +375,19 @@ pub struct Runtime {
     /// stages). Bounded, so a stalled consumer turns into `FULL` for the
     /// guest instead of unbounded memory.
     outputs: mpsc::Sender<Output>,
+    /// The gateway's id, when function log lines are also published on
+    /// `perch/<id>/fn/<name>/logs` (the gateway; not `perch fn test`).
+    log_gateway: Option<Arc<str>>,
 }
 
 impl Runtime {
+    /// Also publish each function's log lines (those past the rate limit)
+    /// on `perch/<gateway_id>/fn/<name>/logs`, non-retained.
+    pub fn publish_logs_as(mut self, gateway_id: &str) -> Runtime {
+        self.log_gateway = Some(gateway_id.into());
+        self
+    }
+
     /// A runtime whose functions send `emit`/`forward` records to `outputs`.
     pub fn new(outputs: mpsc::Sender<Output>) -> Runtime {
         let mut config = Config::default();
@@ -395,6 +407,7 @@ impl Runtime {
             engine,
             linker,
             outputs,
+            log_gateway: None,
         }
     }
 
@@ -437,6 +450,10 @@ impl Runtime {
             fuel: manifest.limits.fuel,
             memory_pages: manifest.limits.memory_pages,
             output_bytes: manifest.limits.output_bytes,
+            log_topic: self
+                .log_gateway
+                .as_ref()
+                .map(|id| Bytes::from(format!("perch/{id}/fn/{}/logs", manifest.name))),
         });
         Ok(Compiled {
             sha256: sha256_hex(wasm),
@@ -474,6 +491,7 @@ impl Runtime {
             staged: Vec::new(),
             output_bytes_left: ctx.output_bytes,
             log_lines_left: MAX_LOG_LINES_PER_INVOCATION,
+            logs: Vec::new(),
             ctx,
         };
         let mut store = Store::new(&self.engine, host);
@@ -774,6 +792,12 @@ impl Instance {
     /// `publish`, each emit/forward into the output channel (its place there
     /// was reserved when the guest made the call).
     pub fn release(&mut self, mut publish: impl FnMut(Bytes, Bytes)) {
+        let host = self.store.data_mut();
+        if let Some(topic) = &host.ctx.log_topic {
+            for line in host.logs.drain(..) {
+                publish(topic.clone(), line);
+            }
+        }
         for staged in self.store.data_mut().staged.drain(..) {
             match staged {
                 Staged::Publish { topic, payload } => publish(topic, payload),
@@ -869,6 +893,10 @@ pub struct Host {
     staged: Vec<Staged>,
     output_bytes_left: usize,
     log_lines_left: u32,
+    /// Log lines of the last invocation for the logs topic (JSON), released
+    /// with its outputs but kept after a trap: a failing function's last
+    /// words are what its author needs. Rate-limited like the log itself.
+    logs: Vec<Bytes>,
 }
 
 impl Host {
@@ -996,6 +1024,16 @@ impl Host {
                 Err(_) => break String::from_utf8_lossy(&message[..end]),
             }
         };
+        if self.ctx.log_topic.is_some() {
+            let line = serde_json::json!({
+                "ts_ms": now_ms(),
+                "level": level_name(level),
+                "function": function,
+                "version": version,
+                "message": &*text,
+            });
+            self.logs.push(Bytes::from(line.to_string()));
+        }
         match level {
             0 => tracing::error!(function, version, "{text}"),
             1 => tracing::warn!(function, version, "{text}"),
@@ -1003,6 +1041,17 @@ impl Host {
             3 => tracing::debug!(function, version, "{text}"),
             _ => tracing::trace!(function, version, "{text}"),
         }
+    }
+}
+
+/// The name of a `log` level, as the logs topic carries it.
+fn level_name(level: i32) -> &'static str {
+    match level {
+        0 => "error",
+        1 => "warn",
+        2 => "info",
+        3 => "debug",
+        _ => "trace",
     }
 }
 
