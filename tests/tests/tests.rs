@@ -5,6 +5,7 @@ mod util;
 
 mod admin;
 mod broker;
+mod burst;
 mod cli;
 mod conformance;
 mod control;

@@ -93,6 +93,9 @@ pub fn serve(
                     continue;
                 }
             };
+            // Small MQTT packets must not wait for Nagle (see
+            // `no_delay_for_accepted`).
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let mut tls =

@@ -11,7 +11,8 @@
 //! first. Upstream reads committed records through its own read-only
 //! connection (WAL: readers never block the writer) and reports
 //! acknowledgements back through [`Intake::ack`]; the writer deletes
-//! acknowledged rows in its next transaction.
+//! acknowledged rows in its next transaction, one statement per run of
+//! consecutive seqs (a commit interval's acks, sorted), not one per row.
 //!
 //! The aggregator ([`crate::aggregate`]) runs on the same thread: a closed
 //! window becomes a record in the same batch, and open windows are saved in

@@ -227,16 +227,27 @@ impl Store {
         let mut counts = Counts::default();
         let tx = self.conn.transaction()?;
         {
-            let mut delete = tx.prepare_cached(
-                "DELETE FROM records WHERE seq = ?1 RETURNING length(stream) + length(payload)",
+            // Acknowledged records go in runs of consecutive seqs, one
+            // statement per run: an upstream message acknowledges up to
+            // `max_records_per_message` records of one stream, mostly
+            // consecutive, and a commit interval collects many messages.
+            pending.acks.sort_unstable();
+            pending.acks.dedup();
+            let mut delete_run = tx.prepare_cached(
+                "DELETE FROM records WHERE seq BETWEEN ?1 AND ?2 \
+                 RETURNING length(stream) + length(payload)",
             )?;
-            for seq in pending.acks.iter() {
-                if let Some(size) = delete.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
-                    bytes -= size as u64;
+            for (first, last) in runs(&pending.acks) {
+                let mut rows = delete_run.query([first, last])?;
+                while let Some(row) = rows.next()? {
+                    bytes -= row.get::<_, i64>(0)? as u64;
                     records -= 1;
                     counts.acked += 1;
                 }
             }
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM records WHERE seq = ?1 RETURNING length(stream) + length(payload)",
+            )?;
             let mut to_dead = tx.prepare_cached(
                 "INSERT OR REPLACE INTO dead_letters \
                  SELECT seq, stream, kind, created_ms, payload, ?2, ?3, ?4 FROM records WHERE seq = ?1",
@@ -360,6 +371,22 @@ impl Store {
         counts.apply(stats);
         Ok(())
     }
+}
+
+/// The runs of consecutive values in `sorted` (ascending, no duplicates),
+/// as (first, last).
+pub(super) fn runs(sorted: &[i64]) -> impl Iterator<Item = (i64, i64)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = *sorted.get(i)?;
+        let mut last = first;
+        i += 1;
+        while sorted.get(i) == Some(&(last + 1)) {
+            last += 1;
+            i += 1;
+        }
+        Some((first, last))
+    })
 }
 
 /// Rows per multi-row INSERT (4 parameters each; far below SQLite's 32766).

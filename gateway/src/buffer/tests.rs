@@ -80,6 +80,71 @@ fn acknowledged_records_are_deleted_and_the_rest_survive_a_restart() {
     assert!(rows[0].seq > last_seq);
 }
 
+/// Acks come per upstream message, out of order across streams, sometimes
+/// twice (a re-delivery after a reconnect) or for records already gone:
+/// exactly the acknowledged records go, and the totals stay right.
+#[test]
+fn scattered_and_repeated_acks_delete_exactly_the_acknowledged_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = open(dir.path(), &config());
+    let intake = buffer.intake();
+    for i in 0..100u8 {
+        intake
+            .forward(if i % 3 == 0 { "a" } else { "bb" }, &[i; 7])
+            .unwrap();
+    }
+    intake.flush().unwrap();
+    let rows = buffer.reader().unwrap().after(0, 1000).unwrap();
+    let seq = |i: usize| rows[i].seq;
+    // Runs, single records, a run given backwards, duplicates, and seqs
+    // that do not exist (before the first, after the last).
+    intake.ack_many((10..20).map(seq).collect());
+    intake.ack_many(vec![seq(40), seq(42), seq(44)]);
+    intake.ack_many((30..35).rev().map(seq).collect());
+    intake.ack_many(vec![seq(12), seq(33), seq(0) - 5, seq(99) + 5]);
+    intake.ack(seq(99));
+    intake.flush().unwrap();
+    let acked: std::collections::BTreeSet<usize> = (10..20)
+        .chain([40, 42, 44])
+        .chain(30..35)
+        .chain([99])
+        .collect();
+    let left: Vec<i64> = buffer
+        .reader()
+        .unwrap()
+        .after(0, 1000)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    let want: Vec<i64> = (0..100).filter(|i| !acked.contains(i)).map(seq).collect();
+    assert_eq!(left, want);
+    let stats = buffer.stats();
+    assert_eq!(stats.acked.load(Relaxed), acked.len() as u64);
+    assert_eq!(stats.records.load(Relaxed), want.len() as u64);
+    let bytes: u64 = (0..100)
+        .filter(|i| !acked.contains(i))
+        .map(|i| if i % 3 == 0 { 1 + 7 } else { 2 + 7 })
+        .sum();
+    assert_eq!(stats.bytes.load(Relaxed), bytes);
+    assert_eq!(
+        buffer.reader().unwrap().totals().unwrap().1,
+        bytes,
+        "the running total matches the table"
+    );
+}
+
+#[test]
+fn runs_of_consecutive_seqs() {
+    let runs = |v: &[i64]| super::store::runs(v).collect::<Vec<_>>();
+    assert_eq!(runs(&[]), vec![]);
+    assert_eq!(runs(&[5]), vec![(5, 5)]);
+    assert_eq!(
+        runs(&[1, 2, 3, 5, 7, 8, 10]),
+        vec![(1, 3), (5, 5), (7, 8), (10, 10)]
+    );
+}
+
 fn fill(policy: WhenFull) -> (tempfile::TempDir, Buffer) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = BufferConfig {

@@ -97,6 +97,11 @@ pub struct Stats {
     pub connection_errors: AtomicU64,
     pub captured: AtomicU64,
     pub capture_refused: AtomicU64,
+    /// Messages on `forward_topics` the broker dropped before the capture
+    /// read them: it fell further behind than the broker keeps per filter
+    /// (`max_segment_size_bytes * max_segment_count`), and rumqttd moved its
+    /// read cursor past what it had dropped.
+    pub capture_lost: AtomicU64,
     /// Records the HTTP endpoint refused for good (4xx), moved to dead letters.
     pub dead_lettered: AtomicU64,
     pub last_error: Mutex<Option<String>>,
@@ -611,6 +616,10 @@ pub fn capture(
         );
         tasks.push(tokio::spawn(async move {
             let _tx = tx; // dropping it would end the link
+                          // The log offset of the last message read: the router numbers
+                          // a filter's messages consecutively, so a gap is what it
+                          // dropped before this link read it.
+            let mut last_offset: Option<u64> = None;
             loop {
                 let next = tokio::select! {
                     n = rx.next() => n,
@@ -618,6 +627,21 @@ pub fn capture(
                 };
                 match next {
                     Ok(Some(rumqttd::Notification::Forward(f))) => {
+                        if let Some((_, offset)) = f.cursor {
+                            let lost = skipped(last_offset, offset);
+                            last_offset = Some(offset);
+                            if lost > 0 {
+                                let before = stats.capture_lost.fetch_add(lost, Ordering::Relaxed);
+                                tracing::warn!(
+                                    lost,
+                                    lost_total = before + lost,
+                                    filter = filters[i],
+                                    "upstream capture: the broker dropped messages the capture \
+                                     had not read yet (it fell behind by more than \
+                                     broker.max_segment_size_bytes * max_segment_count)"
+                                );
+                            }
+                        }
                         let topic = String::from_utf8_lossy(&f.publish.topic);
                         if crate::topic::matches_any(&filters[..i], &topic) {
                             continue; // an earlier filter's link forwards it
@@ -659,9 +683,27 @@ pub fn capture(
     Ok(tasks)
 }
 
+/// Messages between two consecutive reads of one filter's log that the
+/// reader never saw (offsets count every message appended to the filter).
+fn skipped(last: Option<u64>, offset: u64) -> u64 {
+    match last {
+        Some(l) if offset > l => offset - l - 1,
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_in_log_offsets_are_counted_as_skipped() {
+        assert_eq!(skipped(None, 41), 0);
+        assert_eq!(skipped(Some(41), 42), 0);
+        assert_eq!(skipped(Some(41), 50), 8);
+        // A restarted log (offsets from 0 again) is not a loss.
+        assert_eq!(skipped(Some(41), 3), 0);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_under_the_cap() {

@@ -421,6 +421,13 @@ fn upstream(m: &mut Metrics, s: &Sources, drain_rate: f64) {
         get(&u.captured),
     );
     m.single(
+        "perch_upstream_capture_lost_total",
+        "counter",
+        "Messages on upstream.forward_topics the broker dropped before the capture read them \
+         (it fell behind by more than broker.max_segment_size_bytes * max_segment_count).",
+        get(&u.capture_lost),
+    );
+    m.single(
         "perch_upstream_drain_rate",
         "gauge",
         "Records acknowledged per second over the last sample (a few seconds).",
