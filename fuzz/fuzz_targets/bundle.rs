@@ -4,13 +4,13 @@
 //! must end in `Ok` or a typed error whose message is not empty; none may
 //! panic, hang or allocate without bound.
 //!
-//! After the signed bundle format (issue 5) lands, point this at its
-//! `parse(&[u8]) -> Result<Bundle, BundleError>` instead of
-//! `decode_bundle`.
+//! The bundle goes through `bundle::parse` (both formats: lengths,
+//! signature, content hash) and the trust check, as the deploy path does.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use perch::functions::control::{decode_bundle, decode_deploy_request};
+use perch::functions::bundle;
+use perch::functions::control::decode_deploy_request;
 use perch::functions::manifest::Manifest;
 use perch::functions::runtime::Runtime;
 
@@ -19,10 +19,14 @@ fuzz_target!(|data: &[u8]| {
         Ok(parts) => parts,
         Err(e) => return assert!(!e.to_string().is_empty()),
     };
-    let (manifest, wasm) = match decode_bundle(bundle) {
-        Ok(parts) => parts,
+    let bundle = match bundle::parse(bundle) {
+        Ok(parsed) => parsed,
         Err(e) => return assert!(!e.to_string().is_empty()),
     };
+    if let Err(e) = bundle::check_trust(&bundle, &[]) {
+        assert!(!e.to_string().is_empty());
+    }
+    let (manifest, wasm) = (bundle.manifest, bundle.wasm);
     let manifest = match Manifest::from_toml(manifest) {
         Ok(m) => m,
         Err(e) => return assert!(!e.to_string().is_empty()),

@@ -1655,3 +1655,21 @@ async fn malformed_auth_from_a_311_client_closes_that_client_only() {
     raw.until_closed(mqtt::WAIT).await;
     bystanders_still_served(gw.addr()).await;
 }
+
+/// 3.1.1 §1.5.3 (MQTT-1.5.3-2), 5.0 §1.5.4 (MQTT-1.5.4-2): a UTF-8 string
+/// must not hold U+0000; a server that receives one closes the connection.
+/// A client id or user name with a NUL gets no CONNACK, only the close.
+#[tokio::test]
+async fn malformed_nul_in_a_connect_string_closes_that_client_only() {
+    let gw = Gateway::start(&[]);
+    for c in [Connect::v4("nul\0id"), Connect::v5("nul\0id")] {
+        let mut raw = Raw::open(gw.addr()).await;
+        raw.send(&c.encode()).await;
+        let seen = raw.until_closed(mqtt::WAIT).await;
+        assert!(
+            seen.iter().all(|p| p.0 != 0x20),
+            "no CONNACK for a client id holding U+0000: {seen:?}"
+        );
+    }
+    bystanders_still_served(gw.addr()).await;
+}

@@ -158,7 +158,7 @@ async fn manifests_with_every_field_wrong_get_a_clear_reply_and_change_nothing()
         reply["error"]
             .as_str()
             .unwrap()
-            .contains("announces a 4294967295-byte manifest"),
+            .contains("the bundle is cut short: 4294967304 bytes were announced by its header"),
         "{reply}"
     );
 

@@ -367,13 +367,22 @@ batch_size = 1
     }
 
     let data_dir = gw.data_dir.path().to_str().unwrap().to_owned();
-    let dead = tokio::task::spawn_blocking({
-        let d = data_dir.clone();
-        move || perch(&["buffer", "dead", "--data-dir", &d])
-    })
-    .await
-    .unwrap();
-    let dead = String::from_utf8_lossy(&dead.stdout).into_owned();
+    // The refused batch reaches the dead-letter table with the buffer's next
+    // commit, which may come a little after the endpoint saw record 9.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let dead = tokio::task::spawn_blocking({
+            let d = data_dir.clone();
+            move || perch(&["buffer", "dead", "--data-dir", &d])
+        })
+        .await
+        .unwrap();
+        let dead = String::from_utf8_lossy(&dead.stdout).into_owned();
+        if dead.contains("HTTP 400") || tokio::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         dead.contains("HTTP 400") && dead.contains("\"n\":3"),
         "{dead}"

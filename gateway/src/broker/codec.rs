@@ -725,6 +725,16 @@ impl Codec {
         let Packet::Connect(mut connect, props, will, will_props, login) = packet else {
             return Err(protocol::Error::IncorrectPacketFormat);
         };
+        // MQTT-1.5.3-2 (5.0 MQTT-1.5.4-2): a string holding U+0000 closes
+        // the connection (the password is binary data, so it may hold one).
+        // rumqttd's decoder lets it through.
+        let has_nul = |s: &str| s.contains('\0');
+        if has_nul(&connect.client_id)
+            || login.as_ref().is_some_and(|l| has_nul(&l.username))
+            || will.as_ref().is_some_and(|w| w.topic.contains(&0))
+        {
+            return Err(protocol::Error::IncorrectPacketFormat);
+        }
         let outcome = match &login {
             _ if connect.client_id.starts_with(super::INTERNAL_PREFIX) => {
                 Err(Refusal::ReservedClientId)

@@ -42,8 +42,13 @@ pub enum Lang {
 pub const ASSEMBLYSCRIPT_VERSION: &str = "0.27.37";
 
 /// The SDK, vendored into every new Rust project.
-const SDK_FILES: [(&str, &str); 7] = [
+const SDK_FILES: [(&str, &str); 9] = [
     ("src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
+    (
+        "src/config_cache.rs",
+        include_str!("../../../sdk/src/config_cache.rs"),
+    ),
+    ("src/json.rs", include_str!("../../../sdk/src/json.rs")),
     (
         "src/context.rs",
         include_str!("../../../sdk/src/context.rs"),
@@ -754,5 +759,23 @@ fn describe(failure: &Failure) -> String {
             format!("the handler returned error code {code} (sdk/ABI.md lists the codes)")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every source file of the SDK is vendored into new Rust projects: a
+    /// module added to sdk/src and missing here breaks `perch fn build`.
+    #[test]
+    fn every_sdk_source_file_is_vendored() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/src");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let path = format!("src/{name}");
+            assert!(
+                super::SDK_FILES.iter().any(|(p, _)| *p == path),
+                "sdk/src/{name} is not in cli::devkit::SDK_FILES"
+            );
+        }
     }
 }

@@ -662,7 +662,9 @@ impl Inner {
         let compiled = Arc::new(self.runtime.compile(manifest, wasm)?);
         if mode.is_some() {
             let running = self.lock().functions.get(&name).map(|e| e.handle.status());
-            if let Some(running) = running.filter(|s| s.sha256 == compiled.sha256) {
+            if let Some(running) =
+                running.filter(|s| s.sha256 == compiled.sha256 && s.version == version)
+            {
                 return Err(DeployError::SameAsRunning {
                     name,
                     version: running.version,
