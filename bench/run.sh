@@ -210,7 +210,7 @@ s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
   local upstream_pid="$started"
   if [ "$system" = perch ]; then
     conf="$work/perch-edge.toml"
-    printf '[gateway]\nid = "bench"\n\n[upstream.mqtt]\nhost = "127.0.0.1"\nport = %s\nclient_id = "perch-bench"\ntopic_prefix = "up"\n' \
+    printf '[gateway]\nid = "bench"\n\n[upstream.mqtt]\nhost = "127.0.0.1"\nport = %s\nclient_id = "perch-bench"\ntopic_prefix = "up"\n# One sample per upstream message, as the peers send them (perch-load\n# counts messages).\nmax_records_per_message = 1\n' \
       "$uport" >"$conf"
     start_perch "$lport" "$conf"
     pids_measured=("$started")
@@ -241,7 +241,7 @@ s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
   if [ "$system" = perch ]; then
     # Every event sent must have been through the function (none dropped).
     for i in $(seq 1 50); do
-      listing="$("$perch" fn list --broker "127.0.0.1:$lport" --gateway bench 2>/dev/null || true)"
+      listing="$("$perch" fn list --json --broker "127.0.0.1:$lport" --gateway bench 2>/dev/null || true)"
       processed="$(sed -n 's/.*"invocations": *\([0-9]*\).*/\1/p' <<<"$listing" | head -1)"
       dropped="$(sed -n 's/.*"dropped": *\([0-9]*\).*/\1/p' <<<"$listing" | head -1)"
       [ "${processed:-0}" -ge "$sent" ] && break
