@@ -715,10 +715,13 @@ fn systemd_gets_ready_watchdog_and_stopping_over_a_real_socket() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     assert_eq!(recv(), "READY=1", "READY first, once ready");
-    assert!(
-        gw.log_text().contains("perch ready"),
-        "after the ready line"
-    );
+    // READY=1 is sent after the ready line is written; the test's log
+    // reader thread may append that line a moment later.
+    let start = Instant::now();
+    while !gw.log_text().contains("perch ready") {
+        assert!(start.elapsed() < DEADLINE, "READY=1 without the ready line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let started = Instant::now();
     for _ in 0..3 {
         assert_eq!(recv(), "WATCHDOG=1");
