@@ -124,19 +124,27 @@ pub fn envelope(gateway: &str, record: &StoredRecord, out: &mut Vec<u8>) {
         KIND_SUMMARY => "summary",
         _ => "record",
     };
+    // Written straight into `out`: this runs once per record of a drain.
+    let plain = |s: &str| !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+    if plain(gateway) {
+        let _ = write!(out, "{{\"id\":\"{gateway}-{}\"", record.seq);
+    } else {
+        out.extend_from_slice(b"{\"id\":");
+        let _ = serde_json::to_writer(&mut *out, &format!("{gateway}-{}", record.seq));
+    }
+    out.extend_from_slice(b",\"stream\":");
+    let _ = serde_json::to_writer(&mut *out, &record.stream);
     let _ = write!(
         out,
-        "{{\"id\":{},\"stream\":{},\"kind\":\"{kind}\",\"time_ms\":{},\"data\":",
-        serde_json::to_string(&format!("{gateway}-{}", record.seq)).expect("string"),
-        serde_json::to_string(&record.stream).expect("string"),
-        record.created_ms,
+        ",\"kind\":\"{kind}\",\"time_ms\":{},\"data\":",
+        record.created_ms
     );
     let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&record.payload).is_ok();
     if is_json {
         out.extend_from_slice(&record.payload);
     } else {
         let text = String::from_utf8_lossy(&record.payload);
-        out.extend_from_slice(serde_json::to_string(&text).expect("string").as_bytes());
+        let _ = serde_json::to_writer(&mut *out, &text);
     }
     out.push(b'}');
 }
@@ -865,5 +873,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["data"], "not \"json\"");
         assert_eq!(v["kind"], "aggregate");
+        // Ids and streams that need escaping stay valid JSON.
+        r.stream = "a\"b\\c\n".into();
+        envelope("g\"w", &r, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], "g\"w-42");
+        assert_eq!(v["stream"], "a\"b\\c\n");
+        assert_eq!(v["time_ms"], 7);
     }
 }
