@@ -12,10 +12,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rumqttc::{QoS, SubscribeReasonCode};
 use crate::util::mqtt::{self, connect, next_publish, subscribe, wait_puback};
 use crate::util::raw::{frame, string, varint, Encode, End, Raw, RawPacket};
 use crate::util::{temp_file, Gateway};
+use rumqttc::{QoS, SubscribeReasonCode};
 
 // ---------------------------------------------------------------- helpers
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use crate::util::raw::{frame, string, End, Raw};
 use crate::util::functions::{file, wasm_file, Client, Gateway as FnGateway};
+use crate::util::raw::{frame, string, End, Raw};
 use crate::util::{perch_with_stdin, temp_file, Gateway};
 
 /// Every wait here; generous for a loaded machine.
@@ -140,6 +140,12 @@ impl Probe {
     }
 
     async fn finish(self) {
+        // At least 100 messages (2 s at one per 20 ms), so the probe spans
+        // the attacks and what follows them.
+        let deadline = Instant::now() + WAIT;
+        while self.sent.load(Ordering::SeqCst) < 100 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.stop.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + WAIT;
         let sent = loop {
@@ -149,13 +155,17 @@ impl Probe {
                 break sent;
             }
         };
-        for t in &self.tasks {
+        // The first two poll the connections and end only if one is lost;
+        // the publishing loop ends when told to stop.
+        for t in &self.tasks[..2] {
             assert!(!t.is_finished(), "a probe task ended (lost its connection)");
+        }
+        for t in &self.tasks {
             t.abort();
         }
         let received = self.received.load(Ordering::SeqCst);
         let gap = self.longest_gap_ms.load(Ordering::SeqCst);
-        assert!(sent > 100, "the probe published only {sent} messages");
+        assert!(sent >= 100, "the probe published only {sent} messages");
         assert_eq!(received, sent, "the probe lost messages");
         assert!(
             gap < 5_000,
@@ -235,6 +245,8 @@ async fn hostile_mqtt_clients_are_closed_and_the_others_keep_being_served() {
     let (_dir, gw) = gateway_with(2_000, "");
     let addr = gw.addr();
     let probe = Probe::start(addr).await;
+    let started = Instant::now();
+    let phase = |what: &str| eprintln!("hostile_input: {what} done at {:?}", started.elapsed());
 
     // 3.1.1 §4.7.3 (MQTT-4.7.3-1): topic names and filters are at least one
     // character long. A PUBLISH to "" and a SUBSCRIBE to "" close that
@@ -250,6 +262,7 @@ async fn hostile_mqtt_clients_are_closed_and_the_others_keep_being_served() {
     let seen = closed(&mut raw, "zero-length topic filter").await;
     assert!(seen.iter().all(|p| p.0 != 0x90), "no SUBACK: {seen:?}");
 
+    phase("zero-length topics");
     // Malformed packets after a good CONNECT (3.1.1 §4.8: the server closes
     // the connection; 5.0 §4.13 the same).
     let mut sub_flags = vec![0, 1];
@@ -258,7 +271,10 @@ async fn hostile_mqtt_clients_are_closed_and_the_others_keep_being_served() {
     let malformed: Vec<(&str, Vec<u8>)> = vec![
         // A remaining length with a continuation bit on its fourth byte
         // (§2.2.3: at most four bytes).
-        ("remaining length of five bytes", vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
+        (
+            "remaining length of five bytes",
+            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ),
         // §3.3.1.2, MQTT-3.3.1-4: QoS 3 is malformed.
         ("PUBLISH with QoS 3", {
             let mut p = publish0(b"a/b", b"x");
@@ -286,6 +302,7 @@ async fn hostile_mqtt_clients_are_closed_and_the_others_keep_being_served() {
         );
     }
 
+    phase("malformed packets");
     // Acknowledgements for packet ids this client never used (PUBACK,
     // PUBREC, PUBREL, PUBCOMP), one client each. Neither specification
     // names an answer for PUBACK/PUBREC/PUBCOMP (5.0 §4.13 lets the server
@@ -307,13 +324,18 @@ async fn hostile_mqtt_clients_are_closed_and_the_others_keep_being_served() {
         eprintln!("hostile_input: unsolicited {first:#04x}: answered {seen:?}, open after: {open}");
     }
 
+    phase("unsolicited acks");
     // A first packet that is not a CONNECT (MQTT-3.1.0-1): closed, nothing
     // routed.
     let mut raw = Raw::open(addr).await;
     raw.try_send(&publish0(b"probe/x", b"before connect")).await;
     let seen = closed(&mut raw, "PUBLISH before CONNECT").await;
-    assert!(seen.is_empty(), "answered a PUBLISH before CONNECT: {seen:?}");
+    assert!(
+        seen.is_empty(),
+        "answered a PUBLISH before CONNECT: {seen:?}"
+    );
 
+    phase("PUBLISH before CONNECT");
     // CONNECTs with garbage: not UTF-8 (3.1.1 §1.5.3, MQTT-1.5.3-1), U+0000
     // in the client id (MQTT-1.5.3-2), a username flag with no username, a
     // password flag without the username flag (MQTT-3.1.2-22), a string
@@ -346,7 +368,10 @@ async fn hostile_mqtt_clients_are_closed_and_the_others_keep_being_served() {
             c[7] = b'X';
             c
         }),
-        ("reserved connect flag set", connect_with(b"reserved", 0x01, &[])),
+        (
+            "reserved connect flag set",
+            connect_with(b"reserved", 0x01, &[]),
+        ),
         ("will QoS 3", {
             let mut rest = Vec::new();
             string(&mut rest, b"will/t");
@@ -368,6 +393,7 @@ async fn hostile_mqtt_clients_are_closed_and_the_others_keep_being_served() {
         );
     }
 
+    phase("garbage CONNECTs");
     // A protocol level perch does not speak (3.1's "MQIsdp" 3, or 6): the
     // server answers CONNACK 0x01, unacceptable protocol version (3.1.1
     // §3.1.2.2, MQTT-3.1.2-2), then closes.
@@ -382,11 +408,15 @@ async fn hostile_mqtt_clients_are_closed_and_the_others_keep_being_served() {
         assert_eq!(seen, vec![(0x20, vec![0, 1])], "{what}: CONNACK 0x01");
     }
 
+    phase("unknown protocol levels");
     // Headers that announce the largest possible packet (256 MiB), far over
     // max_packet_size_bytes, and then nothing: closed at once, without
     // waiting for (or buffering) the body. As the first packet (a CONNECT)
     // and after a good CONNECT (a PUBLISH).
-    for (what, first) in [("a 256 MiB CONNECT", None), ("a 256 MiB PUBLISH", Some("huge"))] {
+    for (what, first) in [
+        ("a 256 MiB CONNECT", None),
+        ("a 256 MiB PUBLISH", Some("huge")),
+    ] {
         let (mut raw, header) = match first {
             None => (Raw::open(addr).await, 0x10),
             Some(id) => (connected(addr, id).await, 0x30),
@@ -402,7 +432,9 @@ async fn hostile_mqtt_clients_are_closed_and_the_others_keep_being_served() {
         );
     }
 
+    phase("256 MiB announcements");
     probe.finish().await;
+    phase("the probe");
     let log = gw.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }
@@ -510,7 +542,11 @@ fn login(level: u8, id: &str, user: &str, password: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_past_the_limit_are_refused_without_a_password_check() {
     let out = perch_with_stdin(&["passwd"], "s3cret\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let users = ["early", "late"]
         .map(|u| {
@@ -536,19 +572,43 @@ async fn failed_logins_past_the_limit_are_refused_without_a_password_check() {
         }
     };
     assert_eq!(ack(4, "early", "s3cret").await, 0, "the right password");
-    for (user, password) in [("early", "guess1"), ("nobody", "guess2"), ("late", "guess3")] {
-        assert_eq!(ack(4, user, password).await, 4, "{user}: bad user name or password");
+    for (user, password) in [
+        ("early", "guess1"),
+        ("nobody", "guess2"),
+        ("late", "guess3"),
+    ] {
+        assert_eq!(
+            ack(4, user, password).await,
+            4,
+            "{user}: bad user name or password"
+        );
     }
     // The budget (3 a minute) is spent.
     let started = Instant::now();
-    assert_eq!(ack(4, "late", "guess4").await, 3, "3.1.1: server unavailable");
-    assert_eq!(ack(5, "late", "guess5").await, 0x9f, "5.0: connection rate exceeded");
-    assert_eq!(ack(4, "late", "s3cret").await, 3, "an unverified right password waits too");
+    assert_eq!(
+        ack(4, "late", "guess4").await,
+        3,
+        "3.1.1: server unavailable"
+    );
+    assert_eq!(
+        ack(5, "late", "guess5").await,
+        0x9f,
+        "5.0: connection rate exceeded"
+    );
+    assert_eq!(
+        ack(4, "late", "s3cret").await,
+        3,
+        "an unverified right password waits too"
+    );
     eprintln!(
         "hostile_input: three logins refused by the limiter in {:?}",
         started.elapsed()
     );
-    assert_eq!(ack(4, "early", "s3cret").await, 0, "a verified password gets in");
+    assert_eq!(
+        ack(4, "early", "s3cret").await,
+        0,
+        "a verified password gets in"
+    );
     let log = gw.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }
@@ -591,21 +651,45 @@ async fn a_deploy_over_a_gateway_cap_is_refused_and_changes_nothing() {
     assert!(ok, "v1 within the caps: {out}\n{}", gw.log());
 
     let over = [
-        ("fuel = 20000001", "limits.fuel = 20000001", "cap of 20000000", "functions.max_fuel"),
-        ("memory_pages = 33", "limits.memory_pages = 33", "cap of 32", "functions.max_memory_pages"),
+        (
+            "fuel = 20000001",
+            "limits.fuel = 20000001",
+            "cap of 20000000",
+            "functions.max_fuel",
+        ),
+        (
+            "memory_pages = 33",
+            "limits.memory_pages = 33",
+            "cap of 32",
+            "functions.max_memory_pages",
+        ),
         (
             "output_bytes = 100001",
             "limits.output_bytes = 100001",
             "cap of 100000",
             "functions.max_output_bytes",
         ),
-        ("queue_len = 513", "limits.queue_len = 513", "cap of 512", "functions.max_queue_len"),
+        (
+            "queue_len = 513",
+            "limits.queue_len = 513",
+            "cap of 512",
+            "functions.max_queue_len",
+        ),
     ];
     for (limit, asked, cap, key) in over {
-        let (ok, out) = deploy_echo(&gw, &echo_manifest("2.0.0", "hostile/v2", "hostile/#", limit));
-        assert!(!ok && out.contains("\"ok\": false"), "{limit}: refused: {out}");
+        let (ok, out) = deploy_echo(
+            &gw,
+            &echo_manifest("2.0.0", "hostile/v2", "hostile/#", limit),
+        );
+        assert!(
+            !ok && out.contains("\"ok\": false"),
+            "{limit}: refused: {out}"
+        );
         for part in [asked, cap, key, "lower it in the manifest, or raise"] {
-            assert!(out.contains(part), "{limit}: the reply names {part:?}: {out}");
+            assert!(
+                out.contains(part),
+                "{limit}: the reply names {part:?}: {out}"
+            );
         }
     }
     let all: Vec<&str> = over.iter().map(|o| o.0).collect();
@@ -615,7 +699,10 @@ async fn a_deploy_over_a_gateway_cap_is_refused_and_changes_nothing() {
     );
     assert!(!ok, "{out}");
     for (_, asked, _, _) in over {
-        assert!(out.contains(asked), "every limit over is named: {asked}: {out}");
+        assert!(
+            out.contains(asked),
+            "every limit over is named: {asked}: {out}"
+        );
     }
 
     // v1 still runs and answers.
@@ -635,7 +722,11 @@ async fn a_deploy_over_a_gateway_cap_is_refused_and_changes_nothing() {
     let config = gw.data_dir.join("perch.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     assert_eq!(text.matches("max_fuel = 20000000").count(), 1);
-    std::fs::write(&config, text.replace("max_fuel = 20000000", "max_fuel = 10000000")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("max_fuel = 20000000", "max_fuel = 10000000"),
+    )
+    .unwrap();
     let gw = gw.restart();
     let deadline = Instant::now() + WAIT;
     loop {
@@ -645,7 +736,10 @@ async fn a_deploy_over_a_gateway_cap_is_refused_and_changes_nothing() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "no log of the refused start:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "no log of the refused start:\n{log}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!gw.log().contains("panicked"));
@@ -688,7 +782,10 @@ async fn a_function_cannot_fake_the_gateways_status() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(denied, 1.0, "the fake status publish was refused and counted");
+    assert_eq!(
+        denied, 1.0,
+        "the fake status publish was refused and counted"
+    );
     // Nothing fake reached the status topic, and a new subscriber gets the
     // gateway's own retained status.
     let quiet_until = Instant::now() + Duration::from_secs(1);

@@ -28,7 +28,8 @@
 //!   the connection ends without DISCONNECT; a DISCONNECT is not passed on:
 //!   the codec ends the connection itself after it (see `will` for why);
 //! - closes connections that send malformed packets rumqttd would accept:
-//!   reserved fixed-header flags set, a second CONNECT, a CONNECT announcing
+//!   reserved fixed-header flags set, the reserved connect flag set, a second
+//!   CONNECT, a CONNECT announcing
 //!   more than `max_packet_size_bytes` (rumqttd would buffer it whole);
 //! - bounds the connections that have not finished their CONNECT
 //!   ([`Connecting`], `broker.max_pending_connections`): past the bound a
@@ -1364,6 +1365,11 @@ fn connect_header(stream: &[u8], max_size: usize) -> Result<ConnectHeader, proto
     if stream.len() < total_len {
         return Err(need(total_len));
     }
+    // MQTT-3.1.2-3 (5.0 §3.1.2.3): the reserved connect flag is 0, or the
+    // CONNECT is malformed; rumqttd's decoders ignore it.
+    if stream.get(level_at + 1).is_some_and(|flags| flags & 1 != 0) {
+        return Err(protocol::Error::IncorrectPacketFormat);
+    }
     Ok(ConnectHeader { level, total_len })
 }
 
@@ -1406,6 +1412,13 @@ mod tests {
         assert!(matches!(
             connect_header(&[0x30, 0], 1024),
             Err(protocol::Error::InvalidPacketType(3))
+        ));
+        // The reserved connect flag set (MQTT-3.1.2-3).
+        let mut reserved = c;
+        reserved[9] |= 1;
+        assert!(matches!(
+            connect_header(&reserved, 1024),
+            Err(protocol::Error::IncorrectPacketFormat)
         ));
         // Over the limit: refused on the header alone.
         assert!(matches!(

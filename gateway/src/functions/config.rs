@@ -110,7 +110,12 @@ impl FunctionsConfig {
     /// the key that raises it; empty when all fit.
     pub fn over_caps(&self, limits: &Limits) -> Vec<OverCap> {
         [
-            ("limits.fuel", limits.fuel, self.max_fuel, "functions.max_fuel"),
+            (
+                "limits.fuel",
+                limits.fuel,
+                self.max_fuel,
+                "functions.max_fuel",
+            ),
             (
                 "limits.memory_pages",
                 u64::from(limits.memory_pages),
@@ -327,9 +332,7 @@ max_output_bytes = 0
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains(
-                "functions.max_fuel: 1000 is under 10000000, the default a manifest gets"
-            ),
+            err.contains("functions.max_fuel: 1000 is under 10000000, the default a manifest gets"),
             "{err}"
         );
         assert!(

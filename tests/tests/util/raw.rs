@@ -136,7 +136,10 @@ impl Raw {
     /// Reads packets until the server closes the connection: `Ok` with
     /// what it sent before, or `Err` with what it sent if it did not close
     /// within `wait`.
-    pub async fn closed_within(&mut self, wait: Duration) -> Result<Vec<RawPacket>, Vec<RawPacket>> {
+    pub async fn closed_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Vec<RawPacket>, Vec<RawPacket>> {
         let deadline = Instant::now() + wait;
         let mut seen = Vec::new();
         loop {
