@@ -289,8 +289,10 @@ mod tests {
 
     #[test]
     fn failed_logins_past_the_budget_are_refused_without_a_hash() {
-        let mut config = BrokerConfig::default();
-        config.max_failed_logins_per_minute = 3;
+        let mut config = BrokerConfig {
+            max_failed_logins_per_minute: 3,
+            ..BrokerConfig::default()
+        };
         for name in ["sensor", "other"] {
             config.users.push(UserConfig {
                 name: name.into(),
