@@ -12,12 +12,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rumqttc::{QoS, SubscribeReasonCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 use crate::util::mqtt::{self, connect, next_publish, subscribe, wait_puback};
+use crate::util::raw::{frame, string, varint, Encode, End, Raw, RawPacket};
 use crate::util::{temp_file, Gateway};
+use rumqttc::{QoS, SubscribeReasonCode};
 
 // ---------------------------------------------------------------- helpers
 
@@ -124,30 +122,10 @@ impl Connect {
     }
 }
 
-fn varint(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return;
-        }
+impl Encode for Connect {
+    fn encode(&self) -> Vec<u8> {
+        Connect::encode(self)
     }
-}
-
-fn string(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend((s.len() as u16).to_be_bytes());
-    out.extend(s);
-}
-
-fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    varint(&mut out, body.len());
-    out.extend(body);
-    out
 }
 
 /// A PUBLISH (5.0: with an empty property list).
@@ -174,98 +152,6 @@ fn subscribe_packet(v5: bool, pkid: u16, filter: &str, qos: u8, props: &[u8]) ->
     string(&mut body, filter.as_bytes());
     body.push(qos);
     frame(0x82, &body)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    Closed,
-    Timeout,
-}
-
-/// A client speaking raw MQTT over TCP.
-struct Raw {
-    s: TcpStream,
-}
-
-/// One packet: first byte and body.
-type RawPacket = (u8, Vec<u8>);
-
-impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
-        Raw {
-            s: TcpStream::connect(addr).await.expect("TCP connect"),
-        }
-    }
-
-    /// Opens a connection, sends `c` and returns the CONNACK.
-    async fn connect(addr: SocketAddr, c: &Connect) -> (Raw, RawPacket) {
-        let mut raw = Raw::open(addr).await;
-        raw.send(&c.encode()).await;
-        let ack = raw.read(mqtt::WAIT).await.expect("a CONNACK");
-        assert_eq!(ack.0, 0x20, "CONNACK expected, got {ack:?}");
-        (raw, ack)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).await.expect("send");
-    }
-
-    /// The next packet, or why there is none within `wait`.
-    async fn read(&mut self, wait: Duration) -> Result<RawPacket, End> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut first = [0u8; 1];
-        match tokio::time::timeout_at(deadline, self.s.read(&mut first)).await {
-            Err(_) => return Err(End::Timeout),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(End::Closed),
-            Ok(Ok(_)) => {}
-        }
-        let mut len = 0usize;
-        for i in 0..4 {
-            let mut b = [0u8; 1];
-            match tokio::time::timeout_at(deadline, self.s.read_exact(&mut b)).await {
-                Err(_) => return Err(End::Timeout),
-                Ok(Err(_)) => return Err(End::Closed),
-                Ok(Ok(_)) => {}
-            }
-            len |= usize::from(b[0] & 0x7f) << (7 * i);
-            if b[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        match tokio::time::timeout_at(deadline, self.s.read_exact(&mut body)).await {
-            Err(_) => Err(End::Timeout),
-            Ok(Err(_)) => Err(End::Closed),
-            Ok(Ok(_)) => Ok((first[0], body)),
-        }
-    }
-
-    /// Reads packets until the server closes the connection; returns them.
-    async fn until_closed(&mut self, wait: Duration) -> Vec<RawPacket> {
-        let deadline = Instant::now() + wait;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.read(left).await {
-                Ok(p) => seen.push(p),
-                Err(End::Closed) => return seen,
-                Err(End::Timeout) => panic!("not closed within {wait:?}; saw {seen:?}"),
-            }
-        }
-    }
-
-    /// The next PUBLISH, skipping other packets.
-    async fn next_publish(&mut self, wait: Duration) -> Result<RawPacket, End> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let p = self
-                .read(deadline.saturating_duration_since(Instant::now()))
-                .await?;
-            if p.0 >> 4 == 3 {
-                return Ok(p);
-            }
-        }
-    }
 }
 
 /// Topic, packet id and payload of a raw PUBLISH.

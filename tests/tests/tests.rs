@@ -16,6 +16,7 @@ mod faults;
 mod functions;
 mod hostile;
 mod hostile_control;
+mod hostile_input;
 mod lifecycle;
 mod rollout;
 mod signing;

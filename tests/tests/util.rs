@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub mod faults;
 pub mod functions;
+pub mod raw;
 
 /// How long a gateway may take to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);

@@ -6,6 +6,15 @@
 //! salted SHA-256 of the password (salt random per process) and later logins
 //! of the same user with the same password are checked against that instead.
 //!
+//! Failed logins are rate-limited (`broker.max_failed_logins_per_minute`, a
+//! token bucket over all clients): once that many failed within the last
+//! minute's worth of refill, a login that would need an Argon2 verification
+//! is refused without one (3.1.1 CONNACK 3, server unavailable; 5.0 0x9F,
+//! connection rate exceeded) until the bucket refills. That bounds both
+//! password guessing and the CPU a flood of bad logins can burn; a user
+//! whose password already verified since the start (the cache above) still
+//! logs in at once.
+//!
 //! # The control topics are for admins
 //!
 //! Everything under [`CONTROL_FILTER`] (`perch/+/fn/#`: deploy, rollback,
@@ -22,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -120,6 +130,27 @@ pub enum Refusal {
     /// A client id reserved for the gateway's own links (3.1.1: 2, 5.0:
     /// 0x85).
     ReservedClientId,
+    /// Too many failed logins lately; try again later (3.1.1: 3, 5.0:
+    /// 0x9F).
+    TooManyFailures,
+}
+
+/// Failed logins allowed: a token bucket holding at most a minute's worth,
+/// refilled continuously.
+struct FailureBudget {
+    per_minute: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl FailureBudget {
+    fn refill(&mut self) -> f64 {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.per_minute / 60.0).min(self.per_minute);
+        self.tokens
+    }
 }
 
 /// The users of one broker and the cache of verified logins.
@@ -130,6 +161,8 @@ pub struct Users {
     salt: [u8; 16],
     /// user name -> salted digest of the password that last verified.
     verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// Failed logins still allowed (see the module doc).
+    failures: Mutex<FailureBudget>,
 }
 
 impl Users {
@@ -153,6 +186,11 @@ impl Users {
             anonymous: Arc::new(Acl::new(publish, subscribe, admin)),
             salt: rand::random(),
             verified: Mutex::new(HashMap::new()),
+            failures: Mutex::new(FailureBudget {
+                per_minute: f64::from(config.max_failed_logins_per_minute),
+                tokens: f64::from(config.max_failed_logins_per_minute),
+                at: Instant::now(),
+            }),
         }
     }
 
@@ -164,7 +202,7 @@ impl Users {
     /// Checks a username and password; returns the user's ACL.
     pub fn login(&self, user: &str, password: &str) -> Result<Arc<Acl>, Refusal> {
         let Some((hash, acl)) = self.users.get(user) else {
-            return Err(Refusal::BadCredentials);
+            return Err(self.failed());
         };
         let digest = self.digest(password);
         let cached = self
@@ -176,6 +214,9 @@ impl Users {
         if cached.is_some_and(|d| constant_time_eq(&d, &digest)) {
             return Ok(acl.clone());
         }
+        if self.failures.lock().expect("lock poisoned").refill() < 1.0 {
+            return Err(Refusal::TooManyFailures);
+        }
         let ok = PasswordHash::new(hash)
             .map(|h| {
                 Argon2::default()
@@ -184,13 +225,24 @@ impl Users {
             })
             .unwrap_or(false);
         if !ok {
-            return Err(Refusal::BadCredentials);
+            return Err(self.failed());
         }
         self.verified
             .lock()
             .expect("lock poisoned")
             .insert(user.to_owned(), digest);
         Ok(acl.clone())
+    }
+
+    /// Spends one failed login from the budget; `TooManyFailures` once it
+    /// is spent (unknown users too, so guessing names is bounded alike).
+    fn failed(&self) -> Refusal {
+        let mut budget = self.failures.lock().expect("lock poisoned");
+        if budget.refill() < 1.0 {
+            return Refusal::TooManyFailures;
+        }
+        budget.tokens -= 1.0;
+        Refusal::BadCredentials
     }
 
     fn digest(&self, password: &str) -> [u8; 32] {
@@ -233,6 +285,48 @@ mod tests {
             users.login("nobody", "s3cret"),
             Err(Refusal::BadCredentials)
         );
+    }
+
+    #[test]
+    fn failed_logins_past_the_budget_are_refused_without_a_hash() {
+        let mut config = BrokerConfig {
+            max_failed_logins_per_minute: 3,
+            ..BrokerConfig::default()
+        };
+        for name in ["sensor", "other"] {
+            config.users.push(UserConfig {
+                name: name.into(),
+                password_hash: hash_password("s3cret"),
+                publish: vec![],
+                subscribe: vec![],
+                admin: false,
+            });
+        }
+        let users = Users::new(&config);
+        // "sensor" logs in once, so its password is cached.
+        assert!(users.login("sensor", "s3cret").is_ok());
+        assert_eq!(users.login("sensor", "a"), Err(Refusal::BadCredentials));
+        assert_eq!(users.login("nobody", "b"), Err(Refusal::BadCredentials));
+        assert_eq!(users.login("other", "c"), Err(Refusal::BadCredentials));
+        // The budget of 3 is spent (refill: one per 20 s): no more hashing,
+        // the right password of an uncached user included.
+        let started = Instant::now();
+        for (user, password) in [("other", "d"), ("other", "s3cret"), ("nobody", "e")] {
+            assert_eq!(
+                users.login(user, password),
+                Err(Refusal::TooManyFailures),
+                "{user}"
+            );
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(50),
+            "refused without an Argon2 verification"
+        );
+        // A password verified before still logs in.
+        assert!(users.login("sensor", "s3cret").is_ok());
+        // The bucket refills: 20 s later one more attempt is allowed.
+        users.failures.lock().unwrap().at -= std::time::Duration::from_secs(20);
+        assert!(users.login("other", "s3cret").is_ok());
     }
 
     #[test]

@@ -28,7 +28,14 @@
 //!   the connection ends without DISCONNECT; a DISCONNECT is not passed on:
 //!   the codec ends the connection itself after it (see `will` for why);
 //! - closes connections that send malformed packets rumqttd would accept:
-//!   reserved fixed-header flags set, a second CONNECT;
+//!   reserved fixed-header flags set, the reserved connect flag set, a second
+//!   CONNECT, a CONNECT announcing
+//!   more than `max_packet_size_bytes` (rumqttd would buffer it whole);
+//! - bounds the connections that have not finished their CONNECT
+//!   ([`Connecting`], `broker.max_pending_connections`): past the bound a
+//!   new connection is closed at its first read, so slowloris clients can
+//!   hold at most that many sockets, each until `connection_timeout_ms`
+//!   (rumqttd's deadline on the whole CONNECT, however it trickles in);
 //! - honours a 5.0 client's Receive Maximum and Maximum Packet Size (see
 //!   "Flow control" below).
 //!
@@ -69,7 +76,7 @@
 //! client.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
@@ -113,6 +120,62 @@ pub struct Policy {
     pub held_qos2: Arc<Mutex<HashMap<String, HashMap<u16, Will>>>>,
     /// The broker's traffic counters (shared by every listener).
     pub traffic: Arc<Traffic>,
+    /// Connections that have not finished their CONNECT (shared by every
+    /// listener).
+    pub connecting: Arc<Connecting>,
+}
+
+/// Connections accepted whose CONNECT has not arrived whole yet, bounded
+/// by `broker.max_pending_connections`. A well-behaved client is counted
+/// for the milliseconds its CONNECT takes; a slowloris client until
+/// rumqttd's `connection_timeout_ms` closes it.
+#[derive(Debug)]
+pub struct Connecting {
+    max: usize,
+    now: AtomicUsize,
+    /// Connections closed at once because `max` were pending.
+    pub refused: AtomicU64,
+}
+
+impl Connecting {
+    pub fn new(max: usize) -> Connecting {
+        Connecting {
+            max,
+            now: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a new connection in; `false` (not counted) if `max` are
+    /// pending already.
+    fn enter(&self) -> bool {
+        let entered = self
+            .now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        if !entered {
+            let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            // 1, 2, 4, 8…: an attack cannot flood the log.
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    pending = self.max,
+                    refused_so_far = refused,
+                    "a new connection was closed at once: {} connections have not finished \
+                     their CONNECT (broker.max_pending_connections); something may be \
+                     holding connections open (slowloris), or raise the limit if real \
+                     clients are refused",
+                    self.max
+                );
+            }
+        }
+        entered
+    }
+
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What remote clients sent and received, for metrics. Relaxed atomics,
@@ -312,6 +375,11 @@ pub struct Codec {
     mid_batch: bool,
     /// Whether this connection logged in (and is counted as connected).
     counted: bool,
+    /// Whether the codec has read yet (the first read counts the
+    /// connection in [`Connecting`]).
+    started: bool,
+    /// Whether this connection is counted in [`Connecting`].
+    connecting: bool,
 }
 
 impl Codec {
@@ -342,6 +410,8 @@ impl Codec {
             inject: Mutex::new(VecDeque::new()),
             mid_batch: false,
             counted: false,
+            started: false,
+            connecting: false,
         }
     }
 }
@@ -350,6 +420,7 @@ impl Drop for Codec {
     /// rumqttd drops the codec when the connection ends: the will (still
     /// here unless a DISCONNECT discarded it) is due.
     fn drop(&mut self) {
+        self.connected();
         if self.counted {
             self.policy
                 .traffic
@@ -697,12 +768,28 @@ impl Codec {
         }
     }
 
+    /// The connection is no longer waiting for its CONNECT.
+    fn connected(&mut self) {
+        if std::mem::take(&mut self.connecting) {
+            self.policy.connecting.leave();
+        }
+    }
+
     fn read_connect(
         &mut self,
         stream: &mut BytesMut,
         max_size: usize,
     ) -> Result<Packet, protocol::Error> {
-        let header = connect_header(stream)?;
+        if !self.started {
+            // rumqttd's first read comes right after the accept.
+            self.started = true;
+            if !self.policy.connecting.enter() {
+                return Err(protocol::Error::InvalidProtocol);
+            }
+            self.connecting = true;
+        }
+        let header = connect_header(stream, max_size)?;
+        self.connected();
         let version = match header.level {
             4 => Version::V4,
             5 => Version::V5,
@@ -857,6 +944,10 @@ impl Codec {
                     Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
                     Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
                     Refusal::ReservedClientId => ConnectReturnCode::ClientIdentifierNotValid,
+                    Refusal::TooManyFailures if version == Version::V5 => {
+                        ConnectReturnCode::ConnectionRateExceeded
+                    }
+                    Refusal::TooManyFailures => ConnectReturnCode::ServiceUnavailable,
                 });
                 Ok(throwaway_connect())
             }
@@ -1239,8 +1330,9 @@ struct ConnectHeader {
 }
 
 /// Reads the protocol level of the CONNECT at the head of `stream` without
-/// consuming it.
-fn connect_header(stream: &[u8]) -> Result<ConnectHeader, protocol::Error> {
+/// consuming it, once the whole CONNECT is there; refuses one announcing
+/// more than `max_size` bytes at once, before its body is read.
+fn connect_header(stream: &[u8], max_size: usize) -> Result<ConnectHeader, protocol::Error> {
     let Some(&first) = stream.first() else {
         return Err(protocol::Error::InsufficientBytes(2));
     };
@@ -1253,6 +1345,9 @@ fn connect_header(stream: &[u8]) -> Result<ConnectHeader, protocol::Error> {
         None if stream.len() >= 5 => return Err(protocol::Error::MalformedRemainingLength),
         None => return Err(protocol::Error::InsufficientBytes(1)),
     };
+    if remaining > max_size {
+        return Err(protocol::Error::PayloadSizeLimitExceeded(remaining));
+    }
     let body = 1 + len_len;
     let need = |n: usize| protocol::Error::InsufficientBytes(n.saturating_sub(stream.len()).max(1));
     let name_len = match (stream.get(body), stream.get(body + 1)) {
@@ -1269,6 +1364,11 @@ fn connect_header(stream: &[u8]) -> Result<ConnectHeader, protocol::Error> {
     let total_len = body + remaining;
     if stream.len() < total_len {
         return Err(need(total_len));
+    }
+    // MQTT-3.1.2-3 (5.0 §3.1.2.3): the reserved connect flag is 0, or the
+    // CONNECT is malformed; rumqttd's decoders ignore it.
+    if stream.get(level_at + 1).is_some_and(|flags| flags & 1 != 0) {
+        return Err(protocol::Error::IncorrectPacketFormat);
     }
     Ok(ConnectHeader { level, total_len })
 }
@@ -1303,15 +1403,27 @@ mod tests {
     fn the_connect_header_tells_the_level_and_waits_for_bytes() {
         // CONNECT, 3.1.1: name "MQTT", level 4, flags, keep-alive, client id "".
         let c = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0];
-        let h = connect_header(&c).unwrap();
+        let h = connect_header(&c, 1024).unwrap();
         assert_eq!((h.level, h.total_len), (4, 14));
         assert!(matches!(
-            connect_header(&c[..5]),
+            connect_header(&c[..5], 1024),
             Err(protocol::Error::InsufficientBytes(_))
         ));
         assert!(matches!(
-            connect_header(&[0x30, 0]),
+            connect_header(&[0x30, 0], 1024),
             Err(protocol::Error::InvalidPacketType(3))
+        ));
+        // The reserved connect flag set (MQTT-3.1.2-3).
+        let mut reserved = c;
+        reserved[9] |= 1;
+        assert!(matches!(
+            connect_header(&reserved, 1024),
+            Err(protocol::Error::IncorrectPacketFormat)
+        ));
+        // Over the limit: refused on the header alone.
+        assert!(matches!(
+            connect_header(&c[..3], 11),
+            Err(protocol::Error::PayloadSizeLimitExceeded(12))
         ));
     }
 

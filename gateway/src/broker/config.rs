@@ -24,8 +24,18 @@ pub struct BrokerConfig {
     pub max_packet_size_bytes: usize,
     /// Unacknowledged QoS 1/2 messages in flight per client.
     pub max_inflight_count: usize,
-    /// How long a new connection may take to send its CONNECT.
+    /// How long a new connection may take to send its whole CONNECT,
+    /// however it trickles in; then it is closed (slowloris).
     pub connection_timeout_ms: u16,
+    /// Most connections at once, over all listeners, that have not sent
+    /// their whole CONNECT yet; past it a new connection is closed at once.
+    /// Bounds the sockets slowloris clients can hold.
+    pub max_pending_connections: usize,
+    /// Failed logins allowed per minute over all clients (a bucket holding
+    /// a minute's worth); past it, logins that need a password check are
+    /// refused without one until it refills. Bounds password guessing and
+    /// the CPU bad logins burn (each check is an Argon2id hash).
+    pub max_failed_logins_per_minute: u32,
     /// Size of one segment of the broker's in-memory log per subscribed
     /// filter. With `max_segment_count` this bounds the memory the broker
     /// keeps per filter: `max_segment_size_bytes * max_segment_count`.
@@ -66,6 +76,8 @@ impl Default for BrokerConfig {
             max_packet_size_bytes: 5 * 1024 * 1024,
             max_inflight_count: 100,
             connection_timeout_ms: 5_000,
+            max_pending_connections: 256,
+            max_failed_logins_per_minute: 60,
             max_segment_size_bytes: 1024 * 1024,
             max_segment_count: 4,
             max_outgoing_packet_count: 200,
@@ -171,7 +183,11 @@ pub struct UserConfig {
 
 impl BrokerConfig {
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 14] = [
+            (
+                "broker.max_failed_logins_per_minute",
+                u64::from(self.max_failed_logins_per_minute),
+            ),
             ("broker.max_connections", self.max_connections as u64),
             (
                 "broker.max_packet_size_bytes",
@@ -181,6 +197,10 @@ impl BrokerConfig {
             (
                 "broker.connection_timeout_ms",
                 u64::from(self.connection_timeout_ms),
+            ),
+            (
+                "broker.max_pending_connections",
+                self.max_pending_connections as u64,
             ),
             (
                 "broker.max_segment_size_bytes",
@@ -361,9 +381,16 @@ mod tests {
 
     #[test]
     fn tiny_segments_and_zero_limits_are_refused() {
-        let err = problems("[broker]\nmax_segment_size_bytes = 100\nmax_connections = 0\n");
+        let err = problems(
+            "[broker]\nmax_segment_size_bytes = 100\nmax_connections = 0\n\
+             max_pending_connections = 0\nconnection_timeout_ms = 0\n",
+        );
         assert!(err.contains("broker.max_segment_size_bytes"), "{err}");
         assert!(err.contains("broker.max_connections"), "{err}");
+        assert!(err.contains("broker.max_pending_connections"), "{err}");
+        assert!(err.contains("broker.connection_timeout_ms"), "{err}");
+        let err = problems("[broker]\nmax_failed_logins_per_minute = 0\n");
+        assert!(err.contains("broker.max_failed_logins_per_minute"), "{err}");
     }
 
     #[test]

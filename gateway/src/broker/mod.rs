@@ -52,7 +52,7 @@ use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, Server
 use tokio::task::JoinHandle;
 
 use self::auth::Users;
-use self::codec::{Codec, Policy};
+use self::codec::{Codec, Connecting, Policy};
 pub use self::codec::{Refusals, Traffic, KEEP_ALIVE_OFF_S};
 pub use self::config::{AclConfig, BrokerConfig, ListenerConfig, TlsConfig, UserConfig};
 
@@ -235,6 +235,7 @@ impl Broker {
         broker.tasks.push(drain((None, will_rx)));
         let unacked: Arc<std::sync::Mutex<_>> = Arc::default();
         let held_qos2: Arc<std::sync::Mutex<_>> = Arc::default();
+        let connecting = Arc::new(Connecting::new(config.max_pending_connections));
         for l in &config.listeners {
             let bind_err = |addr, source| BrokerError::Bind {
                 name: l.name.clone(),
@@ -285,6 +286,7 @@ impl Broker {
                 unacked: unacked.clone(),
                 held_qos2: held_qos2.clone(),
                 traffic: traffic.clone(),
+                connecting: connecting.clone(),
             });
             let server = Server::new(
                 settings,

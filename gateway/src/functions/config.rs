@@ -1,9 +1,12 @@
 //! `[functions]`: gateway-wide settings of the functions stage. Per-function
-//! limits live in each function's manifest, not here.
+//! limits live in each function's manifest, not here; what this module adds
+//! to them is the gateway's caps (`max_fuel`, `max_memory_pages`,
+//! `max_output_bytes`, `max_queue_len`), which no manifest may exceed.
 
 use serde::Deserialize;
 
 use super::bundle::PublicKey;
+use super::manifest::{self, Limits};
 use crate::config::Problem;
 
 /// `[functions]`
@@ -41,6 +44,42 @@ pub struct FunctionsConfig {
     /// A canary is rolled back as soon as more than this share (percent) of
     /// the invocations of one window have failed.
     pub canary_max_error_percent: u8,
+    /// The most fuel a manifest may give one invocation (`limits.fuel`).
+    /// Fuel is about one wasm instruction: this bounds how long one
+    /// invocation can keep its worker thread (and a core) busy.
+    pub max_fuel: u64,
+    /// The most 64 KiB memory pages a manifest may ask for
+    /// (`limits.memory_pages`): bounds one function's linear memory.
+    pub max_memory_pages: u32,
+    /// The most publish and forward bytes per invocation a manifest may ask
+    /// for (`limits.output_bytes`).
+    pub max_output_bytes: usize,
+    /// The longest event queue a manifest may ask for (`limits.queue_len`):
+    /// each queued event holds its payload, so with
+    /// `broker.max_packet_size_bytes` this bounds a function's queued memory.
+    pub max_queue_len: usize,
+}
+
+/// A manifest limit over the gateway's cap on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverCap {
+    /// The manifest key, e.g. `limits.fuel`.
+    pub field: &'static str,
+    pub asked: u64,
+    pub cap: u64,
+    /// The config key that sets the cap, e.g. `functions.max_fuel`.
+    pub key: &'static str,
+}
+
+impl std::fmt::Display for OverCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} = {} is over this gateway's cap of {} ({}): lower it in the manifest, or raise \
+             {} in the gateway's config",
+            self.field, self.asked, self.cap, self.key, self.key
+        )
+    }
 }
 
 /// Room in a deploy packet for the topic, the MQTT header and the deploy
@@ -58,11 +97,55 @@ impl Default for FunctionsConfig {
             trusted_keys: Vec::new(),
             canary_window_events: 20,
             canary_max_error_percent: 10,
+            max_fuel: 5_000_000_000,
+            max_memory_pages: 1_024,
+            max_output_bytes: 5 * 1024 * 1024,
+            max_queue_len: 16_384,
         }
     }
 }
 
 impl FunctionsConfig {
+    /// The limits of `limits` over this gateway's caps, each with the cap and
+    /// the key that raises it; empty when all fit.
+    pub fn over_caps(&self, limits: &Limits) -> Vec<OverCap> {
+        [
+            (
+                "limits.fuel",
+                limits.fuel,
+                self.max_fuel,
+                "functions.max_fuel",
+            ),
+            (
+                "limits.memory_pages",
+                u64::from(limits.memory_pages),
+                u64::from(self.max_memory_pages),
+                "functions.max_memory_pages",
+            ),
+            (
+                "limits.output_bytes",
+                limits.output_bytes as u64,
+                self.max_output_bytes as u64,
+                "functions.max_output_bytes",
+            ),
+            (
+                "limits.queue_len",
+                limits.queue_len as u64,
+                self.max_queue_len as u64,
+                "functions.max_queue_len",
+            ),
+        ]
+        .into_iter()
+        .filter(|&(_, asked, cap, _)| asked > cap)
+        .map(|(field, asked, cap, key)| OverCap {
+            field,
+            asked,
+            cap,
+            key,
+        })
+        .collect()
+    }
+
     /// `trusted_keys`, parsed; the config check refused the config if one
     /// did not parse, so none are left out here in practice.
     pub fn trusted_public_keys(&self) -> Vec<PublicKey> {
@@ -141,11 +224,61 @@ impl FunctionsConfig {
                 "must be greater than 0",
             ));
         }
+        // A cap under the default would refuse every manifest that leaves
+        // the limit out; a cap over what a manifest can ask is no cap.
+        let default = Limits::default();
+        let caps: [(&str, u64, u64, u64, &str); 4] = [
+            (
+                "functions.max_fuel",
+                self.max_fuel,
+                default.fuel,
+                u64::MAX,
+                "",
+            ),
+            (
+                "functions.max_memory_pages",
+                u64::from(self.max_memory_pages),
+                u64::from(default.memory_pages),
+                u64::from(manifest::MAX_MEMORY_PAGES),
+                " (4 GiB, all a wasm32 memory can address)",
+            ),
+            (
+                "functions.max_output_bytes",
+                self.max_output_bytes as u64,
+                default.output_bytes as u64,
+                manifest::MAX_OUTPUT_BYTES as u64,
+                " (the largest MQTT payload)",
+            ),
+            (
+                "functions.max_queue_len",
+                self.max_queue_len as u64,
+                default.queue_len as u64,
+                manifest::MAX_QUEUE_LEN as u64,
+                "",
+            ),
+        ];
+        for (key, value, least, most, why) in caps {
+            if value < least {
+                problems.push(Problem::new(
+                    key,
+                    format!(
+                        "{value} is under {least}, the default a manifest gets when it sets no \
+                         limit, so every such manifest would be refused: give at least {least}"
+                    ),
+                ));
+            } else if value > most {
+                problems.push(Problem::new(
+                    key,
+                    format!("{value} is over {most}, the most a manifest can ask for{why}"),
+                ));
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{FunctionsConfig, Limits};
     use crate::config::Config;
 
     #[test]
@@ -182,5 +315,75 @@ mod tests {
         assert!(err.contains("as `perch key generate` prints it"), "{err}");
         // The defaults fit: 4 MiB bundles in 5 MiB packets.
         Config::from_toml("", "empty.toml").unwrap();
+    }
+
+    #[test]
+    fn caps_under_the_manifest_defaults_or_over_the_format_are_refused() {
+        let err = Config::from_toml(
+            "[functions]
+max_fuel = 1000
+max_memory_pages = 65537
+max_output_bytes = 0
+\
+             max_queue_len = 65537
+",
+            "test.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("functions.max_fuel: 1000 is under 10000000, the default a manifest gets"),
+            "{err}"
+        );
+        assert!(
+            err.contains("functions.max_memory_pages: 65537 is over 65536"),
+            "{err}"
+        );
+        assert!(
+            err.contains("functions.max_output_bytes: 0 is under 65536"),
+            "{err}"
+        );
+        assert!(
+            err.contains("functions.max_queue_len: 65537 is over 65536"),
+            "{err}"
+        );
+        // At the format's own bounds: accepted.
+        Config::from_toml(
+            "[functions]
+max_fuel = 18446744073709551615
+max_memory_pages = 65536
+\
+             max_queue_len = 65536
+",
+            "test.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn limits_over_the_caps_are_each_named_with_the_key_to_raise() {
+        let caps = FunctionsConfig::default();
+        assert!(caps.over_caps(&Limits::default()).is_empty());
+        let limits = Limits {
+            fuel: u64::MAX,
+            memory_pages: 65_536,
+            output_bytes: caps.max_output_bytes + 1,
+            queue_len: caps.max_queue_len,
+            ..Limits::default()
+        };
+        let over: Vec<String> = caps
+            .over_caps(&limits)
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        assert_eq!(over.len(), 3, "{over:?}");
+        assert_eq!(
+            over[0],
+            "limits.fuel = 18446744073709551615 is over this gateway's cap of 5000000000 \
+             (functions.max_fuel): lower it in the manifest, or raise functions.max_fuel in the \
+             gateway's config"
+        );
+        assert!(over[1].starts_with("limits.memory_pages = 65536 is over this gateway's cap of 1024 (functions.max_memory_pages)"), "{over:?}");
+        assert!(over[2].starts_with("limits.output_bytes = 5242881 is over this gateway's cap of 5242880 (functions.max_output_bytes)"), "{over:?}");
     }
 }

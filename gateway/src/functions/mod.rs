@@ -137,6 +137,8 @@ pub enum DeployError {
          in the config or deploy to another gateway"
     )]
     TooMany { max: usize },
+    #[error("the manifest asks for more than this gateway allows:\n{}", over_caps(.0))]
+    OverCap(Vec<config::OverCap>),
     #[error(transparent)]
     Start(#[from] FunctionsError),
     #[error("the worker of function {0:?} did not answer within {READY_TIMEOUT:?}")]
@@ -448,6 +450,20 @@ impl Inner {
         })
     }
 
+    /// Parses and checks a manifest, then holds its limits against the
+    /// gateway's caps (`[functions] max_fuel`…). Every way a version starts
+    /// (deploy, rollback, restart) goes through here, so a lowered cap
+    /// applies to versions stored before it.
+    fn manifest(&self, text: &str) -> Result<Manifest, DeployError> {
+        let manifest = Manifest::from_toml(text)?;
+        let over = self.config.over_caps(&manifest.limits);
+        if over.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(DeployError::OverCap(over))
+        }
+    }
+
     /// Starts every active version in the registry.
     fn restore(&self) -> Result<(), FunctionsError> {
         let mut table = self.lock();
@@ -471,7 +487,7 @@ impl Inner {
     }
 
     fn restore_one(&self, table: &mut Table, stored: StoredVersion) -> Result<(), DeployError> {
-        let manifest = Manifest::from_toml(&stored.manifest)?;
+        let manifest = self.manifest(&stored.manifest)?;
         let compiled = Arc::new(self.runtime.compile(manifest, &stored.wasm)?);
         let handle = self.create(table, &compiled)?;
         if let Some(reason) = stored.stopped_reason {
@@ -639,7 +655,7 @@ impl Inner {
         let bundle = bundle::parse(bundle)?;
         bundle::check_trust(&bundle, &self.config.trusted_public_keys())?;
         let (manifest_text, wasm) = (bundle.manifest, bundle.wasm);
-        let manifest = Manifest::from_toml(manifest_text)?;
+        let manifest = self.manifest(manifest_text)?;
         let name = manifest.name.clone();
         let version = manifest.version.clone();
         let _busy = self.claim(&name)?;
@@ -895,7 +911,7 @@ impl Inner {
                 kept: current.1.join(", "),
             });
         };
-        let manifest = Manifest::from_toml(&stored.manifest)?;
+        let manifest = self.manifest(&stored.manifest)?;
         let compiled = Arc::new(self.runtime.compile(manifest, &stored.wasm)?);
         let stored = StoredVersion {
             deployed_at_ms: runtime::now_ms(),
@@ -990,6 +1006,14 @@ fn rollout_mode(options: &control::DeployOptions) -> Result<Option<rollout::Mode
 
 /// Whether semantic version `new` is lower than `running` (a version that
 /// does not parse is never "older": the manifest check refuses it anyway).
+/// One line per limit over its cap, as in a manifest error.
+fn over_caps(over: &[config::OverCap]) -> String {
+    over.iter()
+        .map(|o| format!("  - {o}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn is_older(new: &str, running: &str) -> bool {
     match (semver::Version::parse(new), semver::Version::parse(running)) {
         (Ok(new), Ok(running)) => new < running,

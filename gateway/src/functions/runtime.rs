@@ -881,6 +881,10 @@ enum Staged {
     Output(mpsc::OwnedPermit<Output>, Output),
 }
 
+/// Topics under this prefix are the gateway's: no function may publish
+/// there (refused with `DENIED`, counted like any other refusal).
+pub const RESERVED_PREFIX: &str = "perch/";
+
 /// The host's side of one store: what host imports may touch.
 pub struct Host {
     limits: StoreLimits,
@@ -924,9 +928,12 @@ impl Host {
         if topic::validate_name(topic).is_err() {
             return code::INVALID;
         }
-        // The gateway's control topics are never a function's to write,
-        // whatever its manifest allows: a function must not deploy functions.
-        if topic::matches("perch/+/fn/#", topic) || !topic::matches_any(&self.ctx.allow, topic) {
+        // Everything under `perch/` is the gateway's own, whatever a
+        // manifest allows: its status, the control topics, function
+        // statuses and logs, fleet requests. A function must neither deploy
+        // functions nor fake what a gateway reports (its own or, once
+        // forwarded upstream, another's).
+        if topic.starts_with(RESERVED_PREFIX) || !topic::matches_any(&self.ctx.allow, topic) {
             return self.refuse(code::DENIED);
         }
         if self.staged.len() >= MAX_OUTPUTS_PER_INVOCATION || payload.len() > self.output_bytes_left

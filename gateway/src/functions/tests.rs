@@ -343,20 +343,55 @@ fn publishing_outside_the_allowed_topics_is_denied_and_counted() {
 }
 
 #[test]
-fn control_topics_are_denied_even_when_allowed() {
+fn the_gateways_topics_are_denied_even_when_allowed() {
     let (rt, _outputs) = runtime();
-    let wat = GOOD_WAT
-        .replace("\"secret\"", "\"perch/g/fn/deploy\"")
-        .replace(
-            "(i32.const 40) (i32.const 6)",
-            "(i32.const 40) (i32.const 17)",
-        );
+    // The control topics, the gateway's own status (its id, another's),
+    // function statuses and logs, fleet requests: all under `perch/`.
+    for topic in [
+        "perch/g/fn/deploy",
+        "perch/g/status",
+        "perch/other-gateway/status",
+        "perch/g/fn/echo/status",
+        "perch/g/fn/echo/logs",
+        "perch/fleet/all/deploy/echo",
+    ] {
+        // At 200, clear of the state and config scratch space.
+        let wat = GOOD_WAT
+            .replace(
+                "(data (i32.const 40) \"secret\")",
+                &format!("(data (i32.const 200) {topic:?})"),
+            )
+            .replace(
+                "(i32.const 40) (i32.const 6)",
+                &format!("(i32.const 200) (i32.const {})", topic.len()),
+            );
+        for allow in ["#", "perch/#", topic] {
+            let manifest =
+                GOOD_MANIFEST.replace("allow = [\"alerts/#\"]", &format!("allow = [{allow:?}]"));
+            let compiled = rt
+                .compile(Manifest::from_toml(&manifest).unwrap(), &wasm(&wat))
+                .unwrap();
+            let seed = Seed::default();
+            let counters = seed.counters.clone();
+            let mut i = rt.instantiate(&compiled, seed).map_err(|(e, _)| e).unwrap();
+            assert_eq!(
+                i.on_event(b"t", b"D", 1),
+                Err(Failure::Returned(code::DENIED)),
+                "{topic} with allow = [{allow:?}]"
+            );
+            // Under `perch/#` or the topic alone, its `alerts/x` publish
+            // is denied too.
+            let denied = if allow == "#" { 1 } else { 2 };
+            assert_eq!(counters.denied.load(Ordering::Relaxed), denied, "{topic}");
+            let out = released(&mut i);
+            assert!(out.iter().all(|(t, _)| t == "alerts/x"), "{topic}: {out:?}");
+        }
+    }
+    // A topic that only starts like the namespace is the function's.
+    let wat = GOOD_WAT.replace("\"secret\"", "\"perchx\"");
     let manifest = GOOD_MANIFEST.replace("allow = [\"alerts/#\"]", "allow = [\"#\"]");
     let mut i = instance(&rt, &wat, &manifest);
-    assert_eq!(
-        i.on_event(b"t", b"D", 1),
-        Err(Failure::Returned(code::DENIED))
-    );
+    assert_eq!(i.on_event(b"t", b"D", 1), Ok(()));
 }
 
 #[test]
