@@ -345,15 +345,22 @@ fn fleet_request(version: &str, tag: &str, fail: bool, options: &str) -> Vec<u8>
     out
 }
 
-/// Reads the upstream broker's copy of the gateways' messages until, for
-/// every id in `ids`, a message on `perch/<id>/fn/echo/status` satisfies
-/// `check`.
-async fn wait_upstream_status(cloud: &mut Client, ids: &[&str], check: impl Fn(&str) -> bool) {
+/// Reads what the gateways report upstream until, for every id in `ids`, a
+/// status of echo (`perch/<id>/fn/echo/status`) satisfies `check`. One
+/// long-lived subscription: no `perch fn list` process per poll.
+async fn wait_upstream_status(
+    cloud: &mut Client,
+    ids: &[&str],
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
     let mut seen = std::collections::HashSet::new();
     while seen.len() < ids.len() {
         let (t, p) = cloud.next().await;
+        let Ok(status) = serde_json::from_str::<serde_json::Value>(&p) else {
+            continue;
+        };
         for id in ids {
-            if t == format!("perch/{id}/fn/echo/status") && check(&p) {
+            if t == format!("perch/{id}/fn/echo/status") && check(&status) {
                 seen.insert(*id);
             }
         }
@@ -400,9 +407,6 @@ async fn three_gateways_follow_the_fleet_desired_state() {
         fleet_request("1.0.0", "v1", false, ""),
     )
     .await;
-    for gw in [&gw1, &gw2] {
-        wait_listed(gw, |f| f["version"] == "1.0.0");
-    }
     // Their statuses and replies come back upstream under their ids.
     let mut seen = std::collections::HashSet::new();
     while seen.len() < 4 {
@@ -415,7 +419,7 @@ async fn three_gateways_follow_the_fleet_desired_state() {
     }
     // The third was offline; it converges when it starts.
     let gw3 = Gateway::start_with(ids[2], dirs[2].path(), &config);
-    wait_listed(&gw3, |f| f["version"] == "1.0.0");
+    wait_listed(&gw3, |f| f["version"] == "1.0.0" && f["state"] == "running");
     let gws = [gw1, gw2, gw3];
 
     // v2 as a canary on half the events; it fails on each of them.
@@ -425,25 +429,25 @@ async fn three_gateways_follow_the_fleet_desired_state() {
         fleet_request("2.0.0", "v2", true, "{\"canary\": 50}\n"),
     )
     .await;
-    for gw in &gws {
-        wait_listed(gw, |f| {
-            f["canary"]["version"] == "2.0.0" && f["canary"]["state"] == "running"
-        });
-    }
+    wait_upstream_status(&mut cloud, &ids, |f| {
+        f["canary"]["version"] == "2.0.0" && f["canary"]["state"] == "running"
+    })
+    .await;
     for gw in &gws {
         let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
         let sensor = Client::connect(gw.addr, "sensor", &[]).await;
         let got = run(&sensor, &mut watcher, &["1", "2", "3", "4"], 2).await;
         assert_eq!(got, pairs(&[("out/v1", "1"), ("out/v1", "3")]), "{}", gw.id);
     }
-    // Each gateway rolled it back by itself; v1 runs on.
-    for gw in &gws {
-        let f = wait_listed(gw, |f| f["canary"]["state"] == "rolled_back");
-        assert_eq!(f["version"], "1.0.0", "{f:#}");
-        assert_eq!(f["canary"]["errors"], 2, "{f:#}");
-    }
-    wait_upstream_status(&mut cloud, &ids, |p| {
-        p.contains("\"state\":\"rolled_back\"") && p.contains("rolled back automatically")
+    // Each gateway rolled it back by itself and says so (upstream too);
+    // v1 runs on.
+    wait_upstream_status(&mut cloud, &ids, |f| {
+        f["canary"]["state"] == "rolled_back"
+            && f["canary"]["errors"] == 2
+            && f["version"] == "1.0.0"
+            && f["canary"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("rolled back automatically"))
     })
     .await;
 
@@ -454,10 +458,11 @@ async fn three_gateways_follow_the_fleet_desired_state() {
         fleet_request("3.0.0", "v3", false, "{\"canary\": 50}\n"),
     )
     .await;
+    wait_upstream_status(&mut cloud, &ids, |f| {
+        f["canary"]["version"] == "3.0.0" && f["canary"]["state"] == "running"
+    })
+    .await;
     for gw in &gws {
-        wait_listed(gw, |f| {
-            f["canary"]["version"] == "3.0.0" && f["canary"]["state"] == "running"
-        });
         let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
         let sensor = Client::connect(gw.addr, "sensor", &[]).await;
         let got = run(&sensor, &mut watcher, &["5", "6"], 2).await;
@@ -473,21 +478,22 @@ async fn three_gateways_follow_the_fleet_desired_state() {
         fleet_request("3.0.0", "v3", false, ""),
     )
     .await;
-    for gw in &gws {
-        let f = wait_listed(gw, |f| f["version"] == "3.0.0" && f.get("canary").is_none());
-        assert_eq!(f["state"], "running", "{f:#}");
-    }
-    wait_upstream_status(&mut cloud, &ids, |p| {
-        p.contains("\"version\":\"3.0.0\"") && !p.contains("\"canary\"")
+    wait_upstream_status(&mut cloud, &ids, |f| {
+        f["version"] == "3.0.0" && f["state"] == "running" && f.get("canary").is_none()
     })
     .await;
 
-    // A restart of all three finds v3 running, and only v3.
-    for gw in gws {
-        let gw = gw.restart();
-        let f = wait_listed(&gw, |f| f["state"] == "running");
-        assert_eq!(f["version"], "3.0.0", "{f:#}");
-        assert!(f.get("canary").is_none(), "{f:#}");
+    // A restart of all three (side by side) finds v3 running, and only v3.
+    let restarts: Vec<_> = gws
+        .into_iter()
+        .map(|gw| std::thread::spawn(move || gw.restart()))
+        .collect();
+    let gws: Vec<Gateway> = restarts.into_iter().map(|t| t.join().unwrap()).collect();
+    wait_upstream_status(&mut cloud, &ids, |f| {
+        f["version"] == "3.0.0" && f["state"] == "running" && f.get("canary").is_none()
+    })
+    .await;
+    for gw in &gws {
         let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
         let sensor = Client::connect(gw.addr, "sensor", &[]).await;
         let got = run(&sensor, &mut watcher, &["7", "8"], 2).await;
