@@ -114,7 +114,10 @@ async fn deploy_rollback_remove_and_restart_through_the_cli() {
 
     let (ok, out) = gw.perch_fn(&["rollback", "echo"]);
     assert!(ok, "{out}");
-    assert!(out.contains("rolled back echo to 1.0.0 (was 2.0.0)"), "{out}");
+    assert!(
+        out.contains("rolled back echo to 1.0.0 (was 2.0.0)"),
+        "{out}"
+    );
     assert_eq!(which_version(&sensor, &mut watcher, "4").await, "out/v1");
 
     // The rollback survives a restart.
@@ -529,7 +532,10 @@ async fn invoke_runs_a_function_once_and_delivers_nothing() {
         "tests/all/x",
     ]);
     assert!(ok, "{out}\n{}", gw.log());
-    assert!(out.contains("invoked all 1.0.0 on tests/all/x in "), "{out}");
+    assert!(
+        out.contains("invoked all 1.0.0 on tests/all/x in "),
+        "{out}"
+    );
     assert!(out.contains("): ok"), "{out}");
     assert!(out.contains("publish  out/all  {\"t\": 1}"), "{out}");
     assert!(out.contains("emit     temp [room] = 21.5"), "{out}");
@@ -554,7 +560,10 @@ async fn invoke_runs_a_function_once_and_delivers_nothing() {
         serde_json::json!({"kind": "publish", "topic": "out/all", "payload": "[1, 2]"})
     );
     assert_eq!(reply["outputs"][2]["kind"], "forward", "{reply:#}");
-    assert_eq!(reply["logs"][0]["message"], "hello from invoke", "{reply:#}");
+    assert_eq!(
+        reply["logs"][0]["message"], "hello from invoke",
+        "{reply:#}"
+    );
 
     // Nothing was delivered, nothing counted.
     assert!(watcher.nothing_within(Duration::from_millis(500)).await);
@@ -563,11 +572,17 @@ async fn invoke_runs_a_function_once_and_delivers_nothing() {
 
     // Bad input.
     let (ok, out) = gw.perch_fn(&["invoke", "nope", "--payload", "1"]);
-    assert!(!ok && out.contains("no function \"nope\" is deployed"), "{out}");
+    assert!(
+        !ok && out.contains("no function \"nope\" is deployed"),
+        "{out}"
+    );
     let (ok, out) = gw.perch_fn(&["invoke", "all", "--payload", "{\"t\": "]);
     assert!(!ok && out.contains("--payload is not valid JSON"), "{out}");
     let (ok, out) = gw.perch_fn(&["invoke", "all", "--payload", "1", "--topic", "a/+"]);
-    assert!(!ok && out.contains("is not one a client could publish on"), "{out}");
+    assert!(
+        !ok && out.contains("is not one a client could publish on"),
+        "{out}"
+    );
     let mut ctl = Client::connect(gw.addr, "ctl", &["perch/e2e-invoke/fn/invoke/reply"]).await;
     let r = raw(&gw, &mut ctl, "invoke", b"all".to_vec()).await;
     assert_eq!(r["ok"], false);
@@ -594,7 +609,10 @@ async fn invoke_runs_a_function_once_and_delivers_nothing() {
     assert!(ok, "{out}");
     let (ok, out) = gw.perch_fn(&["invoke", "failing", "--payload", "1"]);
     assert!(!ok, "{out}");
-    assert!(out.contains("invoked failing 1.0.0 on tests/fail in "), "{out}");
+    assert!(
+        out.contains("invoked failing 1.0.0 on tests/fail in "),
+        "{out}"
+    );
     assert!(
         out.contains("the invocation failed: handler returned error 1"),
         "{out}"

@@ -180,7 +180,10 @@ async fn canary_rolls_back_by_itself_then_a_promoted_canary_survives_a_restart()
     // v3 rolls back to v1, the version that ran before it.
     let (ok, out) = gw.perch_fn(&["rollback", "echo"]);
     assert!(ok, "{out}");
-    assert!(out.contains("rolled back echo to 1.0.0 (was 3.0.0)"), "{out}");
+    assert!(
+        out.contains("rolled back echo to 1.0.0 (was 3.0.0)"),
+        "{out}"
+    );
 }
 
 /// A shadow sees every event, delivers nothing, counts how often its
@@ -216,7 +219,10 @@ async fn a_shadow_delivers_nothing_counts_differences_and_can_be_promoted() {
     // A rollback ends the shadow; v1 stays.
     let (ok, out) = gw.perch_fn(&["rollback", "echo"]);
     assert!(ok, "{out}");
-    assert!(out.contains("rolled back echo to 1.0.0 (was 2.0.0)"), "{out}");
+    assert!(
+        out.contains("rolled back echo to 1.0.0 (was 2.0.0)"),
+        "{out}"
+    );
     let f = gw.function("echo");
     assert!(f.get("shadow").is_none(), "{f:#}");
 
@@ -334,15 +340,19 @@ async fn publish_desired(addr: std::net::SocketAddr, topic: &str, payload: Vec<u
     let _ = client.disconnect().await;
 }
 
-/// A fleet deploy request: the options line (if any) and the bundle.
-fn fleet_request(version: &str, tag: &str, fail: bool, options: &str) -> Vec<u8> {
+/// A fleet deploy request, as `perch fn deploy` would send it: the options
+/// line when `canary` is given, then the bundle. (Built with the real
+/// encoder: an options line without its newline is refused.)
+fn fleet_request(version: &str, tag: &str, fail: bool, canary: Option<u8>) -> Vec<u8> {
+    use perch::functions::control::{encode_bundle, encode_deploy_request, DeployOptions};
     let dir = tempfile::tempdir().unwrap();
     let wasm = std::fs::read(wasm_file(dir.path(), "echo")).unwrap();
-    let bundle =
-        perch::functions::control::encode_bundle(&echo_manifest(version, tag, fail), &wasm);
-    let mut out = options.as_bytes().to_vec();
-    out.extend_from_slice(&bundle);
-    out
+    let bundle = encode_bundle(&echo_manifest(version, tag, fail), &wasm);
+    let options = DeployOptions {
+        canary,
+        ..DeployOptions::default()
+    };
+    encode_deploy_request(&options, &bundle)
 }
 
 /// Reads what the gateways report upstream until, for every id in `ids`, a
@@ -404,7 +414,7 @@ async fn three_gateways_follow_the_fleet_desired_state() {
     publish_desired(
         mosquitto.addr(),
         topic,
-        fleet_request("1.0.0", "v1", false, ""),
+        fleet_request("1.0.0", "v1", false, None),
     )
     .await;
     // Their statuses and replies come back upstream under their ids.
@@ -426,7 +436,7 @@ async fn three_gateways_follow_the_fleet_desired_state() {
     publish_desired(
         mosquitto.addr(),
         topic,
-        fleet_request("2.0.0", "v2", true, "{\"canary\": 50}\n"),
+        fleet_request("2.0.0", "v2", true, Some(50)),
     )
     .await;
     wait_upstream_status(&mut cloud, &ids, |f| {
@@ -455,7 +465,7 @@ async fn three_gateways_follow_the_fleet_desired_state() {
     publish_desired(
         mosquitto.addr(),
         topic,
-        fleet_request("3.0.0", "v3", false, "{\"canary\": 50}\n"),
+        fleet_request("3.0.0", "v3", false, Some(50)),
     )
     .await;
     wait_upstream_status(&mut cloud, &ids, |f| {
@@ -475,7 +485,7 @@ async fn three_gateways_follow_the_fleet_desired_state() {
     publish_desired(
         mosquitto.addr(),
         topic,
-        fleet_request("3.0.0", "v3", false, ""),
+        fleet_request("3.0.0", "v3", false, None),
     )
     .await;
     wait_upstream_status(&mut cloud, &ids, |f| {

@@ -25,9 +25,21 @@
 //! refused ("in progress"), not queued. Commands for different names run
 //! side by side; `list` is answered while a deploy is running.
 //!
-//! The retained status of each function is republished when it changes, at
-//! most about once a second (counters change with every event; the status
-//! topic is not a per-event feed). Removing a function clears it.
+//! The reply to a deploy, rollback or promote is sent once the function's
+//! worker has switched (bounded: past 5 s the reply carries a `warning`),
+//! and after the statuses the command changed were published: an event sent
+//! after the reply reaches the new version, and the retained status read
+//! after it is current.
+//!
+//! The retained status of each function is republished after each command
+//! and when it changes, at most about once a second (counters change with
+//! every event; the status topic is not a per-event feed). Removing a
+//! function clears it.
+//!
+//! `invoke` runs the running version once on one event, in an instance of
+//! its own on a copy of the state, and returns its outputs and log lines
+//! in the reply instead of delivering them; it changes nothing and claims
+//! no name.
 //!
 //! # Deploy request
 //!
@@ -233,9 +245,19 @@ impl InvokeRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum InvokeOutput {
-    Publish { topic: String, payload: String },
-    Emit { metric: String, key: String, value: f64 },
-    Forward { stream: String, record: String },
+    Publish {
+        topic: String,
+        payload: String,
+    },
+    Emit {
+        metric: String,
+        key: String,
+        value: f64,
+    },
+    Forward {
+        stream: String,
+        record: String,
+    },
 }
 
 /// The answer to an `invoke`.

@@ -36,6 +36,8 @@
 //!   is only ever held on blocking threads, never across an `.await`.
 //! - Rollback returns to the version that ran before (the registry's
 //!   history), instantiated before it takes traffic like a deploy.
+//! - A command's reply goes out after the worker confirmed the switch
+//!   (bounded by `SWITCH_TIMEOUT`) and after the statuses it changed.
 //! - Each function's status is published retained on
 //!   `perch/<id>/fn/<name>/status` when it changes, at most about once a
 //!   second plus once after each command: never per event.

@@ -841,12 +841,10 @@ impl Instance {
                     key: key.as_str().to_owned(),
                     value,
                 },
-                Staged::Output(_, Output::Record { stream, record, .. }) => {
-                    InvokeOutput::Forward {
-                        stream,
-                        record: text(&record),
-                    }
-                }
+                Staged::Output(_, Output::Record { stream, record, .. }) => InvokeOutput::Forward {
+                    stream,
+                    record: text(&record),
+                },
             })
             .collect();
         (outputs, logs)
