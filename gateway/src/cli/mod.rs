@@ -564,15 +564,26 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                 shadow,
             };
             let mut progress = Progress::new(!json);
-            progress.step(&format!("uploading {}", human_bytes(bundle.len())));
+            let uploading = format!("uploading {}", human_bytes(bundle.len()));
+            progress.step(&uploading);
+            let ticker = progress.ticker(uploading, bundle.len());
             let started = std::time::Instant::now();
             let endpoint = endpoint(target);
+            let mut ticker = Some(ticker);
             let reply = runtime.block_on(control::deploy_with_progress(
                 &endpoint,
                 &options,
                 bundle,
-                &mut || progress.step("sent, waiting for the gateway"),
+                &mut || {
+                    if let Some(t) = ticker.take() {
+                        t.stop();
+                    }
+                    progress.step("sent, waiting for the gateway");
+                },
             ));
+            if let Some(t) = ticker.take() {
+                t.stop();
+            }
             let reply = match reply {
                 Ok(reply) => reply,
                 Err(e) => {
@@ -764,7 +775,7 @@ fn key_command(command: KeyCommand) -> anyhow::Result<()> {
 }
 
 /// The deploy's progress on stderr: one line that grows on a terminal
-/// (`uploading 3.1 MiB … sent, waiting for the gateway … deployed …`), one
+/// (`uploading 3.1 MiB … sent, waiting for the gateway … done`), one
 /// line per step otherwise (logs, CI).
 struct Progress {
     enabled: bool,
@@ -797,6 +808,35 @@ impl Progress {
         };
         let _ = err.flush();
         self.started = true;
+    }
+
+    /// On a terminal, for a bundle of [`TICKER_MIN_BYTES`] or more: redraws
+    /// `line` with the seconds spent uploading, four times a second, until
+    /// stopped. (A bundle is one MQTT packet written in one go: the client
+    /// library reports no bytes sent, only the broker's acknowledgement, so
+    /// the time is what there is to show.)
+    fn ticker(&self, line: String, size: usize) -> Ticker {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let thread = (self.enabled && self.tty && size >= TICKER_MIN_BYTES).then(|| {
+            let stop = stop.clone();
+            let started = std::time::Instant::now();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(err, "\r{line} ({:.1} s)", started.elapsed().as_secs_f64());
+                    let _ = err.flush();
+                }
+                // Leave the line as it started, for the steps that follow.
+                let _ = write!(std::io::stderr().lock(), "\r\x1b[K{line}");
+            })
+        });
+        Ticker { stop, thread }
     }
 
     fn done(&mut self, text: &str) {
@@ -894,6 +934,24 @@ fn invoke_report(reply: &crate::functions::control::InvokeReply) -> String {
     }
     out.push_str("nothing was delivered: invoke captures the outputs\n");
     out
+}
+
+/// Bundles from this size on get a ticker while they upload.
+const TICKER_MIN_BYTES: usize = 256 * 1024;
+
+/// The upload ticker of [`Progress::ticker`].
+struct Ticker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread {
+            let _ = t.join();
+        }
+    }
 }
 
 /// 3.1 MiB, 12.0 KiB, 800 bytes.

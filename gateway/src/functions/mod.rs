@@ -1226,7 +1226,11 @@ async fn run_control(
                         }
                     })
                     .await;
-                    if !matches!(command, "list" | "invoke") {
+                    if matches!(command, "list" | "invoke") {
+                        // Changes nothing, but whoever asks may read the
+                        // statuses next: bring them up to date, unhurried.
+                        inner.changed.notify_one();
+                    } else {
                         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
                         if status_now.send(done_tx).await.is_ok() {
                             let _ = tokio::time::timeout(STATUS_BEFORE_REPLY, done_rx).await;
