@@ -1105,3 +1105,95 @@ fn buffer(command: BufferCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::functions::control::{
+        CommandReply, DeployOptions, DeployReply, InvokeOutput, InvokeReply,
+    };
+
+    #[test]
+    fn summaries_say_what_changed_in_one_line() {
+        let reply = DeployReply {
+            ok: true,
+            bundle_sha256: String::new(),
+            request_id: None,
+            name: Some("threshold-alert".into()),
+            version: Some("1.2.0".into()),
+            sha256: None,
+            replaced: Some("1.1.0".into()),
+            error: None,
+            warning: None,
+        };
+        let plain = DeployOptions::default();
+        assert_eq!(
+            deploy_summary(&reply, &plain, "gw-1", 12),
+            "deployed threshold-alert 1.2.0 (was 1.1.0) on gw-1 in 12 ms"
+        );
+        let canary = DeployOptions {
+            canary: Some(10),
+            ..DeployOptions::default()
+        };
+        assert_eq!(
+            deploy_summary(&reply, &canary, "gw-1", 12),
+            "deployed threshold-alert 1.2.0 as a canary on 10% of the events on gw-1 in 12 ms"
+        );
+        let rollback = CommandReply {
+            ok: true,
+            command: "rollback".into(),
+            version: Some("1.1.0".into()),
+            replaced: Some("1.2.0".into()),
+            ..CommandReply::default()
+        };
+        assert_eq!(
+            command_summary(&rollback, "threshold-alert", "gw-1", 9),
+            "rolled back threshold-alert to 1.1.0 (was 1.2.0) on gw-1 in 9 ms"
+        );
+        let remove = CommandReply {
+            ok: true,
+            command: "remove".into(),
+            replaced: Some("1.1.0".into()),
+            ..CommandReply::default()
+        };
+        assert_eq!(
+            command_summary(&remove, "threshold-alert", "gw-1", 3),
+            "removed threshold-alert (was 1.1.0) on gw-1 in 3 ms"
+        );
+    }
+
+    #[test]
+    fn the_invoke_report_lists_every_output_and_says_nothing_was_delivered() {
+        let reply = InvokeReply {
+            ok: false,
+            name: Some("f".into()),
+            version: Some("1.0.0".into()),
+            topic: Some("a/b".into()),
+            duration_us: 412,
+            fuel_used: 99,
+            outputs: vec![
+                InvokeOutput::Publish {
+                    topic: "out".into(),
+                    payload: "1".into(),
+                },
+                InvokeOutput::Emit {
+                    metric: "t".into(),
+                    key: String::new(),
+                    value: 2.5,
+                },
+            ],
+            logs: vec![serde_json::json!({"level": "warn", "message": "hot"})],
+            failure: Some("handler returned error 1".into()),
+            ..InvokeReply::default()
+        };
+        let text = invoke_report(&reply);
+        assert_eq!(
+            text,
+            "invoked f 1.0.0 on a/b in 0.412 ms (99 fuel): handler returned error 1\n\
+             publish  out  1\n\
+             emit     t = 2.5\n\
+             log      WARN  hot\n\
+             nothing was delivered: invoke captures the outputs\n"
+        );
+    }
+}
