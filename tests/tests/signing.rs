@@ -127,7 +127,7 @@ async fn a_gateway_with_trusted_keys_deploys_only_what_they_signed() {
     ]);
     assert!(ok, "{out}\n{}", gw.log());
     assert!(out.contains("uploading"), "{out}");
-    assert!(out.contains("deployed echo 1.0.0 in"), "{out}");
+    assert!(out.contains("deployed echo 1.0.0 on "), "{out}");
 
     let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
     let sensor = Client::connect(gw.addr, "sensor", &[]).await;
@@ -241,7 +241,7 @@ async fn a_gateway_with_trusted_keys_deploys_only_what_they_signed() {
     let bundle = file(d, "echo-2.0.0.bundle", &signed);
     let (ok, out) = gw.perch_fn(&["deploy", bundle.to_str().unwrap()]);
     assert!(ok, "{out}");
-    assert!(out.contains("\"replaced\": \"1.0.0\""), "{out}");
+    assert!(out.contains("deployed echo 2.0.0 (was 1.0.0)"), "{out}");
     assert_eq!(which_version(&sensor, &mut watcher, "4").await, "out/v2");
 
     // Replays: an older signed bundle is a downgrade and refused; the

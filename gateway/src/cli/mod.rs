@@ -85,9 +85,9 @@ pub enum KeyCommand {
 #[derive(Debug, Subcommand)]
 pub enum FnCommand {
     /// Deploy a function: FILE.wasm with --manifest (signed on the fly with
-    /// --key), or a bundle made by `perch fn sign`. Prints the gateway's
-    /// JSON reply (progress goes to stderr); exits non-zero if the gateway
-    /// refused it.
+    /// --key), or a bundle made by `perch fn sign`. Prints one line saying
+    /// what was deployed (progress goes to stderr), or with --json the
+    /// gateway's JSON reply; exits non-zero if the gateway refused it.
     Deploy {
         /// The WebAssembly module, or a bundle.
         wasm: PathBuf,
@@ -100,7 +100,8 @@ pub enum FnCommand {
         /// Deploy even if the version is older than the running one.
         #[arg(long)]
         force: bool,
-        /// Only the JSON reply on stdout, no progress on stderr.
+        /// Print the gateway's JSON reply instead of a line of text, and no
+        /// progress on stderr.
         #[arg(long)]
         json: bool,
         /// Run it as a canary on this share of the events (1-99 percent)
@@ -119,6 +120,9 @@ pub enum FnCommand {
     Promote {
         /// The function's name.
         name: String,
+        /// Print the gateway's JSON reply instead of a line of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: FnTarget,
     },
@@ -142,6 +146,9 @@ pub enum FnCommand {
     Rollback {
         /// The function's name.
         name: String,
+        /// Print the gateway's JSON reply instead of a line of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: FnTarget,
     },
@@ -149,6 +156,33 @@ pub enum FnCommand {
     Remove {
         /// The function's name.
         name: String,
+        /// Print the gateway's JSON reply instead of a line of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: FnTarget,
+    },
+    /// Run a function once on one event through the gateway and print what
+    /// it published, emitted and forwarded and what it logged. Nothing is
+    /// delivered: the outputs are captured, the function's state and
+    /// counters are left as they were. Exits non-zero if the invocation
+    /// failed.
+    Invoke {
+        /// The function's name.
+        name: String,
+        /// The event's payload: JSON.
+        #[arg(long, conflicts_with = "payload_file")]
+        payload: Option<String>,
+        /// The event's payload, read from this file (any UTF-8 text).
+        #[arg(long, value_name = "FILE")]
+        payload_file: Option<PathBuf>,
+        /// The event's topic (default: the function's first trigger, each
+        /// wildcard level replaced by `invoke`).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Print the gateway's JSON reply instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: FnTarget,
     },
@@ -530,14 +564,26 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                 shadow,
             };
             let mut progress = Progress::new(!json);
-            progress.step(&format!("uploading {}", human_bytes(bundle.len())));
+            let uploading = format!("uploading {}", human_bytes(bundle.len()));
+            progress.step(&uploading);
+            let ticker = progress.ticker(uploading, bundle.len());
             let started = std::time::Instant::now();
+            let endpoint = endpoint(target);
+            let mut ticker = Some(ticker);
             let reply = runtime.block_on(control::deploy_with_progress(
-                &endpoint(target),
+                &endpoint,
                 &options,
                 bundle,
-                &mut || progress.step("sent, waiting for the gateway"),
+                &mut || {
+                    if let Some(t) = ticker.take() {
+                        t.stop();
+                    }
+                    progress.step("sent, waiting for the gateway");
+                },
             ));
+            if let Some(t) = ticker.take() {
+                t.stop();
+            }
             let reply = match reply {
                 Ok(reply) => reply,
                 Err(e) => {
@@ -546,13 +592,18 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                 }
             };
             let elapsed = started.elapsed().as_millis();
-            match (&reply.name, &reply.version) {
-                (Some(name), Some(version)) if reply.ok => {
-                    progress.done(&format!("deployed {name} {version} in {elapsed} ms"))
-                }
-                _ => progress.done(&format!("refused after {elapsed} ms")),
+            progress.done(if reply.ok { "done" } else { "refused" });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else if reply.ok {
+                println!(
+                    "{}",
+                    deploy_summary(&reply, &options, &endpoint.gateway, elapsed)
+                );
             }
-            println!("{}", serde_json::to_string_pretty(&reply)?);
+            if let Some(warning) = &reply.warning {
+                eprintln!("warning: {warning}");
+            }
             match reply.error {
                 None if reply.ok => Ok(()),
                 error => anyhow::bail!(
@@ -561,18 +612,82 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                 ),
             }
         }
-        FnCommand::Rollback { name, target }
-        | FnCommand::Remove { name, target }
-        | FnCommand::Promote { name, target } => {
+        FnCommand::Rollback { name, json, target }
+        | FnCommand::Remove { name, json, target }
+        | FnCommand::Promote { name, json, target } => {
             let command = verb;
-            let reply = runtime.block_on(control::command(&endpoint(target), command, &name))?;
-            println!("{}", serde_json::to_string_pretty(&reply)?);
+            let endpoint = endpoint(target);
+            let started = std::time::Instant::now();
+            let reply = runtime.block_on(control::command(&endpoint, command, &name))?;
+            let elapsed = started.elapsed().as_millis();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else if reply.ok {
+                println!(
+                    "{}",
+                    command_summary(&reply, &name, &endpoint.gateway, elapsed)
+                );
+            }
+            if let Some(warning) = &reply.warning {
+                eprintln!("warning: {warning}");
+            }
             match reply.error {
                 None if reply.ok => Ok(()),
                 error => anyhow::bail!(
                     "the gateway refused the {command}: {}",
                     error.unwrap_or_default()
                 ),
+            }
+        }
+        FnCommand::Invoke {
+            name,
+            payload,
+            payload_file,
+            topic,
+            json,
+            target,
+        } => {
+            let payload = match (payload, payload_file) {
+                (Some(text), _) => {
+                    if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
+                        anyhow::bail!(
+                            "--payload is not valid JSON ({e}): give a JSON value such as \
+                             '{{\"temp\": 21.5}}' (quoted for the shell), or any text with \
+                             --payload-file FILE"
+                        );
+                    }
+                    text
+                }
+                (None, Some(path)) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    String::from_utf8(bytes).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{} is not UTF-8 text ({e}); invoke takes a text payload",
+                            path.display()
+                        )
+                    })?
+                }
+                (None, None) => String::new(),
+            };
+            let request = control::InvokeRequest {
+                name,
+                topic,
+                payload,
+                request_id: None,
+            };
+            let reply = runtime.block_on(control::invoke(&endpoint(target), request))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else if reply.error.is_none() {
+                print!("{}", invoke_report(&reply));
+            }
+            if let Some(error) = reply.error {
+                anyhow::bail!("the gateway refused the invoke: {error}");
+            }
+            match reply.failure {
+                None => Ok(()),
+                Some(failure) => anyhow::bail!("the invocation failed: {failure}"),
             }
         }
         FnCommand::Logs {
@@ -660,7 +775,7 @@ fn key_command(command: KeyCommand) -> anyhow::Result<()> {
 }
 
 /// The deploy's progress on stderr: one line that grows on a terminal
-/// (`uploading 3.1 MiB … sent, waiting for the gateway … deployed …`), one
+/// (`uploading 3.1 MiB … sent, waiting for the gateway … done`), one
 /// line per step otherwise (logs, CI).
 struct Progress {
     enabled: bool,
@@ -695,12 +810,147 @@ impl Progress {
         self.started = true;
     }
 
+    /// On a terminal, for a bundle of [`TICKER_MIN_BYTES`] or more: redraws
+    /// `line` with the seconds spent uploading, four times a second, until
+    /// stopped. (A bundle is one MQTT packet written in one go: the client
+    /// library reports no bytes sent, only the broker's acknowledgement, so
+    /// the time is what there is to show.)
+    fn ticker(&self, line: String, size: usize) -> Ticker {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let thread = (self.enabled && self.tty && size >= TICKER_MIN_BYTES).then(|| {
+            let stop = stop.clone();
+            let started = std::time::Instant::now();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(err, "\r{line} ({:.1} s)", started.elapsed().as_secs_f64());
+                    let _ = err.flush();
+                }
+                // Leave the line as it started, for the steps that follow.
+                let _ = write!(std::io::stderr().lock(), "\r\x1b[K{line}");
+            })
+        });
+        Ticker { stop, thread }
+    }
+
     fn done(&mut self, text: &str) {
         self.step(text);
         if self.enabled && self.tty {
             eprintln!();
         }
         self.enabled = false;
+    }
+}
+
+/// `deployed echo 1.2.0 (was 1.1.0) on gw-1 in 12 ms`, or for a rollout
+/// `deployed echo 1.2.0 as a canary on 10% of the events on gw-1 in 12 ms`.
+fn deploy_summary(
+    reply: &crate::functions::control::DeployReply,
+    options: &crate::functions::control::DeployOptions,
+    gateway: &str,
+    elapsed_ms: u128,
+) -> String {
+    let name = reply.name.as_deref().unwrap_or("?");
+    let version = reply.version.as_deref().unwrap_or("?");
+    let how = match (options.canary, options.shadow, &reply.replaced) {
+        (Some(percent), _, _) => format!(" as a canary on {percent}% of the events"),
+        (None, true, _) => " as a shadow".to_owned(),
+        (None, false, Some(was)) => format!(" (was {was})"),
+        (None, false, None) => String::new(),
+    };
+    format!("deployed {name} {version}{how} on {gateway} in {elapsed_ms} ms")
+}
+
+/// `rolled back echo to 1.1.0 (was 1.2.0) on gw-1 in 9 ms`, `promoted …`,
+/// `removed echo (was 1.2.0) …`.
+fn command_summary(
+    reply: &crate::functions::control::CommandReply,
+    name: &str,
+    gateway: &str,
+    elapsed_ms: u128,
+) -> String {
+    let was = reply
+        .replaced
+        .as_deref()
+        .map(|v| format!(" (was {v})"))
+        .unwrap_or_default();
+    let now = reply.version.as_deref().unwrap_or("?");
+    let what = match reply.command.as_str() {
+        "rollback" => format!("rolled back {name} to {now}{was}"),
+        "promote" => format!("promoted {name} {now}{was}"),
+        _ => format!("removed {name}{was}"),
+    };
+    format!("{what} on {gateway} in {elapsed_ms} ms")
+}
+
+/// What `perch fn invoke` prints: a line about the invocation, then each
+/// output and log line, in order.
+fn invoke_report(reply: &crate::functions::control::InvokeReply) -> String {
+    use crate::functions::control::InvokeOutput;
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "invoked {} {} on {} in {:.3} ms ({} fuel): {}",
+        reply.name.as_deref().unwrap_or("?"),
+        reply.version.as_deref().unwrap_or("?"),
+        reply.topic.as_deref().unwrap_or("?"),
+        reply.duration_us as f64 / 1000.0,
+        reply.fuel_used,
+        reply.failure.as_deref().unwrap_or("ok"),
+    );
+    for o in &reply.outputs {
+        let _ = match o {
+            InvokeOutput::Publish { topic, payload } => {
+                writeln!(out, "publish  {topic}  {payload}")
+            }
+            InvokeOutput::Emit { metric, key, value } if key.is_empty() => {
+                writeln!(out, "emit     {metric} = {value}")
+            }
+            InvokeOutput::Emit { metric, key, value } => {
+                writeln!(out, "emit     {metric} [{key}] = {value}")
+            }
+            InvokeOutput::Forward { stream, record } => {
+                writeln!(out, "forward  {stream}  {record}")
+            }
+        };
+    }
+    for line in &reply.logs {
+        let _ = writeln!(
+            out,
+            "log      {:<5} {}",
+            line["level"].as_str().unwrap_or("").to_uppercase(),
+            line["message"].as_str().unwrap_or("")
+        );
+    }
+    if reply.outputs.is_empty() && reply.logs.is_empty() {
+        out.push_str("(no outputs, no log lines)\n");
+    }
+    out.push_str("nothing was delivered: invoke captures the outputs\n");
+    out
+}
+
+/// Bundles from this size on get a ticker while they upload.
+const TICKER_MIN_BYTES: usize = 256 * 1024;
+
+/// The upload ticker of [`Progress::ticker`].
+struct Ticker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread {
+            let _ = t.join();
+        }
     }
 }
 
@@ -854,4 +1104,96 @@ fn buffer(command: BufferCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::functions::control::{
+        CommandReply, DeployOptions, DeployReply, InvokeOutput, InvokeReply,
+    };
+
+    #[test]
+    fn summaries_say_what_changed_in_one_line() {
+        let reply = DeployReply {
+            ok: true,
+            bundle_sha256: String::new(),
+            request_id: None,
+            name: Some("threshold-alert".into()),
+            version: Some("1.2.0".into()),
+            sha256: None,
+            replaced: Some("1.1.0".into()),
+            error: None,
+            warning: None,
+        };
+        let plain = DeployOptions::default();
+        assert_eq!(
+            deploy_summary(&reply, &plain, "gw-1", 12),
+            "deployed threshold-alert 1.2.0 (was 1.1.0) on gw-1 in 12 ms"
+        );
+        let canary = DeployOptions {
+            canary: Some(10),
+            ..DeployOptions::default()
+        };
+        assert_eq!(
+            deploy_summary(&reply, &canary, "gw-1", 12),
+            "deployed threshold-alert 1.2.0 as a canary on 10% of the events on gw-1 in 12 ms"
+        );
+        let rollback = CommandReply {
+            ok: true,
+            command: "rollback".into(),
+            version: Some("1.1.0".into()),
+            replaced: Some("1.2.0".into()),
+            ..CommandReply::default()
+        };
+        assert_eq!(
+            command_summary(&rollback, "threshold-alert", "gw-1", 9),
+            "rolled back threshold-alert to 1.1.0 (was 1.2.0) on gw-1 in 9 ms"
+        );
+        let remove = CommandReply {
+            ok: true,
+            command: "remove".into(),
+            replaced: Some("1.1.0".into()),
+            ..CommandReply::default()
+        };
+        assert_eq!(
+            command_summary(&remove, "threshold-alert", "gw-1", 3),
+            "removed threshold-alert (was 1.1.0) on gw-1 in 3 ms"
+        );
+    }
+
+    #[test]
+    fn the_invoke_report_lists_every_output_and_says_nothing_was_delivered() {
+        let reply = InvokeReply {
+            ok: false,
+            name: Some("f".into()),
+            version: Some("1.0.0".into()),
+            topic: Some("a/b".into()),
+            duration_us: 412,
+            fuel_used: 99,
+            outputs: vec![
+                InvokeOutput::Publish {
+                    topic: "out".into(),
+                    payload: "1".into(),
+                },
+                InvokeOutput::Emit {
+                    metric: "t".into(),
+                    key: String::new(),
+                    value: 2.5,
+                },
+            ],
+            logs: vec![serde_json::json!({"level": "warn", "message": "hot"})],
+            failure: Some("handler returned error 1".into()),
+            ..InvokeReply::default()
+        };
+        let text = invoke_report(&reply);
+        assert_eq!(
+            text,
+            "invoked f 1.0.0 on a/b in 0.412 ms (99 fuel): handler returned error 1\n\
+             publish  out  1\n\
+             emit     t = 2.5\n\
+             log      WARN  hot\n\
+             nothing was delivered: invoke captures the outputs\n"
+        );
+    }
 }

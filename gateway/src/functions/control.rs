@@ -9,6 +9,7 @@
 //! | `rollback` | `{"name": "..."}` | `rollback/reply`: [`CommandReply`] |
 //! | `remove` | `{"name": "..."}` | `remove/reply`: [`CommandReply`] |
 //! | `promote` | `{"name": "..."}` | `promote/reply`: [`CommandReply`] |
+//! | `invoke` | [`InvokeRequest`] | `invoke/reply`: [`InvokeReply`] |
 //! | `list` | anything (ignored) | `list/reply`: JSON array of [`FunctionInfo`] |
 //! | `<name>/status` | (published by the gateway, retained) | [`FunctionInfo`] |
 //! | `<name>/logs` | (published by the gateway, not retained) | one JSON log line |
@@ -24,9 +25,21 @@
 //! refused ("in progress"), not queued. Commands for different names run
 //! side by side; `list` is answered while a deploy is running.
 //!
-//! The retained status of each function is republished when it changes, at
-//! most about once a second (counters change with every event; the status
-//! topic is not a per-event feed). Removing a function clears it.
+//! The reply to a deploy, rollback or promote is sent once the function's
+//! worker has switched (bounded: past 5 s the reply carries a `warning`),
+//! and after the statuses the command changed were published: an event sent
+//! after the reply reaches the new version, and the retained status read
+//! after it is current.
+//!
+//! The retained status of each function is republished after each command
+//! and when it changes, at most about once a second (counters change with
+//! every event; the status topic is not a per-event feed). Removing a
+//! function clears it.
+//!
+//! `invoke` runs the running version once on one event, in an instance of
+//! its own on a copy of the state, and returns its outputs and log lines
+//! in the reply instead of delivering them; it changes nothing and claims
+//! no name.
 //!
 //! # Deploy request
 //!
@@ -83,6 +96,11 @@ pub enum ControlError {
          {{\"name\": \"my-function\"}}"
     )]
     Request { command: String, message: String },
+    #[error(
+        "the invoke request is not valid: {0}; send JSON such as {{\"name\": \"my-function\", \
+         \"topic\": \"sensors/a\", \"payload\": \"{{\\\"temp\\\": 21.5}}\"}}"
+    )]
+    Invoke(String),
     #[error("cannot reach the gateway's broker at {addr}: {message}")]
     Connect { addr: String, message: String },
     #[error(
@@ -194,6 +212,88 @@ pub struct CommandReply {
     /// Why the command was refused; nothing changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Something the caller should know although the command went through
+    /// (the worker did not confirm the switch in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// An `invoke` request: run function `name` once on one event, its outputs
+/// captured and returned, never delivered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeRequest {
+    pub name: String,
+    /// The event's topic (default: the function's first trigger filter,
+    /// each wildcard level replaced by `invoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The event's payload, as text.
+    #[serde(default)]
+    pub payload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl InvokeRequest {
+    pub fn decode(payload: &[u8]) -> Result<InvokeRequest, ControlError> {
+        serde_json::from_slice(payload).map_err(|e| ControlError::Invoke(e.to_string()))
+    }
+}
+
+/// One output an invoked function made (captured, not delivered).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InvokeOutput {
+    Publish {
+        topic: String,
+        payload: String,
+    },
+    Emit {
+        metric: String,
+        key: String,
+        value: f64,
+    },
+    Forward {
+        stream: String,
+        record: String,
+    },
+}
+
+/// The answer to an `invoke`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvokeReply {
+    /// Whether the function ran and returned cleanly.
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The version that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The event's topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// How long the invocation took, in microseconds, and the fuel it
+    /// burnt.
+    #[serde(default)]
+    pub duration_us: u64,
+    #[serde(default)]
+    pub fuel_used: u64,
+    /// What it published, emitted and forwarded, in order; none of it was
+    /// delivered.
+    #[serde(default)]
+    pub outputs: Vec<InvokeOutput>,
+    /// Its log lines (the JSON objects of `perch fn logs --json`).
+    #[serde(default)]
+    pub logs: Vec<serde_json::Value>,
+    /// Why the invocation failed (a trap, a non-zero return): it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Why nothing ran (unknown or stopped function, bad request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Hex SHA-256, as used in replies.
@@ -262,6 +362,10 @@ pub struct DeployReply {
     /// Why the deploy was refused; whatever ran before still runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Something the caller should know although the deploy went through
+    /// (the worker did not confirm the switch in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// One function in `perch fn list`.
@@ -448,6 +552,7 @@ pub async fn deploy_with_progress(
             replaced: None,
             request_id: None,
             error: Some("unreadable reply".into()),
+            warning: None,
         }),
     )
 }
@@ -476,6 +581,32 @@ pub async fn command(
     )
     .await?;
     Ok(serde_json::from_slice(&reply).unwrap_or_default())
+}
+
+/// Runs a function once on one event through the gateway; its outputs
+/// come back in the reply and are not delivered.
+pub async fn invoke(
+    endpoint: &Endpoint,
+    invocation: InvokeRequest,
+) -> Result<InvokeReply, ControlError> {
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    let body = serde_json::to_vec(&InvokeRequest {
+        request_id: Some(request_id.clone()),
+        ..invocation
+    })
+    .unwrap_or_default();
+    let reply = request(
+        endpoint,
+        &command_topic(&endpoint.gateway, "invoke"),
+        &reply_topic(&endpoint.gateway, "invoke"),
+        body,
+        |p| {
+            serde_json::from_slice::<InvokeReply>(p)
+                .is_ok_and(|r| r.request_id.as_deref() == Some(request_id.as_str()))
+        },
+    )
+    .await?;
+    serde_json::from_slice(&reply).map_err(|e| ControlError::Invoke(e.to_string()))
 }
 
 /// Reads the retained status of one function.

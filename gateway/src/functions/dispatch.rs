@@ -188,10 +188,37 @@ pub struct Deploy {
     /// `true` once the version is in the registry: the worker switches to it.
     /// `false` or a dropped sender: the worker keeps the old one.
     pub commit: sync_mpsc::Receiver<bool>,
+    /// Told once the worker has switched (the new version takes the next
+    /// event and its status shows it): the reply to a deploy, rollback or
+    /// promote waits for this, so no event sent after the reply can reach
+    /// the old version and the status published with the reply is current.
+    pub switched: sync_mpsc::SyncSender<()>,
+}
+
+/// A one-off run of the live version for `perch fn invoke`: on a copy of
+/// the state, its outputs captured and never delivered, its counters left
+/// alone.
+pub struct Invoke {
+    pub event: Event,
+    /// What it did, or why it could not run.
+    pub reply: sync_mpsc::SyncSender<Result<Invoked, String>>,
+}
+
+/// What an invoked function did.
+pub struct Invoked {
+    pub version: String,
+    pub duration: Duration,
+    pub fuel_used: u64,
+    /// Why the invocation failed, if it did.
+    pub failure: Option<String>,
+    pub outputs: Vec<super::control::InvokeOutput>,
+    /// Its log lines, as JSON.
+    pub logs: Vec<Bytes>,
 }
 
 enum Command {
     Deploy(Box<Deploy>),
+    Invoke(Box<Invoke>),
     /// Start a canary or shadow beside the live version.
     Rollout(Box<rollout::Start>),
     /// End the canary or shadow; the live version stays. Answers when done.
@@ -257,6 +284,14 @@ impl FunctionHandle {
         lock(&self.inbox)
             .commands
             .push_back(Command::Deploy(Box::new(deploy)));
+        self.wake.notify_one();
+    }
+
+    /// Asks the worker to run the live version once on an event.
+    pub fn invoke(&self, invoke: Invoke) {
+        lock(&self.inbox)
+            .commands
+            .push_back(Command::Invoke(Box::new(invoke)));
         self.wake.notify_one();
     }
 
@@ -436,6 +471,10 @@ impl Worker {
             match job {
                 Job::Command(Command::Deploy(d)) => self.deploy(*d),
                 Job::Command(Command::Rollout(start)) => self.start_rollout(*start),
+                Job::Command(Command::Invoke(job)) => {
+                    let result = self.invoke(&job.event);
+                    let _ = job.reply.send(result);
+                }
                 Job::Command(Command::EndRollout(done)) => {
                     self.candidate = None;
                     *lock(&self.handle.rollout) = None;
@@ -524,6 +563,54 @@ impl Worker {
         self.candidate = None;
         *lock(&self.handle.rollout) = None;
         self.handle.accepting.store(true, Ordering::Relaxed);
+        let _ = d.switched.send(());
+    }
+
+    /// Runs the live version once on `event` in an instance of its own,
+    /// seeded with a copy of the state: the live instance, its state and
+    /// its counters are untouched, and nothing it outputs is delivered.
+    fn invoke(&mut self, event: &Event) -> Result<Invoked, String> {
+        let name = self.handle.name.clone();
+        let compiled = self
+            .compiled
+            .clone()
+            .ok_or_else(|| format!("function {name:?} has no version running yet"))?;
+        if let RunState::Stopped(reason) = self.handle.status().state {
+            return Err(format!(
+                "function {name:?} is stopped ({reason}); deploy it again to start it, then \
+                 invoke it"
+            ));
+        }
+        let seed = Seed {
+            state: self.state().snapshot(),
+            counters: Arc::new(OutputCounters::default()),
+        };
+        let mut instance = self
+            .runtime
+            .instantiate(&compiled, seed)
+            .map_err(|(e, _)| format!("function {name:?} could not be instantiated: {e}"))?;
+        // What its perch_init did is not this event's doing.
+        drop(instance.capture());
+        let started = Instant::now();
+        let result = instance.on_event(&event.topic, &event.payload, event.timestamp_ms);
+        let duration = started.elapsed();
+        let fuel_used = match result {
+            Err(Failure::EventTooLarge { .. }) => 0,
+            _ => compiled
+                .manifest
+                .limits
+                .fuel
+                .saturating_sub(instance.fuel_left()),
+        };
+        let (outputs, logs) = instance.capture();
+        Ok(Invoked {
+            version: compiled.manifest.version.clone(),
+            duration,
+            fuel_used,
+            failure: result.err().map(|f| f.to_string()),
+            outputs,
+            logs,
+        })
     }
 
     fn start_rollout(&mut self, start: rollout::Start) {

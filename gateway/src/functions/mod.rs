@@ -36,6 +36,8 @@
 //!   is only ever held on blocking threads, never across an `.await`.
 //! - Rollback returns to the version that ran before (the registry's
 //!   history), instantiated before it takes traffic like a deploy.
+//! - A command's reply goes out after the worker confirmed the switch
+//!   (bounded by `SWITCH_TIMEOUT`) and after the statuses it changed.
 //! - Each function's status is published retained on
 //!   `perch/<id>/fn/<name>/status` when it changes, at most about once a
 //!   second plus once after each command: never per event.
@@ -75,6 +77,12 @@ use crate::broker::{BrokerError, Links};
 /// How long a deploy waits for the function's worker to instantiate the new
 /// version (the worker may be finishing an invocation first).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a deploy, rollback or promote waits, once the new version is
+/// committed, for the worker to say it switched (it does so between two
+/// events, at once unless the machine is starved). Past this the reply goes
+/// out with a warning; the switch still happens.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a function produces for the stages behind it: `Metric`s feed the
 /// aggregate windows, `Record`s the store-and-forward buffer (the gateway
@@ -184,6 +192,9 @@ pub enum DeployError {
          of it would compare it with itself, so nothing was started"
     )]
     SameAsRunning { name: String, version: String },
+    /// An invoke that could not run; the message says why and what to do.
+    #[error("{0}")]
+    Invoke(String),
     #[error(
         "the deploy options are not valid: {0}; give \"canary\" as a share of the events from 1 \
          to 99 percent, or \"shadow\": true, not both"
@@ -229,6 +240,43 @@ struct Entry {
     /// The canary or shadow the worker runs beside the live version,
     /// as `promote` installs it (never in the registry until then).
     candidate: Option<(Arc<runtime::Compiled>, StoredVersion)>,
+}
+
+/// A version handed to a worker ([`Inner::hand_over`]).
+struct HandedOver {
+    /// The worker's verdict: instantiated, or why not.
+    ready: Result<(), RuntimeError>,
+    /// `true` commits the switch; `false` or dropping it abandons it.
+    commit: sync_mpsc::SyncSender<bool>,
+    /// Hears when the worker has switched.
+    switched: sync_mpsc::Receiver<()>,
+}
+
+/// What [`Inner::install`] did.
+#[derive(Default)]
+struct Installed {
+    /// The version it replaced, if any.
+    replaced: Option<String>,
+    /// Set when the worker did not confirm the switch in time.
+    warning: Option<String>,
+}
+
+/// What a rollback, promote or remove did: the version replaced, the one
+/// running now, and a warning for the reply.
+struct Done {
+    replaced: Option<String>,
+    version: Option<String>,
+    warning: Option<String>,
+}
+
+impl Done {
+    fn switched(installed: Installed, version: String) -> Done {
+        Done {
+            replaced: installed.replaced,
+            version: Some(version),
+            warning: installed.warning,
+        }
+    }
 }
 
 /// A claim on a function name for one command; released on drop.
@@ -306,10 +354,11 @@ impl Functions {
                 })?;
         }
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let (status_tx, status_rx) = mpsc::channel(OUTGOING_QUEUE);
         let tasks = vec![
-            tokio::spawn(run_control(inner.clone(), rx, out_tx.clone())),
+            tokio::spawn(run_control(inner.clone(), rx, out_tx.clone(), status_tx)),
             tokio::spawn(run_publisher(tx, out_rx)),
-            tokio::spawn(run_status(inner.clone(), out_tx)),
+            tokio::spawn(run_status(inner.clone(), out_tx, status_rx)),
         ];
         Ok(Functions { inner, tasks })
     }
@@ -329,6 +378,7 @@ impl Functions {
                 sha256: None,
                 replaced: None,
                 error: Some(format!("the deploy failed: {e}")),
+                warning: None,
             });
         self.inner.changed.notify_one();
         reply
@@ -408,7 +458,7 @@ impl Functions {
 }
 
 /// The command topics the control link subscribes to.
-const COMMANDS: [&str; 5] = ["deploy", "rollback", "remove", "list", "promote"];
+const COMMANDS: [&str; 6] = ["deploy", "rollback", "remove", "list", "promote", "invoke"];
 
 /// Reads the functions' status and counters; cheap to clone. Its methods
 /// take the table lock, which a deploy holds: call them from a blocking
@@ -494,7 +544,7 @@ impl Inner {
             handle.set_stopped(&compiled, stored.deployed_at_ms, reason);
             return Ok(());
         }
-        let (ready, commit) = self.hand_over(&handle, compiled.clone())?;
+        let HandedOver { ready, commit, .. } = self.hand_over(&handle, compiled.clone())?;
         match ready {
             Ok(()) => {
                 let _ = commit.send(true);
@@ -561,25 +611,31 @@ impl Inner {
         Ok(handle)
     }
 
-    /// Gives a version to the worker; returns its verdict and the sender
-    /// that commits (or, dropped, abandons) the switch.
-    #[allow(clippy::type_complexity)]
+    /// Gives a version to the worker; returns its verdict, the sender that
+    /// commits (or, dropped, abandons) the switch and the receiver that
+    /// hears when the worker has switched.
     fn hand_over(
         &self,
         handle: &FunctionHandle,
         compiled: Arc<runtime::Compiled>,
-    ) -> Result<(Result<(), RuntimeError>, sync_mpsc::SyncSender<bool>), DeployError> {
+    ) -> Result<HandedOver, DeployError> {
         let (ready_tx, ready_rx) = sync_mpsc::sync_channel(1);
         let (commit_tx, commit_rx) = sync_mpsc::sync_channel(1);
+        let (switched_tx, switched_rx) = sync_mpsc::sync_channel(1);
         handle.deploy(dispatch::Deploy {
             compiled,
             ready: ready_tx,
             commit: commit_rx,
+            switched: switched_tx,
         });
         let ready = ready_rx
             .recv_timeout(READY_TIMEOUT)
             .map_err(|_| DeployError::Timeout(handle.name.to_string()))?;
-        Ok((ready, commit_tx))
+        Ok(HandedOver {
+            ready,
+            commit: commit_tx,
+            switched: switched_rx,
+        })
     }
 
     fn update_triggers(&self, table: &mut Table) -> Result<(), BrokerError> {
@@ -605,7 +661,7 @@ impl Inner {
         };
         let bundle_sha256 = control::sha256_hex(bundle);
         match result {
-            Ok((compiled, replaced)) => {
+            Ok((compiled, Installed { replaced, warning })) => {
                 tracing::info!(
                     function = %compiled.manifest.name,
                     version = %compiled.manifest.version,
@@ -621,6 +677,7 @@ impl Inner {
                     sha256: Some(compiled.sha256.clone()),
                     replaced,
                     error: None,
+                    warning,
                 }
             }
             Err(e) => {
@@ -634,6 +691,7 @@ impl Inner {
                     sha256: None,
                     replaced: None,
                     error: Some(e.to_string()),
+                    warning: None,
                 }
             }
         }
@@ -644,7 +702,7 @@ impl Inner {
         &self,
         bundle: &[u8],
         options: &control::DeployOptions,
-    ) -> Result<(Arc<runtime::Compiled>, Option<String>), DeployError> {
+    ) -> Result<(Arc<runtime::Compiled>, Installed), DeployError> {
         if bundle.len() > self.config.max_bundle_bytes {
             return Err(ControlError::TooLarge {
                 size: bundle.len(),
@@ -700,10 +758,10 @@ impl Inner {
         let mut table = self.lock();
         if let Some(mode) = mode {
             self.start_rollout(&mut table, &compiled, stored, mode)?;
-            return Ok((compiled, None));
+            return Ok((compiled, Installed::default()));
         }
-        let replaced = self.install(&mut table, &compiled, &stored, None)?;
-        Ok((compiled, replaced))
+        let installed = self.install(&mut table, &compiled, &stored, None)?;
+        Ok((compiled, installed))
     }
 
     /// Starts `compiled` as a canary or shadow beside the running version
@@ -741,8 +799,7 @@ impl Inner {
     /// Makes the canary or shadow the function's only version, through the
     /// same switch as a deploy. Returns (the version replaced, the one now
     /// running).
-    #[allow(clippy::type_complexity)]
-    fn promote(&self, name: &str) -> Result<(Option<String>, Option<String>), DeployError> {
+    fn promote(&self, name: &str) -> Result<Done, DeployError> {
         let _busy = self.claim(name)?;
         let mut table = self.lock();
         let entry = table
@@ -758,7 +815,7 @@ impl Inner {
             ..stored
         };
         match self.install(&mut table, &compiled, &stored, None) {
-            Ok(replaced) => Ok((replaced, Some(stored.version))),
+            Ok(installed) => Ok(Done::switched(installed, stored.version)),
             Err(e) => {
                 // The rollout goes on: the candidate is still the worker's.
                 if let Some(entry) = table.functions.get_mut(name) {
@@ -797,7 +854,7 @@ impl Inner {
         compiled: &Arc<runtime::Compiled>,
         stored: &StoredVersion,
         rollback_to: Option<i64>,
-    ) -> Result<Option<String>, DeployError> {
+    ) -> Result<Installed, DeployError> {
         let name = stored.name.clone();
         let existed = table.functions.contains_key(&name);
         let handle = self.create(table, compiled)?;
@@ -813,7 +870,11 @@ impl Inner {
                 }
             }
         };
-        let (ready, commit) = match self.hand_over(&handle, compiled.clone()) {
+        let HandedOver {
+            ready,
+            commit,
+            switched,
+        } = match self.hand_over(&handle, compiled.clone()) {
             Ok(r) => r,
             Err(e) => {
                 forget(table);
@@ -834,6 +895,16 @@ impl Inner {
             return Err(e.into());
         }
         let _ = commit.send(true);
+        // The reply waits for the worker's switch (bounded): a client that
+        // sends an event after the reply reaches the new version.
+        let warning = switched.recv_timeout(SWITCH_TIMEOUT).err().map(|_| {
+            format!(
+                "version {} of {name:?} is committed, but its worker had not confirmed the \
+                 switch within {SWITCH_TIMEOUT:?} (the machine may be overloaded); it switches \
+                 by itself, `perch fn status {name}` shows when",
+                stored.version
+            )
+        });
         if let Err(e) = self.registry.prune(&name, self.config.keep_versions) {
             tracing::error!(function = %name, error = %e, "cannot prune old versions");
         }
@@ -846,7 +917,7 @@ impl Inner {
             entry.candidate = None;
         }
         self.update_triggers(table).map_err(FunctionsError::from)?;
-        Ok(replaced)
+        Ok(Installed { replaced, warning })
     }
 
     /// Handles a rollback or remove request; always answers.
@@ -864,10 +935,15 @@ impl Inner {
             ..CommandReply::default()
         };
         match result {
-            Ok((replaced, version)) => {
+            Ok(Done {
+                replaced,
+                version,
+                warning,
+            }) => {
                 tracing::info!(function = %request.name, ?replaced, ?version, "{command} done");
                 reply.replaced = replaced;
                 reply.version = version;
+                reply.warning = warning;
             }
             Err(e) => {
                 tracing::warn!(function = %request.name, "{command} refused: {e}");
@@ -877,17 +953,109 @@ impl Inner {
         reply
     }
 
+    /// Handles an invoke request; always answers.
+    fn invoke(&self, payload: &[u8]) -> control::InvokeReply {
+        let request = match control::InvokeRequest::decode(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                return control::InvokeReply {
+                    error: Some(e.to_string()),
+                    ..control::InvokeReply::default()
+                }
+            }
+        };
+        let mut reply = control::InvokeReply {
+            request_id: request.request_id.clone(),
+            name: Some(request.name.clone()),
+            ..control::InvokeReply::default()
+        };
+        match self.try_invoke(&request) {
+            Ok((topic, invoked)) => {
+                reply.ok = invoked.failure.is_none();
+                reply.version = Some(invoked.version);
+                reply.topic = Some(topic);
+                reply.duration_us = invoked.duration.as_micros().min(u64::MAX as u128) as u64;
+                reply.fuel_used = invoked.fuel_used;
+                reply.failure = invoked.failure;
+                reply.outputs = invoked.outputs;
+                reply.logs = invoked
+                    .logs
+                    .iter()
+                    .filter_map(|l| serde_json::from_slice(l).ok())
+                    .collect();
+            }
+            Err(e) => {
+                tracing::warn!(function = %request.name, "invoke refused: {e}");
+                reply.error = Some(e.to_string());
+            }
+        }
+        reply
+    }
+
+    fn try_invoke(
+        &self,
+        request: &control::InvokeRequest,
+    ) -> Result<(String, dispatch::Invoked), DeployError> {
+        let name = &request.name;
+        let (handle, filters) = self
+            .lock()
+            .functions
+            .get(name)
+            .map(|e| (e.handle.clone(), e.filters.clone()))
+            .ok_or_else(|| DeployError::NotDeployed(name.clone()))?;
+        let topic = match &request.topic {
+            Some(t) => t.clone(),
+            None => filters
+                .first()
+                .map(|f| {
+                    f.split('/')
+                        .map(|l| if l == "+" || l == "#" { "invoke" } else { l })
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .ok_or_else(|| {
+                    DeployError::Invoke(format!(
+                        "function {name:?} has no topic trigger to take the event's topic \
+                         from; give one with --topic"
+                    ))
+                })?,
+        };
+        if let Err(e) = crate::topic::validate_name(&topic) {
+            return Err(DeployError::Invoke(format!(
+                "the event topic {topic:?} is not one a client could publish on: {e}; give a \
+                 topic without wildcards, such as sensors/a"
+            )));
+        }
+        let (reply_tx, reply_rx) = sync_mpsc::sync_channel(1);
+        handle.invoke(dispatch::Invoke {
+            event: dispatch::Event {
+                topic: Bytes::from(topic.clone()),
+                payload: Bytes::from(request.payload.clone().into_bytes()),
+                timestamp_ms: runtime::now_ms(),
+            },
+            reply: reply_tx,
+        });
+        let invoked = reply_rx
+            .recv_timeout(READY_TIMEOUT)
+            .map_err(|_| DeployError::Timeout(name.clone()))?
+            .map_err(DeployError::Invoke)?;
+        Ok((topic, invoked))
+    }
+
     /// Returns to the version that ran before the current one, exactly as
     /// it was deployed. Returns (the version replaced, the one now running).
-    #[allow(clippy::type_complexity)]
-    fn rollback(&self, name: &str) -> Result<(Option<String>, Option<String>), DeployError> {
+    fn rollback(&self, name: &str) -> Result<Done, DeployError> {
         let _busy = self.claim(name)?;
         {
             // During a canary or shadow, a rollback ends it and nothing else.
             let mut table = self.lock();
             if let Some(ended) = self.end_rollout(&mut table, name)? {
                 let running = table.functions.get(name).map(|e| e.handle.status().version);
-                return Ok((Some(ended), running));
+                return Ok(Done {
+                    replaced: Some(ended),
+                    version: running,
+                    warning: None,
+                });
             }
         }
         let current = self
@@ -918,14 +1086,13 @@ impl Inner {
             ..stored
         };
         let mut table = self.lock();
-        let replaced = self.install(&mut table, &compiled, &stored, Some(seq))?;
-        Ok((replaced, Some(stored.version)))
+        let installed = self.install(&mut table, &compiled, &stored, Some(seq))?;
+        Ok(Done::switched(installed, stored.version))
     }
 
     /// Stops a function and deletes its versions and state. Returns (the
     /// version that ran, None).
-    #[allow(clippy::type_complexity)]
-    fn remove(&self, name: &str) -> Result<(Option<String>, Option<String>), DeployError> {
+    fn remove(&self, name: &str) -> Result<Done, DeployError> {
         let _busy = self.claim(name)?;
         let mut table = self.lock();
         let mut version = None;
@@ -944,7 +1111,11 @@ impl Inner {
         if !self.registry.remove(name)? && version.is_none() {
             return Err(DeployError::NotDeployed(name.to_owned()));
         }
-        Ok((version, None))
+        Ok(Done {
+            replaced: version,
+            version: None,
+            warning: None,
+        })
     }
 
     fn list(&self) -> Vec<FunctionInfo> {
@@ -1021,10 +1192,21 @@ fn is_older(new: &str, running: &str) -> bool {
     }
 }
 
+/// How long a reply waits for the status publisher to have queued the
+/// statuses the command changed (they go out before the reply).
+const STATUS_BEFORE_REPLY: Duration = Duration::from_secs(2);
+
 /// Reads the command topics; each command runs in its own task (on a
 /// blocking thread), so a slow deploy does not hold up `list` or commands
-/// for other functions.
-async fn run_control(inner: Arc<Inner>, mut rx: LinkRx, out: mpsc::Sender<Outgoing>) {
+/// for other functions. After a command that changes a function, the
+/// statuses are republished before the reply (`status_now`), so a client
+/// that reads the retained status after the reply sees the change.
+async fn run_control(
+    inner: Arc<Inner>,
+    mut rx: LinkRx,
+    out: mpsc::Sender<Outgoing>,
+    status_now: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+) {
     let topics: Vec<(String, &'static str)> = COMMANDS
         .iter()
         .map(|c| (control::command_topic(&inner.gateway_id, c), *c))
@@ -1047,12 +1229,14 @@ async fn run_control(inner: Arc<Inner>, mut rx: LinkRx, out: mpsc::Sender<Outgoi
                     .unwrap_or_else(|| control::reply_topic(&inner.gateway_id, command));
                 let inner = inner.clone();
                 let out = out.clone();
+                let status_now = status_now.clone();
                 tokio::spawn(async move {
                     let worker = inner.clone();
                     let payload = publish.payload;
                     let reply = tokio::task::spawn_blocking(move || match command {
                         "deploy" => serde_json::to_vec(&worker.deploy(&payload)),
                         "list" => serde_json::to_vec(&worker.list()),
+                        "invoke" => serde_json::to_vec(&worker.invoke(&payload)),
                         _ => {
                             let reply = match CommandRequest::decode(command, &payload) {
                                 Ok(request) => worker.command(command, request),
@@ -1066,7 +1250,16 @@ async fn run_control(inner: Arc<Inner>, mut rx: LinkRx, out: mpsc::Sender<Outgoi
                         }
                     })
                     .await;
-                    inner.changed.notify_one();
+                    if matches!(command, "list" | "invoke") {
+                        // Changes nothing, but whoever asks may read the
+                        // statuses next: bring them up to date, unhurried.
+                        inner.changed.notify_one();
+                    } else {
+                        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                        if status_now.send(done_tx).await.is_ok() {
+                            let _ = tokio::time::timeout(STATUS_BEFORE_REPLY, done_rx).await;
+                        }
+                    }
                     match reply {
                         Ok(Ok(payload)) => {
                             let _ = out
@@ -1112,9 +1305,15 @@ async fn run_publisher(mut tx: LinkTx, mut out: mpsc::Receiver<Outgoing>) {
 /// Keeps `perch/<id>/fn/<name>/status` (retained) up to date: compares
 /// each function's status with what was last published once a second, and
 /// right after a command; publishes only what changed; clears the topic of
-/// a removed function (an empty retained message).
-async fn run_status(inner: Arc<Inner>, out: mpsc::Sender<Outgoing>) {
+/// a removed function (an empty retained message). A request on `now`
+/// makes it compare at once and answer once what changed is queued.
+async fn run_status(
+    inner: Arc<Inner>,
+    out: mpsc::Sender<Outgoing>,
+    mut now: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+) {
     let mut published: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
     loop {
         let snapshot = {
             let inner = inner.clone();
@@ -1165,9 +1364,13 @@ async fn run_status(inner: Arc<Inner>, out: mpsc::Sender<Outgoing>) {
                 return;
             }
         }
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
         tokio::select! {
             _ = tokio::time::sleep(STATUS_INTERVAL) => {}
             _ = inner.changed.notified() => {}
+            Some(done) = now.recv() => waiting.push(done),
         }
     }
 }

@@ -815,6 +815,41 @@ impl Instance {
         self.store.data_mut().staged.clear();
     }
 
+    /// Takes the outputs and log lines of the last invocation instead of
+    /// releasing them (`perch fn invoke`): nothing is published, emit and
+    /// forward records give their reserved place in the output channel back.
+    pub fn capture(&mut self) -> (Vec<super::control::InvokeOutput>, Vec<Bytes>) {
+        use super::control::InvokeOutput;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let host = self.store.data_mut();
+        let logs = std::mem::take(&mut host.logs);
+        let outputs = host
+            .staged
+            .drain(..)
+            .map(|staged| match staged {
+                Staged::Publish { topic, payload } => InvokeOutput::Publish {
+                    topic: text(&topic),
+                    payload: text(&payload),
+                },
+                Staged::Output(
+                    _,
+                    Output::Metric {
+                        metric, key, value, ..
+                    },
+                ) => InvokeOutput::Emit {
+                    metric: metric.as_str().to_owned(),
+                    key: key.as_str().to_owned(),
+                    value,
+                },
+                Staged::Output(_, Output::Record { stream, record, .. }) => InvokeOutput::Forward {
+                    stream,
+                    record: text(&record),
+                },
+            })
+            .collect();
+        (outputs, logs)
+    }
+
     /// A hash of the outputs the last invocation staged (topics, payloads,
     /// metrics and their values, streams and records; not timestamps), so
     /// two versions' outputs for one event can be compared without keeping

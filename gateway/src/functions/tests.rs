@@ -971,3 +971,27 @@ async fn status(broker: &Broker, id: &str, version: &str) -> FunctionInfo {
         }
     }
 }
+
+/// A deploy, rollback or promote answers only once the worker switched:
+/// the status read right after the reply shows the new version, every
+/// time, and no reply carries the "not confirmed" warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reply_comes_after_the_workers_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let (f, _outputs) = start(&broker, dir.path()).await;
+    for minor in 0..10 {
+        let version = format!("1.{minor}.0");
+        let r = f.deploy(echo_bundle(&version, "30.5").into()).await;
+        assert!(r.ok && r.warning.is_none(), "{r:?}");
+        let info = f.list().into_iter().find(|i| i.name == "echo").unwrap();
+        assert_eq!(
+            (info.version.as_str(), info.state.as_str()),
+            (version.as_str(), "running")
+        );
+    }
+    let r = f.rollback("echo").await;
+    assert!(r.ok && r.warning.is_none(), "{r:?}");
+    let info = f.list().into_iter().find(|i| i.name == "echo").unwrap();
+    assert_eq!(info.version, "1.8.0");
+}

@@ -19,7 +19,10 @@
 //! gateway started is not handed over again when the broker re-delivers it
 //! on a reconnect; after a restart it is, and redeploying the running
 //! version is harmless. An empty retained message (the desired state
-//! cleared) changes nothing on the gateway.
+//! cleared) changes nothing on the gateway. A rollout follows the same
+//! way: a request with `{"canary": N}` starts the canary on every gateway
+//! (each judges and rolls back its own), and publishing the same version
+//! without the options line promotes it everywhere, restarts included.
 //!
 //! What the gateway says goes back upstream under its own id: every deploy
 //! reply (`perch/<id>/fn/deploy/reply`) and every function status

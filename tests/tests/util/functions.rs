@@ -23,6 +23,9 @@ pub struct Gateway {
     pub id: String,
     pub data_dir: PathBuf,
     config: PathBuf,
+    /// The admin login [`Gateway::list`] uses (anonymous when unset: fine
+    /// while no user is an admin; see [`Gateway::with_admin`]).
+    admin: Option<(String, String)>,
 }
 
 impl Gateway {
@@ -61,7 +64,16 @@ impl Gateway {
             id: id.to_owned(),
             data_dir: data_dir.to_owned(),
             config,
+            admin: None,
         }
+    }
+
+    /// Makes [`Gateway::list`] (and so [`Gateway::function`] and
+    /// [`Gateway::wait_for_function`]) log in as this admin user, for
+    /// gateways where anonymous clients are not admins.
+    pub fn with_admin(mut self, user: &str, password: &str) -> Gateway {
+        self.admin = Some((user.to_owned(), password.to_owned()));
+        self
     }
 
     /// Stops the gateway with SIGTERM (a clean, staged shutdown) and starts
@@ -69,7 +81,11 @@ impl Gateway {
     pub fn restart(mut self) -> Gateway {
         self.terminate();
         let (id, dir, config) = (self.id.clone(), self.data_dir.clone(), self.config.clone());
-        Gateway::spawn(&id, &dir, config)
+        let admin = self.admin.take();
+        Gateway {
+            admin,
+            ..Gateway::spawn(&id, &dir, config)
+        }
     }
 
     /// SIGTERM, then waits for a clean exit.
@@ -118,7 +134,11 @@ impl Gateway {
 
     /// `perch fn list`, parsed.
     pub fn list(&self) -> Vec<serde_json::Value> {
-        let (ok, text) = self.perch_fn(&["list", "--json"]);
+        let mut args = vec!["list", "--json"];
+        if let Some((user, password)) = &self.admin {
+            args.extend_from_slice(&["--user", user, "--password", password]);
+        }
+        let (ok, text) = self.perch_fn(&args);
         assert!(ok, "perch fn list failed: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
     }
