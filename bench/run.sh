@@ -354,7 +354,7 @@ edge_conf() { # edge_conf UPSTREAM_PORT FILE [MAX_FUNCTIONS]: perch's config for
 }
 
 s3_step() { # s3_step SYSTEM RUN: deploy -> first sample upstream
-  local system="$1" run="$2" uport lport nrport out action=() up lo=()
+  local system="$1" run="$2" uport lport nrport out action=() up lo=() sub=()
   uport="$(free_port)"; lport="$(free_port)"
   start_mosquitto "$uport"; up="$started"
   case "$system" in
@@ -363,6 +363,12 @@ s3_step() { # s3_step SYSTEM RUN: deploy -> first sample upstream
       start_perch "$lport" "$work/perch-cold.toml"; lo=("$started")
       action=("$perch" fn deploy "$work/functions/window-sample.wasm"
         --manifest "$work/functions/window-sample.toml" --broker "127.0.0.1:$lport" --gateway bench) ;;
+    perch-local) # threshold-alert publishes its alert on the local broker: no store, no upstream
+      edge_conf "$uport" "$work/perch-cold.toml"
+      start_perch "$lport" "$work/perch-cold.toml"; lo=("$started")
+      sub=(--sub-port "$lport" --sub-topic 'alerts/#')
+      action=("$perch" fn deploy "$work/functions/threshold-alert.wasm"
+        --manifest "$work/functions/threshold-alert.toml" --broker "127.0.0.1:$lport" --gateway bench) ;;
     python)
       start_mosquitto "$lport"; lo=("$started")
       rm -f "$work/cold-$lport.db"*
@@ -379,7 +385,7 @@ s3_step() { # s3_step SYSTEM RUN: deploy -> first sample upstream
         "http://127.0.0.1:$nrport/flows") ;;
   esac
   out="$("$py" "$bench/peers/coldstart.py" --local-port "$lport" --upstream-port "$uport" \
-    --label "s3-$system" -- "${action[@]}")" || { stop "${lo[@]}" "$up"; return 1; }
+    "${sub[@]+"${sub[@]}"}" --label "s3-$system" -- "${action[@]}" 2>>"$work/coldstart.log")" || { stop "${lo[@]}" "$up"; return 1; }
   stop "${lo[@]}" "$up"
   rm -f "$work/cold-$lport.db"*
   record "$out" scenario=3 system="$system" run="$run" step=deploy
@@ -387,8 +393,8 @@ s3_step() { # s3_step SYSTEM RUN: deploy -> first sample upstream
 
 s3() {
   local system
-  for system in "${s2_systems[@]}"; do
-    s3_step "$system" "$1" || smoke_check "s3 cold start of $system"
+  for system in perch-local "${s2_systems[@]}"; do
+    s3_step "$system" "$1" || smoke_check "s3 cold start of $system (log: $work/coldstart.log)"
   done
 }
 
@@ -426,7 +432,7 @@ s5_fns_step() { # s5_fns_step RUN COPIES: perch with COPIES copies of window-sam
       -e "s/^forward_every = .*/forward_every = $([ "$i" = 1 ] && echo 100 || echo 1000000000)/" \
       "$work/functions/window-sample.toml" >"$m"
     "$perch" fn deploy "$work/functions/window-sample.wasm" --manifest "$m" \
-      --broker "127.0.0.1:$lport" --gateway bench >/dev/null ||
+      --broker "127.0.0.1:$lport" --gateway bench >/dev/null 2>>"$work/deploy.log" ||
       { log "deploying copy $i of window-sample failed (log: $work/perch-$lport.log)"; stop "$pid" "$up"; return 1; }
   done
   idle="$(rss_kb "$pid")"; ticks0="$(cpu_ticks "$pid")"

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Cold start: from a deploy action to the edge job's first output upstream.
 
+(--sub-port/--sub-topic time a local output instead, e.g. perch's
+threshold-alert publishing on alerts/#: no store commit on that path.)
+
 Scenario 3 of bench/run.sh. Subscribes to --sub-topic on the upstream broker,
 connects a sensor to the local broker, then starts the action (the command
 after `--`: `perch fn deploy ...`, a new `python3 edge_job.py ...`, or a
@@ -30,6 +33,9 @@ def main():
     ap.add_argument("--local-port", type=int, required=True)
     ap.add_argument("--upstream-port", type=int, required=True)
     ap.add_argument("--sub-topic", default="up/samples")
+    ap.add_argument("--sub-port", type=int,
+                    help="where to wait for the output (default: --upstream-port); the local "
+                         "broker's port to time a function that publishes locally")
     ap.add_argument("--every-ms", type=float, default=2.0)
     ap.add_argument("--timeout-s", type=float, default=30.0)
     ap.add_argument("--label", default="")
@@ -52,10 +58,11 @@ def main():
     sub.on_message = on_message
     sub.on_connect = lambda c, *_: c.subscribe(args.sub_topic, qos=1)
     sub.on_subscribe = lambda *_: subscribed.set()
-    sub.connect("127.0.0.1", args.upstream_port, keepalive=60)
+    sub_port = args.sub_port or args.upstream_port
+    sub.connect("127.0.0.1", sub_port, keepalive=60)
     sub.loop_start()
     if not subscribed.wait(10):
-        sys.exit(f"coldstart.py: no SUBACK from the upstream broker on port {args.upstream_port} within 10 s")
+        sys.exit(f"coldstart.py: no SUBACK from the broker on port {sub_port} within 10 s")
     sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="coldstart-sensor")
     sensor.connect("127.0.0.1", args.local_port, keepalive=60)
     sensor.loop_start()
