@@ -65,6 +65,8 @@ def advantage(perch, peer, higher_is_better):
     if perch is None or peer is None or perch == 0 or peer == 0:
         return "—"
     ratio = perch / peer if higher_is_better else peer / perch
+    if 0.95 <= ratio <= 1.05:
+        return f"{ratio:.2f}x (even: within 5 %)"
     return f"{ratio:.2f}x" + ("" if ratio >= 1 else " (peer wins)")
 
 
@@ -263,7 +265,7 @@ def main():
     out.append("")
     out.append(f"- Command: `bench/run.sh{' --smoke' if a.smoke == '1' else ''}` "
                f"({a.runs} run(s), {a.elapsed} s in all)")
-    out.append(f"- Machine: {a.machine}; load average {a.load} at the end "
+    out.append(f"- Machine: {a.machine}; load average (1 min) {a.load} at the end "
                "(a shared VM: other builds ran at the same time, so figures are noisy)")
     out.append(f"- Versions: {a.versions}")
     out.append(f"- Load: {first['publishers']} publisher connections, {first['size']}-byte JSON "
@@ -433,9 +435,10 @@ def main():
                    f"sensors/+/temperature, {rate_fmt(frate)} events/s offered (so N × that many "
                    "invocations/s). \"all invoked\" checks every copy handled every event.")
         out.append("")
-        out.append("| functions | invocations/s | all invoked | CPU per 1000 events (ms) | "
-                   "RSS after deploy (MiB) | RSS peak (MiB) | p99 event → upstream (ms) |")
-        out.append("|---|---|---|---|---|---|---|")
+        out.append("| functions | invocations/s | all invoked | dropped at the function queues | "
+                   "CPU per 1000 events (ms) | RSS after deploy (MiB) | RSS peak (MiB) | "
+                   "p99 event → upstream (ms) |")
+        out.append("|---|---|---|---|---|---|---|---|")
         for n in fns:
             st = f"fns-{n}"
             got = [step_row(s, st) for s in s5p.values() if step_row(s, st)]
@@ -443,6 +446,7 @@ def main():
                              if r.get("duration_s")], rate_fmt)
             ok = all(int(r["processed"]) >= r["sent"] * n for r in got)
             cells = [inv, "yes" if ok else "no",
+                     spread([num(r.get("dropped")) for r in got], rate_fmt)[0],
                      spread([cpu_per_k(r) for r in got], ms_fmt)[0],
                      spread([num(r["rss_idle_kb"]) for r in got], mib_fmt)[0],
                      spread([num(r["rss_peak_kb"]) for r in got], mib_fmt)[0],

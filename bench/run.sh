@@ -190,12 +190,12 @@ start_node_red() { # start_node_red PORT FLOWFILE LOCAL_PORT UPSTREAM_PORT DB ->
     --settings "$bench/peers/node-red/settings.js" --userDir "$udir" --port "$1" \
     "$udir/flows.json" >"$work/node-red-$1.log" 2>&1 &
   started=$!; pids+=("$started")
-  for i in $(seq 1 600); do # Node-RED loads its nodes slowly on a busy machine: 30 s
+  for i in $(seq 1 1200); do # Node-RED loads its nodes slowly on a busy machine (14 s seen at load 11): 60 s
     curl -sf -o /dev/null "http://127.0.0.1:$1/flows" && return 0
     kill -0 "$started" 2>/dev/null || { log "Node-RED died at start: see $work/node-red-$1.log"; return 1; }
     sleep 0.05
   done
-  log "Node-RED's admin API not up after 30 s: see $work/node-red-$1.log"; return 1
+  log "Node-RED's admin API not up after 60 s: see $work/node-red-$1.log"; return 1
 }
 
 results="$work/results.jsonl"
@@ -418,7 +418,7 @@ s5_conns_step() { # s5_conns_step SYSTEM RUN CONNECTIONS
 
 s5_fns_step() { # s5_fns_step RUN COPIES: perch with COPIES copies of window-sample deployed
   local run="$1" copies="$2" uport lport out pid idle peak ticks0 ticks1 i m listing processed=0
-  local sent want
+  local sent want dropped=0
   uport="$(free_port)"; lport="$(free_port)"
   start_mosquitto "$uport"; local up="$started"
   edge_conf "$uport" "$work/perch-fns.toml" 128
@@ -444,13 +444,14 @@ s5_fns_step() { # s5_fns_step RUN COPIES: perch with COPIES copies of window-sam
   for i in $(seq 1 100); do # every copy saw every event: invocations summed over the copies
     listing="$("$perch" fn list --json --broker "127.0.0.1:$lport" --gateway bench 2>/dev/null || true)"
     processed="$(sed -n 's/.*"invocations": *\([0-9]*\).*/\1/p' <<<"$listing" | awk '{s += $1} END {print s + 0}')"
+    dropped="$(sed -n 's/.*"dropped": *\([0-9]*\).*/\1/p' <<<"$listing" | awk '{s += $1} END {print s + 0}')"
     [ "$processed" -ge "$want" ] && break
     sleep 0.1
   done
   peak="$(hwm_kb "$pid")"; ticks1="$(cpu_ticks "$pid")"
   stop "$pid" "$up"
   record "$out" scenario=5 system=perch run="$run" step="fns-$copies" functions="$copies" \
-    processed="$processed" rss_idle_kb="$idle" rss_peak_kb="$peak" cpu_ms="$(ticks_ms $((ticks1 - ticks0)))"
+    processed="$processed" dropped="$dropped" rss_idle_kb="$idle" rss_peak_kb="$peak" cpu_ms="$(ticks_ms $((ticks1 - ticks0)))"
   [ "$(field "$out" lost)" = 0 ] && [ "$processed" -ge "$want" ]
 }
 
@@ -468,6 +469,7 @@ s5() {
 
 # --- the runs, peers side by side -------------------------------------------
 started_at="$(date -u +%s)"
+load_start="$(cut -d' ' -f1 /proc/loadavg)"
 for run in $(seq 1 "$runs"); do
   log "run $run of $runs"
   s0 "$run"
@@ -486,6 +488,10 @@ print(f"{platform.machine()}, {os.cpu_count()} cores ({model}), {mem} MiB RAM, L
 EOF
 )"
 versions="perch $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'), $("$mosquitto_bin" -h 2>/dev/null | head -1 | sed 's/ (build.*//'), Python $("$py" -c 'import platform; print(platform.python_version())'), paho-mqtt $("$py" -c 'import importlib.metadata as m; print(m.version("paho-mqtt"))')"
+if [ "$node_red" = 1 ]; then
+  versions+=", Node-RED $(cd "$nr_dir" && node -p 'require("node-red/package.json").version')"
+  versions+=" (node-red-node-sqlite $(cd "$nr_dir" && node -p 'require("node-red-node-sqlite/package.json").version'), Node.js $(node --version))"
+fi
 
 if [ "$smoke" = 1 ]; then
   out="$work/smoke.md"
@@ -495,7 +501,7 @@ else
 fi
 cp "$results" "${out%.md}.jsonl" # the raw lines, kept beside the report
 python3 "$bench/report.py" "$results" --machine "$machine" --versions "$versions" \
-  --load "$(cut -d' ' -f1 /proc/loadavg)" --elapsed "$elapsed" --runs "$runs" \
+  --load "$load_start at the start, $(cut -d' ' -f1 /proc/loadavg)" --elapsed "$elapsed" --runs "$runs" \
   --smoke "$smoke" --s1-latency-rate "$s1_latency_rate" --s2-latency-rate "$s2_latency_rate" \
   --s1-top "${s1_rates[-1]}" --s2-top "${s2_rates[-1]}" \
   --out "$out"
