@@ -435,7 +435,7 @@ def main():
                    f"sensors/+/temperature, {rate_fmt(frate)} events/s offered (so N × that many "
                    "invocations/s). \"all invoked\" checks every copy handled every event.")
         out.append("")
-        out.append("| functions | invocations/s | all invoked | dropped at the function queues | "
+        out.append("| functions | invocations/s | all invoked | dropped (queue) / FULL refusals / copies stopped | "
                    "CPU per 1000 events (ms) | RSS after deploy (MiB) | RSS peak (MiB) | "
                    "p99 event → upstream (ms) |")
         out.append("|---|---|---|---|---|---|---|---|")
@@ -446,12 +446,20 @@ def main():
                              if r.get("duration_s")], rate_fmt)
             ok = all(int(r["processed"]) >= r["sent"] * n for r in got)
             cells = [inv, "yes" if ok else "no",
-                     spread([num(r.get("dropped")) for r in got], rate_fmt)[0],
+                     " / ".join(spread([num(r.get(k)) for r in got], rate_fmt)[0]
+                                for k in ("dropped", "full", "stopped")),
                      spread([cpu_per_k(r) for r in got], ms_fmt)[0],
                      spread([num(r["rss_idle_kb"]) for r in got], mib_fmt)[0],
                      spread([num(r["rss_peak_kb"]) for r in got], mib_fmt)[0],
                      spread([num(r.get("p99_ms")) for r in got], ms_fmt)[0]]
             out.append(f"| {n} | " + " | ".join(cells) + " |")
+        out.append("")
+        out.append("All copies share one output queue to the aggregate and buffer stages "
+                   "(`functions.output_queue_len`); when it is full, `emit()` is refused with FULL, "
+                   "window-sample passes that error on, and a copy whose last 10 invocations failed "
+                   "is stopped by the circuit breaker (`perch fn list` shows why). \"all invoked\" = "
+                   "no, with copies stopped, means that happened: overload turned into stopped "
+                   "functions, not into a queue or a slower rate.")
         out.append("")
 
     out.append(f"Every step of the ladders (offered rate → result) is one JSON line in "

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # perch against what users would run instead, side by side in one run.
 #
-#   bench/run.sh            the suite: 3 runs of each scenario (a few minutes)
-#   bench/run.sh --smoke    one short run of each piece (~10 s of load): checks
-#                           the pieces work, writes no report into bench/results
+#   bench/run.sh            the suite: 3 runs of each scenario (~16 min on a
+#                           busy 2-core VM)
+#   bench/run.sh --smoke    one short step of each piece (~1.5 min): checks the
+#                           pieces work, writes no report into bench/results
 #   bench/run.sh --runs N   N runs instead of 3
 #
 # Scenarios (bench/README.md says what each measures and how):
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || {
         echo "run.sh: --runs needs a positive number, e.g. --runs 5" >&2; exit 2; }
       runs="$2"; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'; use --smoke, --runs N or --help" >&2; exit 2 ;;
   esac
   shift
@@ -418,7 +419,7 @@ s5_conns_step() { # s5_conns_step SYSTEM RUN CONNECTIONS
 
 s5_fns_step() { # s5_fns_step RUN COPIES: perch with COPIES copies of window-sample deployed
   local run="$1" copies="$2" uport lport out pid idle peak ticks0 ticks1 i m listing processed=0
-  local sent want dropped=0
+  local sent want dropped=0 full=0 stopped=0
   uport="$(free_port)"; lport="$(free_port)"
   start_mosquitto "$uport"; local up="$started"
   edge_conf "$uport" "$work/perch-fns.toml" 128
@@ -445,13 +446,16 @@ s5_fns_step() { # s5_fns_step RUN COPIES: perch with COPIES copies of window-sam
     listing="$("$perch" fn list --json --broker "127.0.0.1:$lport" --gateway bench 2>/dev/null || true)"
     processed="$(sed -n 's/.*"invocations": *\([0-9]*\).*/\1/p' <<<"$listing" | awk '{s += $1} END {print s + 0}')"
     dropped="$(sed -n 's/.*"dropped": *\([0-9]*\).*/\1/p' <<<"$listing" | awk '{s += $1} END {print s + 0}')"
+    # emit()/forward() refused for a full output queue, and copies the circuit breaker stopped
+    full="$(sed -n 's/.*"full": *\([0-9]*\).*/\1/p' <<<"$listing" | awk '{s += $1} END {print s + 0}')"
+    stopped="$(grep -c '"state": *"stopped"' <<<"$listing" || true)"
     [ "$processed" -ge "$want" ] && break
     sleep 0.1
   done
   peak="$(hwm_kb "$pid")"; ticks1="$(cpu_ticks "$pid")"
   stop "$pid" "$up"
   record "$out" scenario=5 system=perch run="$run" step="fns-$copies" functions="$copies" \
-    processed="$processed" dropped="$dropped" rss_idle_kb="$idle" rss_peak_kb="$peak" cpu_ms="$(ticks_ms $((ticks1 - ticks0)))"
+    processed="$processed" dropped="$dropped" full="$full" stopped="$stopped" rss_idle_kb="$idle" rss_peak_kb="$peak" cpu_ms="$(ticks_ms $((ticks1 - ticks0)))"
   [ "$(field "$out" lost)" = 0 ] && [ "$processed" -ge "$want" ]
 }
 
