@@ -159,7 +159,7 @@ def cpu_per_k(r):
 def svg_plot(path, title, series, x_label, y_label):
     """A log-log line chart, hand-written SVG: series = {name: [(x, y)]}."""
     import math
-    w, h, left, right, top, bottom = 640, 360, 70, 150, 40, 50
+    w, h, left, right, top, bottom = 660, 360, 70, 170, 40, 50
     points = [p for pts in series.values() for p in pts if p[0] > 0 and p[1] > 0]
     if not points:
         return False
