@@ -28,6 +28,13 @@ import time
 import paho.mqtt.client as mqtt
 
 
+def connect(client, port, what):
+    try:
+        client.connect("127.0.0.1", port, keepalive=60)
+    except OSError as e:
+        sys.exit(f"coldstart.py: cannot connect to {what} on 127.0.0.1:{port} ({e}): is it running?")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--local-port", type=int, required=True)
@@ -59,12 +66,12 @@ def main():
     sub.on_connect = lambda c, *_: c.subscribe(args.sub_topic, qos=1)
     sub.on_subscribe = lambda *_: subscribed.set()
     sub_port = args.sub_port or args.upstream_port
-    sub.connect("127.0.0.1", sub_port, keepalive=60)
+    connect(sub, sub_port, "the broker to watch for the output")
     sub.loop_start()
     if not subscribed.wait(10):
         sys.exit(f"coldstart.py: no SUBACK from the broker on port {sub_port} within 10 s")
     sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="coldstart-sensor")
-    sensor.connect("127.0.0.1", args.local_port, keepalive=60)
+    connect(sensor, args.local_port, "the local broker")
     sensor.loop_start()
     reading = json.dumps({"device": "cold", "seq": 0, "ts_us": 0, "temperature": 30.5}).encode()
     time.sleep(0.2)  # the sensor's CONNECT done before the clock starts

@@ -37,7 +37,11 @@ def main():
     c.on_message = on_message
     c.on_connect = lambda cl, *_: cl.subscribe("bench/node-red/ready", qos=0)
     c.on_subscribe = lambda *_: subscribed.set()
-    c.connect("127.0.0.1", args.port, keepalive=60)
+    try:
+        c.connect("127.0.0.1", args.port, keepalive=60)
+    except OSError as e:
+        sys.exit(f"probe.py: cannot connect to the local broker on 127.0.0.1:{args.port} ({e}): "
+                 "is Mosquitto running there?")
     c.loop_start()
     tries = int(args.timeout_s / 0.2)
     if subscribed.wait(min(10, args.timeout_s)):
