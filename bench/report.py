@@ -65,6 +65,8 @@ def advantage(perch, peer, higher_is_better):
     if perch is None or peer is None or perch == 0 or peer == 0:
         return "—"
     ratio = perch / peer if higher_is_better else peer / perch
+    if 0.95 <= ratio <= 1.05:
+        return f"{ratio:.2f}x (even: within 5 %)"
     return f"{ratio:.2f}x" + ("" if ratio >= 1 else " (peer wins)")
 
 
@@ -121,10 +123,43 @@ def table(rows_out, perch_runs, peer_runs, specs):
         rows_out.append(f"| {label} | {p_text} | {q_text} | {advantage(p_med, q_med, higher)} |")
 
 
+def table_n(rows_out, perch_runs, peers, specs):
+    """Like table, with one column and one advantage column per peer."""
+    for label, getter, fmt, higher in specs:
+        p_text, p_med = spread([getter(s) for s in perch_runs.values()], fmt)
+        cells, ratios = [p_text], []
+        for runs in peers:
+            q_text, q_med = spread([getter(s) for s in runs.values()], fmt)
+            cells.append(q_text)
+            ratios.append(advantage(p_med, q_med, higher))
+        rows_out.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
+
+
+def step_row(steps, step):
+    for r in steps:
+        if r["step"] == step:
+            return r
+    return None
+
+
+def idle_cpu_pct(steps):
+    for r in steps:
+        if r.get("idle_cpu_ms") not in (None, "") and num(r.get("idle_s")):
+            return 100.0 * num(r["idle_cpu_ms"]) / (1000.0 * num(r["idle_s"]))
+    return None
+
+
+def cpu_per_k(r):
+    """CPU ms spent per 1000 events sent, for one result line."""
+    if r is None or not r.get("sent") or r.get("cpu_ms") in (None, ""):
+        return None
+    return 1000.0 * num(r["cpu_ms"]) / r["sent"]
+
+
 def svg_plot(path, title, series, x_label, y_label):
     """A log-log line chart, hand-written SVG: series = {name: [(x, y)]}."""
     import math
-    w, h, left, right, top, bottom = 640, 360, 70, 150, 40, 50
+    w, h, left, right, top, bottom = 660, 360, 70, 170, 40, 50
     points = [p for pts in series.values() for p in pts if p[0] > 0 and p[1] > 0]
     if not points:
         return False
@@ -186,6 +221,26 @@ def ladder(rows, scenario, system, key):
     return [(x, statistics.median(v)) for x, v in sorted(by_step.items())]
 
 
+def processed_ladder(rows, system):
+    """(offered events/s, median events/s the job processed) per scenario-2 step."""
+    by_step = defaultdict(list)
+    for r in rows:
+        if r["scenario"] == "2" and r["system"] == system and r.get("duration_s"):
+            by_step[int(r["step"])].append(min(num(r.get("processed")) or 0, r["sent"]) / r["duration_s"])
+    return [(x, statistics.median(v)) for x, v in sorted(by_step.items())]
+
+
+def scaling(rows, system, prefix, key, factor):
+    """(N, median of key x factor) for scenario 5's steps named PREFIX<N>."""
+    by_n = defaultdict(list)
+    for r in rows:
+        if r["scenario"] == "5" and r["system"] == system and r["step"].startswith(prefix):
+            v = num(r.get(key))
+            if v is not None:
+                by_n[int(r["step"][len(prefix):])].append(v * factor)
+    return [(x, statistics.median(v)) for x, v in sorted(by_n.items())]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
@@ -210,7 +265,7 @@ def main():
     out.append("")
     out.append(f"- Command: `bench/run.sh{' --smoke' if a.smoke == '1' else ''}` "
                f"({a.runs} run(s), {a.elapsed} s in all)")
-    out.append(f"- Machine: {a.machine}; load average {a.load} at the end "
+    out.append(f"- Machine: {a.machine}; load average (1 min) {a.load} at the end "
                "(a shared VM: other builds ran at the same time, so figures are noisy)")
     out.append(f"- Versions: {a.versions}")
     out.append(f"- Load: {first['publishers']} publisher connections, {first['size']}-byte JSON "
@@ -249,18 +304,28 @@ def main():
     out.append("")
 
     perch, py = per_run(rows, "2", "perch"), per_run(rows, "2", "python")
+    nr = per_run(rows, "2", "node-red")
+    peers, names = [py], ["Mosquitto + Python"]
+    if nr:
+        peers.append(nr)
+        names.append("Node-RED + Mosquitto")
     lr = a.s2_latency_rate
-    out.append("## 2. The edge job: perch vs Mosquitto + a Python script")
+    out.append("## 2. The edge job: perch vs Mosquitto + a Python script" +
+               (" vs Node-RED" if nr else ""))
     out.append("")
     out.append("Sensor events → parse JSON, threshold, 10 s windows, forward 1 in 100 → SQLite "
                "outbox → upstream Mosquitto (QoS 1). perch runs the `window-sample` function; "
-               "the peer is Mosquitto + `bench/peers/edge_job.py` (paho-mqtt, sqlite3). Zero loss "
-               "means every event was processed and every forwarded sample reached the upstream. "
-               "RSS of the peer is Mosquitto's plus Python's.")
+               "the peers are Mosquitto + `bench/peers/edge_job.py` (paho-mqtt, sqlite3) and "
+               "Node-RED with `bench/peers/node-red/flow.json` (mqtt in → function → sqlite → "
+               "mqtt out, node-red-node-sqlite) on Mosquitto. Zero loss means every event was "
+               "processed and every forwarded sample reached the upstream. A peer's RSS is "
+               "Mosquitto's plus its own." + ("" if nr else " (Node-RED was left out of this run: "
+                                              "no node/npm.)"))
     out.append("")
-    out.append("| measure | perch | Mosquitto + Python | perch's advantage |")
-    out.append("|---|---|---|---|")
-    table(out, perch, py, [
+    out.append("| measure | perch | " + " | ".join(names) + " | " +
+               " | ".join(f"perch vs {n.split(' ')[0 if 'Node' in n else 2]}" for n in names) + " |")
+    out.append("|---|---|" + "---|" * (2 * len(names)))
+    table_n(out, perch, peers, [
         ("sustained events/s: zero loss, p99 < 500 ms (highest ladder step)",
          lambda s: sustained(s, True), ladder_fmt(a.s2_top), True),
         (f"p50 latency event → upstream at {rate_fmt(lr)} events/s (ms)",
@@ -271,6 +336,132 @@ def main():
         ("RSS peak under load (MiB)", peak_rss, mib_fmt, False),
     ])
     out.append("")
+
+    # --- 3. cold start
+    cold = {sy: per_run(rows, "3", sy) for sy in ("perch", "perch-local", "python", "node-red")}
+    if cold["perch"]:
+        out.append("## 3. Cold start: deploy → first output upstream")
+        out.append("")
+        out.append("From the deploy action to the first sample at the upstream subscriber, a "
+                   "sensor publishing a forwardable reading every 2 ms meanwhile "
+                   "(`bench/peers/coldstart.py`). perch: `perch fn deploy` of window-sample to a "
+                   "running gateway (a new CLI process, MQTT deploy, validation, instantiation); "
+                   "Python: starting a new `edge_job.py` on a running Mosquitto; Node-RED: POST "
+                   "/flows of the flow to a running Node-RED with an empty flow. Every path "
+                   "includes the store's 50 ms commit interval before the upstream publish.")
+        out.append("")
+        names3 = [("python", "new Python process"), ("node-red", "Node-RED flow deploy")]
+        names3 = [(k, n) for k, n in names3 if cold[k]]
+        out.append("| measure | perch | " + " | ".join(n for _, n in names3) + " | " +
+                   " | ".join(f"perch vs {n.split(' ')[0] if 'Node' in n else 'Python'}"
+                              for _, n in names3) + " |")
+        out.append("|---|---|" + "---|" * (2 * len(names3)))
+        table_n(out, cold["perch"], [cold[k] for k, _ in names3], [
+            ("deploy → first output upstream (ms)",
+             lambda s: num(s[0].get("first_output_ms")), ms_fmt, False),
+            ("deploy action done (ms): CLI acknowledged / HTTP 204",
+             lambda s: num(s[0].get("action_ms")), ms_fmt, False),
+        ])
+        out.append("")
+        out.append("(The Python process never finishes its action, so its second row is empty.)")
+        out.append("")
+        if cold["perch-local"]:
+            text, _ = spread([num(s[0].get("first_output_ms")) for s in cold["perch-local"].values()],
+                             ms_fmt)
+            out.append(f"Without the store and the upstream: `perch fn deploy` of `threshold-alert`, "
+                       f"which publishes its alert on the local broker → the first alert at a local "
+                       f"subscriber: **{text} ms** (the goal: ≤ 50 ms).")
+            out.append("")
+
+    # --- 4. footprint
+    out.append(f"## 4. Footprint: idle and under load ({rate_fmt(lr)} events/s, the edge job)")
+    out.append("")
+    out.append("Taken in scenario 2's step at the latency rate: idle = the job deployed, no "
+               "events, over a quiet spell; under load = that step. RSS and CPU summed over "
+               "every process of a setup (perch alone; Mosquitto + Python; Mosquitto + "
+               "Node-RED), from /proc/<pid>/status (VmRSS, VmHWM) and /proc/<pid>/stat "
+               "(utime + stime).")
+    out.append("")
+    out.append("| measure | perch | " + " | ".join(names) + " | " +
+               " | ".join(f"perch vs {n.split(' ')[0 if 'Node' in n else 2]}" for n in names) + " |")
+    out.append("|---|---|" + "---|" * (2 * len(names)))
+    at = str(lr)
+    table_n(out, perch, peers, [
+        ("RSS idle (MiB)", lambda s: num((step_row(s, at) or {}).get("rss_idle_kb")), mib_fmt, False),
+        ("CPU idle (% of one core)", idle_cpu_pct, lambda v: f"{v:.2f} %", False),
+        (f"RSS peak at {rate_fmt(lr)} events/s (MiB)",
+         lambda s: num((step_row(s, at) or {}).get("rss_peak_kb")), mib_fmt, False),
+        (f"CPU per 1000 events at {rate_fmt(lr)} events/s (ms)",
+         lambda s: cpu_per_k(step_row(s, at)), ms_fmt, False),
+    ])
+    out.append("")
+
+    # --- 5. scaling
+    s5p, s5m = per_run(rows, "5", "perch"), per_run(rows, "5", "mosquitto")
+    conns = sorted({int(r["step"].split("-")[1]) for r in rows
+                    if r["scenario"] == "5" and r["step"].startswith("conns-")})
+    fns = sorted({int(r["step"].split("-")[1]) for r in rows
+                  if r["scenario"] == "5" and r["step"].startswith("fns-")})
+    if conns or fns:
+        out.append("## 5. Scaling")
+        out.append("")
+    if conns:
+        srate = next(r["rate_target"] for r in rows if r["scenario"] == "5"
+                     and r["step"].startswith("conns-"))
+        out.append(f"Connections: broker only, {rate_fmt(srate)} msgs/s offered in all, spread "
+                   "over N publisher connections, one subscriber.")
+        out.append("")
+        out.append("| connections | measure | perch | Mosquitto | perch's advantage |")
+        out.append("|---|---|---|---|---|")
+        for n in conns:
+            st = f"conns-{n}"
+            rows_n = []
+            table(rows_n, s5p, s5m, [
+                ("msgs/s delivered", lambda s: num((step_row(s, st) or {}).get("recv_rate")),
+                 rate_fmt, True),
+                ("share lost", lambda s: (100.0 * step_row(s, st)["lost"] / step_row(s, st)["expected"])
+                 if step_row(s, st) and step_row(s, st)["expected"] else None, pct_fmt, False),
+                ("p99 latency (ms)", lambda s: num((step_row(s, st) or {}).get("p99_ms")), ms_fmt, False),
+                ("RSS peak (MiB)", lambda s: num((step_row(s, st) or {}).get("rss_peak_kb")),
+                 mib_fmt, False),
+                ("CPU per 1000 msgs (ms)", lambda s: cpu_per_k(step_row(s, st)), ms_fmt, False),
+            ])
+            out.extend(f"| {n} " + r for r in rows_n)
+        out.append("")
+    if fns:
+        frate = next(r["rate_target"] for r in rows if r["scenario"] == "5"
+                     and r["step"].startswith("fns-"))
+        out.append(f"Functions: perch with N copies of window-sample deployed, all on "
+                   f"sensors/+/temperature, {rate_fmt(frate)} events/s offered (so N × that many "
+                   "invocations/s). \"all invoked\" checks every copy handled every event.")
+        out.append("")
+        out.append("| functions | invocations/s | all invoked | dropped (queue) / FULL refusals / copies stopped | "
+                   "CPU per 1000 events (ms) | RSS after deploy (MiB) | RSS peak (MiB) | "
+                   "p99 event → upstream (ms) |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for n in fns:
+            st = f"fns-{n}"
+            got = [step_row(s, st) for s in s5p.values() if step_row(s, st)]
+            inv, _ = spread([num(r["processed"]) / r["duration_s"] for r in got
+                             if r.get("duration_s")], rate_fmt)
+            ok = all(int(r["processed"]) >= r["sent"] * n for r in got)
+            cells = [inv, "yes" if ok else "no",
+                     " / ".join(spread([num(r.get(k)) for r in got], rate_fmt)[0]
+                                for k in ("dropped", "full", "stopped")),
+                     spread([cpu_per_k(r) for r in got], ms_fmt)[0],
+                     spread([num(r["rss_idle_kb"]) for r in got], mib_fmt)[0],
+                     spread([num(r["rss_peak_kb"]) for r in got], mib_fmt)[0],
+                     spread([num(r.get("p99_ms")) for r in got], ms_fmt)[0]]
+            out.append(f"| {n} | " + " | ".join(cells) + " |")
+        out.append("")
+        out.append("All copies share one output queue to the aggregate and buffer stages "
+                   "(`functions.output_queue_len`); when it is full, `emit()` is refused with FULL, "
+                   "window-sample passes that error on, and a copy whose last 10 invocations failed "
+                   "is stopped by the circuit breaker (`perch fn list` shows why). \"all invoked\" = "
+                   "no, with copies stopped, means that happened: overload turned into stopped "
+                   "functions, not into a queue or a slower rate.")
+        out.append("")
+
     out.append(f"Every step of the ladders (offered rate → result) is one JSON line in "
                f"`{a.out.rsplit('/', 1)[-1].removesuffix('.md')}.jsonl`, beside this report.")
     out.append("")
@@ -281,14 +472,32 @@ def main():
          {"perch": ladder(rows, "1", "perch", "p99_ms"),
           "Mosquitto": ladder(rows, "1", "mosquitto", "p99_ms")},
          "offered msgs/s", "p99 latency (ms)"),
+        (f"{base}-broker-throughput.svg", "Broker only: delivered vs offered msgs/s",
+         {"perch": ladder(rows, "1", "perch", "recv_rate"),
+          "Mosquitto": ladder(rows, "1", "mosquitto", "recv_rate")},
+         "offered msgs/s", "delivered msgs/s"),
         (f"{base}-edge-latency.svg", "Edge job: p99 event → upstream vs offered load",
          {"perch": ladder(rows, "2", "perch", "p99_ms"),
-          "Mosquitto + Python": ladder(rows, "2", "python", "p99_ms")},
+          "Mosquitto + Python": ladder(rows, "2", "python", "p99_ms"),
+          "Node-RED": ladder(rows, "2", "node-red", "p99_ms")},
          "offered events/s", "p99 latency (ms)"),
+        (f"{base}-edge-throughput.svg", "Edge job: events/s processed vs offered",
+         {"perch": processed_ladder(rows, "perch"),
+          "Mosquitto + Python": processed_ladder(rows, "python"),
+          "Node-RED": processed_ladder(rows, "node-red")},
+         "offered events/s", "events/s processed"),
         (f"{base}-edge-rss.svg", "Edge job: peak RSS vs offered load",
          {"perch": [(x, y / 1024) for x, y in ladder(rows, "2", "perch", "rss_peak_kb")],
-          "Mosquitto + Python": [(x, y / 1024) for x, y in ladder(rows, "2", "python", "rss_peak_kb")]},
+          "Mosquitto + Python": [(x, y / 1024) for x, y in ladder(rows, "2", "python", "rss_peak_kb")],
+          "Node-RED": [(x, y / 1024) for x, y in ladder(rows, "2", "node-red", "rss_peak_kb")]},
          "offered events/s", "peak RSS (MiB)"),
+        (f"{base}-conns-rss.svg", "Broker: peak RSS vs connections",
+         {"perch": scaling(rows, "perch", "conns-", "rss_peak_kb", 1 / 1024),
+          "Mosquitto": scaling(rows, "mosquitto", "conns-", "rss_peak_kb", 1 / 1024)},
+         "publisher connections", "peak RSS (MiB)"),
+        (f"{base}-functions-rss.svg", "perch: peak RSS vs deployed functions",
+         {"perch": scaling(rows, "perch", "fns-", "rss_peak_kb", 1 / 1024)},
+         "functions deployed", "peak RSS (MiB)"),
     ]
     drawn = [p for p in plots if svg_plot(*p)]
     if drawn:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # perch against what users would run instead, side by side in one run.
 #
-#   bench/run.sh            the suite: 3 runs of each scenario (a few minutes)
-#   bench/run.sh --smoke    one short run of each piece (~10 s of load): checks
-#                           the pieces work, writes no report into bench/results
+#   bench/run.sh            the suite: 3 runs of each scenario (~16 min on a
+#                           busy 2-core VM)
+#   bench/run.sh --smoke    one short step of each piece (~1.5 min): checks the
+#                           pieces work, writes no report into bench/results
 #   bench/run.sh --runs N   N runs instead of 3
 #
 # Scenarios (bench/README.md says what each measures and how):
@@ -11,11 +12,19 @@
 #   1  broker only: fan-in through perch's broker vs Mosquitto
 #   2  the edge job: sensors -> window-sample function -> SQLite -> upstream
 #      Mosquitto, vs Mosquitto + bench/peers/edge_job.py (paho-mqtt, sqlite3)
+#      and vs Node-RED (bench/peers/node-red/flow.json) with Mosquitto
+#   3  cold start: deploy -> first output upstream, for the same three
+#   4  footprint: idle and loaded RSS and CPU (taken in scenario 2's steps)
+#   5  scaling: 10/100/1000 connections (perch vs Mosquitto), and 1/10/100
+#      deployed copies of the edge job's function (perch)
 #
 # Installs what it needs when missing: the Debian package mosquitto
-# (apt-get), paho-mqtt into a venv under the work dir (pip), the release
-# builds of perch and perch-load, the example functions. Everything runs on
-# 127.0.0.1, on free ports, and every process it starts is stopped on exit.
+# (apt-get), paho-mqtt into a venv under the work dir (pip), node-red and
+# node-red-node-sqlite (npm) into $PERCH_BENCH_NODE_RED (default
+# ~/.cache/perch-bench/node-red: its sqlite3 builds from source, once per
+# machine), the release builds of perch and perch-load, the example
+# functions. Everything runs on 127.0.0.1, on free ports, and every process
+# it starts is stopped on exit.
 # Raw results: <work>/results.jsonl (one perch-load line per step, with the
 # scenario, system, run and RSS added); the report: bench/results/<date>.md,
 # with the raw lines beside it (<date>.jsonl) and SVG plots (<date>-*.svg).
@@ -33,7 +42,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || {
         echo "run.sh: --runs needs a positive number, e.g. --runs 5" >&2; exit 2; }
       runs="$2"; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'; use --smoke, --runs N or --help" >&2; exit 2 ;;
   esac
   shift
@@ -50,6 +59,13 @@ else
   s2_rates=(1000 2000 5000 10000 20000 40000 80000 160000); s2_latency_rate=1000
   s1_max=1
 fi
+if [ "$smoke" = 1 ]; then
+  idle_s=1; s5_conns=(10 100); s5_fns=(1 10); s5_duration=1
+else
+  idle_s=3; s5_conns=(10 100 1000); s5_fns=(1 10 100); s5_duration=3
+fi
+s5_rate=10000     # offered msgs/s, whatever the number of connections
+s5_fn_rate=1000   # offered events/s, whatever the number of functions
 publishers=10
 size=128
 
@@ -96,6 +112,30 @@ if ! "$py" -c 'import paho.mqtt' 2>/dev/null; then
   python3 -m venv "$work/venv"
   "$work/venv/bin/pip" install -q paho-mqtt >&2
 fi
+# Node-RED: npm packages with a native sqlite3 (no prebuilt binary can be
+# fetched here, so node-gyp compiles SQLite: minutes, hence the cache outside
+# the work dir).
+nr_dir="${PERCH_BENCH_NODE_RED:-$HOME/.cache/perch-bench/node-red}"
+node_red=1 # 0: Node-RED is left out (no node/npm here)
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  log "node and npm are missing, so Node-RED (a peer of scenarios 2 and 3) is left out;" \
+    "install Node.js >= 18 with npm (e.g. apt-get install nodejs npm) to include it"
+  node_red=0
+elif ! (cd "$nr_dir" 2>/dev/null && node -e 'require("node-red/package.json"); require("sqlite3")') 2>/dev/null; then
+  log "installing node-red and node-red-node-sqlite into $nr_dir (npm; sqlite3 compiles from source)"
+  mkdir -p "$nr_dir"
+  (cd "$nr_dir" && npm install --no-audit --no-fund --loglevel=error \
+    node-red@4 node-red-node-sqlite@1 >&2) || {
+    log "npm install of node-red and node-red-node-sqlite failed (output above): check that the npm" \
+      "registry is reachable and that python3, make and g++ are installed (sqlite3 builds with node-gyp)"
+    exit 1; }
+  (cd "$nr_dir" && node -e 'require("sqlite3")') || {
+    log "sqlite3 (node-red-node-sqlite's native module) installed but does not load (error above):" \
+      "remove $nr_dir and re-run to rebuild it"
+    exit 1; }
+fi
+s2_systems=(perch python)
+if [ "$node_red" = 1 ]; then s2_systems+=(node-red); fi
 log "building perch and perch-load (release) and the example functions"
 PERCH_EXAMPLES_OUT="$work/functions" "$root/sdk/build-examples.sh" >/dev/null
 (cd "$root" && cargo build -q --release -p perch -p perch-bench)
@@ -119,6 +159,7 @@ wait_port() { # wait_port PORT PID: until something listens, or the process died
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+ticks_ms() { echo $(( $1 * 1000 / $(getconf CLK_TCK) )); }
 
 start_mosquitto() { # start_mosquitto PORT -> $started
   local conf="$work/mosquitto-$1.conf"
@@ -139,6 +180,23 @@ start_perch() { # start_perch PORT CONFIG -> $started, once it logged "perch rea
     sleep 0.05
   done
   log "perch not ready after 10 s: see $plog"; return 1
+}
+
+start_node_red() { # start_node_red PORT FLOWFILE LOCAL_PORT UPSTREAM_PORT DB -> $started, once its admin API answers
+  local udir="$work/node-red-user-$1" i
+  rm -rf "$udir" "$5"*
+  mkdir -p "$udir"
+  cp "$2" "$udir/flows.json"
+  NR_LOCAL_PORT="$3" NR_UPSTREAM_PORT="$4" NR_DB="$5" node "$nr_dir/node_modules/node-red/red.js" \
+    --settings "$bench/peers/node-red/settings.js" --userDir "$udir" --port "$1" \
+    "$udir/flows.json" >"$work/node-red-$1.log" 2>&1 &
+  started=$!; pids+=("$started")
+  for i in $(seq 1 1200); do # Node-RED loads its nodes slowly on a busy machine (14 s seen at load 11): 60 s
+    curl -sf -o /dev/null "http://127.0.0.1:$1/flows" && return 0
+    kill -0 "$started" 2>/dev/null || { log "Node-RED died at start: see $work/node-red-$1.log"; return 1; }
+    sleep 0.05
+  done
+  log "Node-RED's admin API not up after 60 s: see $work/node-red-$1.log"; return 1
 }
 
 results="$work/results.jsonl"
@@ -204,20 +262,27 @@ s1() {
 # --- scenario 2: the edge job -----------------------------------------------
 s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
   local system="$1" run="$2" rate="$3" uport lport out pids_measured=() conf idle peak
-  local processed=0 dropped=0 listing sent lost p ticks0=0 ticks1=0
+  local processed=0 dropped=0 listing sent lost p ticks0=0 ticks1=0 idle_cpu_ms=""
   uport="$(free_port)"; lport="$(free_port)"
   start_mosquitto "$uport"
   local upstream_pid="$started"
   if [ "$system" = perch ]; then
     conf="$work/perch-edge.toml"
-    printf '[gateway]\nid = "bench"\n\n[upstream.mqtt]\nhost = "127.0.0.1"\nport = %s\nclient_id = "perch-bench"\ntopic_prefix = "up"\n# One sample per upstream message, as the peers send them (perch-load\n# counts messages).\nmax_records_per_message = 1\n' \
-      "$uport" >"$conf"
+    edge_conf "$uport" "$conf"
     start_perch "$lport" "$conf"
     pids_measured=("$started")
     "$perch" fn deploy "$work/functions/window-sample.wasm" \
       --manifest "$work/functions/window-sample.toml" \
       --broker "127.0.0.1:$lport" --gateway bench >/dev/null ||
       { log "deploying window-sample failed (log: $work/perch-$lport.log)"; return 1; }
+  elif [ "$system" = node-red ]; then
+    start_mosquitto "$lport"
+    pids_measured=("$started")
+    start_node_red "$(free_port)" "$bench/peers/node-red/flow.json" "$lport" "$uport" \
+      "$work/node-red-$lport.db" || return 1
+    pids_measured+=("$started")
+    "$py" "$bench/peers/node-red/probe.py" --port "$lport" --timeout-s 30 >/dev/null ||
+      { log "the Node-RED flow never answered (log: $work/node-red-*.log)"; return 1; }
   else
     start_mosquitto "$lport"
     pids_measured=("$started")
@@ -230,6 +295,14 @@ s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
       kill -0 "$started" 2>/dev/null || { log "edge_job.py died: see $work/edge_job.log"; return 1; }
       sleep 0.05
     done
+  fi
+  if [ "$rate" = "$s2_latency_rate" ]; then
+    # Scenario 4's idle figure: CPU over a quiet spell, the job deployed.
+    for p in "${pids_measured[@]}"; do ticks0=$((ticks0 + $(cpu_ticks "$p"))); done
+    sleep "$idle_s"
+    for p in "${pids_measured[@]}"; do ticks1=$((ticks1 + $(cpu_ticks "$p"))); done
+    idle_cpu_ms="$(ticks_ms $((ticks1 - ticks0)))"
+    ticks0=0; ticks1=0
   fi
   idle=0; for p in "${pids_measured[@]}"; do idle=$((idle + $(rss_kb "$p"))); ticks0=$((ticks0 + $(cpu_ticks "$p"))); done
   out="$("$load" --broker "127.0.0.1:$lport" --sub-broker "127.0.0.1:$uport" \
@@ -248,6 +321,11 @@ s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
       sleep 0.1
     done
     stop "${pids_measured[@]}"
+  elif [ "$system" = node-red ]; then
+    listing="$("$py" "$bench/peers/node-red/probe.py" --port "$lport" --timeout-s 30 || true)"
+    processed="$(sed -n 's/.*"processed": *\([0-9]*\).*/\1/p' <<<"$listing")"
+    stop "${pids_measured[1]}" "${pids_measured[0]}"
+    rm -f "$work/node-red-$lport.db"*
   else
     stop "${pids_measured[1]}" "${pids_measured[0]}"
     processed="$(sed -n 's/.*"processed": *\([0-9]*\).*/\1/p' "$work/edge_job.out" | tail -1)"
@@ -256,27 +334,153 @@ s2_step() { # s2_step SYSTEM RUN RATE -> 0 if nothing was lost
   stop "$upstream_pid"
   record "$out" scenario=2 system="$system" run="$run" step="$rate" \
     processed="${processed:-0}" dropped="${dropped:-0}" rss_idle_kb="$idle" rss_peak_kb="$peak" \
-    cpu_ms="$(( (ticks1 - ticks0) * 1000 / $(getconf CLK_TCK) ))"
+    cpu_ms="$(ticks_ms $((ticks1 - ticks0)))" idle_cpu_ms="$idle_cpu_ms" idle_s="$idle_s"
   lost="$(field "$out" lost)"
   [ "$lost" = 0 ] && [ "${processed:-0}" -ge "$sent" ]
 }
 
 s2() {
   local system rate
-  for system in perch python; do
+  for system in "${s2_systems[@]}"; do
     for rate in "${s2_rates[@]}"; do
       s2_step "$system" "$1" "$rate" || { smoke_check "s2 $system at $rate events/s"; break; }
     done
   done
 }
 
+# --- scenario 3: cold start -------------------------------------------------
+edge_conf() { # edge_conf UPSTREAM_PORT FILE [MAX_FUNCTIONS]: perch's config for the edge job
+  printf '[gateway]\nid = "bench"\n\n[functions]\nmax_functions = %s\n\n[upstream.mqtt]\nhost = "127.0.0.1"\nport = %s\nclient_id = "perch-bench"\ntopic_prefix = "up"\n# One sample per upstream message, as the peers send them (perch-load\n# counts messages).\nmax_records_per_message = 1\n' \
+    "${3:-64}" "$1" >"$2"
+}
+
+s3_step() { # s3_step SYSTEM RUN: deploy -> first sample upstream
+  local system="$1" run="$2" uport lport nrport out action=() up lo=() sub=()
+  uport="$(free_port)"; lport="$(free_port)"
+  start_mosquitto "$uport"; up="$started"
+  case "$system" in
+    perch)
+      edge_conf "$uport" "$work/perch-cold.toml"
+      start_perch "$lport" "$work/perch-cold.toml"; lo=("$started")
+      action=("$perch" fn deploy "$work/functions/window-sample.wasm"
+        --manifest "$work/functions/window-sample.toml" --broker "127.0.0.1:$lport" --gateway bench) ;;
+    perch-local) # threshold-alert publishes its alert on the local broker: no store, no upstream
+      edge_conf "$uport" "$work/perch-cold.toml"
+      start_perch "$lport" "$work/perch-cold.toml"; lo=("$started")
+      sub=(--sub-port "$lport" --sub-topic 'alerts/#')
+      action=("$perch" fn deploy "$work/functions/threshold-alert.wasm"
+        --manifest "$work/functions/threshold-alert.toml" --broker "127.0.0.1:$lport" --gateway bench) ;;
+    python)
+      start_mosquitto "$lport"; lo=("$started")
+      rm -f "$work/cold-$lport.db"*
+      action=("$py" "$bench/peers/edge_job.py" --local-port "$lport" --upstream-port "$uport"
+        --db "$work/cold-$lport.db") ;;
+    node-red)
+      start_mosquitto "$lport"; lo=("$started")
+      echo '[]' >"$work/empty-flow.json"
+      nrport="$(free_port)"
+      start_node_red "$nrport" "$work/empty-flow.json" "$lport" "$uport" "$work/cold-$lport.db" || return 1
+      lo+=("$started")
+      action=(curl -sf -o /dev/null -X POST -H 'Content-Type: application/json'
+        -H 'Node-RED-Deployment-Type: full' --data-binary "@$bench/peers/node-red/flow.json"
+        "http://127.0.0.1:$nrport/flows") ;;
+  esac
+  out="$("$py" "$bench/peers/coldstart.py" --local-port "$lport" --upstream-port "$uport" \
+    "${sub[@]+"${sub[@]}"}" --label "s3-$system" -- "${action[@]}" 2>>"$work/coldstart.log")" || { stop "${lo[@]}" "$up"; return 1; }
+  stop "${lo[@]}" "$up"
+  rm -f "$work/cold-$lport.db"*
+  record "$out" scenario=3 system="$system" run="$run" step=deploy
+}
+
+s3() {
+  local system
+  for system in perch-local "${s2_systems[@]}"; do
+    s3_step "$system" "$1" || smoke_check "s3 cold start of $system (log: $work/coldstart.log)"
+  done
+}
+
+# --- scenario 5: scaling ----------------------------------------------------
+s5_conns_step() { # s5_conns_step SYSTEM RUN CONNECTIONS
+  local system="$1" run="$2" conns="$3" port out pid idle peak ticks0 ticks1
+  port="$(free_port)"
+  if [ "$system" = perch ]; then start_perch "$port" "$perch_broker_conf"
+  else start_mosquitto "$port"; fi
+  pid="$started"
+  idle="$(rss_kb "$pid")"; ticks0="$(cpu_ticks "$pid")"
+  out="$("$load" --broker "127.0.0.1:$port" --publishers "$conns" --size "$size" \
+    --rate "$s5_rate" --duration-s "$s5_duration" --drain-timeout-s 5 \
+    --label "s5-$system-$conns")" || { stop "$pid"; return 1; }
+  peak="$(hwm_kb "$pid")"; ticks1="$(cpu_ticks "$pid")"
+  stop "$pid"
+  record "$out" scenario=5 system="$system" run="$run" step="conns-$conns" \
+    rss_idle_kb="$idle" rss_peak_kb="$peak" cpu_ms="$(ticks_ms $((ticks1 - ticks0)))"
+  [ "$(field "$out" lost)" = 0 ]
+}
+
+s5_fns_step() { # s5_fns_step RUN COPIES: perch with COPIES copies of window-sample deployed
+  local run="$1" copies="$2" uport lport out pid idle peak ticks0 ticks1 i m listing processed=0
+  local sent want dropped=0 full=0 stopped=0
+  uport="$(free_port)"; lport="$(free_port)"
+  start_mosquitto "$uport"; local up="$started"
+  edge_conf "$uport" "$work/perch-fns.toml" 128
+  start_perch "$lport" "$work/perch-fns.toml"; pid="$started"
+  mkdir -p "$work/copies"
+  for i in $(seq 1 "$copies"); do
+    m="$work/copies/window-sample-$i.toml"
+    # Copy 1 forwards 1 in 100 as usual; the others forward only seq 0, so
+    # the upstream sees the same samples (plus copies of seq 0).
+    sed -e "s/^name = .*/name = \"window-sample-$i\"/" \
+      -e "s/^forward_every = .*/forward_every = $([ "$i" = 1 ] && echo 100 || echo 1000000000)/" \
+      "$work/functions/window-sample.toml" >"$m"
+    "$perch" fn deploy "$work/functions/window-sample.wasm" --manifest "$m" \
+      --broker "127.0.0.1:$lport" --gateway bench >/dev/null 2>>"$work/deploy.log" ||
+      { log "deploying copy $i of window-sample failed (log: $work/perch-$lport.log)"; stop "$pid" "$up"; return 1; }
+  done
+  idle="$(rss_kb "$pid")"; ticks0="$(cpu_ticks "$pid")"
+  out="$("$load" --broker "127.0.0.1:$lport" --sub-broker "127.0.0.1:$uport" \
+    --sub-topic up/samples --expect-every 100 --publishers "$publishers" --size "$size" \
+    --rate "$s5_fn_rate" --duration-s "$s5_duration" --drain-timeout-s 10 \
+    --label "s5-fns-$copies")" || { stop "$pid" "$up"; return 1; }
+  sent="$(field "$out" sent)"; want=$((sent * copies))
+  for i in $(seq 1 100); do # every copy saw every event: invocations summed over the copies
+    listing="$("$perch" fn list --json --broker "127.0.0.1:$lport" --gateway bench 2>/dev/null || true)"
+    processed="$(sed -n 's/.*"invocations": *\([0-9]*\).*/\1/p' <<<"$listing" | awk '{s += $1} END {print s + 0}')"
+    dropped="$(sed -n 's/.*"dropped": *\([0-9]*\).*/\1/p' <<<"$listing" | awk '{s += $1} END {print s + 0}')"
+    # emit()/forward() refused for a full output queue, and copies the circuit breaker stopped
+    full="$(sed -n 's/.*"full": *\([0-9]*\).*/\1/p' <<<"$listing" | awk '{s += $1} END {print s + 0}')"
+    stopped="$(grep -c '"state": *"stopped"' <<<"$listing" || true)"
+    [ "$processed" -ge "$want" ] && break
+    sleep 0.1
+  done
+  peak="$(hwm_kb "$pid")"; ticks1="$(cpu_ticks "$pid")"
+  stop "$pid" "$up"
+  record "$out" scenario=5 system=perch run="$run" step="fns-$copies" functions="$copies" \
+    processed="$processed" dropped="$dropped" full="$full" stopped="$stopped" rss_idle_kb="$idle" rss_peak_kb="$peak" cpu_ms="$(ticks_ms $((ticks1 - ticks0)))"
+  [ "$(field "$out" lost)" = 0 ] && [ "$processed" -ge "$want" ]
+}
+
+s5() {
+  local system n
+  for n in "${s5_conns[@]}"; do
+    for system in perch mosquitto; do
+      s5_conns_step "$system" "$1" "$n" || smoke_check "s5 $system with $n connections"
+    done
+  done
+  for n in "${s5_fns[@]}"; do
+    s5_fns_step "$1" "$n" || smoke_check "s5 perch with $n functions"
+  done
+}
+
 # --- the runs, peers side by side -------------------------------------------
 started_at="$(date -u +%s)"
+load_start="$(cut -d' ' -f1 /proc/loadavg)"
 for run in $(seq 1 "$runs"); do
   log "run $run of $runs"
   s0 "$run"
   s1 "$run"
   s2 "$run"
+  s3 "$run"
+  s5 "$run"
 done
 elapsed=$(( $(date -u +%s) - started_at ))
 
@@ -288,6 +492,10 @@ print(f"{platform.machine()}, {os.cpu_count()} cores ({model}), {mem} MiB RAM, L
 EOF
 )"
 versions="perch $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'), $("$mosquitto_bin" -h 2>/dev/null | head -1 | sed 's/ (build.*//'), Python $("$py" -c 'import platform; print(platform.python_version())'), paho-mqtt $("$py" -c 'import importlib.metadata as m; print(m.version("paho-mqtt"))')"
+if [ "$node_red" = 1 ]; then
+  versions+=", Node-RED $(cd "$nr_dir" && node -p 'require("node-red/package.json").version')"
+  versions+=" (node-red-node-sqlite $(cd "$nr_dir" && node -p 'require("node-red-node-sqlite/package.json").version'), Node.js $(node --version))"
+fi
 
 if [ "$smoke" = 1 ]; then
   out="$work/smoke.md"
@@ -297,7 +505,7 @@ else
 fi
 cp "$results" "${out%.md}.jsonl" # the raw lines, kept beside the report
 python3 "$bench/report.py" "$results" --machine "$machine" --versions "$versions" \
-  --load "$(cut -d' ' -f1 /proc/loadavg)" --elapsed "$elapsed" --runs "$runs" \
+  --load "$load_start at the start, $(cut -d' ' -f1 /proc/loadavg)" --elapsed "$elapsed" --runs "$runs" \
   --smoke "$smoke" --s1-latency-rate "$s1_latency_rate" --s2-latency-rate "$s2_latency_rate" \
   --s1-top "${s1_rates[-1]}" --s2-top "${s2_rates[-1]}" \
   --out "$out"
