@@ -741,6 +741,7 @@ impl Worker {
     }
 
     fn finish(&mut self, result: Result<(), Failure>, started: Instant, fuel_left: u64) {
+        let backpressure = self.instance.as_ref().is_some_and(|i| i.met_backpressure());
         let counters = &self.handle.counters;
         let fuel = self.compiled.as_ref().map_or(0, |c| c.manifest.limits.fuel);
         // An event too large never reached the guest: no fuel was set or
@@ -773,6 +774,13 @@ impl Worker {
         // An event too large for the buffer never reached the guest: it says
         // nothing about the function's health.
         if matches!(failure, Failure::EventTooLarge { .. }) {
+            return;
+        }
+        // A handler that gives up because the gateway answered `FULL` (its
+        // output channel was full: the gateway is overloaded) is not
+        // unhealthy; stopping it would turn a burst into an outage. Traps
+        // still count.
+        if backpressure && matches!(failure, Failure::Returned(_)) {
             return;
         }
         let in_a_row = counters

@@ -491,6 +491,7 @@ impl Runtime {
             staged: Vec::new(),
             output_bytes_left: ctx.output_bytes,
             log_lines_left: MAX_LOG_LINES_PER_INVOCATION,
+            backpressure: false,
             logs: Vec::new(),
             ctx,
         };
@@ -899,6 +900,12 @@ impl Instance {
         }
     }
 
+    /// Whether the gateway refused an `emit` or `forward` of the last
+    /// invocation with `FULL` (its output channel was full).
+    pub fn met_backpressure(&self) -> bool {
+        self.store.data().backpressure
+    }
+
     /// Fuel left after the last invocation (for tests and benchmarks).
     pub fn fuel_left(&self) -> u64 {
         self.store.get_fuel().unwrap_or(0)
@@ -932,6 +939,10 @@ pub struct Host {
     staged: Vec<Staged>,
     output_bytes_left: usize,
     log_lines_left: u32,
+    /// Whether an `emit`/`forward` of this invocation was refused because
+    /// the channel to the aggregator and buffer was full: back-pressure
+    /// from the gateway, not a fault of the function.
+    backpressure: bool,
     /// Log lines of the last invocation for the logs topic (JSON), released
     /// with its outputs but kept after a trap: a failing function's last
     /// words are what its author needs. Rate-limited like the log itself.
@@ -943,6 +954,7 @@ impl Host {
         self.staged.clear();
         self.output_bytes_left = self.ctx.output_bytes;
         self.log_lines_left = MAX_LOG_LINES_PER_INVOCATION;
+        self.backpressure = false;
     }
 
     fn refuse(&self, code: i32) -> i32 {
@@ -993,7 +1005,10 @@ impl Host {
                 self.staged.push(Staged::Output(permit, output));
                 code::OK
             }
-            Err(_) => self.refuse(code::FULL),
+            Err(_) => {
+                self.backpressure = true;
+                self.refuse(code::FULL)
+            }
         }
     }
 

@@ -750,6 +750,52 @@ async fn the_circuit_breaker_stops_a_failing_function_and_spares_the_others() {
     f.shutdown().await;
 }
 
+/// A handler that emits once and returns what `emit` returned: `FULL`
+/// (-5) when the gateway's output channel is full.
+const EMITTER_WAT: &str = r#"
+(module
+  (import "perch" "emit" (func $emit (param i32 i32 i32 i32 f64) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "m")
+  (func (export "perch_abi_version") (result i32) (i32.const 1))
+  (func (export "perch_event_buffer") (result i32) (i32.const 1024))
+  (func (export "perch_event_buffer_len") (result i32) (i32.const 4096))
+  (func (export "perch_init") (result i32) (i32.const 0))
+  (func (export "perch_on_event") (param i32 i32 i64) (result i32)
+    (call $emit (i32.const 16) (i32.const 1) (i32.const 0) (i32.const 0) (f64.const 1.5)))
+)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_from_the_gateway_does_not_trip_the_circuit_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    // Nobody drains the 64-slot output channel until the end.
+    let (f, mut outputs) = start(&broker, dir.path()).await;
+    let manifest = GOOD_MANIFEST.replace("name = \"echo\"", "name = \"emitter\"");
+    let reply = f
+        .deploy(encode_bundle(&manifest, &wasm(EMITTER_WAT)).into())
+        .await;
+    assert!(reply.ok, "{reply:?}");
+    let (mut publisher, _keep) = broker.link("test-pub").unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..80 {
+        publisher.publish("sensors/x", "1").unwrap();
+    }
+    // 64 emits fit; the other 16 get FULL and the handler returns it: 16
+    // failures in a row, past max_consecutive_failures = 3.
+    let info = wait_for(&f, "emitter", |i| i.invocations == 80).await;
+    assert_eq!(info.errors, 16, "{info:?}");
+    assert_eq!(info.state, "running", "{info:?}");
+    // Once the channel drains, it works again.
+    while outputs.try_recv().is_ok() {}
+    publisher.publish("sensors/x", "1").unwrap();
+    let info = wait_for(&f, "emitter", |i| i.invocations == 81).await;
+    assert_eq!((info.errors, info.state.as_str()), (16, "running"));
+    assert!(outputs.recv().await.is_some(), "the emit got through");
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_by_policy_and_counts() {
     let dir = tempfile::tempdir().unwrap();
