@@ -633,6 +633,7 @@ fn deploy_echo(gw: &FnGateway, manifest: &str) -> (bool, String) {
         module.to_str().unwrap(),
         "--manifest",
         manifest.to_str().unwrap(),
+        "--json",
     ])
 }
 
