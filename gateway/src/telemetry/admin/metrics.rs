@@ -356,6 +356,18 @@ fn buffer(m: &mut Metrics, s: &Sources) {
         u8::from(!b.commit_failing.load(Ordering::Relaxed)),
     );
     m.single(
+        "perch_buffer_disk_free_bytes",
+        "gauge",
+        "Free bytes on the data directory's file system before the last commit.",
+        get(&b.disk_free),
+    );
+    m.single(
+        "perch_buffer_below_reserve",
+        "gauge",
+        "1 while that is below buffer.min_free_bytes (the buffer is full at its size).",
+        u8::from(b.below_reserve.load(Ordering::Relaxed)),
+    );
+    m.single(
         "perch_aggregate_windows_open",
         "gauge",
         "Aggregate windows open now.",
