@@ -77,13 +77,26 @@
 //! oldest raw records of a stream by one summary record, and drops the oldest
 //! rows only when no raw records are left. Each is counted in [`Stats`].
 //!
+//! The disk bounds it too: before each commit the writer measures the free
+//! space of the data directory's file system (one `statvfs`), and the
+//! commit's bound is the smaller of `max_bytes` and what the disk allows
+//! above `min_free_bytes` ([`store::disk_room`]), so below the reserve the
+//! buffer is full at its current size and `when_full` applies as at
+//! `max_bytes`: the buffer never fills the disk. Pages freed by deletions
+//! stay in `buffer.db` (SQLite's freelist) and count as room. While the disk
+//! is low the WAL is checkpointed and restarted after each commit and kept
+//! at most 1 MiB (`journal_size_limit`), so acknowledged deletions always
+//! have room and the buffer recovers when upstream drains it.
+//!
 //! # Errors
 //!
 //! A failed commit (disk full, read-only file system, I/O error) changes
 //! nothing: the batch stays in memory, the error is logged and counted, and
 //! the commit is retried with a growing delay (up to 5 s). While it fails,
-//! producers are refused once `max_pending_records` wait. The gateway stays
-//! up and recovers by itself when the disk does.
+//! producers are refused once `max_pending_records` wait. When a commit
+//! with acknowledgements fails, those are committed alone at once, so the
+//! space their deletion frees is there for the retry. The gateway stays up
+//! and recovers by itself when the disk does.
 
 mod config;
 mod store;
@@ -163,9 +176,11 @@ pub struct Stats {
     /// Free bytes on the data directory's file system, measured before the
     /// last commit.
     pub disk_free: AtomicU64,
-    /// Whether that was below `min_free_bytes` (the buffer is full at its
-    /// current size until upstream drains it).
-    pub below_reserve: std::sync::atomic::AtomicBool,
+    /// Whether the buffer is full because of the disk (at
+    /// `min_free_bytes`): set when a commit found less free than the reserve
+    /// or had to drop records to stay above it; cleared when one finds twice
+    /// the reserve free (counting the free pages inside `buffer.db`).
+    pub disk_full: std::sync::atomic::AtomicBool,
 }
 
 enum Command {
@@ -649,30 +664,36 @@ impl Writer {
     /// Reports the reserve's state changes, and keeps the WAL small while
     /// the disk is low.
     fn note_disk(&mut self, disk: Option<Disk>, outcome: store::DiskOutcome) {
-        let was = self.stats.below_reserve.load(Ordering::Relaxed);
-        if outcome.below_reserve != was {
-            self.stats
-                .below_reserve
-                .store(outcome.below_reserve, Ordering::Relaxed);
+        let was = self.stats.disk_full.load(Ordering::Relaxed);
+        let now = if outcome.full {
+            true
+        } else if outcome.roomy {
+            false
+        } else {
+            was
+        };
+        if now != was {
+            self.stats.disk_full.store(now, Ordering::Relaxed);
             let free = disk.map_or(0, |d| d.free);
-            if outcome.below_reserve {
+            if now {
                 tracing::warn!(
                     free,
                     min_free_bytes = self.config.min_free_bytes,
                     when_full = ?self.config.when_full,
                     records = self.store.records(),
-                    "buffer: free disk space is below buffer.min_free_bytes; the buffer is \
-                     full at its current size and when_full applies until upstream drains it \
-                     or space is freed"
+                    "buffer: the disk is at buffer.min_free_bytes; the buffer is full at its \
+                     current size and when_full applies until upstream drains it or space is \
+                     freed"
                 );
             } else {
                 tracing::info!(
                     free,
-                    "buffer: free disk space is above buffer.min_free_bytes again"
+                    "buffer: the disk has room again (twice buffer.min_free_bytes); the \
+                     buffer is no longer full"
                 );
             }
         }
-        if outcome.below_reserve || outcome.disk_bound {
+        if outcome.low {
             self.restart_wal();
         }
     }

@@ -86,12 +86,15 @@ pub struct StoredRecord {
     pub payload: Vec<u8>,
 }
 
-/// Disk bytes counted against each byte of records the disk bound lets in:
-/// a new page is written twice (to the WAL, then by the checkpoint into the
-/// database file) and pages are rarely full, so a byte of records costs
-/// about two to four bytes of disk until the WAL restarts. The bound uses
-/// the high end; the reserve absorbs the rest.
-pub const DISK_BYTES_PER_RECORD_BYTE: u64 = 4;
+/// Disk bytes counted against each byte of records the disk bound lets in.
+/// A new page is written twice (to the WAL, then by the checkpoint into the
+/// database file), and a page of 4096 bytes holds one record of 2 KiB, so a
+/// byte of records can cost four bytes of disk and more (interior pages,
+/// frame headers) until the WAL restarts. With 8, each commit takes at most
+/// about half of the free space above the reserve, so the bound approaches
+/// the reserve without crossing it; near it, commits get small and then the
+/// buffer is full.
+pub const DISK_BYTES_PER_RECORD_BYTE: u64 = 8;
 
 /// Most bytes the WAL file keeps after a checkpoint restarts it
 /// (`journal_size_limit`): the working space acknowledged deletes write
@@ -115,19 +118,28 @@ pub struct Disk {
     pub free: u64,
 }
 
-/// What the disk bound did in one commit.
+/// What the disk looked like to one commit. "Free" is the file system's
+/// free space less what the WAL still owes the database file, plus the
+/// free pages inside that file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskOutcome {
-    /// The free space was below `min_free_bytes`.
-    pub below_reserve: bool,
-    /// The bound was tighter than `max_bytes` (the disk, not the
-    /// configured size, limited this commit).
-    pub disk_bound: bool,
+    /// The buffer is full because of the disk: free was below
+    /// `min_free_bytes`, or the disk bound (tighter than `max_bytes`) made
+    /// `when_full` drop or refuse records in this commit.
+    pub full: bool,
+    /// Free was at least twice `min_free_bytes`: the buffer is no longer
+    /// full because of the disk.
+    pub roomy: bool,
+    /// The free space was below twice `min_free_bytes`: the writer keeps
+    /// the WAL short ([`Store::restart_wal`] after each commit).
+    pub low: bool,
 }
 
 /// The writer's connection and what it knows about the table's size.
 pub struct Store {
     conn: Connection,
+    /// The database file (its size tells what the WAL still owes it).
+    path: std::path::PathBuf,
     bytes: u64,
     records: u64,
     page_size: u64,
@@ -193,6 +205,7 @@ impl Store {
             })?;
         Ok(Store {
             conn,
+            path: path.to_owned(),
             bytes: bytes as u64,
             records: records as u64,
             page_size: page_size as u64,
@@ -285,16 +298,20 @@ impl Store {
             let free_pages: i64 = self
                 .conn
                 .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-            let room = disk_room(
-                disk.free,
-                config.min_free_bytes,
-                free_pages as u64 * self.page_size,
-            );
-            outcome.below_reserve = disk.free < config.min_free_bytes;
-            if bytes.saturating_add(room) < limit {
-                limit = bytes + room;
-                outcome.disk_bound = true;
-            }
+            let reusable = free_pages as u64 * self.page_size;
+            // Pages that live only in the WAL yet: the next checkpoint
+            // writes them into the database file, which grows by that much
+            // at once (at the automatic checkpoint, 1000 pages: 4 MiB).
+            let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let file = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+            let owed = (pages as u64 * self.page_size).saturating_sub(file);
+            let free = disk.free.saturating_sub(owed);
+            let room = disk_room(free, config.min_free_bytes, reusable);
+            let headroom = free.saturating_add(reusable);
+            outcome.full = headroom < config.min_free_bytes;
+            outcome.roomy = headroom >= config.min_free_bytes.saturating_mul(2);
+            outcome.low = disk.free < config.min_free_bytes.saturating_mul(2);
+            limit = limit.min(bytes.saturating_add(room));
         }
         let tx = self.conn.transaction()?;
         {
@@ -436,6 +453,12 @@ impl Store {
         pending.records.clear();
         pending.acks.clear();
         pending.dead.clear();
+        if limit < config.max_bytes
+            && counts.dropped_newest + counts.dropped_oldest + counts.degraded > 0
+        {
+            outcome.full = true;
+            outcome.roomy = false;
+        }
         counts.apply(stats);
         Ok(outcome)
     }

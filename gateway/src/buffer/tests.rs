@@ -483,14 +483,14 @@ fn below_the_reserve_drop_newest_refuses_new_records_until_acks_free_room() {
     let stats = buffer.stats();
     forward_n(&intake, 0..100);
     assert_eq!(stats.committed.load(Relaxed), 100);
-    assert!(!stats.below_reserve.load(Relaxed));
+    assert!(!stats.disk_full.load(Relaxed));
 
     // The disk is low: the buffer is full at its current size, whatever
     // max_bytes (64 MiB) says.
     free.store(cfg.min_free_bytes - 1, Relaxed);
     let bytes = stats.bytes.load(Relaxed);
     forward_n(&intake, 100..150);
-    assert!(stats.below_reserve.load(Relaxed));
+    assert!(stats.disk_full.load(Relaxed));
     assert_eq!(stats.bytes.load(Relaxed), bytes, "the buffer did not grow");
     assert_eq!(stats.dropped_newest.load(Relaxed), 50, "refused and counted");
     assert_eq!(stats.write_errors.load(Relaxed), 0, "no commit failed");
@@ -510,7 +510,7 @@ fn below_the_reserve_drop_newest_refuses_new_records_until_acks_free_room() {
     // Space returns: the reserve no longer binds.
     free.store(1024 * mib, Relaxed);
     forward_n(&intake, 170..300);
-    assert!(!stats.below_reserve.load(Relaxed));
+    assert!(!stats.disk_full.load(Relaxed));
     assert_eq!(seqs_and_ns(&buffer).len(), 40 + 20 + 130);
     assert_eq!(stats.dropped_newest.load(Relaxed), 50);
 }
@@ -558,7 +558,7 @@ fn a_free_space_that_cannot_be_measured_leaves_max_bytes_as_the_bound() {
     .unwrap();
     forward_n(&buffer.intake(), 0..50);
     assert_eq!(buffer.stats().committed.load(Relaxed), 50);
-    assert!(!buffer.stats().below_reserve.load(Relaxed));
+    assert!(!buffer.stats().disk_full.load(Relaxed));
 }
 
 #[test]

@@ -362,10 +362,10 @@ fn buffer(m: &mut Metrics, s: &Sources) {
         get(&b.disk_free),
     );
     m.single(
-        "perch_buffer_below_reserve",
+        "perch_buffer_disk_full",
         "gauge",
-        "1 while that is below buffer.min_free_bytes (the buffer is full at its size).",
-        u8::from(b.below_reserve.load(Ordering::Relaxed)),
+        "1 while the buffer is full because the disk is at buffer.min_free_bytes.",
+        u8::from(b.disk_full.load(Ordering::Relaxed)),
     );
     m.single(
         "perch_aggregate_windows_open",

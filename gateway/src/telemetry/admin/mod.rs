@@ -324,14 +324,14 @@ async fn readiness(sources: &Sources) -> Response {
             ),
         })
     };
-    let low = stats.below_reserve.load(Ordering::Relaxed);
+    let low = stats.disk_full.load(Ordering::Relaxed);
     let disk = if low {
         json!({
             "ok": false,
             "error": format!(
-                "{} bytes free on the data directory's file system, below \
-                 buffer.min_free_bytes: the buffer is full at its current size and \
-                 when_full drops records until upstream drains it or space is freed",
+                "{} bytes free on the data directory's file system: the buffer is full \
+                 at the disk's reserve (buffer.min_free_bytes) and when_full drops records \
+                 until upstream drains it or space is freed",
                 stats.disk_free.load(Ordering::Relaxed)
             ),
         })
