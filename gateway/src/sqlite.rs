@@ -78,8 +78,8 @@ mod tests {
     fn a_file_opens_in_wal_mode_with_the_asked_synchronous() {
         let dir = tempfile::tempdir().unwrap();
         for (sync, want) in [(Synchronous::Full, 2), (Synchronous::Normal, 1)] {
-            let conn = open_wal(&dir.path().join("t.db"), sync, "test store", IfNotWal::Fail)
-                .unwrap();
+            let conn =
+                open_wal(&dir.path().join("t.db"), sync, "test store", IfNotWal::Fail).unwrap();
             let mode: String = conn
                 .pragma_query_value(None, "journal_mode", |r| r.get(0))
                 .unwrap();

@@ -820,7 +820,10 @@ async fn the_buffer_filling_a_tiny_disk_stops_at_the_reserve_and_recovers() {
         if done >= sent as f64 {
             break page;
         }
-        assert!(Instant::now() < deadline, "{done} of {sent} handled:\n{page}");
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {sent} handled:\n{page}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let dropped = metric(

@@ -576,8 +576,7 @@ async fn a_full_disk_is_reported_the_gateway_keeps_serving_and_recovers() {
     // The next commit sees the space (records published now make one).
     publish(gw.addr, 900..901, 0).await;
     assert!(
-        gw.wait_log("the buffer is no longer full", DELIVERY)
-            .await,
+        gw.wait_log("the buffer is no longer full", DELIVERY).await,
         "recovery is logged:\n{}",
         gw.log_text()
     );

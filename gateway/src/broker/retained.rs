@@ -150,16 +150,12 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let conn = crate::sqlite::open_wal(
-            &path,
-            Synchronous::Normal,
-            "retained store",
-            IfNotWal::Warn,
-        )
-        .map_err(|e| match e {
-            OpenError::Sqlite(source) => err(source),
-            OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
-        })?;
+        let conn =
+            crate::sqlite::open_wal(&path, Synchronous::Normal, "retained store", IfNotWal::Warn)
+                .map_err(|e| match e {
+                OpenError::Sqlite(source) => err(source),
+                OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
+            })?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS retained (
                 topic TEXT PRIMARY KEY,

@@ -445,16 +445,11 @@ pub fn open(
         path: path.clone(),
         source,
     };
-    let conn = crate::sqlite::open_wal(
-        &path,
-        Synchronous::Normal,
-        "session store",
-        IfNotWal::Warn,
-    )
-    .map_err(|e| match e {
-        OpenError::Sqlite(source) => err(source),
-        OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
-    })?;
+    let conn = crate::sqlite::open_wal(&path, Synchronous::Normal, "session store", IfNotWal::Warn)
+        .map_err(|e| match e {
+            OpenError::Sqlite(source) => err(source),
+            OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
+        })?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS sessions (
             client_id TEXT PRIMARY KEY,

@@ -703,7 +703,9 @@ impl Writer {
     fn restart_wal(&self) {
         match self.store.restart_wal() {
             Ok(true) => {}
-            Ok(false) => tracing::debug!("buffer: WAL checkpoint waited for a reader; retrying later"),
+            Ok(false) => {
+                tracing::debug!("buffer: WAL checkpoint waited for a reader; retrying later")
+            }
             Err(e) => tracing::debug!(error = %e, "buffer: WAL checkpoint failed"),
         }
     }

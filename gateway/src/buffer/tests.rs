@@ -397,7 +397,11 @@ fn the_disk_room_is_the_space_above_the_reserve_plus_the_files_free_pages() {
     use super::store::{disk_room, DISK_BYTES_PER_RECORD_BYTE as K};
     let mib = 1024 * 1024;
     assert_eq!(disk_room(100 * mib, 16 * mib, 0), 84 * mib / K);
-    assert_eq!(disk_room(10 * mib, 16 * mib, 0), 0, "below the reserve: full");
+    assert_eq!(
+        disk_room(10 * mib, 16 * mib, 0),
+        0,
+        "below the reserve: full"
+    );
     assert_eq!(
         disk_room(10 * mib, 16 * mib, 2 * mib),
         2 * mib,
@@ -431,11 +435,7 @@ fn a_reserve_below_one_mib_is_refused_with_the_default_named() {
 }
 
 /// A buffer whose file system reports `free` bytes free (set by the test).
-fn open_with_free(
-    dir: &Path,
-    config: &BufferConfig,
-    free: Arc<AtomicU64>,
-) -> Buffer {
+fn open_with_free(dir: &Path, config: &BufferConfig, free: Arc<AtomicU64>) -> Buffer {
     Buffer::open_measured(
         config,
         &AggregateConfig::default(),
@@ -492,7 +492,11 @@ fn below_the_reserve_drop_newest_refuses_new_records_until_acks_free_room() {
     forward_n(&intake, 100..150);
     assert!(stats.disk_full.load(Relaxed));
     assert_eq!(stats.bytes.load(Relaxed), bytes, "the buffer did not grow");
-    assert_eq!(stats.dropped_newest.load(Relaxed), 50, "refused and counted");
+    assert_eq!(
+        stats.dropped_newest.load(Relaxed),
+        50,
+        "refused and counted"
+    );
     assert_eq!(stats.write_errors.load(Relaxed), 0, "no commit failed");
 
     // Upstream acknowledges the first 60: the pages they held are reused,
@@ -527,13 +531,17 @@ fn below_the_reserve_drop_oldest_keeps_the_size_and_the_newest() {
     let bytes = stats.bytes.load(Relaxed);
     free.store(0, Relaxed);
     forward_n(&intake, 100..130);
-    assert!(stats.bytes.load(Relaxed) <= bytes, "the buffer did not grow");
+    assert!(
+        stats.bytes.load(Relaxed) <= bytes,
+        "the buffer did not grow"
+    );
     assert_eq!(stats.dropped_oldest.load(Relaxed), 30, "counted");
     let ns: Vec<u32> = seqs_and_ns(&buffer).iter().map(|(_, n)| *n).collect();
     assert_eq!(ns, (30..130).collect::<Vec<_>>());
     // The file did not grow either: the new rows took the old rows' pages.
     let pages = |conn: &rusqlite::Connection| -> i64 {
-        conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap()
+        conn.query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap()
     };
     let conn = rusqlite::Connection::open(dir.path().join(FILE_NAME)).unwrap();
     let before = pages(&conn);
