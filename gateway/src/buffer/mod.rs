@@ -619,6 +619,16 @@ impl Writer {
                 true
             }
             Err(e) => {
+                // A disk filled from outside fails the commit before the
+                // bound can say so: report the reserve from the measurement.
+                if let Some(d) = disk.filter(|d| d.free < self.config.min_free_bytes) {
+                    let full = store::DiskOutcome {
+                        full: true,
+                        roomy: false,
+                        low: true,
+                    };
+                    self.note_disk(Some(d), full);
+                }
                 self.stats.commit_failing.store(true, Ordering::Relaxed);
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 // Every failure is counted; the log says it once per streak
