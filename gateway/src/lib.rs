@@ -22,6 +22,8 @@
 //!   by the broker's ACLs and the functions' triggers.
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
 //!   default.
+//! - `sqlite`: the one way perch opens its SQLite files (WAL, busy
+//!   timeout, `synchronous`).
 //! - [`gateway`]: starts the stages in order, reports ready, stops them in
 //!   stages on shutdown.
 //! - [`telemetry`]: what operators see: logging (human, JSON lines,
@@ -45,6 +47,7 @@ pub mod cli;
 pub mod config;
 pub mod functions;
 pub mod gateway;
+pub(crate) mod sqlite;
 pub mod telemetry;
 pub mod topic;
 pub mod upstream;

@@ -347,9 +347,10 @@ async fn mosquitto_upstream_restarted_mid_stream_gets_every_record_once_in_order
 }
 
 /// `perch run` inside its own user and mount namespace, with its data
-/// directory on a 2 MiB tmpfs that only it sees. A helper shell in the same
+/// directory on a small tmpfs that only it sees. A helper shell in the same
 /// namespace fills the tmpfs and frees it again when the test drops a file
-/// into the control directory (`fill`, `free`, `stop`).
+/// into the control directory (`fill`, `free`, `stop`), and lists it once
+/// (`ls`: `ls -l` and `df -k` of the tmpfs).
 pub(crate) struct Confined {
     child: Child,
     control: tempfile::TempDir,
@@ -361,11 +362,8 @@ pub(crate) struct Confined {
 }
 
 impl Confined {
-    pub(crate) fn start(config: &Path) -> Confined {
-        Confined::start_sized(config, "2m")
-    }
-
-    /// Like `start`, with a tmpfs of `size` (`mount -o size=`).
+    /// Starts perch with a tmpfs of `size` (`mount -o size=`) as its data
+    /// directory.
     pub(crate) fn start_sized(config: &Path, size: &str) -> Confined {
         let data = tempfile::tempdir().unwrap();
         let control = tempfile::tempdir().unwrap();
@@ -383,6 +381,9 @@ mount -t tmpfs -o size={size} tmpfs "$D"
     fi
     if [ -e "$C/free" ] && [ ! -e "$C/freed" ]; then
       rm -f "$D/filler"; df -k "$D" > "$C/freed"
+    fi
+    if [ -e "$C/ls" ] && [ ! -e "$C/listed" ]; then
+      (ls -l "$D"; df -k "$D") > "$C/listed.tmp"; mv "$C/listed.tmp" "$C/listed"
     fi
     i=$((i + 1)); sleep 0.05
   done
@@ -522,32 +523,33 @@ async fn a_full_disk_is_reported_the_gateway_keeps_serving_and_recovers() {
     let upstream = Gateway::start(&[]);
     let cloud = Cloud::start(upstream.addr(), "perch/gw-full/up/#", "cloud-full").await;
     // At most 50 records wait in memory for the disk: beyond them the
-    // newest are refused (counted and logged), so memory stays bounded.
+    // newest are refused (counted and logged), so memory stays bounded. The
+    // reserve is the smallest allowed (the tmpfs is 2 MiB); at it,
+    // drop_newest keeps what is committed.
     let (_cfg_dir, config) = temp_file(
         "perch.toml",
         &gateway_toml(
             "gw-full",
             upstream.addr().port(),
-            "max_pending_records = 50",
+            "max_pending_records = 50\nmin_free_bytes = 1048576\nwhen_full = \"drop_newest\"",
         ),
     );
-    let mut gw = Confined::start(&config);
+    // 4 MiB: after the filler goes, twice the reserve is free again.
+    let mut gw = Confined::start_sized(&config, "4m");
 
     publish(gw.addr, 0..20, 0).await;
     cloud.wait_distinct(20, DELIVERY).await;
     assert_eq!(cloud.distinct(), 20, "delivered before the disk fills");
 
     let df = gw.ask("fill", "filled").await;
-    // Each record ~2 KiB: the buffer's WAL must grow, and cannot.
+    // Each record ~2 KiB: the free space is below the reserve now, so the
+    // buffer is full at its size; drop_newest refuses what does not fit
+    // into the pages the acknowledged records left.
     publish(gw.addr, 20..320, 2000).await;
     assert!(
-        gw.wait_log("database or disk is full", DELIVERY).await,
-        "the failed commit is logged (df: {df}):\n{}",
-        gw.log_text()
-    );
-    assert!(
-        gw.wait_log("was not buffered", DELIVERY).await,
-        "records beyond max_pending_records are refused and logged:\n{}",
+        gw.wait_log("the disk is at buffer.min_free_bytes", DELIVERY)
+            .await,
+        "the reserve is logged (df: {df}):\n{}",
         gw.log_text()
     );
 
@@ -568,11 +570,13 @@ async fn a_full_disk_is_reported_the_gateway_keeps_serving_and_recovers() {
     // /readyz says the gateway is not ready, and why.
     let (status, body) = gw.readyz_until(503).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("the buffer's last commit failed"), "{body}");
+    assert!(body.contains("buffer.min_free_bytes"), "{body}");
 
     gw.ask("free", "freed").await;
+    // The next commit sees the space (records published now make one).
+    publish(gw.addr, 900..901, 0).await;
     assert!(
-        gw.wait_log("commits work again", DELIVERY).await,
+        gw.wait_log("the buffer is no longer full", DELIVERY).await,
         "recovery is logged:\n{}",
         gw.log_text()
     );
@@ -586,16 +590,20 @@ async fn a_full_disk_is_reported_the_gateway_keeps_serving_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all = cloud.check();
-    // Nothing accepted was lost: every record before the disk filled, and
-    // of those published while it was full at least the first 50 (what
-    // committed before it filled plus the 50 that waited in memory); newer
-    // ones were refused once 50 waited.
+    // Nothing committed was lost: every record before the disk filled, and
+    // of those published while it was full the first ones (drop_newest
+    // keeps the oldest), with no gap; the rest were refused at the reserve.
     let during: Vec<u64> = all
         .iter()
         .copied()
         .filter(|n| (20..320).contains(n))
         .collect();
-    assert!(all.starts_with(&(0..70).collect::<Vec<_>>()), "{all:?}");
+    assert!(all.starts_with(&(0..20).collect::<Vec<_>>()), "{all:?}");
+    assert_eq!(
+        during,
+        (20..20 + during.len() as u64).collect::<Vec<_>>(),
+        "a gap among the records committed while the disk was full"
+    );
     assert!(
         during.len() < 300,
         "all {} of the full-disk phase arrived: nothing was refused\n{}",

@@ -43,6 +43,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::buffer::Synchronous;
+use crate::sqlite::{IfNotWal, OpenError};
+
 /// Operations waiting for the persister; past this, captures are dropped
 /// (and counted) rather than blocking a connection.
 const QUEUE_LEN: usize = 4_096;
@@ -147,16 +150,12 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(path = %path.display(), mode, "retained store is not in WAL mode");
-        }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
+        let conn =
+            crate::sqlite::open_wal(&path, Synchronous::Normal, "retained store", IfNotWal::Warn)
+                .map_err(|e| match e {
+                OpenError::Sqlite(source) => err(source),
+                OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
+            })?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS retained (
                 topic TEXT PRIMARY KEY,

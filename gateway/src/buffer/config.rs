@@ -24,7 +24,13 @@ pub struct BufferConfig {
     pub max_bytes: u64,
     /// Records older than this are deleted and counted as expired.
     pub max_age_s: u64,
-    /// What to do at `max_bytes`.
+    /// Free space the buffer leaves on the data directory's file system.
+    /// Below it the buffer is full whatever `max_bytes` says: it keeps its
+    /// current size, `when_full` applies, and what that drops is counted.
+    /// Acknowledged records are still deleted, so the space they held is
+    /// used again once upstream drains the backlog.
+    pub min_free_bytes: u64,
+    /// What to do when full (at `max_bytes`, or at `min_free_bytes`).
     pub when_full: WhenFull,
     /// Records accepted but not yet committed, at most; beyond it new records
     /// are refused and counted (protects memory when the disk stalls).
@@ -39,11 +45,21 @@ impl Default for BufferConfig {
             synchronous: Synchronous::Full,
             max_bytes: 64 * 1024 * 1024,
             max_age_s: 7 * 24 * 3600,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             when_full: WhenFull::DropOldest,
             max_pending_records: 50_000,
         }
     }
 }
+
+/// `buffer.min_free_bytes` by default: 16 MiB, a few seconds of a busy
+/// gateway's records and room for the other databases' commits and logs.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The smallest `buffer.min_free_bytes`: the WAL's working space
+/// ([`super::store::WAL_KEEP_BYTES`]) plus a batch; below it the reserve
+/// could not hold one commit of acknowledged deletes.
+pub const SMALLEST_MIN_FREE_BYTES: u64 = 1024 * 1024;
 
 /// SQLite's `synchronous` pragma, as far as perch lets it be chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -81,6 +97,16 @@ impl BufferConfig {
             if value == 0 {
                 problems.push(Problem::new(key, "must be greater than 0"));
             }
+        }
+        if self.min_free_bytes < SMALLEST_MIN_FREE_BYTES {
+            problems.push(Problem::new(
+                "buffer.min_free_bytes",
+                format!(
+                    "must be at least {SMALLEST_MIN_FREE_BYTES} (1 MiB): the buffer needs that much \
+                     free disk to delete acknowledged records and recover once upstream \
+                     drains; the default is {DEFAULT_MIN_FREE_BYTES} (16 MiB)"
+                ),
+            ));
         }
         if self.max_bytes < 64 * 1024 {
             problems.push(Problem::new(

@@ -77,13 +77,26 @@
 //! oldest raw records of a stream by one summary record, and drops the oldest
 //! rows only when no raw records are left. Each is counted in [`Stats`].
 //!
+//! The disk bounds it too: before each commit the writer measures the free
+//! space of the data directory's file system (one `statvfs`), and the
+//! commit's bound is the smaller of `max_bytes` and what the disk allows
+//! above `min_free_bytes` ([`store::disk_room`]), so below the reserve the
+//! buffer is full at its current size and `when_full` applies as at
+//! `max_bytes`: the buffer never fills the disk. Pages freed by deletions
+//! stay in `buffer.db` (SQLite's freelist) and count as room. While the disk
+//! is low the WAL is checkpointed and restarted after each commit and kept
+//! at most 1 MiB (`journal_size_limit`), so acknowledged deletions always
+//! have room and the buffer recovers when upstream drains it.
+//!
 //! # Errors
 //!
 //! A failed commit (disk full, read-only file system, I/O error) changes
 //! nothing: the batch stays in memory, the error is logged and counted, and
 //! the commit is retried with a growing delay (up to 5 s). While it fails,
-//! producers are refused once `max_pending_records` wait. The gateway stays
-//! up and recovers by itself when the disk does.
+//! producers are refused once `max_pending_records` wait. When a commit
+//! with acknowledgements fails, those are committed alone at once, so the
+//! space their deletion frees is there for the retry. The gateway stays up
+//! and recovers by itself when the disk does.
 
 mod config;
 mod store;
@@ -100,7 +113,7 @@ pub use self::store::{
     replay_dead_letters, DeadLetter, Reader, StoredRecord, KIND_AGGREGATE, KIND_RECORD,
     KIND_SUMMARY,
 };
-use self::store::{NewRecord, Pending, Store};
+use self::store::{Disk, NewRecord, Pending, Store};
 use crate::aggregate::{AggregateConfig, Aggregator, Emitted};
 
 /// File name of the buffer's database inside the data directory.
@@ -160,6 +173,14 @@ pub struct Stats {
     /// Whether the last commit attempt failed (the database is not
     /// writable now); read by the admin listener's `/readyz`.
     pub commit_failing: std::sync::atomic::AtomicBool,
+    /// Free bytes on the data directory's file system, measured before the
+    /// last commit.
+    pub disk_free: AtomicU64,
+    /// Whether the buffer is full because of the disk (at
+    /// `min_free_bytes`): set when a commit found less free than the reserve
+    /// or had to drop records to stay above it; cleared when one finds twice
+    /// the reserve free (counting the free pages inside `buffer.db`).
+    pub disk_full: std::sync::atomic::AtomicBool,
 }
 
 enum Command {
@@ -300,6 +321,23 @@ impl Buffer {
         aggregate: &AggregateConfig,
         data_dir: &Path,
     ) -> Result<Buffer, BufferError> {
+        let dir = data_dir.to_owned();
+        Buffer::open_measured(
+            config,
+            aggregate,
+            data_dir,
+            Box::new(move || store::free_bytes(&dir)),
+        )
+    }
+
+    /// [`Buffer::open`] with the free-space measurement given (unit tests
+    /// give a number they control).
+    fn open_measured(
+        config: &BufferConfig,
+        aggregate: &AggregateConfig,
+        data_dir: &Path,
+        free_space: FreeSpace,
+    ) -> Result<Buffer, BufferError> {
         let path = data_dir.join(FILE_NAME);
         let store = Store::open(&path, config)?;
         let mut agg = Aggregator::new(aggregate.clone());
@@ -318,6 +356,21 @@ impl Buffer {
             "buffer open: {}",
             path.display()
         );
+        match free_space() {
+            Ok(free) if free < config.min_free_bytes => tracing::warn!(
+                free,
+                min_free_bytes = config.min_free_bytes,
+                "buffer: the data directory's file system has less free space than \
+                 buffer.min_free_bytes; the buffer holds no more than it holds now until \
+                 space is freed (free some, or lower buffer.min_free_bytes)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "buffer: cannot measure the data directory's free space; only \
+                 buffer.max_bytes bounds the buffer"
+            ),
+        }
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let new_records = Arc::new(tokio::sync::Notify::new());
@@ -336,6 +389,8 @@ impl Buffer {
             emitted: false,
             taken: 0,
             failures: 0,
+            free_space,
+            measure_failed: false,
         };
         let thread = std::thread::Builder::new()
             .name("perch-buffer".into())
@@ -379,8 +434,15 @@ impl Buffer {
     }
 }
 
+/// Measures the free bytes of the data directory's file system.
+type FreeSpace = Box<dyn Fn() -> std::io::Result<u64> + Send>;
+
 struct Writer {
     store: Store,
+    /// Measured once per commit (one `statvfs`).
+    free_space: FreeSpace,
+    /// The last measurement failed (logged once per streak).
+    measure_failed: bool,
     agg: Aggregator,
     config: BufferConfig,
     stats: Arc<Stats>,
@@ -499,14 +561,47 @@ impl Writer {
             self.release();
             return true;
         }
-        match self.store.commit(
+        let disk = self.measure();
+        let result = self.store.commit(
             &mut self.pending,
             &mut self.agg,
             now,
             &self.config,
             &self.stats,
-        ) {
-            Ok(()) => {
+            disk,
+        );
+        let result = match result {
+            Err(e) if !self.pending.acks.is_empty() || !self.pending.dead.is_empty() => {
+                // The disk may have no room for the new records but enough
+                // for deleting what upstream acknowledged: commit those
+                // alone, so the space they free is there for the retry.
+                let mut acks = Pending {
+                    acks: std::mem::take(&mut self.pending.acks),
+                    dead: std::mem::take(&mut self.pending.dead),
+                    ..Pending::default()
+                };
+                let mut no_windows = Aggregator::new(self.agg.config().clone());
+                match self.store.commit(
+                    &mut acks,
+                    &mut no_windows,
+                    now,
+                    &self.config,
+                    &self.stats,
+                    disk,
+                ) {
+                    Ok(_) => self.restart_wal(),
+                    Err(_) => {
+                        self.pending.acks = acks.acks;
+                        self.pending.dead = acks.dead;
+                    }
+                }
+                Err(e)
+            }
+            other => other,
+        };
+        match result {
+            Ok(outcome) => {
+                self.note_disk(disk, outcome);
                 self.emitted = false;
                 self.release();
                 if self.failures > 0 {
@@ -524,6 +619,16 @@ impl Writer {
                 true
             }
             Err(e) => {
+                // A disk filled from outside fails the commit before the
+                // bound can say so: report the reserve from the measurement.
+                if let Some(d) = disk.filter(|d| d.free < self.config.min_free_bytes) {
+                    let full = store::DiskOutcome {
+                        full: true,
+                        roomy: false,
+                        low: true,
+                    };
+                    self.note_disk(Some(d), full);
+                }
                 self.stats.commit_failing.store(true, Ordering::Relaxed);
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 // Every failure is counted; the log says it once per streak
@@ -540,6 +645,78 @@ impl Writer {
                 self.agg.mark_all_dirty();
                 false
             }
+        }
+    }
+
+    /// The free space now, as the store's disk bound wants it (None when it
+    /// cannot be measured; logged once per streak).
+    fn measure(&mut self) -> Option<Disk> {
+        match (self.free_space)() {
+            Ok(free) => {
+                self.measure_failed = false;
+                self.stats.disk_free.store(free, Ordering::Relaxed);
+                Some(Disk { free })
+            }
+            Err(e) => {
+                if !self.measure_failed {
+                    tracing::warn!(
+                        error = %e,
+                        "buffer: cannot measure the data directory's free space; only \
+                         buffer.max_bytes bounds the buffer until it can"
+                    );
+                    self.measure_failed = true;
+                }
+                None
+            }
+        }
+    }
+
+    /// Reports the reserve's state changes, and keeps the WAL small while
+    /// the disk is low.
+    fn note_disk(&mut self, disk: Option<Disk>, outcome: store::DiskOutcome) {
+        let was = self.stats.disk_full.load(Ordering::Relaxed);
+        let now = if outcome.full {
+            true
+        } else if outcome.roomy {
+            false
+        } else {
+            was
+        };
+        if now != was {
+            self.stats.disk_full.store(now, Ordering::Relaxed);
+            let free = disk.map_or(0, |d| d.free);
+            if now {
+                tracing::warn!(
+                    free,
+                    min_free_bytes = self.config.min_free_bytes,
+                    when_full = ?self.config.when_full,
+                    records = self.store.records(),
+                    "buffer: the disk is at buffer.min_free_bytes; the buffer is full at its \
+                     current size and when_full applies until upstream drains it or space is \
+                     freed"
+                );
+            } else {
+                tracing::info!(
+                    free,
+                    "buffer: the disk has room again (twice buffer.min_free_bytes); the \
+                     buffer is no longer full"
+                );
+            }
+        }
+        if outcome.low {
+            self.restart_wal();
+        }
+    }
+
+    /// Restarts the WAL (see [`Store::restart_wal`]); a failure is only
+    /// logged at debug level: the next low-space commit tries again.
+    fn restart_wal(&self) {
+        match self.store.restart_wal() {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!("buffer: WAL checkpoint waited for a reader; retrying later")
+            }
+            Err(e) => tracing::debug!(error = %e, "buffer: WAL checkpoint failed"),
         }
     }
 

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use super::config::{BufferConfig, Synchronous, WhenFull};
 use super::{BufferError, Stats};
 use crate::aggregate::{Aggregator, Window};
+use crate::sqlite::{self, IfNotWal, OpenError};
 
 /// Kinds of rows in `records`.
 pub const KIND_RECORD: i64 = 0;
@@ -85,11 +86,63 @@ pub struct StoredRecord {
     pub payload: Vec<u8>,
 }
 
+/// Disk bytes counted against each byte of records the disk bound lets in.
+/// A new page is written twice (to the WAL, then by the checkpoint into the
+/// database file), and a page of 4096 bytes holds one record of 2 KiB, so a
+/// byte of records can cost four bytes of disk and more (interior pages,
+/// frame headers) until the WAL restarts. With 8, each commit takes at most
+/// about half of the free space above the reserve, so the bound approaches
+/// the reserve without crossing it; near it, commits get small and then the
+/// buffer is full.
+pub const DISK_BYTES_PER_RECORD_BYTE: u64 = 8;
+
+/// Most bytes the WAL file keeps after a checkpoint restarts it
+/// (`journal_size_limit`): the working space acknowledged deletes write
+/// into when the disk is low, without the file growing much past it.
+pub const WAL_KEEP_BYTES: i64 = 1024 * 1024;
+
+/// How many more bytes of records the disk lets a commit add: the free
+/// space above the reserve divided by [`DISK_BYTES_PER_RECORD_BYTE`], plus
+/// the database's own free pages (space deleted records left inside the
+/// file, which SQLite reuses before it grows the file: it costs only WAL
+/// frames, written into the WAL's existing space once it restarted).
+pub fn disk_room(free: u64, reserve: u64, reusable: u64) -> u64 {
+    (free.saturating_sub(reserve) / DISK_BYTES_PER_RECORD_BYTE).saturating_add(reusable)
+}
+
+/// What the file system holds for a commit: free bytes (for unprivileged
+/// users, `statvfs` `f_bavail`) of the data directory's file system, as
+/// measured just before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disk {
+    pub free: u64,
+}
+
+/// What the disk looked like to one commit. "Free" is the file system's
+/// free space less what the WAL still owes the database file, plus the
+/// free pages inside that file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskOutcome {
+    /// The buffer is full because of the disk: free was below
+    /// `min_free_bytes`, or the disk bound (tighter than `max_bytes`) made
+    /// `when_full` drop or refuse records in this commit.
+    pub full: bool,
+    /// Free was at least twice `min_free_bytes`: the buffer is no longer
+    /// full because of the disk.
+    pub roomy: bool,
+    /// The free space was below twice `min_free_bytes`: the writer keeps
+    /// the WAL short ([`Store::restart_wal`] after each commit).
+    pub low: bool,
+}
+
 /// The writer's connection and what it knows about the table's size.
 pub struct Store {
     conn: Connection,
+    /// The database file (its size tells what the WAL still owes it).
+    path: std::path::PathBuf,
     bytes: u64,
     records: u64,
+    page_size: u64,
     /// SQLite's `data_version` as of our last look: it changes when another
     /// connection (`perch buffer replay`) commits, and then the totals are
     /// counted again.
@@ -101,31 +154,39 @@ pub fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, Buf
         path: path.to_owned(),
         source,
     };
-    let conn = Connection::open(path).map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
-    // pragma_update returns Ok even when WAL did not take; check the answer.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(err)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(BufferError::NoWal {
+    let conn = sqlite::open_wal(path, sync, "the buffer", IfNotWal::Fail).map_err(|e| match e {
+        OpenError::Sqlite(source) => err(source),
+        OpenError::NotWal(mode) => BufferError::NoWal {
             path: path.to_owned(),
             mode,
-        });
-    }
-    let sync = match sync {
-        Synchronous::Normal => "NORMAL",
-        Synchronous::Full => "FULL",
-    };
-    conn.pragma_update(None, "synchronous", sync).map_err(err)?;
+        },
+    })?;
     conn.execute_batch(SCHEMA).map_err(err)?;
     Ok(conn)
+}
+
+/// Free bytes an unprivileged process may use on the file system that
+/// holds `dir` (`statvfs`: `f_bavail * f_frsize`).
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 impl Store {
     pub fn open(path: &Path, config: &BufferConfig) -> Result<Store, BufferError> {
         let conn = open_connection(path, config.synchronous)?;
+        // The WAL keeps at most this much after a checkpoint restarts it.
+        conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)
+            .map_err(|source| BufferError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let page_size: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(|source| BufferError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         let (records, bytes): (i64, i64) = conn
             .query_row(
                 "SELECT COUNT(*), COALESCE(SUM(length(stream) + length(payload)), 0) FROM records",
@@ -144,8 +205,10 @@ impl Store {
             })?;
         Ok(Store {
             conn,
+            path: path.to_owned(),
             bytes: bytes as u64,
             records: records as u64,
+            page_size: page_size as u64,
             data_version,
         })
     }
@@ -200,9 +263,12 @@ impl Store {
 
     /// Commits one batch in one transaction: deletes acknowledged records,
     /// inserts new ones (under the `drop_newest` policy, as many as fit),
-    /// saves changed windows, expires old records and enforces `max_bytes`.
-    /// On error nothing changed and `pending` is untouched, so it can be
-    /// retried.
+    /// saves changed windows, expires old records and enforces the bound.
+    /// The bound is `max_bytes`, or less when `disk` is known and low: the
+    /// bytes held now plus [`disk_room`] (so below `min_free_bytes`, with no
+    /// free pages in the file, the buffer is full at its current size and
+    /// `when_full` applies). On error nothing changed and `pending` is
+    /// untouched, so it can be retried.
     pub fn commit(
         &mut self,
         pending: &mut Pending,
@@ -210,7 +276,8 @@ impl Store {
         now_ms: i64,
         config: &BufferConfig,
         stats: &Stats,
-    ) -> rusqlite::Result<()> {
+        disk: Option<Disk>,
+    ) -> rusqlite::Result<DiskOutcome> {
         let version: i64 = self
             .conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))?;
@@ -225,6 +292,27 @@ impl Store {
         let mut bytes = self.bytes;
         let mut records = self.records;
         let mut counts = Counts::default();
+        let mut outcome = DiskOutcome::default();
+        let mut limit = config.max_bytes;
+        if let Some(disk) = disk {
+            let free_pages: i64 = self
+                .conn
+                .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            let reusable = free_pages as u64 * self.page_size;
+            // Pages that live only in the WAL yet: the next checkpoint
+            // writes them into the database file, which grows by that much
+            // at once (at the automatic checkpoint, 1000 pages: 4 MiB).
+            let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let file = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+            let owed = (pages as u64 * self.page_size).saturating_sub(file);
+            let free = disk.free.saturating_sub(owed);
+            let room = disk_room(free, config.min_free_bytes, reusable);
+            let headroom = free.saturating_add(reusable);
+            outcome.full = headroom < config.min_free_bytes;
+            outcome.roomy = headroom >= config.min_free_bytes.saturating_mul(2);
+            outcome.low = disk.free < config.min_free_bytes.saturating_mul(2);
+            limit = limit.min(bytes.saturating_add(room));
+        }
         let tx = self.conn.transaction()?;
         {
             // Acknowledged records go in runs of consecutive seqs, one
@@ -269,7 +357,7 @@ impl Store {
             if config.when_full == WhenFull::DropNewest {
                 let mut b = bytes;
                 for (i, r) in pending.records.iter().enumerate() {
-                    if b + r.size() > config.max_bytes {
+                    if b + r.size() > limit {
                         fits = i;
                         break;
                     }
@@ -278,6 +366,18 @@ impl Store {
                 counts.dropped_newest += (pending.records.len() - fits) as u64;
             }
             let new = &pending.records[..fits];
+            // Under drop_oldest, make room before inserting, so the new rows
+            // reuse the pages the old ones leave instead of growing the file
+            // (at the disk bound there is no room to grow it).
+            if config.when_full == WhenFull::DropOldest {
+                let incoming: u64 = new.iter().map(NewRecord::size).sum();
+                if bytes + incoming > limit {
+                    let (n, size) = drop_oldest(&tx, bytes + incoming - limit)?;
+                    counts.dropped_oldest += n;
+                    bytes -= size;
+                    records -= n;
+                }
+            }
             // INSERT statements of INSERT_ROWS rows: SQLite does its
             // per-statement work (AUTOINCREMENT's sqlite_sequence read and
             // write, statement reset) once per chunk instead of per record.
@@ -329,7 +429,7 @@ impl Store {
             bytes -= size;
             records -= n;
         }
-        while bytes > config.max_bytes && records > 0 {
+        while bytes > limit && records > 0 {
             if config.when_full == WhenFull::Degrade {
                 let (removed, freed, added) = degrade_oldest(&tx, now_ms)?;
                 if removed > 0 {
@@ -339,25 +439,10 @@ impl Store {
                     continue;
                 }
             }
-            // The oldest rows that together free enough, at most 1000 at a time.
-            let excess = bytes - config.max_bytes;
-            let mut through = None;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT seq, length(stream) + length(payload) FROM records ORDER BY seq LIMIT 1000",
-                )?;
-                let mut rows = stmt.query([])?;
-                let mut freed = 0u64;
-                while let Some(row) = rows.next()? {
-                    through = Some(row.get::<_, i64>(0)?);
-                    freed += row.get::<_, i64>(1)? as u64;
-                    if freed >= excess {
-                        break;
-                    }
-                }
+            let (n, size) = drop_oldest(&tx, bytes - limit)?;
+            if n == 0 {
+                break;
             }
-            let Some(through) = through else { break };
-            let (n, size) = delete_where(&tx, "seq <= ?1", through)?;
             counts.dropped_oldest += n;
             bytes -= size;
             records -= n;
@@ -368,8 +453,50 @@ impl Store {
         pending.records.clear();
         pending.acks.clear();
         pending.dead.clear();
+        if limit < config.max_bytes
+            && counts.dropped_newest + counts.dropped_oldest + counts.degraded > 0
+        {
+            outcome.full = true;
+            outcome.roomy = false;
+        }
         counts.apply(stats);
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// Copies the WAL into the database and restarts it from its start
+    /// (`wal_checkpoint(RESTART)`), so the next commits write into the WAL
+    /// file's existing space instead of growing it; `journal_size_limit`
+    /// then trims it to [`WAL_KEEP_BYTES`]. Waits for readers up to the busy
+    /// timeout. Returns whether the checkpoint completed.
+    pub fn restart_wal(&self) -> rusqlite::Result<bool> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))?;
+        Ok(busy == 0)
+    }
+}
+
+/// Deletes the oldest rows that together hold at least `excess` bytes, at
+/// most 1000 rows. Returns (rows, bytes) deleted.
+fn drop_oldest(tx: &rusqlite::Transaction, excess: u64) -> rusqlite::Result<(u64, u64)> {
+    let mut through = None;
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq, length(stream) + length(payload) FROM records ORDER BY seq LIMIT 1000",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut freed = 0u64;
+        while let Some(row) = rows.next()? {
+            through = Some(row.get::<_, i64>(0)?);
+            freed += row.get::<_, i64>(1)? as u64;
+            if freed >= excess {
+                break;
+            }
+        }
+    }
+    match through {
+        Some(through) => delete_where(tx, "seq <= ?1", through),
+        None => Ok((0, 0)),
     }
 }
 

@@ -334,7 +334,7 @@ fn a_full_disk_keeps_the_batch_and_recovers() {
         ..Pending::default()
     };
     let err = store
-        .commit(&mut pending, &mut agg, now_ms(), &cfg, &stats)
+        .commit(&mut pending, &mut agg, now_ms(), &cfg, &stats, None)
         .unwrap_err();
     assert!(err.to_string().contains("full"), "{err}");
     assert_eq!(
@@ -348,7 +348,7 @@ fn a_full_disk_keeps_the_batch_and_recovers() {
         .pragma_update(None, "max_page_count", 1_000_000)
         .unwrap();
     store
-        .commit(&mut pending, &mut agg, now_ms(), &cfg, &stats)
+        .commit(&mut pending, &mut agg, now_ms(), &cfg, &stats, None)
         .unwrap();
     assert!(pending.is_empty());
     assert_eq!(store.records(), 200);
@@ -390,4 +390,191 @@ fn dead_letters_are_kept_apart_and_replay_in_order() {
         vec![2, 3, 4, 0, 1]
     );
     assert!(reader.dead_letters().unwrap().is_empty());
+}
+
+#[test]
+fn the_disk_room_is_the_space_above_the_reserve_plus_the_files_free_pages() {
+    use super::store::{disk_room, DISK_BYTES_PER_RECORD_BYTE as K};
+    let mib = 1024 * 1024;
+    assert_eq!(disk_room(100 * mib, 16 * mib, 0), 84 * mib / K);
+    assert_eq!(
+        disk_room(10 * mib, 16 * mib, 0),
+        0,
+        "below the reserve: full"
+    );
+    assert_eq!(
+        disk_room(10 * mib, 16 * mib, 2 * mib),
+        2 * mib,
+        "pages deleted records left in the file are reused"
+    );
+    assert_eq!(disk_room(20 * mib, 16 * mib, mib), 4 * mib / K + mib);
+    assert_eq!(disk_room(u64::MAX, 0, u64::MAX), u64::MAX);
+}
+
+#[test]
+fn a_reserve_below_one_mib_is_refused_with_the_default_named() {
+    let mut problems = Vec::new();
+    BufferConfig {
+        min_free_bytes: 4096,
+        ..config()
+    }
+    .validate(&mut problems);
+    let text = problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("buffer.min_free_bytes: must be at least 1048576")
+            && text.contains("16777216"),
+        "{text}"
+    );
+    let mut problems = Vec::new();
+    config().validate(&mut problems);
+    assert!(problems.is_empty(), "the default is valid: {problems:?}");
+}
+
+/// A buffer whose file system reports `free` bytes free (set by the test).
+fn open_with_free(dir: &Path, config: &BufferConfig, free: Arc<AtomicU64>) -> Buffer {
+    Buffer::open_measured(
+        config,
+        &AggregateConfig::default(),
+        dir,
+        Box::new(move || Ok(free.load(Relaxed))),
+    )
+    .unwrap()
+}
+
+fn forward_n(intake: &Intake, range: std::ops::Range<u32>) {
+    for i in range {
+        // The same size whatever the digits of i.
+        let pad = "x".repeat(900 - i.to_string().len());
+        let record = format!("{{\"n\":{i},\"pad\":\"{pad}\"}}");
+        intake.forward("readings", record.as_bytes()).unwrap();
+    }
+    intake.flush().unwrap();
+}
+
+fn seqs_and_ns(buffer: &Buffer) -> Vec<(i64, u32)> {
+    buffer
+        .reader()
+        .unwrap()
+        .after(0, 100_000)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            (r.seq, v["n"].as_u64().unwrap() as u32)
+        })
+        .collect()
+}
+
+#[test]
+fn below_the_reserve_drop_newest_refuses_new_records_until_acks_free_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mib = 1024 * 1024;
+    let cfg = BufferConfig {
+        when_full: WhenFull::DropNewest,
+        ..config()
+    };
+    let free = Arc::new(AtomicU64::new(1024 * mib));
+    let buffer = open_with_free(dir.path(), &cfg, free.clone());
+    let intake = buffer.intake();
+    let stats = buffer.stats();
+    forward_n(&intake, 0..100);
+    assert_eq!(stats.committed.load(Relaxed), 100);
+    assert!(!stats.disk_full.load(Relaxed));
+
+    // The disk is low: the buffer is full at its current size, whatever
+    // max_bytes (64 MiB) says.
+    free.store(cfg.min_free_bytes - 1, Relaxed);
+    let bytes = stats.bytes.load(Relaxed);
+    forward_n(&intake, 100..150);
+    assert!(stats.disk_full.load(Relaxed));
+    assert_eq!(stats.bytes.load(Relaxed), bytes, "the buffer did not grow");
+    assert_eq!(
+        stats.dropped_newest.load(Relaxed),
+        50,
+        "refused and counted"
+    );
+    assert_eq!(stats.write_errors.load(Relaxed), 0, "no commit failed");
+
+    // Upstream acknowledges the first 60: the pages they held are reused,
+    // so about as many new records fit again, still without the disk.
+    let rows = seqs_and_ns(&buffer);
+    intake.ack_many(rows[..60].iter().map(|(seq, _)| *seq).collect());
+    intake.flush().unwrap();
+    assert_eq!(stats.acked.load(Relaxed), 60);
+    forward_n(&intake, 150..170);
+    let rows = seqs_and_ns(&buffer);
+    let ns: Vec<u32> = rows.iter().map(|(_, n)| *n).collect();
+    let want: Vec<u32> = (60..100).chain(150..170).collect();
+    assert_eq!(ns, want, "acked space is used again, in order");
+
+    // Space returns: the reserve no longer binds.
+    free.store(1024 * mib, Relaxed);
+    forward_n(&intake, 170..300);
+    assert!(!stats.disk_full.load(Relaxed));
+    assert_eq!(seqs_and_ns(&buffer).len(), 40 + 20 + 130);
+    assert_eq!(stats.dropped_newest.load(Relaxed), 50);
+}
+
+#[test]
+fn below_the_reserve_drop_oldest_keeps_the_size_and_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config();
+    let free = Arc::new(AtomicU64::new(u64::MAX));
+    let buffer = open_with_free(dir.path(), &cfg, free.clone());
+    let intake = buffer.intake();
+    let stats = buffer.stats();
+    forward_n(&intake, 0..100);
+    let bytes = stats.bytes.load(Relaxed);
+    free.store(0, Relaxed);
+    forward_n(&intake, 100..130);
+    assert!(
+        stats.bytes.load(Relaxed) <= bytes,
+        "the buffer did not grow"
+    );
+    assert_eq!(stats.dropped_oldest.load(Relaxed), 30, "counted");
+    let ns: Vec<u32> = seqs_and_ns(&buffer).iter().map(|(_, n)| *n).collect();
+    assert_eq!(ns, (30..130).collect::<Vec<_>>());
+    // The file did not grow either: the new rows took the old rows' pages.
+    let pages = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap()
+    };
+    let conn = rusqlite::Connection::open(dir.path().join(FILE_NAME)).unwrap();
+    let before = pages(&conn);
+    forward_n(&intake, 130..230);
+    assert_eq!(stats.dropped_oldest.load(Relaxed), 130);
+    assert!(
+        pages(&conn) <= before + 2,
+        "{} pages after, {before} before",
+        pages(&conn)
+    );
+}
+
+#[test]
+fn a_free_space_that_cannot_be_measured_leaves_max_bytes_as_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = Buffer::open_measured(
+        &config(),
+        &AggregateConfig::default(),
+        dir.path(),
+        Box::new(|| Err(std::io::Error::other("no statvfs here"))),
+    )
+    .unwrap();
+    forward_n(&buffer.intake(), 0..50);
+    assert_eq!(buffer.stats().committed.load(Relaxed), 50);
+    assert!(!buffer.stats().disk_full.load(Relaxed));
+}
+
+#[test]
+fn the_real_free_space_of_the_data_directory_is_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = super::store::free_bytes(dir.path()).unwrap();
+    assert!(free > 0, "a temp dir with no free space?");
+    let buffer = open(dir.path(), &config());
+    forward_n(&buffer.intake(), 0..5);
+    assert!(buffer.stats().disk_free.load(Relaxed) > 0);
 }

@@ -96,18 +96,16 @@ impl Registry {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        // pragma_update returns Ok even when WAL did not take, so check.
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(RegistryError::NotWal(mode));
-        }
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
+        let conn = crate::sqlite::open_wal(
+            path,
+            crate::buffer::Synchronous::Full,
+            "function registry",
+            crate::sqlite::IfNotWal::Fail,
+        )
+        .map_err(|e| match e {
+            crate::sqlite::OpenError::Sqlite(source) => open_err(source),
+            crate::sqlite::OpenError::NotWal(mode) => RegistryError::NotWal(mode),
+        })?;
         let found: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(open_err)?;

@@ -356,6 +356,18 @@ fn buffer(m: &mut Metrics, s: &Sources) {
         u8::from(!b.commit_failing.load(Ordering::Relaxed)),
     );
     m.single(
+        "perch_buffer_disk_free_bytes",
+        "gauge",
+        "Free bytes on the data directory's file system before the last commit.",
+        get(&b.disk_free),
+    );
+    m.single(
+        "perch_buffer_disk_full",
+        "gauge",
+        "1 while the buffer is full because the disk is at buffer.min_free_bytes.",
+        u8::from(b.disk_full.load(Ordering::Relaxed)),
+    );
+    m.single(
         "perch_aggregate_windows_open",
         "gauge",
         "Aggregate windows open now.",

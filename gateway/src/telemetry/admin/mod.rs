@@ -284,8 +284,9 @@ async fn list(sources: &Sources) -> Vec<crate::functions::control::FunctionInfo>
         .unwrap_or_default()
 }
 
-/// `/readyz`: 200 when the broker accepts connections and the buffer's
-/// database takes commits; 503 otherwise. The upstream is reported but does
+/// `/readyz`: 200 when the broker accepts connections, the buffer's
+/// database takes commits and its disk has more than `buffer.min_free_bytes`
+/// free; 503 otherwise. The upstream is reported but does
 /// not make the gateway unready: while it is down records wait in the
 /// buffer, which is the gateway doing its job.
 async fn readiness(sources: &Sources) -> Response {
@@ -323,6 +324,20 @@ async fn readiness(sources: &Sources) -> Response {
             ),
         })
     };
+    let low = stats.disk_full.load(Ordering::Relaxed);
+    let disk = if low {
+        json!({
+            "ok": false,
+            "error": format!(
+                "{} bytes free on the data directory's file system: the buffer is full \
+                 at the disk's reserve (buffer.min_free_bytes) and when_full drops records \
+                 until upstream drains it or space is freed",
+                stats.disk_free.load(Ordering::Relaxed)
+            ),
+        })
+    } else {
+        json!({ "ok": true, "free_bytes": stats.disk_free.load(Ordering::Relaxed) })
+    };
     let u = &sources.upstream;
     let upstream = match sources.upstream_kind {
         "none" => json!({ "ok": true, "kind": "none",
@@ -344,12 +359,14 @@ async fn readiness(sources: &Sources) -> Response {
             })
         }
     };
-    let ready = broker_problems.is_empty() && writable;
+    let ready = broker_problems.is_empty() && writable && !low;
     Response::json(
         if ready { 200 } else { 503 },
         &json!({
             "ready": ready,
-            "checks": { "broker": broker, "database": database, "upstream": upstream },
+            "checks": {
+                "broker": broker, "database": database, "disk": disk, "upstream": upstream,
+            },
         }),
     )
 }
