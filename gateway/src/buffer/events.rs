@@ -214,3 +214,80 @@ pub(super) fn totals(conn: &rusqlite::Connection) -> rusqlite::Result<(u64, u64,
         .flatten();
     Ok((n as u64, bytes as u64, oldest))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::aggregate::AggregateConfig;
+    use crate::buffer::{now_ms, Buffer, BufferConfig};
+
+    fn event(function: &str, payload: Vec<u8>, created_ms: i64, expires_ms: i64) -> NewEvent {
+        NewEvent {
+            function: function.into(),
+            topic: Bytes::from_static(b"sensors/a"),
+            payload: Bytes::from(payload),
+            created_ms,
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn kept_events_expire_stay_out_of_records_and_are_read_per_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer =
+            Buffer::open(&BufferConfig::default(), &AggregateConfig::default(), dir.path())
+                .unwrap();
+        let intake = buffer.intake();
+        let now = now_ms();
+        intake.keep_event(event("f", b"old".to_vec(), now - 5_000, now - 1)).unwrap();
+        intake.keep_event(event("f", b"1".to_vec(), now - 3_000, now + 60_000)).unwrap();
+        intake.keep_event(event("f", b"2".to_vec(), now - 1_000, now + 60_000)).unwrap();
+        intake.keep_event(event("g", b"3".to_vec(), now - 1_000, now + 60_000)).unwrap();
+        intake.flush().unwrap();
+        let reader = buffer.reader().unwrap();
+        // The expired one was pruned at the commit; none is a record.
+        assert_eq!(reader.event_totals().unwrap().0, 3);
+        assert!(reader.after(0, 100).unwrap().is_empty());
+        assert_eq!(buffer.stats().records.load(Relaxed), 0);
+        assert_eq!(buffer.stats().events_dropped.load(Relaxed), 1);
+        let (events, total) = reader.events_since("f", now - 10_000, now, 100).unwrap();
+        assert_eq!(total, 2);
+        let payloads: Vec<_> = events.iter().map(|e| e.payload.clone()).collect();
+        assert_eq!(payloads, vec![b"1".to_vec(), b"2".to_vec()]);
+        assert_eq!(events[0].topic, b"sensors/a");
+        let (events, total) = reader.events_since("f", now - 2_000, now, 100).unwrap();
+        assert_eq!((events.len(), total), (1, 1));
+        let (events, _) = reader.events_since("f", now - 10_000, now, 1).unwrap();
+        assert_eq!(events.len(), 1, "the limit holds");
+    }
+
+    #[test]
+    fn kept_events_hold_at_most_a_quarter_of_max_bytes_oldest_dropped_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BufferConfig {
+            max_bytes: 64 * 1024,
+            ..BufferConfig::default()
+        };
+        let buffer = Buffer::open(&config, &AggregateConfig::default(), dir.path()).unwrap();
+        let intake = buffer.intake();
+        intake.forward("s", b"a record").unwrap();
+        let now = now_ms();
+        for i in 0..40u8 {
+            let mut payload = vec![b'x'; 1024];
+            payload[0] = i;
+            intake.keep_event(event("f", payload, now, now + 60_000)).unwrap();
+        }
+        intake.flush().unwrap();
+        let reader = buffer.reader().unwrap();
+        let (n, bytes, _) = reader.event_totals().unwrap();
+        assert!(bytes <= max_event_bytes(config.max_bytes), "{bytes} bytes kept");
+        assert!(n >= 14 && n < 40, "{n} events kept");
+        assert_eq!(buffer.stats().event_bytes.load(Relaxed), bytes);
+        let (events, _) = reader.events_since("f", 0, now, 100).unwrap();
+        assert_eq!(events.last().unwrap().payload[0], 39, "the newest stay");
+        // The record is untouched by the events' bound.
+        assert_eq!(reader.after(0, 10).unwrap().len(), 1);
+    }
+}

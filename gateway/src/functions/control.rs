@@ -867,3 +867,31 @@ mod tests {
         assert!(err.contains("the rollback request is not valid"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod replay_tests {
+    use super::parse_duration;
+
+    #[test]
+    fn replay_durations_parse_and_bad_ones_say_what_to_write() {
+        assert_eq!(parse_duration("30s"), Ok(30));
+        assert_eq!(parse_duration("10m"), Ok(600));
+        assert_eq!(parse_duration("1h"), Ok(3600));
+        assert_eq!(parse_duration(" 2d "), Ok(172_800));
+        for (bad, why) in [
+            ("1", "has no unit"),
+            ("h", "does not start with a number"),
+            ("", "has no unit"),
+            ("1w", "\"w\" is not a unit"),
+            ("1.5h", "\".5h\" is not a unit"),
+            ("-1h", "does not start with a number"),
+            ("0s", "it is zero"),
+            ("99999999999999999999s", "too large"),
+            ("999999999999999999d", "too large"),
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(e.contains("such as 30s, 10m, 1h or 1d"), "{e}");
+        }
+    }
+}
