@@ -190,6 +190,8 @@ pub enum FnCommand {
     /// for it (manifest option `[replay] keep_events_s`) since DURATION ago,
     /// in order, on a copy of its state, and print a summary: events run,
     /// failures, outputs by kind, the first outputs. Nothing is delivered.
+    /// (`--version` names the function's version here, not perch's.)
+    #[command(disable_version_flag = true)]
     Replay {
         /// The function's name.
         name: String,

@@ -288,7 +288,8 @@ pub struct ReplayReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Kept events in the window, and how many were run (fewer when the
-    /// replay hit its limits: 10 000 events, 10 s).
+    /// replay hit its limits: 10 000 events, 5 s; `perch fn replay` waits
+    /// 10 s for the reply by default).
     #[serde(default)]
     pub events: u64,
     #[serde(default)]

@@ -231,7 +231,7 @@ pub const REPLAY_OUTPUTS: usize = 20;
 pub const REPLAY_ERRORS: usize = 5;
 /// A replay stops after this long (the live events wait meanwhile); the
 /// reply says how many events it got through.
-pub const REPLAY_BUDGET: Duration = Duration::from_secs(10);
+pub const REPLAY_BUDGET: Duration = Duration::from_secs(5);
 
 /// What a replay did.
 #[derive(Debug, Default)]
