@@ -709,7 +709,10 @@ async fn replay_runs_a_version_over_kept_events_and_delivers_nothing() {
         "{out}"
     );
     assert!(out.contains(": 0 failed"), "{out}");
-    assert!(out.contains("outputs  5 publishes, 5 emits, 5 forwards"), "{out}");
+    assert!(
+        out.contains("outputs  5 publishes, 5 emits, 5 forwards"),
+        "{out}"
+    );
     assert!(out.contains("publish  out/all  {\"i\": 0}"), "{out}");
     assert!(out.contains("nothing was delivered"), "{out}");
 
@@ -727,7 +730,13 @@ async fn replay_runs_a_version_over_kept_events_and_delivers_nothing() {
     let (ok, out) = deploy("1.1.0", "\n[replay]\nkeep_events_s = 3600\n");
     assert!(ok, "{out}");
     let (ok, out) = gw.perch_fn(&[
-        "replay", "all", "--since", "1h", "--version", "1.0.0", "--json",
+        "replay",
+        "all",
+        "--since",
+        "1h",
+        "--version",
+        "1.0.0",
+        "--json",
     ]);
     assert!(ok, "{out}");
     let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -737,7 +746,10 @@ async fn replay_runs_a_version_over_kept_events_and_delivers_nothing() {
 
     // Bad input.
     let (ok, out) = gw.perch_fn(&["replay", "nope", "--since", "1h"]);
-    assert!(!ok && out.contains("no function \"nope\" is deployed"), "{out}");
+    assert!(
+        !ok && out.contains("no function \"nope\" is deployed"),
+        "{out}"
+    );
     let (ok, out) = gw.perch_fn(&["replay", "all", "--since", "1y"]);
     assert!(!ok && out.contains("\"1y\" is not a duration"), "{out}");
     assert!(out.contains("such as 30s, 10m, 1h or 1d"), "{out}");
@@ -747,7 +759,13 @@ async fn replay_runs_a_version_over_kept_events_and_delivers_nothing() {
         "{out}"
     );
     let mut ctl = Client::connect(gw.addr, "ctl", &["perch/e2e-replay/fn/replay/reply"]).await;
-    let r = raw(&gw, &mut ctl, "replay", br#"{"name": "all", "since": "0s"}"#.to_vec()).await;
+    let r = raw(
+        &gw,
+        &mut ctl,
+        "replay",
+        br#"{"name": "all", "since": "0s"}"#.to_vec(),
+    )
+    .await;
     assert!(r["error"].as_str().unwrap().contains("it is zero"), "{r:#}");
     let r = raw(&gw, &mut ctl, "replay", b"all".to_vec()).await;
     let e = r["error"].as_str().unwrap();

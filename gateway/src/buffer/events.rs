@@ -236,15 +236,26 @@ mod tests {
     #[test]
     fn kept_events_expire_stay_out_of_records_and_are_read_per_function() {
         let dir = tempfile::tempdir().unwrap();
-        let buffer =
-            Buffer::open(&BufferConfig::default(), &AggregateConfig::default(), dir.path())
-                .unwrap();
+        let buffer = Buffer::open(
+            &BufferConfig::default(),
+            &AggregateConfig::default(),
+            dir.path(),
+        )
+        .unwrap();
         let intake = buffer.intake();
         let now = now_ms();
-        intake.keep_event(event("f", b"old".to_vec(), now - 5_000, now - 1)).unwrap();
-        intake.keep_event(event("f", b"1".to_vec(), now - 3_000, now + 60_000)).unwrap();
-        intake.keep_event(event("f", b"2".to_vec(), now - 1_000, now + 60_000)).unwrap();
-        intake.keep_event(event("g", b"3".to_vec(), now - 1_000, now + 60_000)).unwrap();
+        intake
+            .keep_event(event("f", b"old".to_vec(), now - 5_000, now - 1))
+            .unwrap();
+        intake
+            .keep_event(event("f", b"1".to_vec(), now - 3_000, now + 60_000))
+            .unwrap();
+        intake
+            .keep_event(event("f", b"2".to_vec(), now - 1_000, now + 60_000))
+            .unwrap();
+        intake
+            .keep_event(event("g", b"3".to_vec(), now - 1_000, now + 60_000))
+            .unwrap();
         intake.flush().unwrap();
         let reader = buffer.reader().unwrap();
         // The expired one was pruned at the commit; none is a record.
@@ -277,13 +288,18 @@ mod tests {
         for i in 0..40u8 {
             let mut payload = vec![b'x'; 1024];
             payload[0] = i;
-            intake.keep_event(event("f", payload, now, now + 60_000)).unwrap();
+            intake
+                .keep_event(event("f", payload, now, now + 60_000))
+                .unwrap();
         }
         intake.flush().unwrap();
         let reader = buffer.reader().unwrap();
         let (n, bytes, _) = reader.event_totals().unwrap();
-        assert!(bytes <= max_event_bytes(config.max_bytes), "{bytes} bytes kept");
-        assert!(n >= 14 && n < 40, "{n} events kept");
+        assert!(
+            bytes <= max_event_bytes(config.max_bytes),
+            "{bytes} bytes kept"
+        );
+        assert!((14..40).contains(&n), "{n} events kept");
         assert_eq!(buffer.stats().event_bytes.load(Relaxed), bytes);
         let (events, _) = reader.events_since("f", 0, now, 100).unwrap();
         assert_eq!(events.last().unwrap().payload[0], 39, "the newest stay");

@@ -440,7 +440,10 @@ list = [1, 2]
         let err = Manifest::from_toml(&format!("{GOOD}\n[replay]\nkeep_events_s = 86401\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("replay.keep_events_s: 86401 is too long"), "{err}");
+        assert!(
+            err.contains("replay.keep_events_s: 86401 is too long"),
+            "{err}"
+        );
         let err = Manifest::from_toml(&format!("{GOOD}\n[replay]\nkeep = true\n"))
             .unwrap_err()
             .to_string();

@@ -1077,17 +1077,21 @@ impl Inner {
             None => None,
             Some(v) if *v == live_version => None,
             Some(v) => {
-                let stored = versions.iter().rev().find(|s| s.version == *v).ok_or_else(|| {
-                    format!(
-                        "function {name:?} has no version {v:?} on this gateway (kept: {}); \
+                let stored = versions
+                    .iter()
+                    .rev()
+                    .find(|s| s.version == *v)
+                    .ok_or_else(|| {
+                        format!(
+                            "function {name:?} has no version {v:?} on this gateway (kept: {}); \
                          give one of those, or none for the live version",
-                        versions
-                            .iter()
-                            .map(|s| s.version.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })?;
+                            versions
+                                .iter()
+                                .map(|s| s.version.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })?;
                 let manifest = self.manifest(&stored.manifest).map_err(|e| e.to_string())?;
                 let compiled = self
                     .runtime
