@@ -250,6 +250,7 @@ async fn outputs_to_buffer(mut outputs: mpsc::Receiver<Output>, intake: crate::b
                 let r = intake.forward(&stream, &record);
                 (function, r)
             }
+            Output::Event(event) => (event.function.clone(), intake.keep_event(event)),
             Output::Metric {
                 function,
                 metric,

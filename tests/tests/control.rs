@@ -626,3 +626,166 @@ async fn invoke_runs_a_function_once_and_delivers_nothing() {
     assert!(out.contains("function \"failing\" is stopped"), "{out}");
     assert!(out.contains("deploy it again to start it"), "{out}");
 }
+
+/// `perch fn replay`: a function with `[replay] keep_events_s` has its
+/// trigger events kept in the buffer (never as records for upstream); a
+/// replay runs the live version, or a kept one, over them in order and
+/// reports counts and the first outputs without delivering anything. An
+/// unknown function or version, a function that keeps no events, a bad
+/// duration and an empty window are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_runs_a_version_over_kept_events_and_delivers_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start("e2e-replay", d);
+    let wasm = file(d, "all.wasm", wat::parse_str(ALL_OUTPUTS_WAT).unwrap());
+    let deploy = |version: &str, replay: &str| {
+        let manifest = file(
+            d,
+            "all.toml",
+            format!(
+                "name = \"all\"\nversion = \"{version}\"\n\n[triggers]\n\
+                 topics = [\"tests/all/+\"]\n\n[publish]\nallow = [\"out/#\"]\n{replay}"
+            ),
+        );
+        gw.perch_fn(&[
+            "deploy",
+            wasm.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ])
+    };
+    let (ok, out) = deploy("1.0.0", "\n[replay]\nkeep_events_s = 3600\n");
+    assert!(ok, "{out}\n{}", gw.log());
+    let mut watcher = Client::connect(gw.addr, "watcher", &["out/#"]).await;
+    for i in 0..5 {
+        watcher
+            .publish(&format!("tests/all/{i}"), &format!("{{\"i\": {i}}}"))
+            .await;
+    }
+    for _ in 0..5 {
+        watcher.next().await;
+    }
+    let published = Instant::now();
+
+    // The kept events are committed with the buffer's next batch.
+    let deadline = Instant::now() + DEADLINE;
+    let reply = loop {
+        let (ok, out) = gw.perch_fn(&["replay", "all", "--since", "1h", "--json"]);
+        if ok {
+            let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+            if reply["events"] == 5 {
+                break reply;
+            }
+        }
+        assert!(Instant::now() < deadline, "{out}\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reply["ok"], true, "{reply:#}");
+    assert_eq!(reply["version"], "1.0.0", "{reply:#}");
+    for (key, n) in [
+        ("events", 5),
+        ("replayed", 5),
+        ("errors", 0),
+        ("publishes", 5),
+        ("emits", 5),
+        ("forwards", 5),
+    ] {
+        assert_eq!(reply[key], n, "{key}: {reply:#}");
+    }
+    assert!(reply.get("differed").is_none(), "{reply:#}");
+    assert_eq!(
+        reply["outputs"][0],
+        serde_json::json!({"kind": "publish", "topic": "out/all", "payload": "{\"i\": 0}"})
+    );
+    assert_eq!(
+        reply["outputs"][14],
+        serde_json::json!({"kind": "forward", "stream": "raw", "record": "{\"i\": 4}"})
+    );
+    let (ok, out) = gw.perch_fn(&["replay", "all", "--since", "10m"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("replayed all 1.0.0 over 5 of 5 kept events in "),
+        "{out}"
+    );
+    assert!(out.contains(": 0 failed"), "{out}");
+    assert!(
+        out.contains("outputs  5 publishes, 5 emits, 5 forwards"),
+        "{out}"
+    );
+    assert!(out.contains("publish  out/all  {\"i\": 0}"), "{out}");
+    assert!(out.contains("nothing was delivered"), "{out}");
+
+    // Nothing from the replays was delivered or buffered for upstream: the
+    // buffer holds the live run's 5 forwards and nothing else.
+    assert!(watcher.nothing_within(Duration::from_millis(500)).await);
+    let reader = perch::buffer::Reader::open(&d.join(perch::buffer::FILE_NAME)).unwrap();
+    let records = reader.after(0, 100).unwrap();
+    assert_eq!(records.len(), 5, "{records:?}");
+    assert!(records.iter().all(|r| r.stream == "raw"), "{records:?}");
+    assert_eq!(reader.event_totals().unwrap().0, 5);
+    assert_eq!(gw.function("all")["invocations"], 5);
+
+    // Another version: the kept one runs, compared with the live one.
+    let (ok, out) = deploy("1.1.0", "\n[replay]\nkeep_events_s = 3600\n");
+    assert!(ok, "{out}");
+    let (ok, out) = gw.perch_fn(&[
+        "replay",
+        "all",
+        "--since",
+        "1h",
+        "--version",
+        "1.0.0",
+        "--json",
+    ]);
+    assert!(ok, "{out}");
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["version"], "1.0.0", "{reply:#}");
+    assert_eq!(reply["replayed"], 5, "{reply:#}");
+    assert_eq!(reply["differed"], 0, "same code: {reply:#}");
+
+    // Bad input.
+    let (ok, out) = gw.perch_fn(&["replay", "nope", "--since", "1h"]);
+    assert!(
+        !ok && out.contains("no function \"nope\" is deployed"),
+        "{out}"
+    );
+    let (ok, out) = gw.perch_fn(&["replay", "all", "--since", "1y"]);
+    assert!(!ok && out.contains("\"1y\" is not a duration"), "{out}");
+    assert!(out.contains("such as 30s, 10m, 1h or 1d"), "{out}");
+    let (ok, out) = gw.perch_fn(&["replay", "all", "--since", "1h", "--version", "9.9.9"]);
+    assert!(
+        !ok && out.contains("has no version \"9.9.9\" on this gateway (kept: 1.0.0, 1.1.0)"),
+        "{out}"
+    );
+    let mut ctl = Client::connect(gw.addr, "ctl", &["perch/e2e-replay/fn/replay/reply"]).await;
+    let r = raw(
+        &gw,
+        &mut ctl,
+        "replay",
+        br#"{"name": "all", "since": "0s"}"#.to_vec(),
+    )
+    .await;
+    assert!(r["error"].as_str().unwrap().contains("it is zero"), "{r:#}");
+    let r = raw(&gw, &mut ctl, "replay", b"all".to_vec()).await;
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains("the replay request is not valid"), "{e}");
+    // A window with no kept events.
+    while published.elapsed() < Duration::from_millis(1_500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, out) = gw.perch_fn(&["replay", "all", "--since", "1s"]);
+    assert!(
+        !ok && out.contains("no trigger events of function \"all\" were kept in the last 1s"),
+        "{out}"
+    );
+    // A version without the option keeps nothing and says how to.
+    let (ok, out) = deploy("1.2.0", "");
+    assert!(ok, "{out}");
+    let (ok, out) = gw.perch_fn(&["replay", "all", "--since", "1h"]);
+    assert!(
+        !ok && out.contains("does not keep its trigger events"),
+        "{out}"
+    );
+    assert!(out.contains("[replay] keep_events_s = 3600"), "{out}");
+}

@@ -171,6 +171,8 @@ fn run_module(manifest: &str, wasm: &[u8], events: &[(String, String)]) -> Vec<S
                     metric, key, value, ..
                 } => format!("emit {metric} {key} {value}"),
                 Output::Record { stream, record, .. } => format!("forward {stream} {record:?}"),
+                // Kept trigger events come from a worker, never an instance.
+                Output::Event(_) => continue,
             });
         }
     }

@@ -64,6 +64,10 @@
 //!   also the order within each stream.
 //! - `kind`: 0 a record a function forwarded, 1 an aggregate, 2 a summary that
 //!   replaced raw records under the `degrade` policy.
+//! - Trigger events kept for `perch fn replay` are a kind of their own in a
+//!   table of their own, `events (seq, function, topic, created_ms,
+//!   expires_ms, payload)`, never forwarded and bounded apart from
+//!   `records` ([`events`]).
 //! - The writer's running totals of rows and bytes (`length(stream) +
 //!   length(payload)`) match the table after every commit; they are loaded
 //!   with one query at start.
@@ -99,6 +103,7 @@
 //! and recovers by itself when the disk does.
 
 mod config;
+mod events;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -109,6 +114,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use self::config::{BufferConfig, Synchronous, WhenFull};
+pub use self::events::{max_event_bytes, KeptEvent, NewEvent};
 pub use self::store::{
     replay_dead_letters, DeadLetter, Reader, StoredRecord, KIND_AGGREGATE, KIND_RECORD,
     KIND_SUMMARY,
@@ -169,6 +175,12 @@ pub struct Stats {
     pub late_events: AtomicU64,
     pub refused_emits: AtomicU64,
     pub open_windows: AtomicU64,
+    /// Trigger events kept for `perch fn replay` ([`events`]), and those
+    /// deleted again (expired or over their byte bound).
+    pub events_kept: AtomicU64,
+    pub events_dropped: AtomicU64,
+    /// Bytes of kept events now.
+    pub event_bytes: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// Whether the last commit attempt failed (the database is not
     /// writable now); read by the admin listener's `/readyz`.
@@ -191,6 +203,7 @@ enum Command {
         value: f64,
         ts_ms: i64,
     },
+    Keep(NewEvent),
     Ack(i64),
     Acks(Vec<i64>),
     DeadLetter {
@@ -246,6 +259,14 @@ impl Intake {
             value,
             ts_ms,
         })
+    }
+
+    /// Keeps a function's trigger event for `perch fn replay` until
+    /// `expires_ms` (never forwarded; see [`events`]). Takes the broker's
+    /// buffers as they are: allocates nothing.
+    pub fn keep_event(&self, event: NewEvent) -> Result<(), BufferError> {
+        self.reserve()?;
+        self.send(Command::Keep(event))
     }
 
     /// Marks a record acknowledged by upstream; it is deleted in the next
@@ -526,6 +547,10 @@ impl Writer {
                     }
                 }
                 self.move_closed();
+            }
+            Command::Keep(event) => {
+                self.taken += 1;
+                self.pending.events.push(event);
             }
             Command::Ack(seq) => self.pending.acks.push(seq),
             Command::Acks(seqs) => self.pending.acks.extend_from_slice(&seqs),

@@ -7,6 +7,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::config::{BufferConfig, Synchronous, WhenFull};
+use super::events::{self, EventBounds, KeptEvent, NewEvent};
 use super::{BufferError, Stats};
 use crate::aggregate::{Aggregator, Window};
 use crate::sqlite::{self, IfNotWal, OpenError};
@@ -68,11 +69,16 @@ pub struct Pending {
     /// Records upstream refused for good: (seqs, status, response), moved
     /// to dead letters.
     pub dead: Vec<(Vec<i64>, u16, String)>,
+    /// Trigger events to keep for replay ([`super::events`]).
+    pub events: Vec<NewEvent>,
 }
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.acks.is_empty() && self.dead.is_empty()
+        self.records.is_empty()
+            && self.acks.is_empty()
+            && self.dead.is_empty()
+            && self.events.is_empty()
     }
 }
 
@@ -147,6 +153,8 @@ pub struct Store {
     /// connection (`perch buffer replay`) commits, and then the totals are
     /// counted again.
     data_version: i64,
+    /// Kept events' bytes and last pruning.
+    events: EventBounds,
 }
 
 pub fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, BufferError> {
@@ -162,6 +170,7 @@ pub fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, Buf
         },
     })?;
     conn.execute_batch(SCHEMA).map_err(err)?;
+    conn.execute_batch(events::SCHEMA).map_err(err)?;
     Ok(conn)
 }
 
@@ -203,6 +212,10 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
+        let event_bytes = events::total_bytes(&conn).map_err(|source| BufferError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Store {
             conn,
             path: path.to_owned(),
@@ -210,6 +223,10 @@ impl Store {
             records: records as u64,
             page_size: page_size as u64,
             data_version,
+            events: EventBounds {
+                bytes: event_bytes,
+                pruned_ms: 0,
+            },
         })
     }
 
@@ -288,6 +305,7 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             (self.records, self.bytes, self.data_version) = (n as u64, b as u64, version);
+            self.events.bytes = events::total_bytes(&self.conn)?;
         }
         let mut bytes = self.bytes;
         let mut records = self.records;
@@ -447,9 +465,12 @@ impl Store {
             bytes -= size;
             records -= n;
         }
+        let (event_bounds, event_counts) =
+            events::write(&tx, &pending.events, &self.events, now_ms, config.max_bytes)?;
         tx.commit()?;
         self.bytes = bytes;
         self.records = records;
+        self.events = event_bounds;
         pending.records.clear();
         pending.acks.clear();
         pending.dead.clear();
@@ -459,7 +480,16 @@ impl Store {
             outcome.full = true;
             outcome.roomy = false;
         }
+        pending.events.clear();
         counts.apply(stats);
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            stats.events_kept.fetch_add(event_counts.kept, Relaxed);
+            stats
+                .events_dropped
+                .fetch_add(event_counts.expired + event_counts.dropped, Relaxed);
+            stats.event_bytes.store(self.events.bytes, Relaxed);
+        }
         Ok(outcome)
     }
 
@@ -754,6 +784,25 @@ impl Reader {
             )
             .optional()?;
         Ok((n as u64, bytes as u64, oldest))
+    }
+}
+
+impl Reader {
+    /// Up to `limit` kept trigger events of `function` since `since_ms`
+    /// (not yet expired at `now_ms`), oldest first, and how many there are.
+    pub fn events_since(
+        &self,
+        function: &str,
+        since_ms: i64,
+        now_ms: i64,
+        limit: usize,
+    ) -> rusqlite::Result<(Vec<KeptEvent>, u64)> {
+        events::since(&self.conn, function, since_ms, now_ms, limit)
+    }
+
+    /// (kept events, their bytes, oldest created_ms): `perch buffer stats`.
+    pub fn event_totals(&self) -> rusqlite::Result<(u64, u64, Option<i64>)> {
+        events::totals(&self.conn)
     }
 }
 

@@ -730,6 +730,8 @@ pub fn test(
                     };
                     writeln!(out, "  emit     {metric}{key} = {value}")?;
                 }
+                // `perch fn test` keeps no trigger events.
+                Output::Event(_) => {}
                 Output::Record { stream, record, .. } => {
                     report.forwards += 1;
                     writeln!(

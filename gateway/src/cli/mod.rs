@@ -186,6 +186,29 @@ pub enum FnCommand {
         #[command(flatten)]
         target: FnTarget,
     },
+    /// Run a version of a function over the trigger events the gateway kept
+    /// for it (manifest option `[replay] keep_events_s`) since DURATION ago,
+    /// in order, on a copy of its state, and print a summary: events run,
+    /// failures, outputs by kind, the first outputs. Nothing is delivered.
+    /// (`--version` names the function's version here, not perch's.)
+    #[command(disable_version_flag = true)]
+    Replay {
+        /// The function's name.
+        name: String,
+        /// How far back: a whole number and a unit, such as 30s, 10m, 1h, 1d.
+        #[arg(long, value_parser = parse_since)]
+        since: String,
+        /// A version the gateway keeps (default: the live one); the reply
+        /// then also counts the events whose outputs differ from the live
+        /// version's.
+        #[arg(long)]
+        version: Option<String>,
+        /// Print the gateway's JSON reply instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: FnTarget,
+    },
     /// Print a function's log lines as it writes them (live: lines are not
     /// kept), for --timeout-ms or, with --follow, until Ctrl-C.
     Logs {
@@ -690,6 +713,30 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
                 Some(failure) => anyhow::bail!("the invocation failed: {failure}"),
             }
         }
+        FnCommand::Replay {
+            name,
+            since,
+            version,
+            json,
+            target,
+        } => {
+            let request = control::ReplayRequest {
+                name,
+                since,
+                version,
+                request_id: None,
+            };
+            let reply = runtime.block_on(control::replay(&endpoint(target), request))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else if reply.error.is_none() {
+                print!("{}", replay_report(&reply));
+            }
+            match reply.error {
+                None => Ok(()),
+                Some(error) => anyhow::bail!("the gateway refused the replay: {error}"),
+            }
+        }
         FnCommand::Logs {
             name,
             follow,
@@ -933,6 +980,57 @@ fn invoke_report(reply: &crate::functions::control::InvokeReply) -> String {
         out.push_str("(no outputs, no log lines)\n");
     }
     out.push_str("nothing was delivered: invoke captures the outputs\n");
+    out
+}
+
+/// `--since`: checked here so a bad duration never reaches the gateway.
+fn parse_since(text: &str) -> Result<String, String> {
+    crate::functions::control::parse_duration(text).map(|_| text.trim().to_owned())
+}
+
+/// What `perch fn replay` prints: the summary, then the first outputs.
+fn replay_report(reply: &crate::functions::control::ReplayReply) -> String {
+    use crate::functions::control::InvokeOutput;
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "replayed {} {} over {} of {} kept events in {:.3} ms: {} failed",
+        reply.name.as_deref().unwrap_or("?"),
+        reply.version.as_deref().unwrap_or("?"),
+        reply.replayed,
+        reply.events,
+        reply.duration_us as f64 / 1000.0,
+        reply.errors,
+    );
+    for e in &reply.first_errors {
+        let _ = writeln!(out, "failure  {e}");
+    }
+    let _ = writeln!(
+        out,
+        "outputs  {} publishes, {} emits, {} forwards",
+        reply.publishes, reply.emits, reply.forwards
+    );
+    if let Some(d) = reply.differed {
+        let _ = writeln!(out, "differed from the live version on {d} events");
+    }
+    for o in &reply.outputs {
+        let _ = match o {
+            InvokeOutput::Publish { topic, payload } => {
+                writeln!(out, "publish  {topic}  {payload}")
+            }
+            InvokeOutput::Emit { metric, key, value } if key.is_empty() => {
+                writeln!(out, "emit     {metric} = {value}")
+            }
+            InvokeOutput::Emit { metric, key, value } => {
+                writeln!(out, "emit     {metric} [{key}] = {value}")
+            }
+            InvokeOutput::Forward { stream, record } => {
+                writeln!(out, "forward  {stream}  {record}")
+            }
+        };
+    }
+    out.push_str("nothing was delivered: replay captures the outputs\n");
     out
 }
 

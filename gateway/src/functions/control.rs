@@ -10,6 +10,7 @@
 //! | `remove` | `{"name": "..."}` | `remove/reply`: [`CommandReply`] |
 //! | `promote` | `{"name": "..."}` | `promote/reply`: [`CommandReply`] |
 //! | `invoke` | [`InvokeRequest`] | `invoke/reply`: [`InvokeReply`] |
+//! | `replay` | [`ReplayRequest`] | `replay/reply`: [`ReplayReply`] |
 //! | `list` | anything (ignored) | `list/reply`: JSON array of [`FunctionInfo`] |
 //! | `<name>/status` | (published by the gateway, retained) | [`FunctionInfo`] |
 //! | `<name>/logs` | (published by the gateway, not retained) | one JSON log line |
@@ -40,6 +41,13 @@
 //! its own on a copy of the state, and returns its outputs and log lines
 //! in the reply instead of delivering them; it changes nothing and claims
 //! no name.
+//!
+//! `replay` runs a version (the live one, or `"version"`, one the registry
+//! keeps) over the trigger events the buffer kept for the function since
+//! `"since"` (`30s`, `10m`, `1h`, `1d`), in order, in an instance of its own
+//! on a copy of the state; outputs are captured, counted and the first few
+//! returned, never delivered. Only functions whose manifest sets
+//! `[replay] keep_events_s` have events kept.
 //!
 //! # Deploy request
 //!
@@ -101,6 +109,11 @@ pub enum ControlError {
          \"topic\": \"sensors/a\", \"payload\": \"{{\\\"temp\\\": 21.5}}\"}}"
     )]
     Invoke(String),
+    #[error(
+        "the replay request is not valid: {0}; send JSON such as {{\"name\": \"my-function\", \
+         \"since\": \"1h\"}}"
+    )]
+    Replay(String),
     #[error("cannot reach the gateway's broker at {addr}: {message}")]
     Connect { addr: String, message: String },
     #[error(
@@ -239,6 +252,104 @@ impl InvokeRequest {
     pub fn decode(payload: &[u8]) -> Result<InvokeRequest, ControlError> {
         serde_json::from_slice(payload).map_err(|e| ControlError::Invoke(e.to_string()))
     }
+}
+
+/// A `replay` request: run a version of `name` over the trigger events
+/// kept since `since` ago.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    pub name: String,
+    /// How far back: a number and a unit, `30s`, `10m`, `1h` or `1d`.
+    pub since: String,
+    /// A version the registry keeps (default: the live one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ReplayRequest {
+    pub fn decode(payload: &[u8]) -> Result<ReplayRequest, ControlError> {
+        serde_json::from_slice(payload).map_err(|e| ControlError::Replay(e.to_string()))
+    }
+}
+
+/// The answer to a `replay`: a summary and the first outputs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplayReply {
+    /// Whether the replay ran (even if the function failed on some events).
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The version that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Kept events in the window, and how many were run (fewer when the
+    /// replay hit its limits: 10 000 events, 5 s; `perch fn replay` waits
+    /// 10 s for the reply by default).
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub replayed: u64,
+    /// Events on which the function failed, and the first few messages.
+    #[serde(default)]
+    pub errors: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first_errors: Vec<String>,
+    /// Outputs by kind.
+    #[serde(default)]
+    pub publishes: u64,
+    #[serde(default)]
+    pub emits: u64,
+    #[serde(default)]
+    pub forwards: u64,
+    /// With another version than the live one: events whose outputs
+    /// differed from the live version's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub differed: Option<u64>,
+    /// The first outputs, in order; none was delivered.
+    #[serde(default)]
+    pub outputs: Vec<InvokeOutput>,
+    #[serde(default)]
+    pub duration_us: u64,
+    /// Why nothing ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Parses a replay window: a whole number and a unit (`s`, `m`, `h`, `d`),
+/// such as `30s`, `10m`, `1h`; returns seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = |why: &str| {
+        format!(
+            "{text:?} is not a duration: {why}; write a whole number and a unit, such as 30s, \
+             10m, 1h or 1d"
+        )
+    };
+    let text_trim = text.trim();
+    let split = text_trim
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| bad("it has no unit"))?;
+    let (number, unit) = text_trim.split_at(split);
+    if number.is_empty() {
+        return Err(bad("it does not start with a number"));
+    }
+    let n: u64 = number.parse().map_err(|_| bad("the number is too large"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad(&format!("{unit:?} is not a unit"))),
+    };
+    if n == 0 {
+        return Err(bad("it is zero, so there is nothing to replay"));
+    }
+    n.checked_mul(scale)
+        .ok_or_else(|| bad("the number is too large"))
 }
 
 /// One output an invoked function made (captured, not delivered).
@@ -609,6 +720,31 @@ pub async fn invoke(
     serde_json::from_slice(&reply).map_err(|e| ControlError::Invoke(e.to_string()))
 }
 
+/// Replays kept events through the gateway; returns its summary.
+pub async fn replay(
+    endpoint: &Endpoint,
+    replay: ReplayRequest,
+) -> Result<ReplayReply, ControlError> {
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    let body = serde_json::to_vec(&ReplayRequest {
+        request_id: Some(request_id.clone()),
+        ..replay
+    })
+    .unwrap_or_default();
+    let reply = request(
+        endpoint,
+        &command_topic(&endpoint.gateway, "replay"),
+        &reply_topic(&endpoint.gateway, "replay"),
+        body,
+        |p| {
+            serde_json::from_slice::<ReplayReply>(p)
+                .is_ok_and(|r| r.request_id.as_deref() == Some(request_id.as_str()))
+        },
+    )
+    .await?;
+    serde_json::from_slice(&reply).map_err(|e| ControlError::Replay(e.to_string()))
+}
+
 /// Reads the retained status of one function.
 pub async fn status(endpoint: &Endpoint, name: &str) -> Result<FunctionInfo, ControlError> {
     let reply = request_inner(
@@ -730,5 +866,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("the rollback request is not valid"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::parse_duration;
+
+    #[test]
+    fn replay_durations_parse_and_bad_ones_say_what_to_write() {
+        assert_eq!(parse_duration("30s"), Ok(30));
+        assert_eq!(parse_duration("10m"), Ok(600));
+        assert_eq!(parse_duration("1h"), Ok(3600));
+        assert_eq!(parse_duration(" 2d "), Ok(172_800));
+        for (bad, why) in [
+            ("1", "has no unit"),
+            ("h", "does not start with a number"),
+            ("", "has no unit"),
+            ("1w", "\"w\" is not a unit"),
+            ("1.5h", "\".5h\" is not a unit"),
+            ("-1h", "does not start with a number"),
+            ("0s", "it is zero"),
+            ("99999999999999999999s", "too large"),
+            ("999999999999999999d", "too large"),
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(e.contains("such as 30s, 10m, 1h or 1d"), "{e}");
+        }
     }
 }

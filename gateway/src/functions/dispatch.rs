@@ -216,9 +216,46 @@ pub struct Invoked {
     pub logs: Vec<Bytes>,
 }
 
+/// A `perch fn replay`: run a version over kept trigger events in order,
+/// in an instance of its own on a copy of the state, outputs captured.
+pub struct Replay {
+    /// The version to run; `None` for the live one.
+    pub compiled: Option<Arc<Compiled>>,
+    pub events: Vec<crate::buffer::KeptEvent>,
+    pub reply: sync_mpsc::SyncSender<Result<Replayed, String>>,
+}
+
+/// The first this many outputs come back in a replay's reply.
+pub const REPLAY_OUTPUTS: usize = 20;
+/// The first this many failure messages come back in a replay's reply.
+pub const REPLAY_ERRORS: usize = 5;
+/// A replay stops after this long (the live events wait meanwhile); the
+/// reply says how many events it got through.
+pub const REPLAY_BUDGET: Duration = Duration::from_secs(5);
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub version: String,
+    /// Events run (fewer than given when [`REPLAY_BUDGET`] ran out).
+    pub replayed: u64,
+    pub errors: u64,
+    pub first_errors: Vec<String>,
+    pub publishes: u64,
+    pub emits: u64,
+    pub forwards: u64,
+    /// Events whose outputs differed from the live version's on the same
+    /// event (also run on a copy of the state); `None` when the replayed
+    /// version is the live one.
+    pub differed: Option<u64>,
+    pub outputs: Vec<super::control::InvokeOutput>,
+    pub duration: Duration,
+}
+
 enum Command {
     Deploy(Box<Deploy>),
     Invoke(Box<Invoke>),
+    Replay(Box<Replay>),
     /// Start a canary or shadow beside the live version.
     Rollout(Box<rollout::Start>),
     /// End the canary or shadow; the live version stays. Answers when done.
@@ -292,6 +329,14 @@ impl FunctionHandle {
         lock(&self.inbox)
             .commands
             .push_back(Command::Invoke(Box::new(invoke)));
+        self.wake.notify_one();
+    }
+
+    /// Asks the worker to replay kept events.
+    pub fn replay(&self, replay: Replay) {
+        lock(&self.inbox)
+            .commands
+            .push_back(Command::Replay(Box::new(replay)));
         self.wake.notify_one();
     }
 
@@ -475,6 +520,10 @@ impl Worker {
                     let result = self.invoke(&job.event);
                     let _ = job.reply.send(result);
                 }
+                Job::Command(Command::Replay(job)) => {
+                    let result = self.replay(&job);
+                    let _ = job.reply.send(result);
+                }
                 Job::Command(Command::EndRollout(done)) => {
                     self.candidate = None;
                     *lock(&self.handle.rollout) = None;
@@ -613,6 +662,87 @@ impl Worker {
         })
     }
 
+    /// Runs `job`'s version (or the live one) over its events in order, in
+    /// an instance of its own seeded with a copy of the state; with another
+    /// version than the live one, the live one runs beside it on its own
+    /// copy and the events whose outputs differ are counted.
+    fn replay(&mut self, job: &Replay) -> Result<Replayed, String> {
+        use super::control::InvokeOutput;
+        let name = self.handle.name.clone();
+        let live = self
+            .compiled
+            .clone()
+            .ok_or_else(|| format!("function {name:?} has no version running yet"))?;
+        let chosen = job.compiled.clone().unwrap_or_else(|| live.clone());
+        let state = self.state().snapshot();
+        let fresh = |compiled: &Arc<Compiled>, state: StateCache| {
+            let seed = Seed {
+                state,
+                counters: Arc::new(OutputCounters::default()),
+            };
+            self.runtime
+                .instantiate(compiled, seed)
+                .map(|mut i| {
+                    drop(i.capture());
+                    i
+                })
+                .map_err(|(e, _)| format!("function {name:?} could not be instantiated: {e}"))
+        };
+        let mut run = fresh(&chosen, state.snapshot())?;
+        let mut beside = if Arc::ptr_eq(&chosen, &live) {
+            None
+        } else {
+            Some(fresh(&live, state)?)
+        };
+        let mut out = Replayed {
+            version: chosen.manifest.version.clone(),
+            differed: beside.as_ref().map(|_| 0),
+            ..Replayed::default()
+        };
+        let started = Instant::now();
+        for event in &job.events {
+            if started.elapsed() >= REPLAY_BUDGET {
+                break;
+            }
+            out.replayed += 1;
+            let result = run.on_event(&event.topic, &event.payload, event.created_ms);
+            let print = run.fingerprint();
+            let (outputs, _logs) = run.capture();
+            if let Err(f) = result {
+                out.errors += 1;
+                if out.first_errors.len() < REPLAY_ERRORS {
+                    out.first_errors.push(f.to_string());
+                }
+            }
+            for o in outputs {
+                match o {
+                    InvokeOutput::Publish { .. } => out.publishes += 1,
+                    InvokeOutput::Emit { .. } => out.emits += 1,
+                    InvokeOutput::Forward { .. } => out.forwards += 1,
+                }
+                if out.outputs.len() < REPLAY_OUTPUTS {
+                    out.outputs.push(o);
+                }
+            }
+            if let Some(other) = beside.as_mut() {
+                let _ = other.on_event(&event.topic, &event.payload, event.created_ms);
+                if other.fingerprint() != print {
+                    *out.differed.get_or_insert(0) += 1;
+                }
+                drop(other.capture());
+                if other.is_poisoned() {
+                    let seed = beside.take().expect("there").into_seed();
+                    beside = Some(fresh(&live, seed.state)?);
+                }
+            }
+            if run.is_poisoned() {
+                run = fresh(&chosen, run.into_seed().state)?;
+            }
+        }
+        out.duration = started.elapsed();
+        Ok(out)
+    }
+
     fn start_rollout(&mut self, start: rollout::Start) {
         let started = {
             let state = match &mut self.instance {
@@ -674,6 +804,22 @@ impl Worker {
     }
 
     fn on_event(&mut self, event: Event) {
+        // `[replay] keep_events_s`: the buffer keeps the event (refcounted
+        // handles to the broker's buffers; nothing is copied here).
+        if let Some(keep_s) = self
+            .compiled
+            .as_ref()
+            .map(|c| c.manifest.replay.keep_events_s)
+            .filter(|&s| s > 0)
+        {
+            self.runtime.keep_event(crate::buffer::NewEvent {
+                function: self.handle.name.clone(),
+                topic: event.topic.clone(),
+                payload: event.payload.clone(),
+                created_ms: event.timestamp_ms,
+                expires_ms: event.timestamp_ms + keep_s as i64 * 1000,
+            });
+        }
         let route = self
             .candidate
             .as_mut()

@@ -25,6 +25,10 @@ pub const MAX_OUTPUT_BYTES: usize = 268_435_455;
 /// Shortest interval trigger: shorter ones would keep a core busy with timer
 /// wake-ups alone.
 pub const MIN_EVERY_MS: u64 = 10;
+/// Longest `replay.keep_events_s`: a day of trigger events. The kept events
+/// are bounded by bytes as well (a quarter of `buffer.max_bytes`, see
+/// [`crate::buffer`]); this bounds how stale a replay can be.
+pub const MAX_KEEP_EVENTS_S: u64 = 24 * 3600;
 
 /// Why a manifest was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,20 @@ pub struct Manifest {
     /// Values the function reads with `config_get`.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// Whether the gateway keeps this function's trigger events for
+    /// `perch fn replay`.
+    #[serde(default)]
+    pub replay: Replay,
+}
+
+/// `[replay]`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replay {
+    /// Keep each trigger event (topic, payload, time) in the buffer for this
+    /// many seconds, never forwarded, so `perch fn replay --since` can run a
+    /// version over them; 0 (the default) keeps none.
+    pub keep_events_s: u64,
 }
 
 /// `[triggers]`
@@ -247,6 +265,24 @@ impl Manifest {
                 );
             }
         }
+        if self.replay.keep_events_s > MAX_KEEP_EVENTS_S {
+            bad(
+                "replay.keep_events_s",
+                format!(
+                    "{} is too long: trigger events are kept at most {MAX_KEEP_EVENTS_S} seconds \
+                     (24 hours); use 0 to keep none",
+                    self.replay.keep_events_s
+                ),
+            );
+        }
+        if self.replay.keep_events_s > 0 && self.triggers.topics.is_empty() {
+            bad(
+                "replay.keep_events_s",
+                "the function has no topic trigger, so there are no events to keep: set \
+                 triggers.topics or remove [replay]"
+                    .into(),
+            );
+        }
         for (key, value) in &self.config {
             if config_text(value).is_none() {
                 bad(
@@ -394,6 +430,28 @@ list = [1, 2]
             .unwrap_err()
             .to_string();
         assert!(err.contains("has no trigger"), "{err}");
+    }
+
+    #[test]
+    fn replay_keep_events_is_bounded_and_needs_a_topic_trigger() {
+        let m = Manifest::from_toml(&format!("{GOOD}\n[replay]\nkeep_events_s = 3600\n")).unwrap();
+        assert_eq!(m.replay.keep_events_s, 3600);
+        assert_eq!(Manifest::from_toml(GOOD).unwrap().replay.keep_events_s, 0);
+        let err = Manifest::from_toml(&format!("{GOOD}\n[replay]\nkeep_events_s = 86401\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("replay.keep_events_s: 86401 is too long"),
+            "{err}"
+        );
+        let err = Manifest::from_toml(&format!("{GOOD}\n[replay]\nkeep = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `keep`"), "{err}");
+        let ticker = "name = \"t\"\nversion = \"1.0.0\"\n[triggers]\nevery_ms = 1000\n\
+                      [replay]\nkeep_events_s = 60\n";
+        let err = Manifest::from_toml(ticker).unwrap_err().to_string();
+        assert!(err.contains("no topic trigger"), "{err}");
     }
 
     #[test]

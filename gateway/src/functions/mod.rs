@@ -78,6 +78,9 @@ use crate::broker::{BrokerError, Links};
 /// version (the worker may be finishing an invocation first).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Most kept events one replay runs (the oldest in the window first).
+const MAX_REPLAY_EVENTS: usize = 10_000;
+
 /// How long a deploy, rollback or promote waits, once the new version is
 /// committed, for the worker to say it switched (it does so between two
 /// events, at once unless the machine is starved). Past this the reply goes
@@ -108,6 +111,9 @@ pub enum Output {
         record: Bytes,
         timestamp_ms: i64,
     },
+    /// A trigger event to keep for `perch fn replay` (the function's
+    /// manifest sets `[replay] keep_events_s`); never forwarded.
+    Event(crate::buffer::NewEvent),
 }
 
 /// Why the functions stage could not start.
@@ -212,6 +218,8 @@ struct Inner {
     gateway_id: String,
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
+    /// `buffer.db`, where kept trigger events are read for `replay`.
+    buffer_path: std::path::PathBuf,
     links: Links,
     config: FunctionsConfig,
     /// The functions and the trigger links. Locked for a whole deploy,
@@ -322,6 +330,7 @@ impl Functions {
         outputs: mpsc::Sender<Output>,
     ) -> Result<Functions, FunctionsError> {
         let path = data_dir.join("functions.db");
+        let buffer_path = data_dir.join(crate::buffer::FILE_NAME);
         let config = config.clone();
         let id = gateway_id.to_owned();
         let inner = tokio::task::spawn_blocking(move || -> Result<Arc<Inner>, FunctionsError> {
@@ -330,6 +339,7 @@ impl Functions {
                 gateway_id: id.clone(),
                 runtime: Arc::new(Runtime::new(outputs).publish_logs_as(&id)),
                 registry,
+                buffer_path,
                 links: links.clone(),
                 config,
                 table: Mutex::new(Table {
@@ -458,7 +468,9 @@ impl Functions {
 }
 
 /// The command topics the control link subscribes to.
-const COMMANDS: [&str; 6] = ["deploy", "rollback", "remove", "list", "promote", "invoke"];
+const COMMANDS: [&str; 7] = [
+    "deploy", "rollback", "remove", "list", "promote", "invoke", "replay",
+];
 
 /// Reads the functions' status and counters; cheap to clone. Its methods
 /// take the table lock, which a deploy holds: call them from a blocking
@@ -992,6 +1004,127 @@ impl Inner {
         reply
     }
 
+    /// Handles a replay request; always answers.
+    fn replay(&self, payload: &[u8]) -> control::ReplayReply {
+        let request = match control::ReplayRequest::decode(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                return control::ReplayReply {
+                    error: Some(e.to_string()),
+                    ..control::ReplayReply::default()
+                }
+            }
+        };
+        let mut reply = control::ReplayReply {
+            request_id: request.request_id.clone(),
+            name: Some(request.name.clone()),
+            ..control::ReplayReply::default()
+        };
+        match self.try_replay(&request) {
+            Ok((events, r)) => {
+                reply.ok = true;
+                reply.version = Some(r.version);
+                reply.events = events;
+                reply.replayed = r.replayed;
+                reply.errors = r.errors;
+                reply.first_errors = r.first_errors;
+                reply.publishes = r.publishes;
+                reply.emits = r.emits;
+                reply.forwards = r.forwards;
+                reply.differed = r.differed;
+                reply.outputs = r.outputs;
+                reply.duration_us = r.duration.as_micros().min(u64::MAX as u128) as u64;
+            }
+            Err(e) => {
+                tracing::warn!(function = %request.name, "replay refused: {e}");
+                reply.error = Some(e);
+            }
+        }
+        reply
+    }
+
+    /// Returns (events kept in the window, what the replay did).
+    fn try_replay(
+        &self,
+        request: &control::ReplayRequest,
+    ) -> Result<(u64, dispatch::Replayed), String> {
+        let name = &request.name;
+        let since_s = control::parse_duration(&request.since)?;
+        let handle = self
+            .lock()
+            .functions
+            .get(name)
+            .map(|e| e.handle.clone())
+            .ok_or_else(|| DeployError::NotDeployed(name.clone()).to_string())?;
+        let live_version = handle.status().version;
+        let versions = self.registry.versions(name).map_err(|e| e.to_string())?;
+        let live = versions
+            .iter()
+            .rev()
+            .find(|v| v.version == live_version)
+            .ok_or_else(|| format!("function {name:?} has no version running yet"))?;
+        let keep_s = Manifest::from_toml(&live.manifest)
+            .map(|m| m.replay.keep_events_s)
+            .unwrap_or(0);
+        if keep_s == 0 {
+            return Err(format!(
+                "function {name:?} ({live_version}) does not keep its trigger events, so there \
+                 is nothing to replay: set `[replay] keep_events_s = 3600` in its manifest and \
+                 deploy it; events that arrive after that can be replayed"
+            ));
+        }
+        let compiled = match &request.version {
+            None => None,
+            Some(v) if *v == live_version => None,
+            Some(v) => {
+                let stored = versions
+                    .iter()
+                    .rev()
+                    .find(|s| s.version == *v)
+                    .ok_or_else(|| {
+                        format!(
+                            "function {name:?} has no version {v:?} on this gateway (kept: {}); \
+                         give one of those, or none for the live version",
+                            versions
+                                .iter()
+                                .map(|s| s.version.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })?;
+                let manifest = self.manifest(&stored.manifest).map_err(|e| e.to_string())?;
+                let compiled = self
+                    .runtime
+                    .compile(manifest, &stored.wasm)
+                    .map_err(|e| e.to_string())?;
+                Some(Arc::new(compiled))
+            }
+        };
+        let now = runtime::now_ms();
+        let since_ms = now.saturating_sub((since_s as i64).saturating_mul(1000));
+        let reader = crate::buffer::Reader::open(&self.buffer_path).map_err(|e| e.to_string())?;
+        let (events, total) = reader
+            .events_since(name, since_ms, now, MAX_REPLAY_EVENTS)
+            .map_err(|e| format!("cannot read the kept events: {e}"))?;
+        if events.is_empty() {
+            return Err(format!(
+                "no trigger events of function {name:?} were kept in the last {} (it keeps \
+                 them for {keep_s} s); publish some, or replay a longer window",
+                request.since.trim()
+            ));
+        }
+        let (reply_tx, reply_rx) = sync_mpsc::sync_channel(1);
+        handle.replay(dispatch::Replay {
+            compiled,
+            events,
+            reply: reply_tx,
+        });
+        let replayed = reply_rx
+            .recv_timeout(READY_TIMEOUT)
+            .map_err(|_| DeployError::Timeout(name.clone()).to_string())??;
+        Ok((total, replayed))
+    }
+
     fn try_invoke(
         &self,
         request: &control::InvokeRequest,
@@ -1237,6 +1370,7 @@ async fn run_control(
                         "deploy" => serde_json::to_vec(&worker.deploy(&payload)),
                         "list" => serde_json::to_vec(&worker.list()),
                         "invoke" => serde_json::to_vec(&worker.invoke(&payload)),
+                        "replay" => serde_json::to_vec(&worker.replay(&payload)),
                         _ => {
                             let reply = match CommandRequest::decode(command, &payload) {
                                 Ok(request) => worker.command(command, request),
@@ -1250,7 +1384,7 @@ async fn run_control(
                         }
                     })
                     .await;
-                    if matches!(command, "list" | "invoke") {
+                    if matches!(command, "list" | "invoke" | "replay") {
                         // Changes nothing, but whoever asks may read the
                         // statuses next: bring them up to date, unhurried.
                         inner.changed.notify_one();

@@ -411,6 +411,12 @@ impl Runtime {
         }
     }
 
+    /// Hands a trigger event to the buffer to keep for `perch fn replay`;
+    /// false (and nothing kept) when the output channel is full.
+    pub fn keep_event(&self, event: crate::buffer::NewEvent) -> bool {
+        self.outputs.try_send(Output::Event(event)).is_ok()
+    }
+
     /// Validates a module against the ABI and the manifest and compiles it.
     pub fn compile(&self, manifest: Manifest, wasm: &[u8]) -> Result<Compiled, RuntimeError> {
         if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
@@ -827,25 +833,29 @@ impl Instance {
         let outputs = host
             .staged
             .drain(..)
-            .map(|staged| match staged {
-                Staged::Publish { topic, payload } => InvokeOutput::Publish {
+            .filter_map(|staged| match staged {
+                Staged::Publish { topic, payload } => Some(InvokeOutput::Publish {
                     topic: text(&topic),
                     payload: text(&payload),
-                },
+                }),
                 Staged::Output(
                     _,
                     Output::Metric {
                         metric, key, value, ..
                     },
-                ) => InvokeOutput::Emit {
+                ) => Some(InvokeOutput::Emit {
                     metric: metric.as_str().to_owned(),
                     key: key.as_str().to_owned(),
                     value,
-                },
-                Staged::Output(_, Output::Record { stream, record, .. }) => InvokeOutput::Forward {
-                    stream,
-                    record: text(&record),
-                },
+                }),
+                Staged::Output(_, Output::Record { stream, record, .. }) => {
+                    Some(InvokeOutput::Forward {
+                        stream,
+                        record: text(&record),
+                    })
+                }
+                // Kept events are the worker's, never a guest's output.
+                Staged::Output(_, Output::Event(_)) => None,
             })
             .collect();
         (outputs, logs)
@@ -881,6 +891,7 @@ impl Instance {
                     stream.hash(&mut h);
                     record.hash(&mut h);
                 }
+                Staged::Output(_, Output::Event(_)) => {}
             }
         }
         h.finish()
