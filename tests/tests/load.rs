@@ -144,10 +144,7 @@ async fn drain(mut s: TcpStream, delivered: Arc<AtomicU64>) {
         };
         pending.extend_from_slice(&buf[..n]);
         let mut at = 0;
-        loop {
-            let Some((len, head)) = remaining_length(&pending[at..]) else {
-                break;
-            };
+        while let Some((len, head)) = remaining_length(&pending[at..]) {
             if pending.len() < at + head + len {
                 break;
             }
