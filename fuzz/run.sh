@@ -32,6 +32,14 @@ fi
 # tail-call dispatcher keeps its constant native stack. FUZZ_SANITIZER=address
 # turns ASan on.
 sanitizer="${FUZZ_SANITIZER:-none}"
+# Build every target first: one that does not compile fails the run before
+# any time is spent fuzzing the others.
+for target in "${targets[@]}"; do
+    if ! cargo +nightly fuzz build --sanitizer "$sanitizer" "$target"; then
+        echo "fuzz: target $target does not build (see the errors above)" >&2
+        exit 1
+    fi
+done
 for target in "${targets[@]}"; do
     mkdir -p "corpus/$target"
     echo "fuzz: $target for ${seconds}s"

@@ -20,7 +20,7 @@ use perch::functions::runtime::{Failure, Runtime, Seed};
 use perch::functions::Output;
 use tokio::sync::mpsc;
 
-const MANIFEST: &str = r#"
+const MANIFEST: &str = r##"
 name = "fuzz"
 version = "1.0.0"
 [triggers]
@@ -32,7 +32,7 @@ output_bytes = 4096
 allow = ["#"]
 [config]
 k = "v"
-"#;
+"##;
 
 thread_local! {
     static RUNTIME: RefCell<(Runtime, mpsc::Receiver<Output>)> = RefCell::new({

@@ -290,6 +290,19 @@ async fn v5_deploy_reason(
     user: Option<(&str, &str)>,
     payload: Vec<u8>,
 ) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+    let topic = format!("perch/{}/fn/deploy", gw.id);
+    v5_publish_reason(gw, user, &topic, false, payload).await
+}
+
+/// A 5.0 client logged in as `user` (anonymous when `None`) publishes to
+/// `topic` at QoS 1; returns the PUBACK's reason code.
+async fn v5_publish_reason(
+    gw: &Gateway,
+    user: Option<(&str, &str)>,
+    topic: &str,
+    retain: bool,
+    payload: Vec<u8>,
+) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -301,12 +314,7 @@ async fn v5_deploy_reason(
     }
     let (client, mut el) = AsyncClient::new(o, 10);
     client
-        .publish(
-            format!("perch/{}/fn/deploy", gw.id),
-            QoS::AtLeastOnce,
-            false,
-            payload,
-        )
+        .publish(topic, QoS::AtLeastOnce, retain, payload)
         .await
         .unwrap();
     let wait = async {
@@ -411,6 +419,103 @@ async fn only_admins_may_publish_to_the_control_topics() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(ok && out.contains("\"version\": \"1.0.0\""), "{out}");
+}
+
+/// Nobody but an admin publishes under `perch/`: the anonymous loopback
+/// client, whose ACL is `#`, cannot fake the gateway's retained status
+/// (5.0 PUBACK 0x87), nor leave a will there (CONNACK 5), and subscribers
+/// never see the fake; an admin can publish there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_may_publish_under_perch() {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    let dir = tempfile::tempdir().unwrap();
+    let out = perch_with_stdin(&["passwd"], "ops-pw\n");
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let gw = Gateway::start_with(
+        "e2e-reserved",
+        dir.path(),
+        &format!("[[broker.users]]\nname = \"ops\"\npassword_hash = \"{hash}\"\nadmin = true\n"),
+    );
+    let status = format!("perch/{}/status", gw.id);
+    let mut watcher = Client::connect(gw.addr, "status-watcher", &[&status]).await;
+    let (topic, real) = watcher.next().await;
+    assert_eq!(topic, status, "the retained status first");
+    assert!(!real.contains("fake"), "{real}");
+
+    for topic in [
+        status.as_str(),
+        "perch/e2e-reserved/anything",
+        "perch/fleet/lab/deploy/echo",
+    ] {
+        let fake = b"{\"state\":\"fake\"}".to_vec();
+        let reason = v5_publish_reason(&gw, None, topic, true, fake).await;
+        assert_eq!(reason, PubAckReason::NotAuthorized, "{topic}");
+    }
+    // Outside `perch/` the anonymous client still publishes anything.
+    let reason = v5_publish_reason(&gw, None, "sensors/perch/status", false, b"1".to_vec()).await;
+    assert_eq!(reason, PubAckReason::Success);
+    assert!(
+        watcher.nothing_within(Duration::from_millis(500)).await,
+        "a refused publish reached a subscriber"
+    );
+    let mut late = Client::connect(gw.addr, "status-late", &[&status]).await;
+    let (_, retained) = late.next().await;
+    assert!(!retained.contains("fake"), "{retained}");
+
+    // Nor can a will there: the gateway publishes wills itself, so the
+    // broker refuses the CONNECT of a client whose will is outside its
+    // ACL (3.1.1: code 5) instead of publishing it later.
+    for will_topic in [status.clone(), format!("perch/{}/fn/deploy", gw.id)] {
+        let mut o = crate::util::mqtt::options("will-faker", gw.addr);
+        o.set_last_will(rumqttc::LastWill::new(
+            &will_topic,
+            "{\"state\":\"fake\"}",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+        ));
+        match crate::util::mqtt::connect(o).await {
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                assert_eq!(
+                    code,
+                    rumqttc::ConnectReturnCode::NotAuthorized,
+                    "{will_topic}"
+                )
+            }
+            Err(e) => panic!("will on {will_topic}: {e}"),
+            Ok(_) => panic!("a client with a will on {will_topic} was let in"),
+        }
+    }
+    let mut o = crate::util::mqtt::options("will-ok", gw.addr);
+    o.set_last_will(rumqttc::LastWill::new(
+        "sensors/will",
+        "gone",
+        rumqttc::QoS::AtMostOnce,
+        false,
+    ));
+    assert!(
+        crate::util::mqtt::connect(o).await.is_ok(),
+        "a will inside the ACL"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gw.log().contains("WillNotAllowed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal is logged with its reason:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The admin may (here, an admin's non-retained test message).
+    let reason = v5_publish_reason(
+        &gw,
+        Some(("ops", "ops-pw")),
+        "perch/e2e-reserved/note",
+        false,
+        b"hello".to_vec(),
+    )
+    .await;
+    assert_eq!(reason, PubAckReason::Success);
 }
 
 /// Logs every event's payload at level info (`perch fn logs`).

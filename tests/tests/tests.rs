@@ -18,6 +18,7 @@ mod hostile;
 mod hostile_control;
 mod hostile_input;
 mod lifecycle;
+mod load;
 mod rollout;
 mod signing;
 mod store_forward;

@@ -15,19 +15,23 @@
 //! whose password already verified since the start (the cache above) still
 //! logs in at once.
 //!
-//! # The control topics are for admins
+//! # `perch/` is for admins
 //!
-//! Everything under [`CONTROL_FILTER`] (`perch/+/fn/#`: deploy, rollback,
-//! remove, list and whatever commands the control plane adds, plus the
-//! topics the gateway itself publishes there) may be published to only by
-//! an admin: a `[[broker.users]]` entry with `admin = true`, or anonymous
+//! Everything under [`RESERVED_FILTER`] (`perch/#`: the control plane's
+//! `perch/+/fn/#` topics, deploy, rollback, remove, list and whatever
+//! commands it adds, plus the topics the gateway itself publishes there
+//! such as its retained `perch/<id>/status`) may be published to only by
+//! an admin, so that no other client can fake the gateway's status or a
+//! control request: a `[[broker.users]]` entry with `admin = true`, or anonymous
 //! clients when `[broker.anonymous] admin` says so (unset: while no user is
 //! an admin and `functions.trusted_keys` is empty, which the gateway
 //! resolves before starting the broker). No publish ACL grants it to anyone
 //! else, `#` included; a non-admin's publish there is refused like any
 //! other publish outside the ACL (5.0: PUBACK 0x87) and never reaches the
-//! control plane. An admin may also subscribe within it, to read replies,
-//! status and logs, whatever its subscribe list says.
+//! control plane or a subscriber. The gateway's own in-process links (the
+//! control plane, the upstream side, telemetry) publish there without going
+//! through an ACL. An admin may also subscribe within [`CONTROL_FILTER`],
+//! to read replies, status and logs, whatever its subscribe list says.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -72,15 +76,21 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
-/// The functions control plane's topics, for admins only.
+/// The functions control plane's topics: admins may subscribe within them
+/// whatever their subscribe list says.
 pub const CONTROL_FILTER: &str = "perch/+/fn/#";
+
+/// The gateway's own topics, control plane included: only admins may
+/// publish there.
+pub const RESERVED_FILTER: &str = "perch/#";
 
 /// What one client may publish and subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acl {
     publish: Vec<String>,
     subscribe: Vec<String>,
-    /// May publish to (and subscribe within) [`CONTROL_FILTER`].
+    /// May publish under [`RESERVED_FILTER`] and subscribe within
+    /// [`CONTROL_FILTER`].
     admin: bool,
 }
 
@@ -95,7 +105,7 @@ impl Acl {
 
     /// Whether a publish to `topic` may be delivered.
     pub fn may_publish(&self, topic: &str) -> bool {
-        if topic::matches(CONTROL_FILTER, topic) {
+        if topic::matches(RESERVED_FILTER, topic) {
             return self.admin;
         }
         topic::matches_any(&self.publish, topic)
@@ -127,6 +137,10 @@ pub enum Refusal {
     BadCredentials,
     /// No username on a listener that requires one (3.1.1: 5, 5.0: 0x87).
     NotAuthorized,
+    /// A will whose topic the client may not publish to (3.1.1: 5, 5.0:
+    /// 0x87): the gateway publishes wills itself, so the ACL is checked
+    /// when the will is handed over, in the CONNECT.
+    WillNotAllowed,
     /// A client id reserved for the gateway's own links (3.1.1: 2, 5.0:
     /// 0x85).
     ReservedClientId,
@@ -366,12 +380,35 @@ mod tests {
             assert!(!user.may_publish(topic), "{topic}");
             assert!(admin.may_publish(topic), "{topic}");
         }
-        assert!(user.may_publish("perch/gw/status"));
         assert!(!admin.may_publish("sensors/x"));
         assert!(admin.may_subscribe("perch/gw/fn/deploy/reply"));
         assert!(admin.may_subscribe("perch/+/fn/#"));
         assert!(!admin.may_subscribe("perch/#"));
         assert!(user.may_subscribe("perch/gw/fn/deploy/reply"));
+    }
+
+    #[test]
+    fn only_admins_publish_under_perch_whatever_their_acl_says() {
+        let everything = vec!["#".to_owned()];
+        let perch = vec!["perch/#".to_owned()];
+        let user = Acl::new(&everything, &everything, false);
+        let perch_user = Acl::new(&perch, &perch, false);
+        let admin = Acl::new(&[], &[], true);
+        for topic in [
+            "perch/gw/status",
+            "perch/gw/up",
+            "perch/fleet/g/deploy/f",
+            "perch/x",
+            "perch",
+        ] {
+            assert!(!user.may_publish(topic), "{topic}");
+            assert!(!perch_user.may_publish(topic), "{topic}");
+            assert!(admin.may_publish(topic), "{topic}");
+        }
+        // Only the `perch` level itself is reserved.
+        for topic in ["perchx/status", "sensors/perch/status", "/perch/gw/status"] {
+            assert!(user.may_publish(topic), "{topic}");
+        }
     }
 
     #[test]

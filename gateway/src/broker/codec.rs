@@ -830,6 +830,15 @@ impl Codec {
             None if self.policy.allow_anonymous => Ok(self.policy.users.anonymous()),
             None => Err(Refusal::NotAuthorized),
         };
+        // The will is published later through the gateway's own link, past
+        // the ACL: check it now (a non-admin's will on a control topic would
+        // otherwise be a deploy).
+        let outcome = outcome.and_then(|acl| match &will {
+            Some(w) if !std::str::from_utf8(&w.topic).is_ok_and(|topic| acl.may_publish(topic)) => {
+                Err(Refusal::WillNotAllowed)
+            }
+            _ => Ok(acl),
+        });
         match outcome {
             Ok(acl) => {
                 if !connect.client_id.is_empty() {
@@ -942,7 +951,9 @@ impl Codec {
                 self.refusals.logins.fetch_add(1, Ordering::Relaxed);
                 self.refused = Some(match refusal {
                     Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
-                    Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
+                    Refusal::NotAuthorized | Refusal::WillNotAllowed => {
+                        ConnectReturnCode::NotAuthorized
+                    }
                     Refusal::ReservedClientId => ConnectReturnCode::ClientIdentifierNotValid,
                     Refusal::TooManyFailures if version == Version::V5 => {
                         ConnectReturnCode::ConnectionRateExceeded

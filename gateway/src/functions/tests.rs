@@ -457,6 +457,32 @@ fn a_file_that_is_not_wasm_is_refused() {
     assert!(err.contains("component"), "{err}");
 }
 
+/// Found by the `bundle` fuzz target: a code section that declares no
+/// function bodies but a huge size made wasmi 2.0 divide by the count
+/// (zero) while parsing: a panic, which aborts the release gateway. It is
+/// refused with a reply instead. The module is the fuzzer's input, minus
+/// the bundle around it.
+#[test]
+fn a_code_section_with_no_bodies_but_bytes_is_refused_not_a_panic() {
+    let (rt, _rx) = runtime();
+    let wasm = b"\x00\x61\x73\x6d\x01\x00\x00\x00\x01\x0c\x02\x60\x00\x01\x7f\x60\x03\x7f\x7f\x7e\x01\x7f\x03\x05\x04\x00\x00\x00\x01\x05\x03\x01\x00\x01\x07\x5d\x05\x06\x6d\x65\x6d\x6f\x72\x79\x02\x00\x11\x70\x65\x72\x63\x68\x5f\x61\x62\x69\x5f\x76\x65\x72\x73\x69\x6f\x6e\x00\x00\x12\x70\x65\x72\x63\x68\x5f\x65\x76\x65\x6e\x74\x5f\x62\x75\x66\x66\x65\x72\x00\x01\x16\x70\x65\x72\x63\x68\x5f\x65\x76\x65\x6e\x74\x5f\x62\x75\x66\x66\x65\x72\x5f\x63\x65\x6e\x00\x02\x0e\x70\x65\x72\x63\x68\x5f\x6f\x6e\x5f\x65\x76\x65\x6e\x74\x00\x03\x0a\xc9\x93\xc0\x13\x00\x00\x00\x00\x00\x41\x80\x08\x0b\x05\x00\x41\x80\x20\x0b\x04\x00\x41\x00\x0b";
+    let m = Manifest::from_toml(GOOD_MANIFEST).unwrap();
+    let err = rt.compile(m, wasm).err().unwrap().to_string();
+    assert!(
+        err.contains("declares no function bodies but 40896969 bytes"),
+        "{err}"
+    );
+    // An empty code section (count 0, nothing else) is still fine to
+    // hand to wasmi, which judges the rest.
+    let m = Manifest::from_toml(GOOD_MANIFEST).unwrap();
+    let err = rt
+        .compile(m, b"\0asm\x01\0\0\0\x0a\x01\x00")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(!err.contains("declares no function bodies"), "{err}");
+}
+
 #[test]
 fn missing_and_mistyped_exports_are_named() {
     let err = deploy_error(
