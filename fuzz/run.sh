@@ -32,10 +32,14 @@ fi
 # tail-call dispatcher keeps its constant native stack. FUZZ_SANITIZER=address
 # turns ASan on.
 sanitizer="${FUZZ_SANITIZER:-none}"
+# FUZZ_TARGET_DIR: where the fuzz builds go (default fuzz/target); .ci/run
+# keeps them outside the fresh clone, as it does the cross builds.
+dir_args=()
+[ -z "${FUZZ_TARGET_DIR:-}" ] || dir_args=(--target-dir "$FUZZ_TARGET_DIR")
 # Build every target first: one that does not compile fails the run before
 # any time is spent fuzzing the others.
 for target in "${targets[@]}"; do
-    if ! cargo +nightly fuzz build --sanitizer "$sanitizer" "$target"; then
+    if ! cargo +nightly fuzz build --sanitizer "$sanitizer" "${dir_args[@]}" "$target"; then
         echo "fuzz: target $target does not build (see the errors above)" >&2
         exit 1
     fi
@@ -43,7 +47,7 @@ done
 for target in "${targets[@]}"; do
     mkdir -p "corpus/$target"
     echo "fuzz: $target for ${seconds}s"
-    cargo +nightly fuzz run --sanitizer "$sanitizer" "$target" "corpus/$target" "seeds/$target" -- \
+    cargo +nightly fuzz run --sanitizer "$sanitizer" "${dir_args[@]}" "$target" "corpus/$target" "seeds/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1
 done
