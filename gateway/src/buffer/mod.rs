@@ -412,6 +412,7 @@ impl Buffer {
             failures: 0,
             free_space,
             measure_failed: false,
+            last_store_pass_ms: 0,
         };
         let thread = std::thread::Builder::new()
             .name("perch-buffer".into())
@@ -464,6 +465,8 @@ struct Writer {
     free_space: FreeSpace,
     /// The last measurement failed (logged once per streak).
     measure_failed: bool,
+    /// When the store last ran a commit pass (ms since the epoch).
+    last_store_pass_ms: i64,
     agg: Aggregator,
     config: BufferConfig,
     stats: Arc<Stats>,
@@ -586,6 +589,7 @@ impl Writer {
             self.release();
             return true;
         }
+        self.last_store_pass_ms = now;
         let disk = self.measure();
         let result = self.store.commit(
             &mut self.pending,
@@ -756,7 +760,14 @@ impl Writer {
     /// Whether the bounds need a pass even without new rows (age expiry).
     fn store_needs_pass(&self, now: i64) -> bool {
         let oldest = self.stats.oldest_ms.load(Ordering::Relaxed);
-        oldest != 0 && oldest < now - (self.config.max_age_s as i64) * 1000
+        let expired = oldest != 0 && oldest < now - (self.config.max_age_s as i64) * 1000;
+        // Full because of the disk: look again once a second even with
+        // nothing to write, or the last drain's deletes (and the WAL
+        // checkpoint after them) would free room nobody notices until the
+        // next record comes.
+        let disk_full =
+            self.stats.disk_full.load(Ordering::Relaxed) && now - self.last_store_pass_ms >= 1000;
+        expired || disk_full
     }
 }
 
