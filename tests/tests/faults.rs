@@ -832,7 +832,11 @@ async fn the_buffer_filling_a_tiny_disk_stops_at_the_reserve_and_recovers() {
         "reason=\"drop_newest\"",
     );
     let free = metric(&page, "perch_buffer_disk_free_bytes", "");
-    assert!(dropped >= 300.0, "the refused records are counted:\n{page}");
+    // Near the reserve a later commit can find room again (WAL pages
+    // checkpointed, the bound recomputed), so not every record published
+    // after the reserve was hit is refused: what holds is that refusals
+    // happen, are counted, and committed + refused = published (above).
+    assert!(dropped > 0.0, "the refused records are counted:\n{page}");
     assert_eq!(metric(&page, "perch_buffer_disk_full", ""), 1.0, "{page}");
     // The disk never filled: no commit failed, and what is free is the
     // reserve, less at most a commit or two of WAL.
