@@ -38,7 +38,7 @@ pub(crate) fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, Str
 }
 
 /// `/metrics` parsed: "name{labels}" -> value.
-fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
+pub(crate) fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
     let (status, body) = get(addr, "/metrics", None);
     assert_eq!(status, 200, "{body}");
     body.lines()
@@ -50,7 +50,7 @@ fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
         .collect()
 }
 
-fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("no sample {key} in /metrics"))
 }

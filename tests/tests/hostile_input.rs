@@ -517,6 +517,12 @@ async fn connections_past_max_pending_connections_are_closed_at_once() {
     round_trip(addr, "after-the-pending").await;
     let log = gw.log_text();
     assert!(log.contains("broker.max_pending_connections"), "{log}");
+    let m = crate::admin::metrics(gw.admin.expect("the admin listener"));
+    assert_eq!(
+        crate::admin::metric(&m, "perch_broker_connections_shed_total"),
+        10.0,
+        "the connections closed at once are counted"
+    );
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -608,6 +614,17 @@ async fn failed_logins_past_the_limit_are_refused_without_a_password_check() {
         ack(4, "early", "s3cret").await,
         0,
         "a verified password gets in"
+    );
+    let m = crate::admin::metrics(gw.admin.expect("the admin listener"));
+    assert_eq!(
+        crate::admin::metric(&m, "perch_broker_logins_throttled_total"),
+        3.0,
+        "the limiter's refusals are counted"
+    );
+    assert_eq!(
+        crate::admin::metric(&m, "perch_broker_refused_total{what=\"login\"}"),
+        6.0,
+        "three bad passwords and three throttled"
     );
     let log = gw.log_text();
     assert!(!log.contains("panicked"), "{log}");

@@ -15,6 +15,12 @@
 //! whose password already verified since the start (the cache above) still
 //! logs in at once.
 //!
+//! A login under a user name that does not exist is verified against a
+//! decoy hash (made once, with [`hash_password`]'s parameters, on the
+//! first such login) and fails after the same work as a wrong password:
+//! how long a refusal takes does not tell an attacker which user names
+//! exist. It spends the same failure budget.
+//!
 //! # `perch/` is for admins
 //!
 //! Everything under [`RESERVED_FILTER`] (`perch/#`: the control plane's
@@ -34,7 +40,8 @@
 //! to read replies, status and logs, whatever its subscribe list says.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -177,6 +184,13 @@ pub struct Users {
     verified: Mutex<HashMap<String, [u8; 32]>>,
     /// Failed logins still allowed (see the module doc).
     failures: Mutex<FailureBudget>,
+    /// The hash unknown user names are verified against (see the module
+    /// doc), made on first use: most gateways never need it, and it costs
+    /// one Argon2 hash.
+    decoy: OnceLock<String>,
+    /// Argon2 verifications run so far, decoys included: the costly step
+    /// the failure budget bounds. Logins refused before it count nothing.
+    pub verifications: AtomicU64,
 }
 
 impl Users {
@@ -205,6 +219,8 @@ impl Users {
                 tokens: f64::from(config.max_failed_logins_per_minute),
                 at: Instant::now(),
             }),
+            decoy: OnceLock::new(),
+            verifications: AtomicU64::new(0),
         }
     }
 
@@ -216,6 +232,12 @@ impl Users {
     /// Checks a username and password; returns the user's ACL.
     pub fn login(&self, user: &str, password: &str) -> Result<Arc<Acl>, Refusal> {
         let Some((hash, acl)) = self.users.get(user) else {
+            // Same work as a wrong password (see the module doc).
+            if self.budget_spent() {
+                return Err(Refusal::TooManyFailures);
+            }
+            let decoy = self.decoy.get_or_init(|| hash_password(&password_like()));
+            self.verify(decoy, password);
             return Err(self.failed());
         };
         let digest = self.digest(password);
@@ -228,17 +250,10 @@ impl Users {
         if cached.is_some_and(|d| constant_time_eq(&d, &digest)) {
             return Ok(acl.clone());
         }
-        if self.failures.lock().expect("lock poisoned").refill() < 1.0 {
+        if self.budget_spent() {
             return Err(Refusal::TooManyFailures);
         }
-        let ok = PasswordHash::new(hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false);
-        if !ok {
+        if !self.verify(hash, password) {
             return Err(self.failed());
         }
         self.verified
@@ -246,6 +261,24 @@ impl Users {
             .expect("lock poisoned")
             .insert(user.to_owned(), digest);
         Ok(acl.clone())
+    }
+
+    /// True when no failed login is left in the budget: the login is
+    /// refused without an Argon2 verification.
+    fn budget_spent(&self) -> bool {
+        self.failures.lock().expect("lock poisoned").refill() < 1.0
+    }
+
+    /// The one Argon2 verification, counted.
+    fn verify(&self, hash: &str, password: &str) -> bool {
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        PasswordHash::new(hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false)
     }
 
     /// Spends one failed login from the budget; `TooManyFailures` once it
@@ -265,6 +298,13 @@ impl Users {
         h.update(password.as_bytes());
         h.finalize().into()
     }
+}
+
+/// A random password for the decoy hash: nobody can log in with it, and
+/// nobody needs to.
+fn password_like() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -324,7 +364,7 @@ mod tests {
         assert_eq!(users.login("other", "c"), Err(Refusal::BadCredentials));
         // The budget of 3 is spent (refill: one per 20 s): no more hashing,
         // the right password of an uncached user included.
-        let started = Instant::now();
+        let hashed = users.verifications.load(Ordering::Relaxed);
         for (user, password) in [("other", "d"), ("other", "s3cret"), ("nobody", "e")] {
             assert_eq!(
                 users.login(user, password),
@@ -332,8 +372,9 @@ mod tests {
                 "{user}"
             );
         }
-        assert!(
-            started.elapsed() < std::time::Duration::from_millis(50),
+        assert_eq!(
+            users.verifications.load(Ordering::Relaxed),
+            hashed,
             "refused without an Argon2 verification"
         );
         // A password verified before still logs in.
@@ -341,6 +382,31 @@ mod tests {
         // The bucket refills: 20 s later one more attempt is allowed.
         users.failures.lock().unwrap().at -= std::time::Duration::from_secs(20);
         assert!(users.login("other", "s3cret").is_ok());
+    }
+
+    #[test]
+    fn an_unknown_user_name_costs_the_same_verification_as_a_wrong_password() {
+        // Regression: an unknown name was refused at once and a known one
+        // after an Argon2 verification, so the time of a refusal told
+        // which user names exist.
+        let users = users();
+        assert_eq!(users.login("nobody", "x"), Err(Refusal::BadCredentials));
+        assert_eq!(users.verifications.load(Ordering::Relaxed), 1);
+        assert_eq!(users.login("sensor", "x"), Err(Refusal::BadCredentials));
+        assert_eq!(users.verifications.load(Ordering::Relaxed), 2);
+        // The decoy is made once and never matches, not even the empty
+        // password.
+        assert_eq!(users.login("nobody2", ""), Err(Refusal::BadCredentials));
+        assert_eq!(users.verifications.load(Ordering::Relaxed), 3);
+        let decoy = users.decoy.get().expect("the decoy was made");
+        assert!(parse_hash(decoy).is_ok());
+        // Its parameters are those of `perch passwd`'s hashes, so the work
+        // is the same.
+        let params = |h: &str| {
+            let h = PasswordHash::new(h).unwrap();
+            (h.algorithm.to_string(), format!("{:?}", h.params))
+        };
+        assert_eq!(params(decoy), params(&hash_password("y")));
     }
 
     #[test]

@@ -133,16 +133,16 @@ pub struct Policy {
 pub struct Connecting {
     max: usize,
     now: AtomicUsize,
-    /// Connections closed at once because `max` were pending.
-    pub refused: AtomicU64,
+    /// Counts the connections closed at once because `max` were pending.
+    refusals: Arc<Refusals>,
 }
 
 impl Connecting {
-    pub fn new(max: usize) -> Connecting {
+    pub fn new(max: usize, refusals: Arc<Refusals>) -> Connecting {
         Connecting {
             max,
             now: AtomicUsize::new(0),
-            refused: AtomicU64::new(0),
+            refusals,
         }
     }
 
@@ -156,7 +156,11 @@ impl Connecting {
             })
             .is_ok();
         if !entered {
-            let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            let refused = self
+                .refusals
+                .connections_shed
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
             // 1, 2, 4, 8…: an attack cannot flood the log.
             if refused.is_power_of_two() {
                 tracing::warn!(
@@ -200,9 +204,16 @@ pub struct Traffic {
 }
 
 /// Counts of what the codecs refused, for logs and metrics.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Refusals {
+    /// Every refused CONNECT, whatever the reason.
     pub logins: AtomicU64,
+    /// Of `logins`: refused without a password check because
+    /// `broker.max_failed_logins_per_minute` was spent.
+    pub logins_throttled: AtomicU64,
+    /// Connections closed before their CONNECT was read because
+    /// `broker.max_pending_connections` were still waiting for theirs.
+    pub connections_shed: AtomicU64,
     pub publishes: AtomicU64,
     pub subscriptions: AtomicU64,
 }
@@ -949,6 +960,11 @@ impl Codec {
                     "login refused"
                 );
                 self.refusals.logins.fetch_add(1, Ordering::Relaxed);
+                if refusal == Refusal::TooManyFailures {
+                    self.refusals
+                        .logins_throttled
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 self.refused = Some(match refusal {
                     Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
                     Refusal::NotAuthorized | Refusal::WillNotAllowed => {

@@ -235,7 +235,10 @@ impl Broker {
         broker.tasks.push(drain((None, will_rx)));
         let unacked: Arc<std::sync::Mutex<_>> = Arc::default();
         let held_qos2: Arc<std::sync::Mutex<_>> = Arc::default();
-        let connecting = Arc::new(Connecting::new(config.max_pending_connections));
+        let connecting = Arc::new(Connecting::new(
+            config.max_pending_connections,
+            refusals.clone(),
+        ));
         for l in &config.listeners {
             let bind_err = |addr, source| BrokerError::Bind {
                 name: l.name.clone(),

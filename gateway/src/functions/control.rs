@@ -674,21 +674,14 @@ pub async fn command(
     command: &str,
     name: &str,
 ) -> Result<CommandReply, ControlError> {
-    let request_id = format!("{:016x}", rand::random::<u64>());
-    let body = serde_json::to_vec(&CommandRequest {
-        name: name.to_owned(),
-        request_id: Some(request_id.clone()),
-    })
-    .unwrap_or_default();
-    let reply = request(
+    let reply = tagged_request(
         endpoint,
-        &command_topic(&endpoint.gateway, command),
-        &reply_topic(&endpoint.gateway, command),
-        body,
-        |p| {
-            serde_json::from_slice::<CommandReply>(p)
-                .is_ok_and(|r| r.request_id.as_deref() == Some(request_id.as_str()))
+        command,
+        |request_id| CommandRequest {
+            name: name.to_owned(),
+            request_id,
         },
+        |r: &CommandReply| r.request_id.as_deref(),
     )
     .await?;
     Ok(serde_json::from_slice(&reply).unwrap_or_default())
@@ -700,21 +693,14 @@ pub async fn invoke(
     endpoint: &Endpoint,
     invocation: InvokeRequest,
 ) -> Result<InvokeReply, ControlError> {
-    let request_id = format!("{:016x}", rand::random::<u64>());
-    let body = serde_json::to_vec(&InvokeRequest {
-        request_id: Some(request_id.clone()),
-        ..invocation
-    })
-    .unwrap_or_default();
-    let reply = request(
+    let reply = tagged_request(
         endpoint,
-        &command_topic(&endpoint.gateway, "invoke"),
-        &reply_topic(&endpoint.gateway, "invoke"),
-        body,
-        |p| {
-            serde_json::from_slice::<InvokeReply>(p)
-                .is_ok_and(|r| r.request_id.as_deref() == Some(request_id.as_str()))
+        "invoke",
+        |request_id| InvokeRequest {
+            request_id,
+            ..invocation
         },
+        |r: &InvokeReply| r.request_id.as_deref(),
     )
     .await?;
     serde_json::from_slice(&reply).map_err(|e| ControlError::Invoke(e.to_string()))
@@ -725,24 +711,42 @@ pub async fn replay(
     endpoint: &Endpoint,
     replay: ReplayRequest,
 ) -> Result<ReplayReply, ControlError> {
-    let request_id = format!("{:016x}", rand::random::<u64>());
-    let body = serde_json::to_vec(&ReplayRequest {
-        request_id: Some(request_id.clone()),
-        ..replay
-    })
-    .unwrap_or_default();
-    let reply = request(
+    let reply = tagged_request(
         endpoint,
-        &command_topic(&endpoint.gateway, "replay"),
-        &reply_topic(&endpoint.gateway, "replay"),
-        body,
-        |p| {
-            serde_json::from_slice::<ReplayReply>(p)
-                .is_ok_and(|r| r.request_id.as_deref() == Some(request_id.as_str()))
+        "replay",
+        |request_id| ReplayRequest {
+            request_id,
+            ..replay
         },
+        |r: &ReplayReply| r.request_id.as_deref(),
     )
     .await?;
     serde_json::from_slice(&reply).map_err(|e| ControlError::Replay(e.to_string()))
+}
+
+/// One request on `perch/<id>/fn/<command>` carrying a fresh request id
+/// (`body` builds it around the id), and the raw reply on its reply topic
+/// whose id (`id_of` a `Reply`) matches: replies to other callers' requests
+/// on the same topic are skipped.
+async fn tagged_request<Request: Serialize, Reply: serde::de::DeserializeOwned>(
+    endpoint: &Endpoint,
+    command: &str,
+    body: impl FnOnce(Option<String>) -> Request,
+    id_of: fn(&Reply) -> Option<&str>,
+) -> Result<Bytes, ControlError> {
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    let body = serde_json::to_vec(&body(Some(request_id.clone()))).unwrap_or_default();
+    request(
+        endpoint,
+        &command_topic(&endpoint.gateway, command),
+        &reply_topic(&endpoint.gateway, command),
+        body,
+        |p| {
+            serde_json::from_slice::<Reply>(p)
+                .is_ok_and(|r| id_of(&r) == Some(request_id.as_str()))
+        },
+    )
+    .await
 }
 
 /// Reads the retained status of one function.

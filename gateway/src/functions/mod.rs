@@ -318,6 +318,10 @@ const OUTGOING_QUEUE: usize = 64;
 /// How often the retained status of each function is compared with what
 /// was published, and republished if it changed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// The same while a function is still starting (see `run_status`), for
+/// at most `STATUS_FAST_FOR`.
+const STATUS_WHILE_STARTING: Duration = Duration::from_millis(20);
+const STATUS_FAST_FOR: Duration = Duration::from_secs(5);
 
 impl Functions {
     /// Opens the registry under `data_dir`, starts every active function and
@@ -1448,6 +1452,7 @@ async fn run_status(
 ) {
     let mut published: HashMap<String, Vec<u8>> = HashMap::new();
     let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
+    let mut fast_until = None;
     loop {
         let snapshot = {
             let inner = inner.clone();
@@ -1457,6 +1462,22 @@ async fn run_status(
             }
         };
         let mut seen = HashSet::new();
+        // A function whose worker has not switched to its version yet (at
+        // start, after a restore) is looked at again soon, so the retained
+        // status says "running" within milliseconds of it, not a second;
+        // for a few seconds at most, should one never leave "starting".
+        let starting = snapshot.iter().any(|info| info.state == "starting");
+        let fast = match (starting, fast_until) {
+            (false, _) => {
+                fast_until = None;
+                false
+            }
+            (true, None) => {
+                fast_until = Some(tokio::time::Instant::now() + STATUS_FAST_FOR);
+                true
+            }
+            (true, Some(until)) => tokio::time::Instant::now() < until,
+        };
         for info in snapshot {
             seen.insert(info.name.clone());
             let Ok(payload) = serde_json::to_vec(&info) else {
@@ -1501,8 +1522,13 @@ async fn run_status(
         for done in waiting.drain(..) {
             let _ = done.send(());
         }
+        let next = if fast {
+            STATUS_WHILE_STARTING
+        } else {
+            STATUS_INTERVAL
+        };
         tokio::select! {
-            _ = tokio::time::sleep(STATUS_INTERVAL) => {}
+            _ = tokio::time::sleep(next) => {}
             _ = inner.changed.notified() => {}
             Some(done) = now.recv() => waiting.push(done),
         }

@@ -114,6 +114,20 @@ fn broker(m: &mut Metrics, s: &Sources) {
             get(v),
         );
     }
+    m.single(
+        "perch_broker_logins_throttled_total",
+        "counter",
+        "Logins refused without a password check because \
+         broker.max_failed_logins_per_minute was spent (also counted as what=\"login\" above).",
+        get(&r.logins_throttled),
+    );
+    m.single(
+        "perch_broker_connections_shed_total",
+        "counter",
+        "Connections closed before their CONNECT was read because \
+         broker.max_pending_connections were still waiting for theirs.",
+        get(&r.connections_shed),
+    );
 }
 
 fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
