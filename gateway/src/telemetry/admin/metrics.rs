@@ -101,12 +101,14 @@ fn broker(m: &mut Metrics, s: &Sources) {
     m.family(
         "perch_broker_refused_total",
         "counter",
-        "What the broker refused: logins, publishes outside a client's ACL, subscriptions.",
+        "What the broker refused: logins, publishes outside a client's ACL, subscriptions \
+         (outside the ACL or past broker.max_filters; the latter also as what=\"filter\").",
     );
     for (what, v) in [
         ("login", &r.logins),
         ("publish", &r.publishes),
         ("subscribe", &r.subscriptions),
+        ("filter", &r.filters),
     ] {
         m.value(
             "perch_broker_refused_total",
