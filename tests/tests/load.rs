@@ -36,8 +36,10 @@ use crate::util::{temp_file, Gateway};
 const CONNECTIONS: usize = 1_000;
 /// Raw publisher connections sharing the burst.
 const PUBLISHERS: usize = 4;
-/// The broker settings the test runs with: the defaults, written out
-/// because the memory bound is derived from them.
+/// The broker settings the test runs with, written out because the memory
+/// bound is derived from them: the default `max_filters` and segment count,
+/// and half the default `max_message_log_bytes`, so that 1,000 filters of
+/// the smallest messages stay within what a 512 MiB board can spare.
 const MAX_MESSAGE_LOG_BYTES: u64 = 8 * 1024 * 1024;
 const MAX_FILTERS: u64 = 1_024;
 const MAX_SEGMENT_COUNT: u64 = 4;

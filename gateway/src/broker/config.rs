@@ -93,7 +93,7 @@ impl Default for BrokerConfig {
             max_failed_logins_per_minute: 60,
             max_segment_size_bytes: 1024 * 1024,
             max_segment_count: 4,
-            max_message_log_bytes: 8 * 1024 * 1024,
+            max_message_log_bytes: 16 * 1024 * 1024,
             max_filters: 1_024,
             max_outgoing_packet_count: 200,
             tls_handshake_timeout_ms: 10_000,

@@ -438,7 +438,7 @@ fn upstream(m: &mut Metrics, s: &Sources, drain_rate: f64) {
         "perch_upstream_capture_lost_total",
         "counter",
         "Messages on upstream.forward_topics the broker dropped before the capture read them \
-         (it fell behind by more than broker.max_segment_size_bytes * max_segment_count).",
+         (it fell behind by more than broker.max_message_log_bytes / max_filters).",
         get(&u.capture_lost),
     );
     m.single(
