@@ -1460,6 +1460,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn filters_past_the_bound_are_refused_and_known_ones_still_admitted() {
+        let f = Filters::new(2);
+        assert!(f.admit("a/#"));
+        assert!(f.admit("b"));
+        assert!(!f.admit("c"), "a third distinct filter is past the bound");
+        assert!(
+            f.admit("a/#"),
+            "a filter already counted takes no new place"
+        );
+        assert!(!f.admit("c"), "a refused filter was not counted in");
+    }
+
+    #[test]
     fn remaining_length_decodes_the_spec_examples() {
         assert_eq!(remaining_length(&[0x00]), Some((0, 1)));
         assert_eq!(remaining_length(&[0x7f]), Some((127, 1)));
