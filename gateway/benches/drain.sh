@@ -105,6 +105,9 @@ allow_anonymous = true
 # behind a burst by more than this loses messages (see the README).
 [broker]
 max_segment_count = 64
+# 64 MiB per filter: the budget is shared by max_filters filters.
+max_filters = 16
+max_message_log_bytes = 1073741824
 [buffer]
 max_bytes = 1073741824
 max_pending_records = 1000000

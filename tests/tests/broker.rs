@@ -443,3 +443,53 @@ async fn client_ids_of_the_gateways_own_links_are_refused() {
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
 }
+
+/// `broker.max_filters`: rumqttd keeps a log per distinct filter until the
+/// gateway stops, so a subscription to a new filter past the bound is
+/// refused with a SUBACK failure and counted; filters already subscribed
+/// (by any client) still work.
+#[tokio::test]
+async fn subscriptions_to_new_filters_past_max_filters_are_refused_and_counted() {
+    let (_dir, config) = temp_file(
+        "perch.toml",
+        "[broker]\nmax_filters = 2\nmax_message_log_bytes = 65536\n\
+         [[broker.listeners]]\nname = \"local\"\nlisten = \"127.0.0.1:0\"\nallow_anonymous = true\n",
+    );
+    let gw = Gateway::start(&["--config", config.to_str().unwrap()]);
+    let (a, mut a_el) = connect(mqtt::options("a", gw.addr())).await.unwrap();
+    let ok = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)];
+    assert_eq!(subscribe(&a, &mut a_el, "f/1").await, ok);
+    assert_eq!(subscribe(&a, &mut a_el, "f/2").await, ok);
+    assert_eq!(
+        subscribe(&a, &mut a_el, "f/3").await,
+        vec![SubscribeReasonCode::Failure],
+        "a third distinct filter is past max_filters = 2"
+    );
+    // Another client may still subscribe to a filter already counted, and
+    // messages flow on it.
+    let (b, mut b_el) = connect(mqtt::options("b", gw.addr())).await.unwrap();
+    assert_eq!(subscribe(&b, &mut b_el, "f/2").await, ok);
+    let (p, mut p_el) = connect(mqtt::options("p", gw.addr())).await.unwrap();
+    p.publish("f/2", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    wait_puback(&mut p_el).await;
+    let got = next_publish(&mut b_el, mqtt::WAIT)
+        .await
+        .expect("the message on a counted filter arrives");
+    assert_eq!(&got.topic, "f/2");
+
+    let admin = gw.admin.expect("the admin listener");
+    let (status, body) = crate::admin::get(admin, "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.lines()
+            .any(|l| l == "perch_broker_refused_total{what=\"filter\"} 1"),
+        "{body}"
+    );
+    assert!(
+        gw.log_text().contains("broker.max_filters"),
+        "the refusal is logged:\n{}",
+        gw.log_text()
+    );
+}

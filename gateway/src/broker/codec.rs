@@ -123,6 +123,43 @@ pub struct Policy {
     /// Connections that have not finished their CONNECT (shared by every
     /// listener).
     pub connecting: Arc<Connecting>,
+    /// The distinct filters remote clients subscribed to (shared by every
+    /// listener), bounded by `broker.max_filters`.
+    pub filters: Arc<Filters>,
+}
+
+/// The distinct topic filters remote clients have subscribed to since the
+/// start, at most `max`. rumqttd keeps a log per filter until the gateway
+/// stops, and the segment size is derived from `max` (see
+/// [`super::BrokerConfig::segment_size_bytes`]), so a filter past `max`
+/// would take memory nobody budgeted for: it is refused.
+pub struct Filters {
+    max: usize,
+    /// Locked once per filter of a SUBSCRIBE, never across an await.
+    seen: Mutex<HashSet<String>>,
+}
+
+impl Filters {
+    pub fn new(max: usize) -> Filters {
+        Filters {
+            max,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether a subscription to `filter` fits: it was seen before, or it
+    /// is new and the bound is not reached (then it is counted in).
+    fn admit(&self, filter: &str) -> bool {
+        let mut seen = self.seen.lock().expect("filters lock");
+        if seen.contains(filter) {
+            return true;
+        }
+        if seen.len() >= self.max {
+            return false;
+        }
+        seen.insert(filter.to_owned());
+        true
+    }
 }
 
 /// Connections accepted whose CONNECT has not arrived whole yet, bounded
@@ -216,6 +253,9 @@ pub struct Refusals {
     pub connections_shed: AtomicU64,
     pub publishes: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// Subscriptions refused because `broker.max_filters` distinct filters
+    /// were subscribed already (also counted in `subscriptions`).
+    pub filters: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1106,6 +1146,37 @@ impl Codec {
                             || (f.path.starts_with('$') && !f.path.starts_with("$share/"))
                     })
                     .collect();
+                // Only filters the ACL allows take a place in the bound.
+                let mut over_limit = 0u64;
+                let denied: Vec<bool> = subscribe
+                    .filters
+                    .iter()
+                    .zip(denied)
+                    .map(|(f, d)| {
+                        if d {
+                            return true;
+                        }
+                        let fits = self.policy.filters.admit(&f.path);
+                        over_limit += u64::from(!fits);
+                        !fits
+                    })
+                    .collect();
+                if over_limit > 0 {
+                    let total = self
+                        .refusals
+                        .filters
+                        .fetch_add(over_limit, Ordering::Relaxed)
+                        + over_limit;
+                    // 1, 2, 4, 8…: a client cannot flood the log.
+                    if (total - over_limit + 1..=total).any(u64::is_power_of_two) {
+                        tracing::warn!(
+                            max_filters = self.policy.filters.max,
+                            refused = total,
+                            "subscription to a new filter refused: broker.max_filters \
+                             distinct filters are subscribed already"
+                        );
+                    }
+                }
                 let n_denied = denied.iter().filter(|&&d| d).count();
                 if let Some((_, Some(_))) = self.session {
                     for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
@@ -1403,6 +1474,19 @@ fn connect_header(stream: &[u8], max_size: usize) -> Result<ConnectHeader, proto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_past_the_bound_are_refused_and_known_ones_still_admitted() {
+        let f = Filters::new(2);
+        assert!(f.admit("a/#"));
+        assert!(f.admit("b"));
+        assert!(!f.admit("c"), "a third distinct filter is past the bound");
+        assert!(
+            f.admit("a/#"),
+            "a filter already counted takes no new place"
+        );
+        assert!(!f.admit("c"), "a refused filter was not counted in");
+    }
 
     #[test]
     fn remaining_length_decodes_the_spec_examples() {

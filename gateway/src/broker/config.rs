@@ -37,11 +37,24 @@ pub struct BrokerConfig {
     /// the CPU bad logins burn (each check is an Argon2id hash).
     pub max_failed_logins_per_minute: u32,
     /// Size of one segment of the broker's in-memory log per subscribed
-    /// filter. With `max_segment_count` this bounds the memory the broker
-    /// keeps per filter: `max_segment_size_bytes * max_segment_count`.
+    /// filter, at most: [`BrokerConfig::segment_size_bytes`] lowers it so
+    /// that all filters together stay within `max_message_log_bytes`.
     pub max_segment_size_bytes: usize,
     /// Segments kept per filter; the oldest is dropped when a new one starts.
     pub max_segment_count: usize,
+    /// Message data the broker's in-memory logs keep over all filters, as
+    /// rumqttd counts it (topic + payload + 4 bytes per message). Each of
+    /// `max_filters` filters gets an equal share. rumqttd keeps a message
+    /// in a filter's log after delivering it, until the log's oldest segment
+    /// is dropped, so this, not the traffic, sets the broker's memory; each
+    /// kept message also costs a few hundred bytes of bookkeeping that this
+    /// does not count (docs/broker.md, "Memory").
+    pub max_message_log_bytes: u64,
+    /// Most distinct topic filters remote clients may subscribe to while the
+    /// gateway runs. rumqttd keeps a filter's log until the gateway stops,
+    /// unsubscribed or not; a SUBSCRIBE to a new filter past the bound is
+    /// refused (SUBACK failure) and counted.
+    pub max_filters: usize,
     /// Most packets queued towards one client before the broker stops reading
     /// more for it (backpressure towards slow subscribers).
     pub max_outgoing_packet_count: u64,
@@ -80,6 +93,8 @@ impl Default for BrokerConfig {
             max_failed_logins_per_minute: 60,
             max_segment_size_bytes: 1024 * 1024,
             max_segment_count: 4,
+            max_message_log_bytes: 16 * 1024 * 1024,
+            max_filters: 1_024,
             max_outgoing_packet_count: 200,
             tls_handshake_timeout_ms: 10_000,
             max_retained_messages: 10_000,
@@ -181,9 +196,27 @@ pub struct UserConfig {
     pub admin: bool,
 }
 
+/// rumqttd refuses (panics on) smaller log segments.
+const MIN_SEGMENT_BYTES: u64 = 1024;
+
 impl BrokerConfig {
+    /// The segment size the broker's per-filter logs use: at most
+    /// `max_segment_size_bytes`, and small enough that `max_filters` logs of
+    /// `max_segment_count` segments stay within `max_message_log_bytes`.
+    /// [`BrokerConfig::validate`] refuses settings that make it less than
+    /// 1024 bytes.
+    pub fn segment_size_bytes(&self) -> usize {
+        let share = self.max_message_log_bytes
+            / (self.max_filters.max(1) as u64 * self.max_segment_count.max(1) as u64);
+        usize::try_from(share)
+            .unwrap_or(usize::MAX)
+            .min(self.max_segment_size_bytes)
+    }
+
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
-        let positive: [(&str, u64); 14] = [
+        let positive: [(&str, u64); 16] = [
+            ("broker.max_message_log_bytes", self.max_message_log_bytes),
+            ("broker.max_filters", self.max_filters as u64),
             (
                 "broker.max_failed_logins_per_minute",
                 u64::from(self.max_failed_logins_per_minute),
@@ -235,6 +268,26 @@ impl BrokerConfig {
             problems.push(Problem::new(
                 "broker.max_segment_size_bytes",
                 "must be at least 1024 (the broker's log cannot work with smaller segments)",
+            ));
+        }
+        let per_filter = self.max_message_log_bytes / (self.max_filters.max(1) as u64);
+        if self.max_message_log_bytes != 0
+            && self.max_filters != 0
+            && self.max_segment_count != 0
+            && (self.segment_size_bytes() as u64) < MIN_SEGMENT_BYTES
+            && self.max_segment_size_bytes as u64 >= MIN_SEGMENT_BYTES
+        {
+            let needed =
+                MIN_SEGMENT_BYTES * self.max_filters as u64 * self.max_segment_count as u64;
+            problems.push(Problem::new(
+                "broker.max_message_log_bytes",
+                format!(
+                    "{} bytes shared by max_filters = {} filters gives each {per_filter} bytes, \
+                     less than max_segment_count = {} segments of 1024 bytes (the smallest \
+                     the broker's log can use); raise it to at least {needed} or lower \
+                     max_filters or max_segment_count",
+                    self.max_message_log_bytes, self.max_filters, self.max_segment_count
+                ),
             ));
         }
         if self.max_inflight_count > usize::from(u16::MAX) {
@@ -391,6 +444,27 @@ mod tests {
         assert!(err.contains("broker.connection_timeout_ms"), "{err}");
         let err = problems("[broker]\nmax_failed_logins_per_minute = 0\n");
         assert!(err.contains("broker.max_failed_logins_per_minute"), "{err}");
+    }
+
+    #[test]
+    fn the_message_log_budget_is_shared_by_the_filters() {
+        let c = Config::from_toml(
+            "[broker]\nmax_message_log_bytes = 8388608\nmax_filters = 1024\n\
+             max_segment_count = 4\nmax_segment_size_bytes = 1048576\n",
+            "t.toml",
+        )
+        .unwrap();
+        // 8 MiB over 1024 filters of 4 segments: 2 KiB segments.
+        assert_eq!(c.broker.segment_size_bytes(), 2048);
+        // A smaller max_segment_size_bytes is kept.
+        let c = Config::from_toml("[broker]\nmax_segment_size_bytes = 1024\n", "t.toml").unwrap();
+        assert_eq!(c.broker.segment_size_bytes(), 1024);
+        let err = problems("[broker]\nmax_message_log_bytes = 1048576\nmax_filters = 1024\n");
+        assert!(err.contains("broker.max_message_log_bytes"), "{err}");
+        assert!(err.contains("at least 4194304"), "{err}");
+        let err = problems("[broker]\nmax_filters = 0\nmax_message_log_bytes = 0\n");
+        assert!(err.contains("broker.max_filters"), "{err}");
+        assert!(err.contains("broker.max_message_log_bytes"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,12 @@
 //!   [`BrokerConfig::validate`] before anything starts; rumqttd's own checks
 //!   (which panic) never see a bad value.
 //! - **Bounded memory.** rumqttd keeps a log per subscribed filter in
-//!   segments; `max_segment_size_bytes * max_segment_count` bounds it, and
-//!   `max_connections` bounds how many there are.
+//!   segments, and keeps a message there after delivering it until its
+//!   segment is dropped. perch sizes the segments so that `max_filters`
+//!   logs together keep at most `max_message_log_bytes`
+//!   ([`BrokerConfig::segment_size_bytes`]), and the codec refuses
+//!   subscriptions to new filters past `max_filters` (rumqttd never frees a
+//!   filter's log). `max_connections` bounds the connections' own buffers.
 //! - **Auth, ACLs, both protocol versions on one port, keep-alive 0 and the
 //!   right CONNACK codes**: see [`codec`].
 //! - **TLS** is terminated by perch, with a handshake deadline, in front of a
@@ -52,7 +56,7 @@ use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, Server
 use tokio::task::JoinHandle;
 
 use self::auth::Users;
-use self::codec::{Codec, Connecting, Policy};
+use self::codec::{Codec, Connecting, Filters, Policy};
 pub use self::codec::{Refusals, Traffic, KEEP_ALIVE_OFF_S};
 pub use self::config::{AclConfig, BrokerConfig, ListenerConfig, TlsConfig, UserConfig};
 
@@ -146,7 +150,7 @@ impl Broker {
         let router = RouterConfig {
             max_connections: config.max_connections,
             max_outgoing_packet_count: config.max_outgoing_packet_count,
-            max_segment_size: config.max_segment_size_bytes,
+            max_segment_size: config.segment_size_bytes(),
             max_segment_count: config.max_segment_count,
             custom_segment: None,
             initialized_filters: None,
@@ -239,6 +243,7 @@ impl Broker {
             config.max_pending_connections,
             refusals.clone(),
         ));
+        let filters = Arc::new(Filters::new(config.max_filters));
         for l in &config.listeners {
             let bind_err = |addr, source| BrokerError::Bind {
                 name: l.name.clone(),
@@ -290,6 +295,7 @@ impl Broker {
                 held_qos2: held_qos2.clone(),
                 traffic: traffic.clone(),
                 connecting: connecting.clone(),
+                filters: filters.clone(),
             });
             let server = Server::new(
                 settings,

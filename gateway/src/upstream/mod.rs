@@ -99,7 +99,7 @@ pub struct Stats {
     pub capture_refused: AtomicU64,
     /// Messages on `forward_topics` the broker dropped before the capture
     /// read them: it fell further behind than the broker keeps per filter
-    /// (`max_segment_size_bytes * max_segment_count`), and rumqttd moved its
+    /// (`max_message_log_bytes / max_filters`), and rumqttd moved its
     /// read cursor past what it had dropped.
     pub capture_lost: AtomicU64,
     /// Records the HTTP endpoint refused for good (4xx), moved to dead letters.
@@ -645,8 +645,9 @@ pub fn capture(
                                     lost_total = before + lost,
                                     filter = filters[i],
                                     "upstream capture: the broker dropped messages the capture \
-                                     had not read yet (it fell behind by more than \
-                                     broker.max_segment_size_bytes * max_segment_count)"
+                                     had not read yet (it fell behind by more than the \
+                                     broker keeps per filter: broker.max_message_log_bytes / \
+                                     max_filters)"
                                 );
                             }
                         }

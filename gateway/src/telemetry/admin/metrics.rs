@@ -101,12 +101,14 @@ fn broker(m: &mut Metrics, s: &Sources) {
     m.family(
         "perch_broker_refused_total",
         "counter",
-        "What the broker refused: logins, publishes outside a client's ACL, subscriptions.",
+        "What the broker refused: logins, publishes outside a client's ACL, subscriptions \
+         (outside the ACL or past broker.max_filters; the latter also as what=\"filter\").",
     );
     for (what, v) in [
         ("login", &r.logins),
         ("publish", &r.publishes),
         ("subscribe", &r.subscriptions),
+        ("filter", &r.filters),
     ] {
         m.value(
             "perch_broker_refused_total",
@@ -450,7 +452,7 @@ fn upstream(m: &mut Metrics, s: &Sources, drain_rate: f64) {
         "perch_upstream_capture_lost_total",
         "counter",
         "Messages on upstream.forward_topics the broker dropped before the capture read them \
-         (it fell behind by more than broker.max_segment_size_bytes * max_segment_count).",
+         (it fell behind by more than broker.max_message_log_bytes / max_filters).",
         get(&u.capture_lost),
     );
     m.single(
