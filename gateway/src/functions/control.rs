@@ -742,8 +742,7 @@ async fn tagged_request<Request: Serialize, Reply: serde::de::DeserializeOwned>(
         &reply_topic(&endpoint.gateway, command),
         body,
         |p| {
-            serde_json::from_slice::<Reply>(p)
-                .is_ok_and(|r| id_of(&r) == Some(request_id.as_str()))
+            serde_json::from_slice::<Reply>(p).is_ok_and(|r| id_of(&r) == Some(request_id.as_str()))
         },
     )
     .await
