@@ -116,8 +116,8 @@ use std::time::{Duration, Instant};
 pub use self::config::{BufferConfig, Synchronous, WhenFull};
 pub use self::events::{max_event_bytes, KeptEvent, NewEvent};
 pub use self::store::{
-    replay_dead_letters, DeadLetter, Reader, StoredRecord, KIND_AGGREGATE, KIND_RECORD,
-    KIND_SUMMARY,
+    replay_dead_letters, Batch, DeadLetter, Reader, RecordRef, StoredRecord, KIND_AGGREGATE,
+    KIND_RECORD, KIND_SUMMARY,
 };
 use self::store::{Disk, NewRecord, Pending, Store};
 use crate::aggregate::{AggregateConfig, Aggregator, Emitted};
