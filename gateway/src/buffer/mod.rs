@@ -11,8 +11,11 @@
 //! first. Upstream reads committed records through its own read-only
 //! connection (WAL: readers never block the writer) and reports
 //! acknowledgements back through [`Intake::ack`]; the writer deletes
-//! acknowledged rows in its next transaction, one statement per run of
-//! consecutive seqs (a commit interval's acks, sorted), not one per row.
+//! acknowledged rows in its next transaction, one count and one plain
+//! `DELETE` per run of consecutive seqs (a commit interval's acks, sorted),
+//! not one per row, and not `DELETE ... RETURNING`, which costs SQLite
+//! about 2.5 times as much on such ranges. Upstream reads through a reusable
+//! [`Batch`], so reading a backlog allocates nothing per record.
 //!
 //! The aggregator ([`crate::aggregate`]) runs on the same thread: a closed
 //! window becomes a record in the same batch, and open windows are saved in

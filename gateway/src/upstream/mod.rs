@@ -6,8 +6,10 @@
 //! One task keeps one rumqttc connection to the upstream broker (TLS with CA
 //! and optional client certificate, persistent session, retained last will
 //! `perch/<id>/status = offline`). It reads records in `seq` order from its
-//! own read-only buffer connection (`batch_size` rows per query), packs them
-//! into messages and publishes each at QoS 1 to `<topic_prefix>/<stream>`.
+//! own read-only buffer connection (`batch_size` rows per query, into a
+//! reusable batch; after a full batch the next query already runs while its
+//! messages go out), packs them into messages and publishes each at QoS 1
+//! to `<topic_prefix>/<stream>`.
 //!
 //! ## Wire format
 //!
@@ -434,8 +436,13 @@ impl Delivery {
             max_packet: self.config.max_packet_size_bytes,
         };
         let mut too_big = Vec::new();
-        // The rows of the last query; its allocations serve every query.
-        let mut batch = Batch::default();
+        // Two batches in turn: while the messages of one go out, the next
+        // query reads into the other (started as soon as a query returns a
+        // full batch, so reading overlaps packing and sending). Their
+        // allocations serve every query.
+        let limit = self.config.batch_size;
+        let mut prefetch: Option<Read> = None;
+        let mut spare = Batch::default();
 
         client
             .try_publish(
@@ -451,24 +458,29 @@ impl Delivery {
         loop {
             while inflight < max_inflight {
                 if ready.is_empty() {
-                    let reader = reader.clone();
-                    let after = cursor;
-                    let limit = self.config.batch_size;
-                    let mut rows = std::mem::take(&mut batch);
-                    let (rows, read) = tokio::task::spawn_blocking(move || {
-                        let read = reader
-                            .lock()
-                            .expect("reader lock")
-                            .read_after(after, limit, &mut rows);
-                        (rows, read)
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                    batch = rows;
-                    read.map_err(|e| format!("reading the buffer: {e}"))?;
-                    let Some(last) = batch.last_seq() else { break };
+                    // A prefetch read after `cursor` too: it was started
+                    // when `cursor` last moved.
+                    let read = match prefetch.take() {
+                        Some(read) => read,
+                        None => start_read(reader, cursor, limit, std::mem::take(&mut spare)),
+                    };
+                    let (rows, result) = read.await.map_err(|e| e.to_string())?;
+                    result.map_err(|e| format!("reading the buffer: {e}"))?;
+                    let Some(last) = rows.last_seq() else {
+                        spare = rows;
+                        break;
+                    };
                     cursor = last;
-                    packing.pack(batch.iter(), &mut ready, &mut too_big);
+                    if rows.len() >= limit {
+                        prefetch = Some(start_read(
+                            reader,
+                            cursor,
+                            limit,
+                            std::mem::take(&mut spare),
+                        ));
+                    }
+                    packing.pack(rows.iter(), &mut ready, &mut too_big);
+                    spare = rows;
                     self.dead_letter_too_big(&mut too_big);
                     if ready.is_empty() {
                         continue;
@@ -507,6 +519,22 @@ impl Delivery {
             }
         }
     }
+}
+
+/// A query of the buffer running on a blocking thread: it hands back the
+/// batch it filled.
+type Read = tokio::task::JoinHandle<(Batch, rusqlite::Result<()>)>;
+
+/// Starts reading up to `limit` records after `after` into `batch`.
+fn start_read(reader: &Arc<Mutex<Reader>>, after: i64, limit: usize, mut batch: Batch) -> Read {
+    let reader = reader.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = reader
+            .lock()
+            .expect("reader lock")
+            .read_after(after, limit, &mut batch);
+        (batch, result)
+    })
 }
 
 /// One upstream MQTT message: its topic, its payload, and the records it
