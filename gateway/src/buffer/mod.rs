@@ -14,7 +14,7 @@
 //! acknowledged rows in its next transaction, one count and one plain
 //! `DELETE` per run of consecutive seqs (a commit interval's acks, sorted),
 //! not one per row, and not `DELETE ... RETURNING`, which costs SQLite
-//! about 2.5 times as much on such ranges. Upstream reads through a reusable
+//! about 2.3 times as much on such ranges. Upstream reads through a reusable
 //! [`Batch`], so reading a backlog allocates nothing per record.
 //!
 //! The aggregator ([`crate::aggregate`]) runs on the same thread: a closed

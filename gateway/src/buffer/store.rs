@@ -697,7 +697,7 @@ fn delete_where(
 /// Deletes the records that match `predicate` and returns (rows, bytes)
 /// deleted. The rows and bytes are counted by a read before the delete
 /// rather than with `DELETE ... RETURNING`: on a drain's range of
-/// acknowledged seqs the RETURNING form costs about 2.5 times the CPU of
+/// acknowledged seqs the RETURNING form costs about 2.3 times the CPU of
 /// the read and the plain delete together (it is what the buffer's writer
 /// spent most of a drain on; docs/performance.md).
 fn delete_counted<P: rusqlite::Params + Copy>(
