@@ -70,7 +70,7 @@ fn batched_with(c: &mut Criterion, synchronous: Synchronous, name: &str) {
                         break;
                     }
                     for r in &rows {
-                        perch::upstream::envelope("gw", r, &mut envelope);
+                        perch::upstream::envelope("gw", r.as_ref(), &mut envelope);
                         intake.ack(r.seq);
                     }
                     after = rows.last().unwrap().seq;

@@ -5,7 +5,8 @@
 #
 #   gateway/benches/drain.sh [RECORDS_PER_PHASE]     (default 100000)
 #
-# Phases, each timed until `perch buffer stats` shows the records committed:
+# Phases, each timed until perch's `perch_buffer_records` gauge shows the
+# records committed (polled every 10 ms by one watcher process):
 #   1. ingest at QoS 0: `mosquitto_pub -l -q 0` (one line per record, in
 #      chunks of 50,000 lines per connection);
 #   2. ingest at QoS 1: `mosquitto_pub -l -q 1`;
@@ -39,31 +40,60 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
-# The buffer's record count from perch's metrics (an in-memory gauge, set at
-# each commit). Not `perch buffer stats`: at 50 polls a second its
-# COUNT/SUM over the whole table took about a core from what it measures.
-records() {
-  local reply
-  exec 3<>"/dev/tcp/127.0.0.1/$admin_port"
-  printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
-  reply=$(cat <&3)
-  exec 3<&-
-  awk '/^perch_buffer_records / {print $2}' <<<"$reply"
+# Watches the buffer's record count in perch's metrics (an in-memory gauge,
+# set at each commit), every 10 ms from one Python process, and prints the
+# time (`date +%s.%N` clock) when it first reads a count below $2 (mode
+# `below`) or equal to $2 (mode `at`); both print one line per mode asked,
+# in order: `watch at N`, `watch below N at 0`. Not `perch buffer stats`: at
+# 50 polls a second its COUNT/SUM over the whole table took about a core
+# from what it measures; and not a shell loop either: its curl-less
+# /dev/tcp, cat, awk and sleep forked four processes per poll, about a
+# tenth of the two cores while the drain ran. The watcher is started before
+# the timed phase begins, so its start-up is not timed. Gives up when the
+# count has not changed for 10 s.
+cat >"$work/watch.py" <<'PY'
+import socket, sys, time
+port, rules = int(sys.argv[1]), sys.argv[2:]
+def records():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    data = bytearray()
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    for line in data.split(b"\n"):
+        if line.startswith(b"perch_buffer_records "):
+            return int(float(line.split()[1]))
+    raise SystemExit("drain.sh: no perch_buffer_records in perch's metrics")
+last, since = None, time.monotonic()
+while rules:
+    n = records()
+    t = time.time()
+    mode, want = rules[0], int(rules[1])
+    if (mode == "below" and n < want) or (mode == "at" and n == want):
+        print(f"{t:.6f}", flush=True)
+        rules = rules[2:]
+        continue
+    if n != last:
+        last, since = n, time.monotonic()
+    elif time.monotonic() - since > 10:
+        raise SystemExit(f"drain.sh: buffer stuck at {n} records, expected {mode} {want}")
+    time.sleep(0.01)
+PY
+# Starts a watcher (see above) in the background; its output goes to $work/watch.out.
+watch_start() {
+  python3 "$work/watch.py" "$admin_port" "$@" >"$work/watch.out" &
+  watcher=$!
 }
-# Polls until the buffer holds $1 records (or stops changing for 10 s).
-wait_records() {
-  local want=$1 last=-1 same=0 n
-  while :; do
-    n=$(records)
-    [ "$n" = "$want" ] && return 0
-    if [ "$n" = "$last" ]; then same=$((same + 1)); else same=0; last=$n; fi
-    if [ "$same" -ge 500 ]; then
-      echo "drain.sh: buffer stuck at $n records, expected $want; perch's log:" >&2
-      grep -v rumqttd "$work/perch.log" | tail -20 >&2
-      return 1
-    fi
-    sleep 0.02
-  done
+# Waits for the watcher (not in a subshell: it must be this shell's
+# child); shows perch's log when it failed. Its times are in
+# $work/watch.out, one a line.
+watch_wait() {
+  if ! wait "$watcher"; then
+    echo "drain.sh: perch's log:" >&2
+    grep -v rumqttd "$work/perch.log" | tail -20 >&2
+    return 1
+  fi
 }
 
 up_port=$(free_port)
@@ -140,30 +170,29 @@ EOF
 split -l 50000 -d -a 4 "$work/lines" "$work/chunk."
 ingest() { # qos, records expected in the buffer afterwards
   local t0 t1 chunk
+  watch_start at "$2"
+  sleep 0.5 # the watcher is up and polling
   t0=$(now)
   for chunk in "$work"/chunk.*; do
     mosquitto_pub -h 127.0.0.1 -p "$port" -t bench/readings -q "$1" -l <"$chunk"
   done
-  wait_records "$2"
-  t1=$(now)
+  watch_wait
+  t1=$(sed -n 1p "$work/watch.out")
   python3 -c "print(f'{$N / ($t1 - $t0):.0f}')"
 }
 rate_q0=$(ingest 0 "$N")
 rate_q1=$(ingest 1 $((2 * N)))
 total=$((2 * N))
 
+watch_start below "$total" at 0
+sleep 0.5 # the watcher is up and polling
 t_up=$(now)
 start_mosquitto
 "${sub[@]}" >"$work/received" 2>/dev/null & # its own pid, so cleanup stops it
 pids+=($!)
-t_first=""
-while :; do
-  n=$(records)
-  if [ -z "$t_first" ] && [ "$n" -lt "$total" ]; then t_first=$(now); fi
-  [ "$n" = 0 ] && break
-  sleep 0.02
-done
-t_empty=$(now)
+watch_wait
+t_first=$(sed -n 1p "$work/watch.out")
+t_empty=$(sed -n 2p "$work/watch.out")
 sleep 1 # the last PUBLISHes reach the subscriber
 arrived=$( (grep -o '"id":"bench-[0-9]*"' "$work/received" || true) | sort -u | wc -l)
 

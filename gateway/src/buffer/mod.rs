@@ -11,8 +11,11 @@
 //! first. Upstream reads committed records through its own read-only
 //! connection (WAL: readers never block the writer) and reports
 //! acknowledgements back through [`Intake::ack`]; the writer deletes
-//! acknowledged rows in its next transaction, one statement per run of
-//! consecutive seqs (a commit interval's acks, sorted), not one per row.
+//! acknowledged rows in its next transaction, one count and one plain
+//! `DELETE` per run of consecutive seqs (a commit interval's acks, sorted),
+//! not one per row, and not `DELETE ... RETURNING`, which costs SQLite
+//! about 2.3 times as much on such ranges. Upstream reads through a reusable
+//! [`Batch`], so reading a backlog allocates nothing per record.
 //!
 //! The aggregator ([`crate::aggregate`]) runs on the same thread: a closed
 //! window becomes a record in the same batch, and open windows are saved in
@@ -116,8 +119,8 @@ use std::time::{Duration, Instant};
 pub use self::config::{BufferConfig, Synchronous, WhenFull};
 pub use self::events::{max_event_bytes, KeptEvent, NewEvent};
 pub use self::store::{
-    replay_dead_letters, DeadLetter, Reader, StoredRecord, KIND_AGGREGATE, KIND_RECORD,
-    KIND_SUMMARY,
+    replay_dead_letters, Batch, DeadLetter, Reader, RecordRef, StoredRecord, KIND_AGGREGATE,
+    KIND_RECORD, KIND_SUMMARY,
 };
 use self::store::{Disk, NewRecord, Pending, Store};
 use crate::aggregate::{AggregateConfig, Aggregator, Emitted};

@@ -43,6 +43,41 @@ fn records_are_committed_in_batches_and_read_in_order() {
 }
 
 #[test]
+fn a_batch_reads_what_after_reads_and_is_reused_without_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = open(dir.path(), &config());
+    let intake = buffer.intake();
+    // Runs of one stream, streams that alternate, an empty payload, and
+    // bytes that are not UTF-8.
+    let streams = ["a", "a", "a", "bb", "a", "bb", "bb", "ccc", "a"];
+    for (i, s) in streams.iter().enumerate() {
+        let payload: Vec<u8> = if i == 4 {
+            vec![]
+        } else {
+            vec![i as u8, 0xff, b'x']
+        };
+        intake.forward(s, &payload).unwrap();
+    }
+    intake.flush().unwrap();
+    let reader = buffer.reader().unwrap();
+    let owned = reader.after(0, 100).unwrap();
+    let mut batch = Batch::default();
+    reader.read_after(0, 100, &mut batch).unwrap();
+    assert_eq!(batch.len(), streams.len());
+    let read: Vec<RecordRef<'_>> = batch.iter().collect();
+    let want: Vec<RecordRef<'_>> = owned.iter().map(StoredRecord::as_ref).collect();
+    assert_eq!(read, want);
+    assert_eq!(batch.last_seq(), owned.last().map(|r| r.seq));
+    // The next query replaces the rows; `limit` and `after` hold.
+    reader.read_after(owned[2].seq, 3, &mut batch).unwrap();
+    let read: Vec<RecordRef<'_>> = batch.iter().collect();
+    assert_eq!(read, want[3..6]);
+    reader.read_after(owned[8].seq, 3, &mut batch).unwrap();
+    assert!(batch.is_empty());
+    assert_eq!(batch.last_seq(), None);
+}
+
+#[test]
 fn acknowledged_records_are_deleted_and_the_rest_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let last_seq;

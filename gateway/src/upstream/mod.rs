@@ -6,8 +6,10 @@
 //! One task keeps one rumqttc connection to the upstream broker (TLS with CA
 //! and optional client certificate, persistent session, retained last will
 //! `perch/<id>/status = offline`). It reads records in `seq` order from its
-//! own read-only buffer connection (`batch_size` rows per query), packs them
-//! into messages and publishes each at QoS 1 to `<topic_prefix>/<stream>`.
+//! own read-only buffer connection (`batch_size` rows per query, into a
+//! reusable batch; after a full batch the next query already runs while its
+//! messages go out), packs them into messages and publishes each at QoS 1
+//! to `<topic_prefix>/<stream>`.
 //!
 //! ## Wire format
 //!
@@ -69,7 +71,7 @@ pub use self::config::{
     HttpTls, HttpUpstreamConfig, MqttUpstreamConfig, UpstreamConfig, UpstreamTls,
 };
 pub use self::http::{cloud_events, HttpDelivery};
-use crate::buffer::{Buffer, Intake, Reader, StoredRecord, KIND_AGGREGATE, KIND_SUMMARY};
+use crate::buffer::{Batch, Buffer, Intake, Reader, RecordRef, KIND_AGGREGATE, KIND_SUMMARY};
 
 /// Why upstream could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -116,37 +118,60 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
 }
 
 /// The JSON envelope a record travels in.
-pub fn envelope(gateway: &str, record: &StoredRecord, out: &mut Vec<u8>) {
-    use std::io::Write;
+pub fn envelope(gateway: &str, record: RecordRef<'_>, out: &mut Vec<u8>) {
     out.clear();
-    let kind = match record.kind {
-        KIND_AGGREGATE => "aggregate",
-        KIND_SUMMARY => "summary",
-        _ => "record",
+    let kind: &[u8] = match record.kind {
+        KIND_AGGREGATE => b"aggregate",
+        KIND_SUMMARY => b"summary",
+        _ => b"record",
     };
-    // Written straight into `out`: this runs once per record of a drain.
+    // Written straight into `out`, numbers without `fmt`: this runs once
+    // per record of a drain.
     let plain = |s: &str| !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
     if plain(gateway) {
-        let _ = write!(out, "{{\"id\":\"{gateway}-{}\"", record.seq);
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(gateway.as_bytes());
+        out.push(b'-');
+        push_decimal(out, record.seq);
+        out.push(b'"');
     } else {
         out.extend_from_slice(b"{\"id\":");
         let _ = serde_json::to_writer(&mut *out, &format!("{gateway}-{}", record.seq));
     }
     out.extend_from_slice(b",\"stream\":");
-    let _ = serde_json::to_writer(&mut *out, &record.stream);
-    let _ = write!(
-        out,
-        ",\"kind\":\"{kind}\",\"time_ms\":{},\"data\":",
-        record.created_ms
-    );
-    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&record.payload).is_ok();
+    let _ = serde_json::to_writer(&mut *out, record.stream);
+    out.extend_from_slice(b",\"kind\":\"");
+    out.extend_from_slice(kind);
+    out.extend_from_slice(b"\",\"time_ms\":");
+    push_decimal(out, record.created_ms);
+    out.extend_from_slice(b",\"data\":");
+    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(record.payload).is_ok();
     if is_json {
-        out.extend_from_slice(&record.payload);
+        out.extend_from_slice(record.payload);
     } else {
-        let text = String::from_utf8_lossy(&record.payload);
+        let text = String::from_utf8_lossy(record.payload);
         let _ = serde_json::to_writer(&mut *out, &text);
     }
     out.push(b'}');
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// What every delivery task shares: the buffer it drains, where it reports,
@@ -411,6 +436,13 @@ impl Delivery {
             max_packet: self.config.max_packet_size_bytes,
         };
         let mut too_big = Vec::new();
+        // Two batches in turn: while the messages of one go out, the next
+        // query reads into the other (started as soon as a query returns a
+        // full batch, so reading overlaps packing and sending). Their
+        // allocations serve every query.
+        let limit = self.config.batch_size;
+        let mut prefetch: Option<Read> = None;
+        let mut spare = Batch::default();
 
         client
             .try_publish(
@@ -426,18 +458,29 @@ impl Delivery {
         loop {
             while inflight < max_inflight {
                 if ready.is_empty() {
-                    let reader = reader.clone();
-                    let after = cursor;
-                    let limit = self.config.batch_size;
-                    let rows = tokio::task::spawn_blocking(move || {
-                        reader.lock().expect("reader lock").after(after, limit)
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("reading the buffer: {e}"))?;
-                    let Some(last) = rows.last() else { break };
-                    cursor = last.seq;
-                    packing.pack(&rows, &mut ready, &mut too_big);
+                    // A prefetch read after `cursor` too: it was started
+                    // when `cursor` last moved.
+                    let read = match prefetch.take() {
+                        Some(read) => read,
+                        None => start_read(reader, cursor, limit, std::mem::take(&mut spare)),
+                    };
+                    let (rows, result) = read.await.map_err(|e| e.to_string())?;
+                    result.map_err(|e| format!("reading the buffer: {e}"))?;
+                    let Some(last) = rows.last_seq() else {
+                        spare = rows;
+                        break;
+                    };
+                    cursor = last;
+                    if rows.len() >= limit {
+                        prefetch = Some(start_read(
+                            reader,
+                            cursor,
+                            limit,
+                            std::mem::take(&mut spare),
+                        ));
+                    }
+                    packing.pack(rows.iter(), &mut ready, &mut too_big);
+                    spare = rows;
                     self.dead_letter_too_big(&mut too_big);
                     if ready.is_empty() {
                         continue;
@@ -478,6 +521,22 @@ impl Delivery {
     }
 }
 
+/// A query of the buffer running on a blocking thread: it hands back the
+/// batch it filled.
+type Read = tokio::task::JoinHandle<(Batch, rusqlite::Result<()>)>;
+
+/// Starts reading up to `limit` records after `after` into `batch`.
+fn start_read(reader: &Arc<Mutex<Reader>>, after: i64, limit: usize, mut batch: Batch) -> Read {
+    let reader = reader.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = reader
+            .lock()
+            .expect("reader lock")
+            .read_after(after, limit, &mut batch);
+        (batch, result)
+    })
+}
+
 /// One upstream MQTT message: its topic, its payload, and the records it
 /// carries (deleted from the buffer on its PUBACK).
 #[derive(Debug)]
@@ -510,12 +569,13 @@ impl Packing<'_> {
     ///
     /// Records too big for any packet are not packed: their (seq, envelope
     /// size) go to `too_big`.
-    pub fn pack(
+    pub fn pack<'r>(
         &self,
-        rows: &[StoredRecord],
+        rows: impl ExactSizeIterator<Item = RecordRef<'r>>,
         out: &mut VecDeque<Message>,
         too_big: &mut Vec<(i64, usize)>,
     ) {
+        let n = rows.len();
         // Open messages, one per stream seen in this chunk (few streams:
         // a linear scan beats hashing).
         let mut open: Vec<Message> = Vec::new();
@@ -531,14 +591,14 @@ impl Packing<'_> {
             }
             let i = match open.iter().position(|m| {
                 m.topic.len() == self.prefix.len() + 1 + r.stream.len()
-                    && m.topic.ends_with(&r.stream)
+                    && m.topic.ends_with(r.stream)
             }) {
                 Some(i) => i,
                 None => {
                     open.push(Message {
                         topic: format!("{}/{}", self.prefix, r.stream),
                         payload: Vec::new(),
-                        seqs: Vec::with_capacity(self.max_records.min(rows.len())),
+                        seqs: Vec::with_capacity(self.max_records.min(n)),
                     });
                     open.len() - 1
                 }
@@ -704,6 +764,7 @@ fn skipped(last: Option<u64>, offset: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::StoredRecord;
 
     #[test]
     fn gaps_in_log_offsets_are_counted_as_skipped() {
@@ -749,7 +810,11 @@ mod tests {
         };
         let mut out = VecDeque::new();
         let mut too_big = Vec::new();
-        packing.pack(rows, &mut out, &mut too_big);
+        packing.pack(
+            rows.iter().map(StoredRecord::as_ref),
+            &mut out,
+            &mut too_big,
+        );
         assert!(too_big.is_empty());
         out.into_iter()
             .map(|m| {
@@ -834,7 +899,11 @@ mod tests {
             max_packet: 300,
         };
         let (mut out, mut too_big) = (VecDeque::new(), Vec::new());
-        packing.pack(&rows, &mut out, &mut too_big);
+        packing.pack(
+            rows.iter().map(StoredRecord::as_ref),
+            &mut out,
+            &mut too_big,
+        );
         assert_eq!(too_big.len(), 1);
         assert_eq!(too_big[0].0, 2);
         assert!(too_big[0].1 > 400);
@@ -855,6 +924,15 @@ mod tests {
     }
 
     #[test]
+    fn decimals_are_written_like_display() {
+        for n in [0, 7, -7, 10, 1_796_588_880_000, i64::MAX, i64::MIN] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
+
+    #[test]
     fn the_envelope_embeds_json_and_quotes_the_rest() {
         let mut out = Vec::new();
         let mut r = StoredRecord {
@@ -864,19 +942,19 @@ mod tests {
             created_ms: 7,
             payload: br#"{"t":1}"#.to_vec(),
         };
-        envelope("gw-1", &r, &mut out);
+        envelope("gw-1", r.as_ref(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "gw-1-42");
         assert_eq!(v["data"]["t"], 1);
         r.payload = b"not \"json\"".to_vec();
         r.kind = KIND_AGGREGATE;
-        envelope("gw-1", &r, &mut out);
+        envelope("gw-1", r.as_ref(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["data"], "not \"json\"");
         assert_eq!(v["kind"], "aggregate");
         // Ids and streams that need escaping stay valid JSON.
         r.stream = "a\"b\\c\n".into();
-        envelope("g\"w", &r, &mut out);
+        envelope("g\"w", r.as_ref(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "g\"w-42");
         assert_eq!(v["stream"], "a\"b\\c\n");
