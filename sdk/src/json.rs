@@ -879,8 +879,15 @@ impl<'b> Object<'b> {
 
     /// Writes `s` quoted, escaping as serde-json-core does.
     fn string(&mut self, s: &str) {
-        self.push(b"\"");
         let bytes = s.as_bytes();
+        if !needs_escape(bytes) {
+            // Names and readings nearly always: one copy, no byte loop.
+            self.push(b"\"");
+            self.push(bytes);
+            self.push(b"\"");
+            return;
+        }
+        self.push(b"\"");
         let mut start = 0;
         for (i, &c) in bytes.iter().enumerate() {
             if CLASS[usize::from(c)] & STRING_STOP == 0 {
@@ -919,6 +926,22 @@ impl<'b> Object<'b> {
     }
 }
 
+/// Whether `bytes` has a byte a JSON string must escape (`"`, `\\`, a
+/// control character): eight bytes at a time, as the scanner reads.
+#[inline(always)]
+fn needs_escape(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        if string_stops(word(bytes, i)) != 0 {
+            return true;
+        }
+        i += 8;
+    }
+    bytes[i..]
+        .iter()
+        .any(|&c| CLASS[usize::from(c)] & STRING_STOP != 0)
+}
+
 /// Writes `value` as serde-json-core does (ryu's shortest round-trip form,
 /// `null` if not finite) into `out`; returns the length. Typical readings
 /// take a fast path; the rest go through serde-json-core itself.
@@ -947,12 +970,23 @@ fn fast_format_f64(value: f64, out: &mut [u8; 40]) -> Option<usize> {
         }
         let near = (scaled + 0.5) as u64;
         let reads_back = |m: u64| m <= 1 << 53 && m as f64 / scale == a;
-        let m = match [near.wrapping_sub(1), near, near + 1].map(reads_back) {
-            [false, false, false] => continue,
-            [true, false, false] => near - 1,
-            [false, true, false] => near,
-            [false, false, true] => near + 1,
-            _ => return None,
+        let m = if scaled < (1u64 << 50) as f64 {
+            // An m that reads back is within scaled * 2^-52 < 1/4 of
+            // scaled (one rounding in `a * scale`, one in `m / scale`, each
+            // at most half an ulp), and near - 1 and near + 1 are at least
+            // 1/2 away: only near can. One division instead of three.
+            if !reads_back(near) {
+                continue;
+            }
+            near
+        } else {
+            match [near.wrapping_sub(1), near, near + 1].map(reads_back) {
+                [false, false, false] => continue,
+                [true, false, false] => near - 1,
+                [false, true, false] => near,
+                [false, false, true] => near + 1,
+                _ => return None,
+            }
         };
         // The digits of m, least significant first, at least k + 1 of them.
         let mut digits = [b'0'; 20];
@@ -1505,6 +1539,33 @@ mod tests {
         out.null("n").raw("r", b"[1,2]");
         assert_eq!(out.finish(), Ok(&br#"{"n":null,"r":[1,2]}"#[..]));
         assert_eq!(Object::new(&mut buf).finish(), Ok(&b"{}"[..]));
+    }
+
+    #[test]
+    fn object_strings_of_every_length_escape_as_serde_json_core() {
+        for len in 0..20 {
+            for special in ['"', '\\', '\n', '\u{1}', 'é', 'a'] {
+                for at in 0..=len {
+                    let mut s: String = "x".repeat(at);
+                    s.push(special);
+                    s.push_str(&"y".repeat(len - at));
+                    let mut buf = [0u8; 128];
+                    let mut object = Object::new(&mut buf);
+                    object.str(&s, &s);
+                    let ours = object.finish().unwrap().to_vec();
+                    let theirs = serde_core(
+                        &[(&s, &s)]
+                            .into_iter()
+                            .collect::<std::collections::BTreeMap<_, _>>(),
+                    );
+                    assert_eq!(
+                        String::from_utf8_lossy(&ours),
+                        String::from_utf8_lossy(&theirs),
+                        "{s:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
