@@ -28,10 +28,14 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
   rustup target add wasm32-unknown-unknown
 fi
 
-# Size over speed for modules: the workspace release profile already has
-# lto, codegen-units = 1 and strip; functions are small and the gateway
-# meters fuel per instruction, so `s` costs little and saves a lot of bytes.
-export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-s}"
+# Speed over a few bytes: the workspace release profile already has lto,
+# codegen-units = 1 and strip. wasmi runs a module built at opt-level 3
+# faster than one built for size: inlined helpers save the calls, which are
+# what an interpreter pays most for, and the SDK's JSON reader is written
+# for it. threshold-alert: 7,805 host instructions per reading at 3 against
+# 13,024 at "s" (callgrind, docs/performance.md), for 1.2 KB more module.
+# Set CARGO_PROFILE_RELEASE_OPT_LEVEL=s for the smallest modules.
+export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-3}"
 export CARGO_PROFILE_RELEASE_PANIC=abort
 
 packages=()
