@@ -234,8 +234,7 @@ perch-sdk = {{ path = "perch-sdk" }}
 serde = {{ version = "1.0", default-features = false, features = ["derive"] }}
 
 # opt-level 3: the gateway's interpreter runs inlined code faster (about
-# 1.7x on the SDK's threshold-alert example) for a few KB more module; "s"
-# gives the smallest modules.
+# 1.7x on the SDK's threshold-alert example) for about 1 KB more module.
 [profile.release]
 opt-level = 3
 lto = true
