@@ -32,15 +32,20 @@ fi
 # codegen-units = 1 and strip. wasmi runs a module built at opt-level 3
 # faster than one built for size: inlined helpers save the calls, which are
 # what an interpreter pays most for, and the SDK's JSON reader is written
-# for it. threshold-alert: 7,805 host instructions per reading at 3 against
-# 13,024 at "s" (callgrind, docs/performance.md), for 1.2 KB more module.
+# for it. threshold-alert: 5,550 host instructions per reading below its
+# limit at 3 against 7,428 at "s", 16,944 against 20,275 above it
+# (callgrind, docs/performance.md), for 2.5 KB more module.
 # Set CARGO_PROFILE_RELEASE_OPT_LEVEL=s for the smallest modules.
 export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-3}"
 export CARGO_PROFILE_RELEASE_PANIC=abort
 
-packages=()
-for name in "${rust_examples[@]}"; do packages+=(-p "$name"); done
-(cd "$root" && cargo build --release --target wasm32-unknown-unknown "${packages[@]}")
+# Each as a cdylib alone: the examples are also rlibs (the runtime benchmark
+# links threshold-alert natively), and rustc builds the .wasm of a crate
+# that is both with less inlining across crates: threshold-alert took up to
+# 1.4x as long in wasmi and was 3 KB bigger that way.
+for name in "${rust_examples[@]}"; do
+  (cd "$root" && cargo rustc --release --target wasm32-unknown-unknown -p "$name" --crate-type cdylib)
+done
 
 mkdir -p "$out"
 for name in "${rust_examples[@]}"; do
