@@ -22,8 +22,10 @@
 //! Why it exists: a function pays fuel (about one unit per wasm instruction)
 //! for every byte of parsing. serde-json-core's derive spends ~7,000 units on
 //! a 40-byte reading, plus ~2,000 per `f64` in core's float parser; with
-//! this reader the whole of `threshold-alert` takes ~4,700 per reading
-//! instead of ~11,600 (`docs/performance.md`). serde-json-core
+//! this reader the whole of `threshold-alert` takes ~3,700 per reading
+//! instead of ~11,600, and 3.2x fewer host instructions than this reader's
+//! first version (`docs/performance.md`). The hot path (`fields`, strings,
+//! names) is written for an interpreter: inlined, eight bytes per step. serde-json-core
 //! stays available ([`crate::Event::json`]) for payloads that are better
 //! read into a struct.
 //!

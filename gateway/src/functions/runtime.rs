@@ -19,8 +19,9 @@
 //! dispatcher from growing the native stack: gateway/Cargo.toml.
 //!
 //! What a guest costs per event is mostly its own code: the Rust SDK's
-//! lean JSON path (`perch_sdk::json`) and per-instance config cache bring
-//! `threshold-alert` from ~11,600 to ~4,700 fuel per reading; the wasm vs
+//! lean JSON path (`perch_sdk::json`), its per-instance config cache and
+//! the examples' build (opt-level 3, a cdylib alone) bring `threshold-alert`
+//! to ~5,500 host instructions per reading (from ~17,700); the wasm vs
 //! native figures are in docs/performance.md.
 //!
 //! # Deploying: validation eager, translation lazy
