@@ -45,7 +45,7 @@
 //! promises that a malformed module is refused and what ran before keeps
 //! running. It would be faster: on a fresh engine, parsing a 230 KB module
 //! takes ~0.5 million host instructions and parsing + validating ~16
-//! million, so validation is nearly all of a deploy's compile time (~2 ms
+//! million, so validation is nearly all of a deploy's compile time (1-2 ms
 //! here; docs/performance.md). Validating elsewhere (wasmparser's
 //! `Validator`) would cost the same.
 //!
