@@ -28,15 +28,24 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
   rustup target add wasm32-unknown-unknown
 fi
 
-# Size over speed for modules: the workspace release profile already has
-# lto, codegen-units = 1 and strip; functions are small and the gateway
-# meters fuel per instruction, so `s` costs little and saves a lot of bytes.
-export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-s}"
+# Speed over a few bytes: the workspace release profile already has lto,
+# codegen-units = 1 and strip. wasmi runs a module built at opt-level 3
+# faster than one built for size: inlined helpers save the calls, which are
+# what an interpreter pays most for, and the SDK's JSON reader is written
+# for it. threshold-alert: 5,550 host instructions per reading below its
+# limit at 3 against 7,428 at "s", 16,944 against 20,275 above it
+# (callgrind, docs/performance.md), for 2.5 KB more module.
+# Set CARGO_PROFILE_RELEASE_OPT_LEVEL=s for the smallest modules.
+export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-3}"
 export CARGO_PROFILE_RELEASE_PANIC=abort
 
-packages=()
-for name in "${rust_examples[@]}"; do packages+=(-p "$name"); done
-(cd "$root" && cargo build --release --target wasm32-unknown-unknown "${packages[@]}")
+# Each as a cdylib alone: the examples are also rlibs (the runtime benchmark
+# links threshold-alert natively), and rustc builds the .wasm of a crate
+# that is both with less inlining across crates: threshold-alert took up to
+# 1.4x as long in wasmi and was 3 KB bigger that way.
+for name in "${rust_examples[@]}"; do
+  (cd "$root" && cargo rustc --release --target wasm32-unknown-unknown -p "$name" --crate-type cdylib)
+done
 
 mkdir -p "$out"
 for name in "${rust_examples[@]}"; do

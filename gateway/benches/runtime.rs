@@ -13,9 +13,10 @@
 //!   host copies out.
 //!   Their ratio is the wasm overhead. `event/empty_wasm` is a handler that
 //!   returns at once: the host's fixed cost per event. The fuel each event
-//!   takes is printed first. With `PERCH_BENCH_BASELINE_WASM=FILE` (say, the
-//!   example built from an older SDK) that module is measured side by side
-//!   as `event/threshold_baseline_wasm_*`.
+//!   takes is printed first. With `PERCH_BENCH_BASELINE_WASM=A.wasm:B.wasm`
+//!   (say, the example built from an older SDK, or at another opt-level)
+//!   those modules are measured side by side as
+//!   `event/threshold_baseline_<file stem>_*`.
 //! - `deploy/*`: the phases of deploying a ~200 KB module, each on its own
 //!   (`parse`: wasmi without validation of function bodies; `parse_validate`: what perch's
 //!   compile does; `translate_all`: wasmi's eager mode, every function
@@ -150,24 +151,34 @@ fn event(c: &mut Criterion) {
     let mut host = TestHost::from_manifest(MANIFEST).unwrap();
     let buf: Box<EventBuffer<4096>> = Box::default();
 
-    // Optionally the same function built another way (from an older SDK,
-    // say), measured side by side: its path in PERCH_BENCH_BASELINE_WASM.
-    let baseline = std::env::var_os("PERCH_BENCH_BASELINE_WASM").map(|path| {
-        let wasm = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("PERCH_BENCH_BASELINE_WASM={path:?}: {e}"));
-        let compiled = rt
-            .compile(Manifest::from_toml(MANIFEST).unwrap(), &wasm)
-            .unwrap();
-        rt.instantiate(&compiled, Seed::default())
-            .map_err(|(e, _)| e)
-            .unwrap()
-    });
+    // Optionally the same function built other ways (from an older SDK,
+    // at another opt-level), measured side by side: their paths in
+    // PERCH_BENCH_BASELINE_WASM, separated like PATH (`a.wasm:b.wasm`),
+    // each named by its file stem.
     let budget = compiled.manifest.limits.fuel;
     print_fuel("threshold-alert", &mut instance, budget);
-    let mut baseline = baseline.map(|mut b| {
-        print_fuel("baseline threshold-alert", &mut b, budget);
-        b
-    });
+    let mut baselines: Vec<(String, perch::functions::runtime::Instance)> =
+        std::env::var_os("PERCH_BENCH_BASELINE_WASM")
+            .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|path| {
+                let wasm = std::fs::read(&path)
+                    .unwrap_or_else(|e| panic!("PERCH_BENCH_BASELINE_WASM: {path:?}: {e}"));
+                let compiled = rt
+                    .compile(Manifest::from_toml(MANIFEST).unwrap(), &wasm)
+                    .unwrap();
+                let mut b = rt
+                    .instantiate(&compiled, Seed::default())
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+                let name = path
+                    .file_stem()
+                    .map_or("baseline".into(), |s| s.to_string_lossy().into_owned());
+                print_fuel(&format!("baseline {name}"), &mut b, budget);
+                (name, b)
+            })
+            .collect();
 
     let mut group = c.benchmark_group("event");
     // The host's fixed cost per event: a handler that returns at once.
@@ -205,8 +216,8 @@ fn event(c: &mut Criterion) {
                 assert_eq!(n, alerts);
             })
         });
-        if let Some(baseline) = baseline.as_mut() {
-            group.bench_function(format!("threshold_baseline_wasm_{label}"), |b| {
+        for (name, baseline) in baselines.iter_mut() {
+            group.bench_function(format!("threshold_baseline_{name}_{label}"), |b| {
                 b.iter(|| {
                     baseline
                         .on_event(TOPIC.as_bytes(), black_box(payload), 1)

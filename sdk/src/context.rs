@@ -83,7 +83,24 @@ impl<'a> Event<'a> {
     /// The topic level at `index` (0-based): for `sensors/t1/temperature`,
     /// `topic_level(1)` is `Some("t1")`.
     pub fn topic_level(&self, index: usize) -> Option<&'a str> {
-        self.topic.split('/').nth(index)
+        // What `self.topic.split('/').nth(index)` gives, in one plain loop
+        // over the bytes (core's `Split` costs a guest several times more).
+        let bytes = self.topic.as_bytes();
+        let (mut level, mut start) = (0, 0);
+        for (i, &c) in bytes.iter().enumerate() {
+            if c == b'/' {
+                if level == index {
+                    return self.topic.get(start..i);
+                }
+                level += 1;
+                start = i + 1;
+            }
+        }
+        if level == index {
+            self.topic.get(start..)
+        } else {
+            None
+        }
     }
 }
 
@@ -375,4 +392,34 @@ macro_rules! debug {
 #[macro_export]
 macro_rules! trace {
     ($ctx:expr, $($arg:tt)+) => { $ctx.log_fmt($crate::Level::Trace, format_args!($($arg)+)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Event;
+
+    #[test]
+    fn topic_level_is_split_nth() {
+        for topic in [
+            "",
+            "/",
+            "a",
+            "a/",
+            "/a",
+            "a/b",
+            "a//b",
+            "sensors/t1/temperature",
+            "é/ü/x",
+            "a/b/c/",
+        ] {
+            let event = Event::new(topic, b"", 0);
+            for index in 0..6 {
+                assert_eq!(
+                    event.topic_level(index),
+                    topic.split('/').nth(index),
+                    "{topic:?} {index}"
+                );
+            }
+        }
+    }
 }

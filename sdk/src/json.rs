@@ -22,8 +22,10 @@
 //! Why it exists: a function pays fuel (about one unit per wasm instruction)
 //! for every byte of parsing. serde-json-core's derive spends ~7,000 units on
 //! a 40-byte reading, plus ~2,000 per `f64` in core's float parser; with
-//! this reader the whole of `threshold-alert` takes ~4,700 per reading
-//! instead of ~11,600 (`docs/performance.md`). serde-json-core
+//! this reader the whole of `threshold-alert` takes ~3,700 per reading
+//! instead of ~11,600, and 3.2x fewer host instructions than this reader's
+//! first version (`docs/performance.md`). The hot path (`fields`, strings,
+//! names) is written for an interpreter: inlined, eight bytes per step. serde-json-core
 //! stays available ([`crate::Event::json`]) for payloads that are better
 //! read into a struct.
 //!
@@ -47,6 +49,11 @@ pub const MAX_DEPTH: u32 = 64;
 pub struct Field<'a> {
     /// The value's JSON text, already checked against the grammar.
     raw: Option<&'a [u8]>,
+    /// Whether the scan saw that the value is a string of ASCII without
+    /// escapes, so [`Field::opt_str`] need not look at its bytes again.
+    /// `false` says nothing (a `Field::default()`, or a value it did not
+    /// check): the bytes are checked then.
+    plain: bool,
 }
 
 impl<'a> Field<'a> {
@@ -136,6 +143,10 @@ impl<'a> Field<'a> {
     pub fn opt_str(&self) -> Result<Option<&'a str>, Error> {
         self.some()
             .map(|raw| match raw {
+                [b'"', inner @ .., b'"'] if self.plain => {
+                    // SAFETY: the scan saw only ASCII, which is UTF-8.
+                    Ok(unsafe { core::str::from_utf8_unchecked(inner) })
+                }
                 [b'"', inner @ .., b'"'] => plain_str(inner).ok_or(Error::Payload),
                 _ => Err(Error::Payload),
             })
@@ -168,20 +179,71 @@ pub fn fields<'a, const N: usize>(
     payload: &'a [u8],
     names: [&str; N],
 ) -> Result<[Field<'a>; N], Error> {
+    scan_fields(payload, &names).ok_or(Error::Payload)
+}
+
+/// The body of [`fields`]: one pass over the object that checks it and
+/// keeps the values of `names`. Written out in one function, with its
+/// helpers inlined, because a guest pays per wasm instruction and a call
+/// (with its result passed through memory) costs many of them; this is
+/// what nearly every event of a typical function runs.
+fn scan_fields<'a, const N: usize>(b: &'a [u8], names: &[&str; N]) -> Option<[Field<'a>; N]> {
     let mut found = [Field::default(); N];
-    scan_object(payload, |key, escaped, value| {
-        for (name, slot) in names.iter().zip(found.iter_mut()) {
-            if key_is(key, escaped, name.as_bytes()) {
-                if slot.raw.is_some() {
-                    return Err(());
+    let mut i = ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            let key_start = i + 1;
+            let (key_end, key_flags) = string(b, i)?;
+            let key = b.get(key_start..key_end - 1)?;
+            i = ws(b, key_end);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let value_start = ws(b, i + 1);
+            // Strings and numbers, what readings hold, without the walk
+            // of nested containers.
+            let mut plain = false;
+            i = match b.get(value_start) {
+                Some(b'"') => {
+                    let (end, flags) = string(b, value_start)?;
+                    plain = flags == 0;
+                    end
                 }
-                slot.raw = Some(value);
+                Some(b'-' | b'0'..=b'9') => json_number(b, value_start)?,
+                _ => value(b, value_start)?,
+            };
+            let escaped = key_flags & ESCAPED != 0;
+            let mut k = 0;
+            while k < N {
+                if key_is(key, escaped, names[k].as_bytes()) {
+                    if found[k].raw.is_some() {
+                        return None;
+                    }
+                    found[k] = Field {
+                        raw: Some(b.get(value_start..i)?),
+                        plain,
+                    };
+                }
+                k += 1;
+            }
+            i = ws(b, i);
+            match b.get(i) {
+                Some(b',') => i = ws(b, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
             }
         }
-        Ok(())
-    })
-    .map_err(|()| Error::Payload)?;
-    Ok(found)
+    }
+    (ws(b, i) == b.len()).then_some(found)
 }
 
 /// One field of the JSON object `payload`; see [`fields`], which reads
@@ -202,7 +264,7 @@ pub fn number_field(payload: &[u8], name: &str) -> Option<f64> {
 pub fn number(text: &[u8]) -> Result<f64, Error> {
     let start = ws(text, 0);
     match json_number(text, start) {
-        Ok(end) if ws(text, end) == text.len() => {
+        Some(end) if ws(text, end) == text.len() => {
             parse_f64(&text[start..end]).ok_or(Error::Payload)
         }
         _ => Err(Error::Payload),
@@ -348,10 +410,53 @@ fn parse_u64(raw: &[u8]) -> Option<u64> {
 
 /// Whether the key text `key` (between its quotes, escapes as written)
 /// names `name`.
+#[inline(always)]
 fn key_is(key: &[u8], escaped: bool, name: &[u8]) -> bool {
     if !escaped {
-        return key == name;
+        return same(key, name);
     }
+    escaped_key_is(key, name)
+}
+
+/// Whether `a` and `b` hold the same bytes: a few word compares for the
+/// short names of a payload instead of a call to `memcmp`, which in wasm is
+/// a loop over bytes.
+#[inline(always)]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n >= 8 {
+        // Whole words, the last one overlapping the one before.
+        let mut i = 0;
+        while i + 8 < n {
+            if word(a, i) != word(b, i) {
+                return false;
+            }
+            i += 8;
+        }
+        return word(a, n - 8) == word(b, n - 8);
+    }
+    if n >= 4 {
+        let half =
+            |s: &[u8], at: usize| u32::from_le_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]]);
+        return half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4);
+    }
+    a == b
+}
+
+/// The 8 bytes of `s` at `at` as a little-endian word (`at + 8 <= s.len()`).
+#[inline(always)]
+fn word(s: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// [`key_is`] for a key with escapes.
+#[inline(never)]
+fn escaped_key_is(key: &[u8], name: &[u8]) -> bool {
     let mut rest = name;
     let mut i = 0;
     let mut utf8 = [0u8; 4];
@@ -413,57 +518,6 @@ fn hex4(digits: &[u8]) -> Option<u32> {
         .try_fold(0u32, |n, &c| Some(n * 16 + (c as char).to_digit(16)?))
 }
 
-/// Walks the object `b`, calling `found(key, value)` for each top-level
-/// field (`key` as written between its quotes, `value` the value's JSON
-/// text), and checks the whole of `b` is one valid JSON object.
-fn scan_object<'a>(
-    b: &'a [u8],
-    mut found: impl FnMut(&'a [u8], bool, &'a [u8]) -> Result<(), ()>,
-) -> Result<(), ()> {
-    let mut i = ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return Err(());
-    }
-    i = ws(b, i + 1);
-    if b.get(i) == Some(&b'}') {
-        i += 1;
-    } else {
-        loop {
-            let key_start = i + 1;
-            let escaped;
-            (i, escaped) = string(b, i)?;
-            let key = &b[key_start..i - 1];
-            i = ws(b, i);
-            if b.get(i) != Some(&b':') {
-                return Err(());
-            }
-            let value_start = ws(b, i + 1);
-            // Strings and numbers, what readings hold, without the walk
-            // of nested containers.
-            i = match b.get(value_start) {
-                Some(b'"') => string(b, value_start)?.0,
-                Some(b'-' | b'0'..=b'9') => json_number(b, value_start)?,
-                _ => value(b, value_start)?,
-            };
-            found(key, escaped, &b[value_start..i])?;
-            i = ws(b, i);
-            match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return Err(()),
-            }
-        }
-    }
-    if ws(b, i) == b.len() {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
 /// Byte classes for the scanner's loops, one table load per byte: the
 /// interpreter a function runs in pays per instruction, and a table beats a
 /// chain of comparisons (or a jump table, which wasmi charges in full).
@@ -488,6 +542,7 @@ static CLASS: [u8; 256] = {
 };
 
 /// Skips JSON whitespace from `i`.
+#[inline(always)]
 fn ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && CLASS[usize::from(b[i])] & WS != 0 {
         i += 1;
@@ -495,48 +550,97 @@ fn ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// What [`string`] saw in a string besides plain ASCII: escapes, bytes
+/// past ASCII (UTF-8, unchecked here).
+const ESCAPED: u8 = 1;
+const NOT_ASCII: u8 = 2;
+
+/// `0x01` in every byte of a word.
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+/// `0x80` in every byte of a word.
+const HIGH: u64 = ONES * 0x80;
+
+/// The high bit of the first byte of `w` (little-endian) that ends a run of
+/// plain string bytes (`"`, `\\` or a control character), and maybe of
+/// bytes after it; 0 if there is none. The lowest bit set is exact: the
+/// borrows that can set a later byte's bit come only from a byte that is
+/// itself a stop.
+#[inline(always)]
+fn string_stops(w: u64) -> u64 {
+    let quote = w ^ (ONES * b'"' as u64);
+    let backslash = w ^ (ONES * b'\\' as u64);
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    (zero_byte(quote) | zero_byte(backslash) | (w.wrapping_sub(ONES * 0x20) & !w)) & HIGH
+}
+
 /// Checks the string starting at `b[i] == '"'`; returns the index after
-/// its closing quote and whether the string has escapes.
-fn string(b: &[u8], mut i: usize) -> Result<(usize, bool), ()> {
+/// its closing quote and what it has besides plain ASCII ([`ESCAPED`],
+/// [`NOT_ASCII`]). Eight bytes at a time while eight are left: a guest pays
+/// per wasm instruction, and a word's checks take fewer than a byte's.
+#[inline(always)]
+fn string(b: &[u8], mut i: usize) -> Option<(usize, u8)> {
     if b.get(i) != Some(&b'"') {
-        return Err(());
+        return None;
     }
     i += 1;
-    let mut escaped = false;
+    // The bytes before each stop, or-ed: their high bits say "not ASCII".
+    let mut seen = 0u64;
+    let mut flags = 0u8;
     loop {
-        while i < b.len() && CLASS[usize::from(b[i])] & STRING_STOP == 0 {
-            i += 1;
+        loop {
+            if i + 8 > b.len() {
+                while i < b.len() && CLASS[usize::from(b[i])] & STRING_STOP == 0 {
+                    seen |= u64::from(b[i]);
+                    i += 1;
+                }
+                break;
+            }
+            let w = word(b, i);
+            let stops = string_stops(w);
+            if stops != 0 {
+                // The stop's byte index; the bytes below it are plain.
+                let n = stops.trailing_zeros() / 8;
+                seen |= w & ((1u64 << (8 * n)) - 1);
+                i += n as usize;
+                break;
+            }
+            seen |= w;
+            i += 8;
         }
-        match *b.get(i).ok_or(())? {
-            b'"' => return Ok((i + 1, escaped)),
+        if seen & HIGH != 0 {
+            flags |= NOT_ASCII;
+        }
+        match *b.get(i)? {
+            b'"' => return Some((i + 1, flags)),
             b'\\' => {
-                escaped = true;
-                i += match b.get(i + 1).ok_or(())? {
+                flags |= ESCAPED;
+                i += match b.get(i + 1)? {
                     b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
                     b'u' => {
-                        hex4(b.get(i + 2..i + 6).ok_or(())?).ok_or(())?;
+                        hex4(b.get(i + 2..i + 6)?)?;
                         6
                     }
-                    _ => return Err(()),
+                    _ => return None,
                 }
             }
             // A control character.
-            _ => return Err(()),
+            _ => return None,
         }
     }
 }
 
 /// Checks the number starting at `b[i]`; returns the index after it.
-fn json_number(b: &[u8], mut i: usize) -> Result<usize, ()> {
-    let digits = |b: &[u8], mut i: usize| -> Result<usize, ()> {
+#[inline(always)]
+fn json_number(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |b: &[u8], mut i: usize| -> Option<usize> {
         let start = i;
         while let Some(b'0'..=b'9') = b.get(i) {
             i += 1;
         }
         if i == start {
-            Err(())
+            None
         } else {
-            Ok(i)
+            Some(i)
         }
     };
     if b.get(i) == Some(&b'-') {
@@ -545,7 +649,7 @@ fn json_number(b: &[u8], mut i: usize) -> Result<usize, ()> {
     match b.get(i) {
         Some(b'0') => i += 1,
         Some(b'1'..=b'9') => i = digits(b, i)?,
-        _ => return Err(()),
+        _ => return None,
     }
     if b.get(i) == Some(&b'.') {
         i = digits(b, i + 1)?;
@@ -557,23 +661,23 @@ fn json_number(b: &[u8], mut i: usize) -> Result<usize, ()> {
         }
         i = digits(b, i)?;
     }
-    Ok(i)
+    Some(i)
 }
 
 /// Checks the value starting at `b[i]` (no leading whitespace); returns the
 /// index after it. Nested containers are walked without recursion: bit `d`
 /// of `objects` says whether the container at depth `d` is an object.
-fn value(b: &[u8], mut i: usize) -> Result<usize, ()> {
+fn value(b: &[u8], mut i: usize) -> Option<usize> {
     let mut objects: u64 = 0;
     let mut depth: u32 = 0;
     loop {
         // A value starts at `i`.
-        match *b.get(i).ok_or(())? {
+        match *b.get(i)? {
             open @ (b'{' | b'[') => {
                 let close = if open == b'{' { b'}' } else { b']' };
                 i = ws(b, i + 1);
                 if depth == MAX_DEPTH {
-                    return Err(());
+                    return None;
                 }
                 if b.get(i) == Some(&close) {
                     i += 1;
@@ -587,7 +691,7 @@ fn value(b: &[u8], mut i: usize) -> Result<usize, ()> {
                     continue;
                 }
             }
-            b'"' => i = string(b, i)?.0,
+            b'"' => i = nested_string(b, i)?,
             b't' => i = literal(b, i, b"true")?,
             b'f' => i = literal(b, i, b"false")?,
             b'n' => i = literal(b, i, b"null")?,
@@ -596,7 +700,7 @@ fn value(b: &[u8], mut i: usize) -> Result<usize, ()> {
         // A value ended at `i`: close containers until one goes on.
         loop {
             if depth == 0 {
-                return Ok(i);
+                return Some(i);
             }
             i = ws(b, i);
             let in_object = objects & 1 == 1;
@@ -610,7 +714,7 @@ fn value(b: &[u8], mut i: usize) -> Result<usize, ()> {
                 }
                 Some(b'}') if in_object => {}
                 Some(b']') if !in_object => {}
-                _ => return Err(()),
+                _ => return None,
             }
             i += 1;
             objects >>= 1;
@@ -619,19 +723,25 @@ fn value(b: &[u8], mut i: usize) -> Result<usize, ()> {
     }
 }
 
-/// Checks `"key" :` at `i`; returns the index of the value after it.
-fn member_key(b: &[u8], i: usize) -> Result<usize, ()> {
-    let i = ws(b, string(b, i)?.0);
-    if b.get(i) != Some(&b':') {
-        return Err(());
-    }
-    Ok(ws(b, i + 1))
+/// [`string`] for what [`value`] walks (one copy of it, not inlined).
+#[inline(never)]
+fn nested_string(b: &[u8], i: usize) -> Option<usize> {
+    Some(string(b, i)?.0)
 }
 
-fn literal(b: &[u8], i: usize, word: &[u8]) -> Result<usize, ()> {
+/// Checks `"key" :` at `i`; returns the index of the value after it.
+fn member_key(b: &[u8], i: usize) -> Option<usize> {
+    let i = ws(b, nested_string(b, i)?);
+    if b.get(i) != Some(&b':') {
+        return None;
+    }
+    Some(ws(b, i + 1))
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
     match b.get(i..i + word.len()) {
-        Some(found) if found == word => Ok(i + word.len()),
-        _ => Err(()),
+        Some(found) if found == word => Some(i + word.len()),
+        _ => None,
     }
 }
 
@@ -771,8 +881,15 @@ impl<'b> Object<'b> {
 
     /// Writes `s` quoted, escaping as serde-json-core does.
     fn string(&mut self, s: &str) {
-        self.push(b"\"");
         let bytes = s.as_bytes();
+        if !needs_escape(bytes) {
+            // Names and readings nearly always: one copy, no byte loop.
+            self.push(b"\"");
+            self.push(bytes);
+            self.push(b"\"");
+            return;
+        }
+        self.push(b"\"");
         let mut start = 0;
         for (i, &c) in bytes.iter().enumerate() {
             if CLASS[usize::from(c)] & STRING_STOP == 0 {
@@ -811,6 +928,22 @@ impl<'b> Object<'b> {
     }
 }
 
+/// Whether `bytes` has a byte a JSON string must escape (`"`, `\\`, a
+/// control character): eight bytes at a time, as the scanner reads.
+#[inline(always)]
+fn needs_escape(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        if string_stops(word(bytes, i)) != 0 {
+            return true;
+        }
+        i += 8;
+    }
+    bytes[i..]
+        .iter()
+        .any(|&c| CLASS[usize::from(c)] & STRING_STOP != 0)
+}
+
 /// Writes `value` as serde-json-core does (ryu's shortest round-trip form,
 /// `null` if not finite) into `out`; returns the length. Typical readings
 /// take a fast path; the rest go through serde-json-core itself.
@@ -839,12 +972,23 @@ fn fast_format_f64(value: f64, out: &mut [u8; 40]) -> Option<usize> {
         }
         let near = (scaled + 0.5) as u64;
         let reads_back = |m: u64| m <= 1 << 53 && m as f64 / scale == a;
-        let m = match [near.wrapping_sub(1), near, near + 1].map(reads_back) {
-            [false, false, false] => continue,
-            [true, false, false] => near - 1,
-            [false, true, false] => near,
-            [false, false, true] => near + 1,
-            _ => return None,
+        let m = if scaled < (1u64 << 50) as f64 {
+            // An m that reads back is within scaled * 2^-52 < 1/4 of
+            // scaled (one rounding in `a * scale`, one in `m / scale`, each
+            // at most half an ulp), and near - 1 and near + 1 are at least
+            // 1/2 away: only near can. One division instead of three.
+            if !reads_back(near) {
+                continue;
+            }
+            near
+        } else {
+            match [near.wrapping_sub(1), near, near + 1].map(reads_back) {
+                [false, false, false] => continue,
+                [true, false, false] => near - 1,
+                [false, true, false] => near,
+                [false, false, true] => near + 1,
+                _ => return None,
+            }
         };
         // The digits of m, least significant first, at least k + 1 of them.
         let mut digits = [b'0'; 20];
@@ -1270,6 +1414,74 @@ mod tests {
         assert_eq!(checked, 30_000);
     }
 
+    /// The word-at-a-time string scan and name compare against serde_json,
+    /// with a quote, a backslash escape, a control character and non-ASCII
+    /// text at every position of strings from 0 to 24 bytes (so in every
+    /// lane of a word and in the byte-wise tail).
+    #[test]
+    fn strings_of_every_length_and_stop_position() {
+        let pieces: [&str; 7] = ["a", "é", "\\n", "\\\"", "\u{1}", "\\u00e9", "\u{7f}"];
+        let mut checked = 0;
+        for len in 0..24 {
+            for (p, piece) in pieces.iter().enumerate() {
+                for at in 0..=len {
+                    let mut s = "x".repeat(at);
+                    s.push_str(piece);
+                    s.push_str(&"y".repeat(len - at));
+                    for wanted_first in [false, true] {
+                        let text = if wanted_first {
+                            format!(r#"{{"device":"{s}","k{s}":1}}"#)
+                        } else {
+                            format!(r#"{{"k{s}":1,"device":"{s}"}}"#)
+                        };
+                        let theirs = serde_json::from_str::<serde_json::Value>(&text);
+                        let key = format!(
+                            "k{}",
+                            serde_json::from_str::<String>(&format!("\"{s}\"")).unwrap_or_default()
+                        );
+                        let ours = fields(text.as_bytes(), ["device", key.as_str(), "absent"]);
+                        match theirs {
+                            Ok(value) => {
+                                let [device, k, absent] = ours.unwrap();
+                                let want = value["device"].as_str().unwrap();
+                                assert!(!absent.is_present());
+                                assert_eq!(k.i64(), Ok(1), "{text}");
+                                if s.contains('\\') {
+                                    assert_eq!(device.opt_str(), Err(Error::Payload), "{text}");
+                                } else {
+                                    assert_eq!(device.opt_str(), Ok(Some(want)), "{text}");
+                                }
+                            }
+                            Err(_) => assert!(ours.is_err(), "{text} ({p})"),
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 2 * 7 * (1..=24).sum::<usize>());
+        // Bytes that are not UTF-8 pass the scan but are no `str`.
+        let text = b"{\"device\":\"k\xffitchen\"}";
+        assert_eq!(
+            field(text, "device").unwrap().opt_str(),
+            Err(Error::Payload)
+        );
+    }
+
+    #[test]
+    fn same_compares_every_length() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(same(&a, &a.clone()));
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x20;
+                assert!(!same(&a, &b), "{n} {i}");
+            }
+            assert!(!same(&a, &a[..n.saturating_sub(1)]) || n == 0);
+        }
+    }
+
     #[derive(serde::Serialize)]
     struct Sample<'a> {
         device: &'a str,
@@ -1329,6 +1541,33 @@ mod tests {
         out.null("n").raw("r", b"[1,2]");
         assert_eq!(out.finish(), Ok(&br#"{"n":null,"r":[1,2]}"#[..]));
         assert_eq!(Object::new(&mut buf).finish(), Ok(&b"{}"[..]));
+    }
+
+    #[test]
+    fn object_strings_of_every_length_escape_as_serde_json_core() {
+        for len in 0..20 {
+            for special in ['"', '\\', '\n', '\u{1}', 'é', 'a'] {
+                for at in 0..=len {
+                    let mut s: String = "x".repeat(at);
+                    s.push(special);
+                    s.push_str(&"y".repeat(len - at));
+                    let mut buf = [0u8; 128];
+                    let mut object = Object::new(&mut buf);
+                    object.str(&s, &s);
+                    let ours = object.finish().unwrap().to_vec();
+                    let theirs = serde_core(
+                        &[(&s, &s)]
+                            .into_iter()
+                            .collect::<std::collections::BTreeMap<_, _>>(),
+                    );
+                    assert_eq!(
+                        String::from_utf8_lossy(&ours),
+                        String::from_utf8_lossy(&theirs),
+                        "{s:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
