@@ -50,8 +50,13 @@
 //! `Validator`) would cost the same.
 //!
 //! wasmi's engine keeps every compiled module's functions until the engine
-//! is dropped (its code map is append-only), so each deploy leaves its
-//! module's function storage behind (~0.3 MB for that 230 KB module).
+//! is dropped (its code map is append-only): on one engine per gateway each
+//! deploy left its module's function storage behind for good (~0.3 MB for
+//! that 230 KB module; a gateway redeployed hourly would grow by gigabytes
+//! in a year). So each compiled version has an engine (and a linker) of its
+//! own ([`Compiled`]), dropped with the version's last instance: a rollback,
+//! a removal or a replaced version gives its memory back. A new engine and
+//! linker cost a few microseconds of the deploy's millisecond.
 //!
 //! # Limits, and who enforces them
 //!
@@ -367,16 +372,21 @@ pub struct Compiled {
     pub manifest: Manifest,
     /// Hex SHA-256 of the wasm bytes.
     pub sha256: String,
+    /// This version's own engine and host imports (see "Deploying" in the
+    /// module doc: an engine never frees a module's functions, so it must
+    /// not outlive the version).
+    engine: Engine,
+    linker: Linker<Host>,
     module: Module,
     ctx: Arc<Context>,
     /// Size of the wasm bytes, for logs.
     pub wasm_len: usize,
 }
 
-/// The engine and the host imports: one per gateway.
+/// How functions are compiled and run: one per gateway. Each compiled
+/// version gets an engine of its own from `config`.
 pub struct Runtime {
-    engine: Engine,
-    linker: Linker<Host>,
+    config: Config,
     /// Where `emit` and `forward` records go (the aggregate and buffer
     /// stages). Bounded, so a stalled consumer turns into `FULL` for the
     /// guest instead of unbounded memory.
@@ -406,12 +416,8 @@ impl Runtime {
             .enforced_limits(EnforcedLimits::strict())
             .set_max_recursion_depth(MAX_RECURSION_DEPTH)
             .set_max_stack_height(MAX_STACK_HEIGHT_BYTES);
-        let engine = Engine::new(&config);
-        let mut linker = Linker::new(&engine);
-        define_imports(&mut linker);
         Runtime {
-            engine,
-            linker,
+            config,
             outputs,
             log_gateway: None,
         }
@@ -448,8 +454,9 @@ impl Runtime {
                  module (a compiler never writes this)"
             )));
         }
+        let engine = Engine::new(&self.config);
         let module =
-            Module::new(&self.engine, wasm).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+            Module::new(&engine, wasm).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
         check_imports(&module)?;
         check_exports(&module, &manifest)?;
 
@@ -473,9 +480,13 @@ impl Runtime {
                 .as_ref()
                 .map(|id| Bytes::from(format!("perch/{id}/fn/{}/logs", manifest.name))),
         });
+        let mut linker = Linker::new(&engine);
+        define_imports(&mut linker);
         Ok(Compiled {
             sha256: sha256_hex(wasm),
             manifest,
+            engine,
+            linker,
             module,
             ctx,
             wasm_len: wasm.len(),
@@ -513,7 +524,7 @@ impl Runtime {
             logs: Vec::new(),
             ctx,
         };
-        let mut store = Store::new(&self.engine, host);
+        let mut store = Store::new(&compiled.engine, host);
         store.limiter(|host| &mut host.limits);
         let parts = match self.start(&mut store, compiled) {
             Ok(parts) => parts,
@@ -553,7 +564,7 @@ impl Runtime {
         let fuel = compiled.ctx.fuel;
         // Fuel is always on in this engine, so set_fuel cannot fail.
         let _ = store.set_fuel(fuel);
-        let instance = self
+        let instance = compiled
             .linker
             .instantiate_and_start(&mut *store, &compiled.module)
             .map_err(|e| match e.as_trap_code() {

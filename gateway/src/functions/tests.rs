@@ -1067,3 +1067,87 @@ async fn the_reply_comes_after_the_workers_switch() {
     let info = f.list().into_iter().find(|i| i.name == "echo").unwrap();
     assert_eq!(info.version, "1.8.0");
 }
+
+/// Resident memory of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("resident pages in /proc/self/statm");
+    pages * 4096
+}
+
+/// A valid perch module of about 200 KB: the ABI exports plus hundreds of
+/// functions with real bodies, calling each other.
+fn module_200kb() -> Vec<u8> {
+    let mut text = String::from(
+        "(module (memory (export \"memory\") 1)
+         (func (export \"perch_abi_version\") (result i32) (i32.const 1))
+         (func (export \"perch_event_buffer\") (result i32) (i32.const 1024))
+         (func (export \"perch_event_buffer_len\") (result i32) (i32.const 4096))
+         (func (export \"perch_on_event\") (param i32 i32 i64) (result i32) (call $f0 (local.get 0)))\n",
+    );
+    for n in 0..800u32 {
+        text.push_str(&format!(
+            "(func $f{n} (param $x i32) (result i32) (local $a i32)\n"
+        ));
+        for k in 0..12u32 {
+            text.push_str(&format!(
+                "(local.set $a (i32.add (i32.mul (local.get $x) (i32.const {})) \
+                 (i32.load offset={} (i32.const 0))))\n\
+                 (i32.store offset={} (i32.const 0) (i32.xor (local.get $a) (i32.const {})))\n",
+                k * 7 + 3,
+                (k * 4) % 512,
+                (k * 8) % 512,
+                n ^ k
+            ));
+        }
+        let callee = n.saturating_sub(1);
+        text.push_str(&format!(
+            "(if (result i32) (i32.eqz (local.get $x)) (then (local.get $a)) \
+             (else (call $f{callee} (i32.sub (local.get $x) (i32.const 1))))))\n"
+        ));
+    }
+    text.push(')');
+    let wasm = wasm(&text);
+    assert!(wasm.len() >= 200 * 1024, "{} bytes", wasm.len());
+    wasm
+}
+
+/// Regression: every version compiled on the gateway's one wasmi engine
+/// stayed in memory for good (wasmi's code map only grows), ~0.3 MB per
+/// deploy of a 200 KB module. Each version now has its own engine, and
+/// deploying and dropping 200 versions leaves the resident memory where it
+/// was (it grew by ~60 MB before).
+#[test]
+fn a_replaced_version_gives_its_memory_back() {
+    let (rt, _rx) = runtime();
+    let wasm = module_200kb();
+    let manifest = Manifest::from_toml(
+        "name = \"big\"\nversion = \"1.0.0\"\n[triggers]\ntopics = [\"sensors/#\"]\n",
+    )
+    .unwrap();
+    let deploy = || {
+        let compiled = rt.compile(manifest.clone(), &wasm).unwrap();
+        let mut instance = rt
+            .instantiate(&compiled, Seed::default())
+            .map_err(|(e, _)| e)
+            .unwrap();
+        // Translate a function or two, as a first event does.
+        instance.on_event(b"sensors/x", b"3", 0).unwrap();
+    };
+    for _ in 0..20 {
+        deploy();
+    }
+    let before = rss_bytes();
+    for _ in 0..200 {
+        deploy();
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 20 * 1024 * 1024,
+        "200 deploys of a 200 KB module kept {grown} bytes"
+    );
+}
