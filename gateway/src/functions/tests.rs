@@ -1079,42 +1079,9 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-/// A valid perch module of about 200 KB: the ABI exports plus hundreds of
-/// functions with real bodies, calling each other.
-fn module_200kb() -> Vec<u8> {
-    let mut text = String::from(
-        "(module (memory (export \"memory\") 1)
-         (func (export \"perch_abi_version\") (result i32) (i32.const 1))
-         (func (export \"perch_event_buffer\") (result i32) (i32.const 1024))
-         (func (export \"perch_event_buffer_len\") (result i32) (i32.const 4096))
-         (func (export \"perch_on_event\") (param i32 i32 i64) (result i32) (call $f0 (local.get 0)))\n",
-    );
-    for n in 0..800u32 {
-        text.push_str(&format!(
-            "(func $f{n} (param $x i32) (result i32) (local $a i32)\n"
-        ));
-        for k in 0..12u32 {
-            text.push_str(&format!(
-                "(local.set $a (i32.add (i32.mul (local.get $x) (i32.const {})) \
-                 (i32.load offset={} (i32.const 0))))\n\
-                 (i32.store offset={} (i32.const 0) (i32.xor (local.get $a) (i32.const {})))\n",
-                k * 7 + 3,
-                (k * 4) % 512,
-                (k * 8) % 512,
-                n ^ k
-            ));
-        }
-        let callee = n.saturating_sub(1);
-        text.push_str(&format!(
-            "(if (result i32) (i32.eqz (local.get $x)) (then (local.get $a)) \
-             (else (call $f{callee} (i32.sub (local.get $x) (i32.const 1))))))\n"
-        ));
-    }
-    text.push(')');
-    let wasm = wasm(&text);
-    assert!(wasm.len() >= 200 * 1024, "{} bytes", wasm.len());
-    wasm
-}
+#[path = "../../benches/common/module_200kb.rs"]
+mod module_200kb;
+use module_200kb::module_200kb;
 
 /// Regression: every version compiled on the gateway's one wasmi engine
 /// stayed in memory for good (wasmi's code map only grows), ~0.3 MB per

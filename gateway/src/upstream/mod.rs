@@ -155,23 +155,9 @@ pub fn envelope(gateway: &str, record: RecordRef<'_>, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
-/// Appends `n` in decimal.
+/// `n` as `Display` writes it, without going through `fmt`.
 fn push_decimal(out: &mut Vec<u8>, n: i64) {
-    if n < 0 {
-        out.push(b'-');
-    }
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut m = n.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (m % 10) as u8;
-        m /= 10;
-        if m == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// What every delivery task shares: the buffer it drains, where it reports,
