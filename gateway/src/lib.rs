@@ -2,6 +2,10 @@
 //!
 //! # Layout
 //!
+//! The parts, the trip of an event with the file that owns each step, what
+//! is durable when, and what may import what: `docs/architecture.md`
+//! (checked by `tests/tests/house.rs`).
+//!
 //! One module per stage of an event's trip, then the glue around them:
 //!
 //! - [`broker`]: the embedded MQTT broker (rumqttd): listeners, TLS, logins,
@@ -36,9 +40,6 @@
 //!   cloud, on one screen), [`cli::devkit`] (`perch fn new|build|test`,
 //!   the function author's loop without a gateway) and [`cli::keys`]
 //!   (signing keys and signed bundles).
-//!
-//! The trip of an event and the promises each stage keeps are in the
-//! project's DESIGN.md.
 
 pub mod aggregate;
 pub mod broker;

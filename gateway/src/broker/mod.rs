@@ -531,8 +531,7 @@ where
 /// `addr`. MQTT packets are small and each is a message someone waits for:
 /// with Nagle on, a small packet written while an earlier one is
 /// unacknowledged waits for that ACK, up to the peer's delayed-ACK timer
-/// (40 ms on Linux); issue 8 measured a 10 ms median latency through the
-/// broker at 10 k msgs/s against Mosquitto's 0.3 ms. rumqttd binds its
+/// (40 ms on Linux; what it cost: docs/performance.md). rumqttd binds its
 /// listener itself and sets no option on the sockets it accepts, but Linux
 /// copies TCP_NODELAY from a listening socket to every socket accepted from
 /// it, so perch sets it on rumqttd's listening socket, found among the

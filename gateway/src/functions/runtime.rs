@@ -41,9 +41,9 @@
 //! wasmi's `CompilationMode::Lazy` would skip validating function bodies
 //! at deploy and validate each on its first call instead. It is not used: a
 //! module with one invalid body would then be accepted, replace a working
-//! version, and fail when that body is first reached, where DESIGN.md
+//! version, and fail when that body is first reached, where perch
 //! promises that a malformed module is refused and what ran before keeps
-//! running. It would be faster: on a fresh engine, parsing a 230 KB module
+//! running (docs/architecture.md). It would be faster: on a fresh engine, parsing a 230 KB module
 //! takes ~0.5 million host instructions and parsing + validating ~16
 //! million, so validation is nearly all of a deploy's compile time (1-2 ms
 //! here; docs/performance.md). Validating elsewhere (wasmparser's
@@ -56,8 +56,7 @@
 //! in a year). So each compiled version has an engine (and a linker) of its
 //! own ([`Compiled`]), dropped with the version's last instance: a rollback,
 //! a removal or a replaced version gives its memory back. A new engine and
-//! linker cost about a microsecond of the deploy's millisecond (0.9 µs
-//! median with eight host functions, wasmi 2.0 release, load ~4.5). The
+//! linker cost about a microsecond of a deploy (docs/performance.md). The
 //! regression test `a_replaced_version_gives_its_memory_back` deploys and
 //! drops 200 versions of a 200 KB module: 63 MB stayed on one engine.
 //!
