@@ -21,12 +21,10 @@ const MAX_LINES: usize = 800;
 const OVERSIZED: &[(&str, usize)] = &[
     ("broker/codec.rs", 1562),
     ("buffer/store.rs", 1003),
-    ("cli/mod.rs", 1297),
     ("functions/control.rs", 901),
     ("functions/dispatch.rs", 1150),
     ("functions/mod.rs", 1539),
     ("functions/runtime.rs", 1348),
-    ("functions/tests.rs", 1120),
     ("upstream/mod.rs", 949),
 ];
 
@@ -408,7 +406,8 @@ fn no_file_in_gateway_src_passes_800_lines() {
 #[test]
 fn modules_import_only_down_the_layers() {
     let files = sources(&gateway_src());
-    // Out-of-line test modules (`#[cfg(test)] mod tests;`) are test code.
+    // Out-of-line test modules (`#[cfg(test)] mod tests;`) are test code,
+    // as (folder + name) without `.rs`.
     let mut test_files = BTreeSet::new();
     let mut edges = BTreeSet::new();
     let mut bad = Vec::new();
@@ -421,12 +420,18 @@ fn modules_import_only_down_the_layers() {
             None => format!("{}/", file.trim_end_matches(".rs")),
         };
         for m in mods {
-            test_files.insert(format!("{dir}{m}.rs"));
-            test_files.insert(format!("{dir}{m}/mod.rs"));
+            test_files.insert(format!("{dir}{m}"));
         }
     }
+    // A test module's file (`tests.rs`) and every file under its folder.
+    let is_test = |file: &str| {
+        test_files.iter().any(|m| {
+            file.strip_prefix(m.as_str())
+                .is_some_and(|rest| rest == ".rs" || rest.starts_with('/'))
+        })
+    };
     for (file, text) in &files {
-        if file == "lib.rs" || file == "main.rs" || test_files.contains(file) {
+        if file == "lib.rs" || file == "main.rs" || is_test(file) {
             continue;
         }
         let from = module_of(file);
