@@ -22,12 +22,13 @@
 //! - [`upstream`]: delivery of buffered records to an upstream MQTT broker
 //!   or HTTP(S) endpoint, acknowledged per record or batch; capture of local
 //!   topics into the buffer; the fleet's desired state (`upstream::fleet`).
-//! - [`topic`]: MQTT topic names and filters: validation and matching, shared
-//!   by the broker's ACLs and the functions' triggers.
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
 //!   default.
-//! - `sqlite`: the one way perch opens its SQLite files (WAL, busy
-//!   timeout, `synchronous`).
+//! - [`kit`]: the foundation below every stage, importing none of them: the
+//!   clock, SHA-256, the config [`kit::Problem`], the one way perch opens its
+//!   SQLite files (WAL, busy timeout, `synchronous`), and MQTT topic names
+//!   and filters ([`kit::topic`]: validation and matching, shared by the
+//!   broker's ACLs and the functions' triggers).
 //! - [`gateway`]: starts the stages in order, reports ready, stops them in
 //!   stages on shutdown.
 //! - [`telemetry`]: what operators see: logging (human, JSON lines,
@@ -48,7 +49,6 @@ pub mod cli;
 pub mod config;
 pub mod functions;
 pub mod gateway;
-pub(crate) mod sqlite;
+pub mod kit;
 pub mod telemetry;
-pub mod topic;
 pub mod upstream;

@@ -16,15 +16,16 @@ use std::path::{Path, PathBuf};
 const MAX_LINES: usize = 800;
 
 /// Files over [`MAX_LINES`] today, each with its line count as a ceiling:
-/// such a file may shrink, never grow. Split it, then lower or remove its
-/// entry.
+/// such a file may shrink, never grow past it. Split it, then lower its
+/// entry, or remove it once the file is within the limit (the check asks
+/// for that).
 const OVERSIZED: &[(&str, usize)] = &[
     ("broker/codec.rs", 1562),
     ("buffer/store.rs", 1003),
-    ("functions/control.rs", 901),
+    ("functions/control.rs", 895),
     ("functions/dispatch.rs", 1150),
     ("functions/mod.rs", 1539),
-    ("functions/runtime.rs", 1348),
+    ("functions/runtime.rs", 1341),
     ("upstream/mod.rs", 949),
 ];
 
@@ -36,12 +37,11 @@ const UNSAFE: &[&str] = &[
 ];
 
 /// The layers, lowest first: a module may import the modules of a lower
-/// layer, never of a higher one. The foundation's modules may also import
-/// each other. A new top-level module needs a place here and in
-/// docs/architecture.md.
+/// layer, never of a higher one. A new top-level module needs a place here
+/// and in docs/architecture.md.
 const LAYERS: &[&[&str]] = &[
     // The foundation: imports no stage.
-    &["topic", "sqlite"],
+    &["kit"],
     // The stages, in the order of an event's trip.
     &["broker"],
     &["functions"],
@@ -60,27 +60,12 @@ const LAYERS: &[&[&str]] = &[
 /// Imports against the layers today, as (file, the module it imports):
 /// each a debt named in docs/architecture.md ("Import rules").
 const BACK_EDGES: &[(&str, &str)] = &[
-    // `Problem`, the config error type, lives in config.rs.
-    ("aggregate/mod.rs", "config"),
-    ("broker/config.rs", "config"),
-    ("buffer/config.rs", "config"),
-    ("functions/config.rs", "config"),
-    ("functions/manifest.rs", "config"),
-    ("telemetry/admin/config.rs", "config"),
-    ("upstream/config.rs", "config"),
-    // The clock (`now_ms`) and `Synchronous` live in the buffer.
-    ("broker/retained.rs", "buffer"),
-    ("broker/session.rs", "buffer"),
-    ("functions/registry.rs", "buffer"),
-    ("sqlite.rs", "buffer"),
-    // The buffer's record and event types in `Output`; replay reads
-    // buffer.db; the runtime re-exports the clock.
+    // The buffer's record and event types (`Name`, `NewEvent`,
+    // `KeptEvent`) in the functions' `Output`; replay opens buffer.db
+    // (`FILE_NAME`, `Reader`).
     ("functions/dispatch.rs", "buffer"),
     ("functions/mod.rs", "buffer"),
     ("functions/runtime.rs", "buffer"),
-    // The histogram and the log limiter live in telemetry.
-    ("functions/dispatch.rs", "telemetry"),
-    ("functions/runtime.rs", "telemetry"),
 ];
 
 fn gateway_src() -> PathBuf {
@@ -380,14 +365,9 @@ fn no_file_in_gateway_src_passes_800_lines() {
                  (tests/tests/house.rs): it is already too long; move code out of it instead \
                  of adding to it"
             )),
-            Some((_, ceiling)) if lines < *ceiling => bad.push(format!(
-                "gateway/src/{file} has {lines} lines, under its ceiling of {ceiling}: lower its \
-                 entry in OVERSIZED (tests/tests/house.rs) to {lines}{}",
-                if lines <= MAX_LINES {
-                    ", or rather remove it: the file is within the limit"
-                } else {
-                    ""
-                }
+            Some(_) if lines <= MAX_LINES => bad.push(format!(
+                "gateway/src/{file} has {lines} lines, within the limit of {MAX_LINES}: remove \
+                 its entry from OVERSIZED (tests/tests/house.rs)"
             )),
             _ => {}
         }
@@ -451,8 +431,7 @@ fn modules_import_only_down_the_layers() {
             let Some(to_layer) = layer_of(&to) else {
                 continue; // not a module (a macro or item at the crate root)
             };
-            let allowed = to_layer < from_layer || (to_layer == 0 && from_layer == 0);
-            if allowed {
+            if to_layer < from_layer {
                 continue;
             }
             if BACK_EDGES.contains(&(file.as_str(), to.as_str())) {

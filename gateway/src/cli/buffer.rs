@@ -61,7 +61,7 @@ pub(super) fn buffer(command: BufferCommand) -> anyhow::Result<()> {
             println!("bytes:   {bytes}");
             match oldest {
                 Some(ms) => {
-                    let age_s = (crate::buffer::now_ms() - ms).max(0) as f64 / 1000.0;
+                    let age_s = (crate::kit::clock::now_ms() - ms).max(0) as f64 / 1000.0;
                     println!("oldest:  {age_s:.1} s ago");
                 }
                 None => println!("oldest:  -"),

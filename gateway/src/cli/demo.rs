@@ -459,7 +459,7 @@ impl View {
         let oldest_s = if oldest_ms == 0 {
             0.0
         } else {
-            (crate::buffer::now_ms() - oldest_ms).max(0) as f64 / 1000.0
+            (crate::kit::clock::now_ms() - oldest_ms).max(0) as f64 / 1000.0
         };
         let elapsed = self.started.elapsed().as_secs();
         let invocations: u64 = functions.iter().map(|f| f.invocations).sum();

@@ -18,7 +18,7 @@ pub(super) fn status(target: FnTarget, json: bool) -> anyhow::Result<()> {
     } else {
         print!(
             "{}",
-            crate::telemetry::admin::status::table(&summary, crate::buffer::now_ms())
+            crate::telemetry::admin::status::table(&summary, crate::kit::clock::now_ms())
         );
     }
     Ok(())

@@ -97,7 +97,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use wasmi::{
     Caller, CompilationMode, Config, EnforcedLimits, Engine, Extern, ExternType, Linker, Memory,
@@ -107,7 +106,8 @@ use wasmi::{
 use super::manifest::{Manifest, PAGE_BYTES};
 use super::state::{StateCache, StateError};
 use super::Output;
-use crate::topic;
+use crate::kit::digest::sha256_hex;
+use crate::kit::topic;
 
 /// The host ABI version this gateway speaks.
 pub const ABI_VERSION: i32 = 1;
@@ -289,7 +289,7 @@ pub struct OutputCounters {
     pub full: AtomicU64,
     /// The function's log budget over time (lines dropped beyond it are
     /// counted there).
-    pub log: crate::telemetry::LogLimiter,
+    pub log: crate::kit::metrics::LogLimiter,
 }
 
 /// What an instance carries over from the one before it: the function's
@@ -629,13 +629,6 @@ struct Parts {
     on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
     on_timer: Option<TypedFunc<i64, i32>>,
     init: Option<TypedFunc<(), i32>>,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn check_imports(module: &Module) -> Result<(), RuntimeError> {
@@ -1104,8 +1097,8 @@ impl Host {
                 version,
                 dropped,
                 "function log lines dropped by the rate limit ({} lines/s, bursts of {})",
-                crate::telemetry::LogLimiter::PER_SECOND,
-                crate::telemetry::LogLimiter::BURST
+                crate::kit::metrics::LogLimiter::PER_SECOND,
+                crate::kit::metrics::LogLimiter::BURST
             ),
         }
         let mut end = message.len().min(MAX_LOG_LINE_BYTES);
@@ -1157,7 +1150,7 @@ fn name_text(bytes: &[u8]) -> Option<&str> {
 }
 
 /// Milliseconds since the Unix epoch (one clock for the whole gateway).
-pub use crate::buffer::now_ms;
+pub use crate::kit::clock::now_ms;
 
 /// The guest's memory: known after instantiation; during a start function
 /// it is looked up by name.

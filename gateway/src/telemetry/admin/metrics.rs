@@ -306,7 +306,7 @@ fn buffer(m: &mut Metrics, s: &Sources) {
     );
     let oldest = b.oldest_ms.load(Ordering::Relaxed);
     let age = if oldest > 0 && records > 0 {
-        (crate::buffer::now_ms() - oldest).max(0) as f64 / 1000.0
+        (crate::kit::clock::now_ms() - oldest).max(0) as f64 / 1000.0
     } else {
         0.0
     };
