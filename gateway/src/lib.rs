@@ -25,18 +25,19 @@
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
 //!   default.
 //! - [`kit`]: the foundation below every stage, importing none of them: the
-//!   clock, SHA-256, the config [`kit::Problem`], the one way perch opens its
+//!   clock, SHA-256, the metric primitives the stages count with, the config
+//!   [`kit::Problem`], the one way perch opens its
 //!   SQLite files (WAL, busy timeout, `synchronous`), and MQTT topic names
 //!   and filters ([`kit::topic`]: validation and matching, shared by the
 //!   broker's ACLs and the functions' triggers).
 //! - [`gateway`]: starts the stages in order, reports ready, stops them in
 //!   stages on shutdown.
 //! - [`telemetry`]: what operators see: logging (human, JSON lines,
-//!   journald), metric primitives, systemd notifications, and
+//!   journald), systemd notifications, and
 //!   [`telemetry::admin`], the admin HTTP listener (Prometheus metrics,
 //!   health and readiness, the status page) and the retained status topic.
-//! - [`cli`]: the `perch` command line; `main.rs` only calls it. Besides
-//!   the thin commands it holds [`cli::demo`] (`perch demo`: simulated
+//! - [`cli`]: the `perch` command line, one file per command; `main.rs`
+//!   only calls it. Besides the thin commands it holds [`cli::demo`] (`perch demo`: simulated
 //!   sensors, the example functions shipped in `gateway/demo/`, a stand-in
 //!   cloud, on one screen), [`cli::devkit`] (`perch fn new|build|test`,
 //!   the function author's loop without a gateway) and [`cli::keys`]

@@ -18,7 +18,7 @@ pub mod clock;
 pub mod digest;
 pub mod metrics;
 pub mod problem;
-pub(crate) mod sqlite;
+pub mod sqlite;
 pub mod topic;
 
 pub use problem::Problem;

@@ -25,7 +25,9 @@
 //!
 //! Counters are plain atomics owned by the stage that counts (the admin
 //! listener reads them at scrape time); [`Histogram`] is a fixed-bucket
-//! histogram of atomics. Recording never locks and never allocates.
+//! histogram of atomics. Recording never locks and never allocates. The
+//! primitives live in [`crate::kit::metrics`], below the stages, and are
+//! re-exported here.
 //!
 //! # systemd
 //!
