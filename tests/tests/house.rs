@@ -539,6 +539,34 @@ fn modules_import_only_down_the_layers() {
 }
 
 #[test]
+fn every_source_file_the_architecture_page_names_exists() {
+    let root = crate::util::workspace_root();
+    let src = gateway_src();
+    let page = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let files: Vec<String> = sources(&src).into_iter().map(|(f, _)| f).collect();
+    let mut bad = Vec::new();
+    for name in page.split('`').skip(1).step_by(2) {
+        if !name.ends_with(".rs") || name.contains(char::is_whitespace) {
+            continue;
+        }
+        // `broker/codec.rs` from gateway/src (or the repository), a bare
+        // `codec.rs` anywhere in gateway/src.
+        let exists = if name.contains('/') {
+            src.join(name).is_file() || root.join(name).is_file()
+        } else {
+            files.iter().any(|f| f.rsplit('/').next() == Some(name))
+        };
+        if !exists {
+            bad.push(format!(
+                "docs/architecture.md names `{name}`, which is not a file of gateway/src (or \
+                 the repository): update the page to the code's layout"
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
 fn every_layer_is_a_module_and_named_in_the_architecture_page() {
     let src = gateway_src();
     let page = std::fs::read_to_string(crate::util::workspace_root().join("docs/architecture.md"))
