@@ -17,6 +17,7 @@ mod functions;
 mod hostile;
 mod hostile_control;
 mod hostile_input;
+mod house;
 mod lifecycle;
 mod load;
 mod rollout;

@@ -49,7 +49,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use sha2::{Digest, Sha256};
 
 use super::config::{AclConfig, BrokerConfig};
-use crate::topic;
+use crate::kit::topic;
 
 /// A stored password hash that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -531,8 +531,7 @@ where
 /// `addr`. MQTT packets are small and each is a message someone waits for:
 /// with Nagle on, a small packet written while an earlier one is
 /// unacknowledged waits for that ACK, up to the peer's delayed-ACK timer
-/// (40 ms on Linux); issue 8 measured a 10 ms median latency through the
-/// broker at 10 k msgs/s against Mosquitto's 0.3 ms. rumqttd binds its
+/// (40 ms on Linux; what it cost: docs/performance.md). rumqttd binds its
 /// listener itself and sets no option on the sockets it accepts, but Linux
 /// copies TCP_NODELAY from a listening socket to every socket accepted from
 /// it, so perch sets it on rumqttd's listening socket, found among the
@@ -546,9 +545,14 @@ fn no_delay_for_accepted(addr: SocketAddr) {
             (bound == addr && s.is_listener().ok()?).then(|| s.set_tcp_nodelay(true))
         });
         let error = match found {
-            Some(Ok(())) => return,
-            Some(Err(e)) => e.to_string(),
-            None => "not found among the process's sockets".to_owned(),
+            Ok(Some(Ok(()))) => return,
+            Ok(Some(Err(e))) => e.to_string(),
+            Ok(None) => "not found among the process's sockets".to_owned(),
+            Err(e) => format!(
+                "cannot look at the process's sockets ({e}); this needs Linux 5.6 or later \
+                 and the pidfd_getfd system call allowed (a container's seccomp profile may \
+                 deny it)"
+            ),
         };
         tracing::warn!(
             %addr,
@@ -562,24 +566,36 @@ fn no_delay_for_accepted(addr: SocketAddr) {
 }
 
 /// Runs `f` on each socket this process has open until it returns `Some`.
+///
+/// Without `unsafe`: each descriptor listed in /proc/self/fd is duplicated
+/// with `pidfd_getfd` on this process's own pidfd (Linux 5.6 or later; the
+/// kernel always lets a process do that to itself) and looked at through
+/// the duplicate, which `f` borrows and which is closed after it. A
+/// descriptor closed meanwhile fails to duplicate and is skipped; one
+/// reused meanwhile is an unrelated socket that `f` does not match (the
+/// listener's address is ours alone). Options set through the duplicate
+/// are set on the socket itself, which both descriptors share.
 #[cfg(target_os = "linux")]
-fn find_socket<T>(mut f: impl FnMut(socket2::SockRef<'_>) -> Option<T>) -> Option<T> {
-    use std::os::fd::BorrowedFd;
-    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+fn find_socket<T>(
+    mut f: impl FnMut(socket2::SockRef<'_>) -> Option<T>,
+) -> std::io::Result<Option<T>> {
+    use rustix::process::{getpid, pidfd_getfd, pidfd_open, PidfdFlags, PidfdGetfdFlags};
+    let me = pidfd_open(getpid(), PidfdFlags::empty())?;
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
         let Some(raw) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        // SAFETY: `raw` was listed as open in /proc/self/fd, and only
-        // socket options are read or set through it, for the duration of
-        // `f`. Were it closed and reused by another thread meanwhile, the
-        // calls would fail (EBADF, ENOTSOCK) or look at an unrelated socket
-        // that `f` does not match (the listener's address is ours alone).
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        let fd = match pidfd_getfd(&me, raw, PidfdGetfdFlags::empty()) {
+            Ok(fd) => fd,
+            // Closed since it was listed.
+            Err(rustix::io::Errno::BADF) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if let Some(found) = f(socket2::SockRef::from(&fd)) {
-            return Some(found);
+            return Ok(Some(found));
         }
     }
-    None
+    Ok(None)
 }
 
 /// Checks that a listener's certificate and key load, so a bad path is a
@@ -600,6 +616,7 @@ mod tests {
             let remote = s.peer_addr().ok()?.as_socket()?;
             (remote == peer).then(|| s.tcp_nodelay().expect("TCP_NODELAY of a TCP socket"))
         })
+        .expect("this process's sockets can be looked at (pidfd_getfd)")
     }
 
     #[cfg(target_os = "linux")]

@@ -40,13 +40,12 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::buffer::now_ms;
+use crate::kit::clock::now_ms;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::buffer::Synchronous;
-use crate::sqlite::{IfNotWal, OpenError};
+use crate::kit::sqlite::{IfNotWal, OpenError, Synchronous};
 
 /// Operations waiting for the persister; past this, captures are dropped
 /// (and counted) rather than blocking a connection.
@@ -152,12 +151,16 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let conn =
-            crate::sqlite::open_wal(&path, Synchronous::Normal, "retained store", IfNotWal::Warn)
-                .map_err(|e| match e {
-                OpenError::Sqlite(source) => err(source),
-                OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
-            })?;
+        let conn = crate::kit::sqlite::open_wal(
+            &path,
+            Synchronous::Normal,
+            "retained store",
+            IfNotWal::Warn,
+        )
+        .map_err(|e| match e {
+            OpenError::Sqlite(source) => err(source),
+            OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
+        })?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS retained (
                 topic TEXT PRIMARY KEY,

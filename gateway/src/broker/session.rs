@@ -57,7 +57,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::buffer::now_ms;
+use crate::kit::clock::now_ms;
 
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{
@@ -65,8 +65,7 @@ use rumqttd::protocol::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::buffer::Synchronous;
-use crate::sqlite::{IfNotWal, OpenError};
+use crate::kit::sqlite::{IfNotWal, OpenError, Synchronous};
 
 /// Operations waiting for the persister; past this, captures are dropped
 /// (and counted) rather than blocking a connection.
@@ -447,8 +446,9 @@ pub fn open(
         path: path.clone(),
         source,
     };
-    let conn = crate::sqlite::open_wal(&path, Synchronous::Normal, "session store", IfNotWal::Warn)
-        .map_err(|e| match e {
+    let conn =
+        crate::kit::sqlite::open_wal(&path, Synchronous::Normal, "session store", IfNotWal::Warn)
+            .map_err(|e| match e {
             OpenError::Sqlite(source) => err(source),
             OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
         })?;

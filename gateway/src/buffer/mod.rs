@@ -124,6 +124,7 @@ pub use self::store::{
 };
 use self::store::{Disk, NewRecord, Pending, Store};
 use crate::aggregate::{AggregateConfig, Aggregator, Emitted};
+use crate::kit::clock::now_ms;
 
 /// File name of the buffer's database inside the data directory.
 pub const FILE_NAME: &str = "buffer.db";
@@ -783,13 +784,6 @@ fn publish_gauges(store: &Store, agg: &Aggregator, stats: &Stats) {
     stats
         .open_windows
         .store(agg.open_windows() as u64, Ordering::Relaxed);
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

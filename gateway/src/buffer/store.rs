@@ -10,7 +10,7 @@ use super::config::{BufferConfig, Synchronous, WhenFull};
 use super::events::{self, EventBounds, KeptEvent, NewEvent};
 use super::{BufferError, Stats};
 use crate::aggregate::{Aggregator, Window};
-use crate::sqlite::{self, IfNotWal, OpenError};
+use crate::kit::sqlite::{self, IfNotWal, OpenError};
 
 /// Kinds of rows in `records`.
 pub const KIND_RECORD: i64 = 0;

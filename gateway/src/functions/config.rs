@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::bundle::PublicKey;
 use super::manifest::{self, Limits};
-use crate::config::Problem;
+use crate::kit::Problem;
 
 /// `[functions]`
 #[derive(Debug, Clone, Deserialize)]

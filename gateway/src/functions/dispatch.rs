@@ -56,8 +56,8 @@ use super::runtime::{
 };
 use super::state::StateCache;
 use crate::broker::{BrokerError, Links};
-use crate::telemetry::Histogram;
-use crate::topic;
+use crate::kit::metrics::Histogram;
+use crate::kit::topic;
 
 /// How long a worker waits for the deploy to be committed to the registry
 /// before it keeps the old version.

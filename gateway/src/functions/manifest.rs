@@ -9,8 +9,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
-use crate::topic;
+use crate::kit::topic;
+use crate::kit::Problem;
 
 /// One WebAssembly page.
 pub const PAGE_BYTES: usize = 64 * 1024;

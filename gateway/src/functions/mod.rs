@@ -1157,7 +1157,7 @@ impl Inner {
                     ))
                 })?,
         };
-        if let Err(e) = crate::topic::validate_name(&topic) {
+        if let Err(e) = crate::kit::topic::validate_name(&topic) {
             return Err(DeployError::Invoke(format!(
                 "the event topic {topic:?} is not one a client could publish on: {e}; give a \
                  topic without wildcards, such as sensors/a"

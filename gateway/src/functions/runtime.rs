@@ -41,9 +41,9 @@
 //! wasmi's `CompilationMode::Lazy` would skip validating function bodies
 //! at deploy and validate each on its first call instead. It is not used: a
 //! module with one invalid body would then be accepted, replace a working
-//! version, and fail when that body is first reached, where DESIGN.md
+//! version, and fail when that body is first reached, where perch
 //! promises that a malformed module is refused and what ran before keeps
-//! running. It would be faster: on a fresh engine, parsing a 230 KB module
+//! running (docs/architecture.md). It would be faster: on a fresh engine, parsing a 230 KB module
 //! takes ~0.5 million host instructions and parsing + validating ~16
 //! million, so validation is nearly all of a deploy's compile time (1-2 ms
 //! here; docs/performance.md). Validating elsewhere (wasmparser's
@@ -56,8 +56,7 @@
 //! in a year). So each compiled version has an engine (and a linker) of its
 //! own ([`Compiled`]), dropped with the version's last instance: a rollback,
 //! a removal or a replaced version gives its memory back. A new engine and
-//! linker cost about a microsecond of the deploy's millisecond (0.9 µs
-//! median with eight host functions, wasmi 2.0 release, load ~4.5). The
+//! linker cost about a microsecond of a deploy (docs/performance.md). The
 //! regression test `a_replaced_version_gives_its_memory_back` deploys and
 //! drops 200 versions of a 200 KB module: 63 MB stayed on one engine.
 //!
@@ -98,7 +97,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use wasmi::{
     Caller, CompilationMode, Config, EnforcedLimits, Engine, Extern, ExternType, Linker, Memory,
@@ -108,7 +106,8 @@ use wasmi::{
 use super::manifest::{Manifest, PAGE_BYTES};
 use super::state::{StateCache, StateError};
 use super::Output;
-use crate::topic;
+use crate::kit::digest::sha256_hex;
+use crate::kit::topic;
 
 /// The host ABI version this gateway speaks.
 pub const ABI_VERSION: i32 = 1;
@@ -290,7 +289,7 @@ pub struct OutputCounters {
     pub full: AtomicU64,
     /// The function's log budget over time (lines dropped beyond it are
     /// counted there).
-    pub log: crate::telemetry::LogLimiter,
+    pub log: crate::kit::metrics::LogLimiter,
 }
 
 /// What an instance carries over from the one before it: the function's
@@ -630,13 +629,6 @@ struct Parts {
     on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
     on_timer: Option<TypedFunc<i64, i32>>,
     init: Option<TypedFunc<(), i32>>,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn check_imports(module: &Module) -> Result<(), RuntimeError> {
@@ -1105,8 +1097,8 @@ impl Host {
                 version,
                 dropped,
                 "function log lines dropped by the rate limit ({} lines/s, bursts of {})",
-                crate::telemetry::LogLimiter::PER_SECOND,
-                crate::telemetry::LogLimiter::BURST
+                crate::kit::metrics::LogLimiter::PER_SECOND,
+                crate::kit::metrics::LogLimiter::BURST
             ),
         }
         let mut end = message.len().min(MAX_LOG_LINE_BYTES);
@@ -1158,7 +1150,7 @@ fn name_text(bytes: &[u8]) -> Option<&str> {
 }
 
 /// Milliseconds since the Unix epoch (one clock for the whole gateway).
-pub use crate::buffer::now_ms;
+pub use crate::kit::clock::now_ms;
 
 /// The guest's memory: known after instantiation; during a start function
 /// it is looked up by name.

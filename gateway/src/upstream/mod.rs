@@ -698,7 +698,7 @@ pub fn capture(
                             }
                         }
                         let topic = String::from_utf8_lossy(&f.publish.topic);
-                        if crate::topic::matches_any(&filters[..i], &topic) {
+                        if crate::kit::topic::matches_any(&filters[..i], &topic) {
                             continue; // an earlier filter's link forwards it
                         }
                         match intake.forward(&topic, &f.publish.payload) {
