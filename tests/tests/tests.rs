@@ -22,4 +22,5 @@ mod load;
 mod rollout;
 mod signing;
 mod store_forward;
+mod time_limits;
 mod upstream;

@@ -114,8 +114,9 @@ pub struct Counters {
 
 /// The failure kinds counted per function ([`Failure::kind`]); anything
 /// else counts as the last, `other`.
-pub const ERROR_KINDS: [&str; 15] = [
+pub const ERROR_KINDS: [&str; 16] = [
     "out_of_fuel",
+    "timeout",
     "memory_limit",
     "memory_out_of_bounds",
     "stack_overflow",
