@@ -132,8 +132,8 @@ impl fmt::Display for QueuePolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Fuel per invocation (about one unit per wasm instruction); running out
-    /// traps the invocation. Lazy compilation of a function's code on its
-    /// first call is paid from this budget too.
+    /// traps the invocation. Translating a function's code on its first
+    /// call is not charged (see the runtime's "Limits").
     pub fuel: u64,
     /// Most linear-memory pages of 64 KiB the module may have.
     pub memory_pages: u32,

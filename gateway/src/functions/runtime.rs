@@ -28,7 +28,7 @@
 //!
 //! [`Runtime::compile`] parses the module and validates every function body
 //! (wasmi's `CompilationMode::LazyTranslation`); each function is translated
-//! to wasmi's bytecode on its first call, paid from that call's fuel.
+//! to wasmi's bytecode on its first call (charged no fuel: see "Limits").
 //! [`Runtime::instantiate`] then makes an instance from the compiled module.
 //! The two run in different places, and only the second is on the switch-over
 //! path: a deploy compiles (and hashes) the module on the control plane's
