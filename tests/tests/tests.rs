@@ -22,5 +22,8 @@ mod lifecycle;
 mod load;
 mod rollout;
 mod signing;
+mod spec_fixes;
+mod startup;
 mod store_forward;
+mod time_limits;
 mod upstream;

@@ -25,6 +25,10 @@ pub const MAX_OUTPUT_BYTES: usize = 268_435_455;
 /// Shortest interval trigger: shorter ones would keep a core busy with timer
 /// wake-ups alone.
 pub const MIN_EVERY_MS: u64 = 10;
+/// How long one invocation may run when neither the manifest
+/// (`limits.timeout_ms`) nor the gateway (`functions.default_timeout_ms`)
+/// says otherwise.
+pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
 /// Longest `replay.keep_events_s`: a day of trigger events. The kept events
 /// are bounded by bytes as well (a quarter of `buffer.max_bytes`, see
 /// [`crate::buffer`]); this bounds how stale a replay can be.
@@ -128,8 +132,8 @@ impl fmt::Display for QueuePolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Fuel per invocation (about one unit per wasm instruction); running out
-    /// traps the invocation. Lazy compilation of a function's code on its
-    /// first call is paid from this budget too.
+    /// traps the invocation. Translating a function's code on its first
+    /// call is not charged (see the runtime's "Limits").
     pub fuel: u64,
     /// Most linear-memory pages of 64 KiB the module may have.
     pub memory_pages: u32,
@@ -142,6 +146,10 @@ pub struct Limits {
     /// Failed invocations in a row (traps or non-zero returns) after which
     /// the function is stopped.
     pub max_consecutive_failures: u32,
+    /// Wall-clock milliseconds one invocation may run, whatever fuel it has
+    /// left; past it the invocation is stopped (`timeout`). Unset: the
+    /// gateway's `functions.default_timeout_ms`.
+    pub timeout_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -153,6 +161,7 @@ impl Default for Limits {
             queue_len: 256,
             queue_policy: QueuePolicy::DropOldest,
             max_consecutive_failures: 10,
+            timeout_ms: None,
         }
     }
 }
@@ -255,6 +264,15 @@ impl Manifest {
             bad(
                 "limits.max_consecutive_failures",
                 "must be at least 1 (the default is 10)".into(),
+            );
+        }
+        if l.timeout_ms == Some(0) {
+            bad(
+                "limits.timeout_ms",
+                format!(
+                    "must be at least 1 millisecond; leave it out for the gateway's default \
+                     (functions.default_timeout_ms, {DEFAULT_TIMEOUT_MS} unless configured)"
+                ),
             );
         }
         for (i, f) in self.publish.allow.iter().enumerate() {
@@ -385,7 +403,8 @@ label = "hot"
     fn impossible_limits_are_refused_each_by_key() {
         let text = GOOD.replace(
             "[publish]",
-            "[limits]\nfuel = 0\nmemory_pages = 0\nqueue_len = 0\nmax_consecutive_failures = 0\n\n[publish]",
+            "[limits]\nfuel = 0\nmemory_pages = 0\nqueue_len = 0\nmax_consecutive_failures = 0\n\
+             timeout_ms = 0\n\n[publish]",
         );
         let err = Manifest::from_toml(&text).unwrap_err().to_string();
         for key in [
@@ -393,6 +412,7 @@ label = "hot"
             "limits.memory_pages: 0 is impossible",
             "limits.queue_len",
             "limits.max_consecutive_failures",
+            "limits.timeout_ms: must be at least 1 millisecond",
         ] {
             assert!(err.contains(key), "{key} missing in {err}");
         }

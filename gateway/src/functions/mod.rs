@@ -341,7 +341,11 @@ impl Functions {
             let registry = Arc::new(Registry::open(&path)?);
             let inner = Arc::new(Inner {
                 gateway_id: id.clone(),
-                runtime: Arc::new(Runtime::new(outputs).publish_logs_as(&id)),
+                runtime: Arc::new(
+                    Runtime::new(outputs)
+                        .publish_logs_as(&id)
+                        .default_timeout_ms(config.default_timeout_ms),
+                ),
                 registry,
                 buffer_path,
                 links: links.clone(),
@@ -1537,3 +1541,5 @@ async fn run_status(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod time_limit_tests;

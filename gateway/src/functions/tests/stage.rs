@@ -180,7 +180,7 @@ async fn a_full_queue_drops_by_policy_and_counts() {
         )
         .replace(
             "max_consecutive_failures = 3",
-            "max_consecutive_failures = 1000",
+            "max_consecutive_failures = 20",
         );
     assert!(
         f.deploy(encode_bundle(&manifest, &wasm(GOOD_WAT)).into())

@@ -186,7 +186,8 @@ fn function_runs(m: &mut Metrics, fs: &[F]) {
         "perch_function_errors_total",
         "counter",
         "Failed invocations by kind: a trap (out_of_fuel, memory_limit, unreachable, ...), \
-         handler_error (non-zero return) or event_too_large.",
+         handler_error (non-zero return), timeout (stopped at its wall-clock limit) or \
+         event_too_large.",
     );
     for f in fs {
         for (kind, n) in ERROR_KINDS.iter().zip(&f.h.counters.errors_by_kind) {
