@@ -253,6 +253,13 @@ impl FunctionsConfig {
                 "must be greater than 0",
             ));
         }
+        self.validate_time_limits(problems);
+        self.validate_caps(problems);
+    }
+
+    /// The default wall-clock limit of a call is at least 1 ms and fits
+    /// under the cap.
+    fn validate_time_limits(&self, problems: &mut Vec<Problem>) {
         if self.default_timeout_ms == 0 {
             problems.push(Problem::new(
                 "functions.default_timeout_ms",
@@ -271,6 +278,11 @@ impl FunctionsConfig {
                 ),
             ));
         }
+    }
+
+    /// Every operator cap on what a manifest may ask for lies between the
+    /// default a manifest gets and the most it could ask for.
+    fn validate_caps(&self, problems: &mut Vec<Problem>) {
         // A cap under the default would refuse every manifest that leaves
         // the limit out; a cap over what a manifest can ask is no cap.
         let default = Limits::default();

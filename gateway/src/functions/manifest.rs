@@ -152,6 +152,58 @@ pub struct Limits {
     pub timeout_ms: Option<u64>,
 }
 
+impl Limits {
+    /// Reports each impossible limit to `bad` (key, message).
+    fn check(&self, bad: &mut impl FnMut(&str, String)) {
+        let l = self;
+        if l.fuel == 0 {
+            bad(
+                "limits.fuel",
+                "must be greater than 0: with no fuel the function cannot run a single \
+                     instruction (the default is 10000000)"
+                    .into(),
+            );
+        }
+        if l.memory_pages == 0 || l.memory_pages > MAX_MEMORY_PAGES {
+            bad(
+                "limits.memory_pages",
+                format!(
+                    "{} is impossible: a module needs 1 to {MAX_MEMORY_PAGES} pages of 64 KiB \
+                         (the default is 16, i.e. 1 MiB)",
+                    l.memory_pages
+                ),
+            );
+        }
+        if l.output_bytes > MAX_OUTPUT_BYTES {
+            bad(
+                "limits.output_bytes",
+                format!("must be at most {MAX_OUTPUT_BYTES}, the largest MQTT payload"),
+            );
+        }
+        if l.queue_len == 0 || l.queue_len > MAX_QUEUE_LEN {
+            bad(
+                "limits.queue_len",
+                format!("must be between 1 and {MAX_QUEUE_LEN} events"),
+            );
+        }
+        if l.max_consecutive_failures == 0 {
+            bad(
+                "limits.max_consecutive_failures",
+                "must be at least 1 (the default is 10)".into(),
+            );
+        }
+        if l.timeout_ms == Some(0) {
+            bad(
+                "limits.timeout_ms",
+                format!(
+                    "must be at least 1 millisecond; leave it out for the gateway's default \
+                         (functions.default_timeout_ms, {DEFAULT_TIMEOUT_MS} unless configured)"
+                ),
+            );
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -229,52 +281,7 @@ impl Manifest {
                 format!("must be 0 (no interval) or at least {MIN_EVERY_MS} milliseconds"),
             );
         }
-        let l = &self.limits;
-        if l.fuel == 0 {
-            bad(
-                "limits.fuel",
-                "must be greater than 0: with no fuel the function cannot run a single \
-                 instruction (the default is 10000000)"
-                    .into(),
-            );
-        }
-        if l.memory_pages == 0 || l.memory_pages > MAX_MEMORY_PAGES {
-            bad(
-                "limits.memory_pages",
-                format!(
-                    "{} is impossible: a module needs 1 to {MAX_MEMORY_PAGES} pages of 64 KiB \
-                     (the default is 16, i.e. 1 MiB)",
-                    l.memory_pages
-                ),
-            );
-        }
-        if l.output_bytes > MAX_OUTPUT_BYTES {
-            bad(
-                "limits.output_bytes",
-                format!("must be at most {MAX_OUTPUT_BYTES}, the largest MQTT payload"),
-            );
-        }
-        if l.queue_len == 0 || l.queue_len > MAX_QUEUE_LEN {
-            bad(
-                "limits.queue_len",
-                format!("must be between 1 and {MAX_QUEUE_LEN} events"),
-            );
-        }
-        if l.max_consecutive_failures == 0 {
-            bad(
-                "limits.max_consecutive_failures",
-                "must be at least 1 (the default is 10)".into(),
-            );
-        }
-        if l.timeout_ms == Some(0) {
-            bad(
-                "limits.timeout_ms",
-                format!(
-                    "must be at least 1 millisecond; leave it out for the gateway's default \
-                     (functions.default_timeout_ms, {DEFAULT_TIMEOUT_MS} unless configured)"
-                ),
-            );
-        }
+        self.limits.check(&mut bad);
         for (i, f) in self.publish.allow.iter().enumerate() {
             if let Err(e) = topic::validate_filter(f) {
                 bad(
