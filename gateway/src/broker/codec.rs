@@ -85,6 +85,7 @@ use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingReq, Protocol};
 
 use super::auth::{Acl, Refusal, Users};
+use super::delivery::{self, NoLocal};
 use super::retained::Capture;
 use super::session::{Sessions, Sub};
 use super::will::{self, Will, Wills};
@@ -395,6 +396,9 @@ pub struct Codec {
     will: Option<(String, Will)>,
     /// The client sent DISCONNECT: the next read ends the connection.
     closing: bool,
+    /// The Session Expiry Interval of the 5.0 CONNECT (0 when absent, and
+    /// for 3.1.1): a DISCONNECT may change it, but not from 0 (§3.14.2.2.2).
+    connect_expiry: u32,
     /// A 5.0 client asked for keep-alive 0, which rumqttd cannot do: its
     /// CONNACK carries the keep-alive enforced instead (Server Keep Alive,
     /// 5.0 §3.2.2.3.14).
@@ -420,6 +424,10 @@ pub struct Codec {
     flow: Mutex<Flow>,
     /// Packets for rumqttd made up by the codec, returned by the next reads.
     inject: Mutex<VecDeque<Inject>>,
+    /// 5.0 No Local subscriptions and the client's publishes coming back
+    /// through them (see [`delivery`]); locked because `write` takes
+    /// `&self` (one task uses it).
+    no_local: Mutex<NoLocal>,
     /// A packet was handed to rumqttd since it last saw InsufficientBytes:
     /// rumqttd is in the middle of a batch whose packets an error would
     /// throw away.
@@ -447,6 +455,7 @@ impl Codec {
             aliases: HashMap::new(),
             will: None,
             closing: false,
+            connect_expiry: 0,
             server_keep_alive: false,
             client_id: String::new(),
             persistent: false,
@@ -459,6 +468,7 @@ impl Codec {
                 ..Flow::default()
             }),
             inject: Mutex::new(VecDeque::new()),
+            no_local: Mutex::new(NoLocal::default()),
             mid_batch: false,
             counted: false,
             started: false,
@@ -480,6 +490,10 @@ impl Drop for Codec {
         }
         if let Some((client_id, will)) = self.will.take() {
             self.policy.wills.ended(client_id, will);
+        }
+        if self.persistent {
+            let no_local = std::mem::take(self.no_local.get_mut().expect("codec lock"));
+            (self.policy.sessions).keep_no_local(&self.client_id, no_local.into_filters());
         }
         if let Some((generation, persistence)) = self.session.take() {
             self.policy
@@ -562,6 +576,10 @@ impl Codec {
             None => return self.read_connect(stream, max_size),
         };
         if self.closing {
+            if self.answer_pending() {
+                // Our answer (a DISCONNECT of our own) goes out first.
+                return Err(protocol::Error::InsufficientBytes(1));
+            }
             // After a DISCONNECT (MQTT-3.14.4-1: the server closes).
             return Err(protocol::Error::InvalidProtocol);
         }
@@ -620,6 +638,7 @@ impl Codec {
                 }
             };
             check_topics(&packet, &self.aliases)?;
+            delivery::check(&packet)?;
             match self.police(packet, peeked) {
                 Some(packet) => {
                     self.mid_batch = true;
@@ -640,9 +659,14 @@ impl Codec {
             });
         }
         match packet {
-            Packet::Publish(..) => {
+            Packet::Publish(publish, props) => {
                 let start = write.len();
-                let n = self.inner_write(packet, write)?;
+                let (props, qos) = delivery::unmark(props);
+                let withheld = self.withheld(&publish);
+                self.inner_write(Packet::Publish(publish, props), write)?;
+                let Some(n) = self.deliver(write, start, qos, withheld) else {
+                    return Ok(0);
+                };
                 let sent = peek(&write[start..]);
                 let mut flow = self.flow.lock().expect("codec lock");
                 if flow.max_packet > 0 && write.len() - start > flow.max_packet {
@@ -752,7 +776,127 @@ impl Codec {
 /// 5.0 reason code 0x87.
 const NOT_AUTHORIZED: u8 = 0x87;
 
+/// 5.0 reason code 0x82.
+const PROTOCOL_ERROR: u8 = 0x82;
+
+/// The Session Expiry Interval in a 5.0 DISCONNECT's properties (`props`:
+/// everything after the reason code), if it sets one. Properties a
+/// DISCONNECT may not carry, or one cut short, make it malformed.
+fn disconnect_session_expiry(props: &[u8]) -> Result<Option<u32>, protocol::Error> {
+    let malformed = protocol::Error::IncorrectPacketFormat;
+    let (len, len_len) = remaining_length(props).ok_or(malformed)?;
+    let mut rest = props
+        .get(len_len..)
+        .filter(|r| r.len() == len)
+        .ok_or(malformed)?;
+    let mut expiry = None;
+    // Skips a length-prefixed string; `None` if it runs past the end.
+    let string = |r: &[u8]| -> Option<usize> {
+        let n = usize::from(u16::from_be_bytes([*r.first()?, *r.get(1)?]));
+        (r.len() >= 2 + n).then_some(2 + n)
+    };
+    while let Some((&id, tail)) = rest.split_first() {
+        let used = match id {
+            // Session Expiry Interval, once at most.
+            0x11 if expiry.is_none() => {
+                let b: [u8; 4] = tail
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(malformed)?;
+                expiry = Some(u32::from_be_bytes(b));
+                4
+            }
+            // Reason String, Server Reference.
+            0x1f | 0x1c => string(tail).ok_or(malformed)?,
+            // User Property: a string pair.
+            0x26 => {
+                let k = string(tail).ok_or(malformed)?;
+                k + string(&tail[k..]).ok_or(malformed)?
+            }
+            _ => return Err(malformed),
+        };
+        rest = &tail[used..];
+    }
+    Ok(expiry)
+}
+
 impl Codec {
+    /// Whether a publish the router sends this client must not reach it: a
+    /// control request or reply and the client is not an admin (see
+    /// [`Acl::may_receive`]), or its own message come back through a No
+    /// Local subscription.
+    fn withheld(&self, publish: &protocol::Publish) -> bool {
+        let admin_only = self
+            .acl
+            .as_ref()
+            .is_none_or(|acl| !acl.may_receive(&publish.topic));
+        admin_only
+            || (self.no_local.lock().expect("codec lock")).is_echo(&publish.topic, &publish.payload)
+    }
+
+    /// A 5.0 DISCONNECT set a non-zero Session Expiry Interval after a
+    /// CONNECT with 0: a protocol error, not a valid DISCONNECT (5.0
+    /// §3.14.2.2.2). The will stays due, the session ends with the
+    /// connection as the CONNECT said, and the client is sent DISCONNECT
+    /// 0x82 (Protocol Error) before the connection closes.
+    fn protocol_error_disconnect(&mut self) -> Packet {
+        tracing::debug!(
+            client_id = self.client_id,
+            "DISCONNECT set a session expiry after a CONNECT with none: protocol error"
+        );
+        self.closing = true;
+        self.answer(vec![0xe0, 1, PROTOCOL_ERROR])
+    }
+
+    /// A 5.0 DISCONNECT set the Session Expiry Interval (§3.14.2.2.2): the
+    /// session now lasts `expiry` seconds after the connection (0: it ends
+    /// with it; 0xFFFFFFFF: never expires).
+    fn session_expiry_set(&mut self, expiry: u32) {
+        if self.connect_expiry == 0 {
+            // 0 again: the session ends with the connection already.
+            return;
+        }
+        if let Some((_, persistence)) = &mut self.session {
+            *persistence = Some((expiry != u32::MAX).then_some(expiry));
+            self.policy
+                .sessions
+                .expiry_changed(&self.client_id, *persistence);
+        }
+    }
+
+    /// Whether an answer of ours waits for its PINGRESP.
+    fn answer_pending(&mut self) -> bool {
+        let pending = self.pending.get_mut().expect("codec lock");
+        pending.iter().any(|p| matches!(p, Pending::Answer(_)))
+    }
+
+    /// Applies [`delivery`] to the PUBLISH just written at `write[start..]`:
+    /// lowers it to the publish's own `qos`, or takes it back out when
+    /// `withheld`. The acknowledgement rumqttd then waits for in vain is
+    /// made up, in its turn (a PUBACK, which rumqttd takes for QoS 1 and 2
+    /// alike). Returns the bytes now written; `None` when nothing is.
+    fn deliver(
+        &self,
+        write: &mut BytesMut,
+        start: usize,
+        qos: u8,
+        withheld: bool,
+    ) -> Option<usize> {
+        let pkid = if withheld {
+            let pkid = peek(&write[start..]).pkid;
+            write.truncate(start);
+            pkid
+        } else {
+            delivery::lower_qos(write, start, qos)
+        };
+        if let Some(pkid) = pkid {
+            let mut flow = self.flow.lock().expect("codec lock");
+            flow.acks.push_back((pkid, 1, true));
+            flow.flush_acks(&mut self.inject.lock().expect("codec lock"));
+        }
+        (!withheld).then(|| write.len() - start)
+    }
+
     /// Writes the oldest held publish (a slot in the client's Receive
     /// Maximum came free); returns the bytes written.
     fn release(&self, write: &mut BytesMut) -> usize {
@@ -794,7 +938,17 @@ impl Codec {
             return Err(protocol::Error::IncorrectPacketFormat);
         }
         let reason = if len > 0 { stream[1 + len_len] } else { 0 };
+        let expiry = match stream.get(2 + len_len..total) {
+            Some(props) if !props.is_empty() => disconnect_session_expiry(props)?,
+            _ => None,
+        };
         let _ = stream.split_to(total);
+        if let Some(expiry) = expiry {
+            if self.connect_expiry == 0 && expiry != 0 {
+                return Ok(self.protocol_error_disconnect());
+            }
+            self.session_expiry_set(expiry);
+        }
         // 5.0 reason 0x04: disconnect, but publish the will.
         if reason != 0x04 {
             self.will = None;
@@ -860,9 +1014,17 @@ impl Codec {
             Version::V4 => V4.read_mut(stream, max_size)?,
             Version::V5 => V5.read_mut(stream, max_size)?,
         };
-        let Packet::Connect(mut connect, props, will, will_props, login) = packet else {
+        let Packet::Connect(mut connect, mut props, will, will_props, login) = packet else {
             return Err(protocol::Error::IncorrectPacketFormat);
         };
+        if let Some(p) = props.as_mut() {
+            // perch sends no topic aliases (5.0 §3.2.2.3.8 lets a server
+            // send none): rumqttd keys them by the subscription's filter,
+            // not the topic, so a wildcard subscriber would get every topic
+            // under the first one's alias; and the codec reads the topic of
+            // every PUBLISH it writes.
+            p.topic_alias_max = None;
+        }
         // MQTT-1.5.3-2 (5.0 MQTT-1.5.4-2): a string holding U+0000 closes
         // the connection (the password is binary data, so it may hold one).
         // rumqttd's decoder lets it through.
@@ -937,6 +1099,10 @@ impl Codec {
                 if let (Some(held), true) = (held, self.persistent) {
                     self.earlier_qos2 = held;
                 }
+                let no_local = self.policy.sessions.take_no_local(&connect.client_id);
+                if self.persistent {
+                    *self.no_local.get_mut().expect("codec lock") = NoLocal::resumed(no_local);
+                }
                 if let Some(w) = will {
                     // 5.0 §3.1.3.2.2: the will waits for its delay or for the
                     // session to end, whichever comes first.
@@ -985,6 +1151,10 @@ impl Codec {
                         .connected(&connect.client_id, persistence);
                     self.session = Some((generation, persistence));
                 }
+                self.connect_expiry = props
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval)
+                    .unwrap_or(0);
                 let (will, will_props) = (None, None);
                 if connect.keep_alive == 0 {
                     connect.keep_alive = KEEP_ALIVE_OFF_S;
@@ -1065,6 +1235,9 @@ impl Codec {
                             capture.offer(topic, peeked.qos.min(2), &publish.payload, expiry);
                         }
                     }
+                    (self.no_local.get_mut().expect("codec lock"))
+                        .published(topic, &publish.payload);
+                    let props = delivery::mark(props, peeked.qos);
                     return Some(Packet::Publish(publish, props));
                 }
                 self.refusals.publishes.fetch_add(1, Ordering::Relaxed);
@@ -1178,6 +1351,10 @@ impl Codec {
                     }
                 }
                 let n_denied = denied.iter().filter(|&&d| d).count();
+                let no_local = self.no_local.get_mut().expect("codec lock");
+                for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
+                    no_local.subscribed(&f.path, f.nolocal);
+                }
                 if let Some((_, Some(_))) = self.session {
                     for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
                         self.policy.sessions.subscribed(
@@ -1217,6 +1394,10 @@ impl Codec {
                 Some(Packet::Subscribe(subscribe, props))
             }
             Packet::Unsubscribe(unsubscribe, props) => {
+                let no_local = self.no_local.get_mut().expect("codec lock");
+                for f in &unsubscribe.filters {
+                    no_local.unsubscribed(f);
+                }
                 if let Some((_, Some(_))) = self.session {
                     for f in &unsubscribe.filters {
                         self.policy.sessions.unsubscribed(&self.client_id, f);
@@ -1547,6 +1728,30 @@ mod tests {
         // AUTH exists in 5.0 only; type 0 in neither
         assert!(!ok(0xf0) && check_fixed_header(0xf0, Version::V5).is_ok());
         assert!(!ok(0x00));
+    }
+
+    #[test]
+    fn a_disconnects_session_expiry_is_found_among_its_properties() {
+        let expiry = [0x11, 0, 0, 0, 5];
+        assert_eq!(
+            disconnect_session_expiry(&[5, 0x11, 0, 0, 0, 5]),
+            Ok(Some(5))
+        );
+        assert_eq!(disconnect_session_expiry(&[0]), Ok(None));
+        // A reason string and a user property around it.
+        let mut props = vec![0x1f, 0, 2, b'h', b'i', 0x26, 0, 1, b'k', 0, 1, b'v'];
+        props.extend(expiry);
+        let mut packet = vec![props.len() as u8];
+        packet.extend(&props);
+        assert_eq!(disconnect_session_expiry(&packet), Ok(Some(5)));
+        let malformed = Err(protocol::Error::IncorrectPacketFormat);
+        // Cut short, twice, a property a DISCONNECT cannot carry, a length
+        // that disagrees with the packet.
+        assert_eq!(disconnect_session_expiry(&[3, 0x11, 0, 0]), malformed);
+        let twice = [10, 0x11, 0, 0, 0, 5, 0x11, 0, 0, 0, 6];
+        assert_eq!(disconnect_session_expiry(&twice), malformed);
+        assert_eq!(disconnect_session_expiry(&[2, 0x23, 0]), malformed);
+        assert_eq!(disconnect_session_expiry(&[9, 0x11, 0, 0, 0, 5]), malformed);
     }
 
     #[test]

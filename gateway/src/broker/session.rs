@@ -169,6 +169,11 @@ pub struct Sessions {
     gone: Condvar,
     next: AtomicU64,
     open: Arc<Opener>,
+    /// The 5.0 No Local filters of sessions whose client is offline, for
+    /// its next connection: the codec applies No Local and keeps them
+    /// while the client is connected (see `delivery`); dropped when the
+    /// session ends.
+    no_local: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Sessions {
@@ -181,6 +186,7 @@ impl Sessions {
             gone: Condvar::new(),
             next: AtomicU64::new(1),
             open,
+            no_local: Mutex::new(HashMap::new()),
         }
     }
 
@@ -259,6 +265,18 @@ impl Sessions {
         self.end_in_router(client_id);
     }
 
+    /// A 5.0 DISCONNECT changed the session's expiry (`persistent` as for
+    /// [`Sessions::connected`]); the connection's end applies it, this
+    /// stores it.
+    pub fn expiry_changed(&self, client_id: &str, persistent: Option<Option<u32>>) {
+        if let Some(expiry_s) = persistent {
+            self.send(Op::Begin {
+                client_id: client_id.to_owned(),
+                expiry_s,
+            });
+        }
+    }
+
     pub fn subscribed(&self, client_id: &str, sub: Sub) {
         self.send(Op::Subscribe {
             client_id: client_id.to_owned(),
@@ -333,9 +351,31 @@ impl Sessions {
         });
     }
 
+    /// A connection of `client_id`'s persistent session ended with these
+    /// No Local filters.
+    pub fn keep_no_local(&self, client_id: &str, filters: Vec<String>) {
+        let mut kept = self.no_local.lock().expect("sessions lock");
+        if filters.is_empty() {
+            kept.remove(client_id);
+        } else {
+            kept.insert(client_id.to_owned(), filters);
+        }
+    }
+
+    /// The No Local filters of `client_id`'s session, for a connection
+    /// that resumes it (and forgotten by any other).
+    pub fn take_no_local(&self, client_id: &str) -> Vec<String> {
+        let mut kept = self.no_local.lock().expect("sessions lock");
+        kept.remove(client_id).unwrap_or_default()
+    }
+
     /// Makes rumqttd forget `client_id`'s session: a clean-session link
     /// under that id takes it over and leaves.
     fn end_in_router(&self, client_id: &str) {
+        self.no_local
+            .lock()
+            .expect("sessions lock")
+            .remove(client_id);
         match (self.open)(client_id, true) {
             Ok((mut tx, _rx)) => {
                 if let Err(e) = super::send_now(&mut tx, disconnect()) {
@@ -382,6 +422,11 @@ impl Sessions {
                     tracing::warn!(client_id = s.client_id, error = %e, "cannot restore a session");
                 }
             }
+            let no_local = s.subs.iter().filter(|sub| sub.no_local);
+            self.keep_no_local(
+                &s.client_id,
+                no_local.map(|sub| sub.filter.clone()).collect(),
+            );
             if let Some(left) = s.expires_in_s {
                 self.expire_after(s.client_id, Duration::from_secs(left));
             }
