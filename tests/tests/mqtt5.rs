@@ -782,6 +782,135 @@ async fn v5_a_disconnect_setting_an_expiry_after_none_is_a_protocol_error() {
     );
 }
 
+// ---------------------------------------------------------------- retain options
+
+/// A 5.0 subscription to `filter` at QoS 1 with Retain As Published and
+/// Retain Handling `rh`; waits for the SUBACK.
+async fn subscribe_retain(
+    c: &v5::AsyncClient,
+    el: &mut v5::EventLoop,
+    filter: &str,
+    rap: bool,
+    rh: u8,
+) {
+    use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
+    let retain_forward_rule = match rh {
+        0 => RetainForwardRule::OnEverySubscribe,
+        1 => RetainForwardRule::OnNewSubscribe,
+        _ => RetainForwardRule::Never,
+    };
+    c.subscribe_many([Filter {
+        path: filter.to_owned(),
+        qos: v5::QoS::AtLeastOnce,
+        nolocal: false,
+        preserve_retain: rap,
+        retain_forward_rule,
+    }])
+    .await
+    .unwrap();
+    wait_suback(el).await;
+}
+
+/// 5.0 §3.8.3.1 (Retain As Published, MQTT-3.3.1-12/13): a live message
+/// published with RETAIN=1 keeps the flag for a subscription with the
+/// option and loses it for one without; a message published without it
+/// never has it. rumqttd alone clears it for everyone.
+#[tokio::test]
+async fn v5_retain_as_published() {
+    let gw = Gateway::start(&[]);
+    let addr = gw.addr();
+    let (kept, mut kept_el, _) = v5::connect(v5::options("rap-kept", addr)).await;
+    subscribe_retain(&kept, &mut kept_el, "rap/#", true, 0).await;
+    let mut plain = Sub::connect(true, addr, "rap-plain", "rap/#", 1).await;
+    publish(true, addr, "rap-pub", "rap/retained", 1, true).await;
+    publish(false, addr, "rap-pub4", "rap/retained4", 1, true).await;
+    publish(true, addr, "rap-pub", "rap/live", 1, false).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let p = v5::next_publish(&mut kept_el, WAIT)
+            .await
+            .expect("a publish");
+        got.push((String::from_utf8(p.topic.to_vec()).unwrap(), p.retain));
+    }
+    got.sort();
+    let want = [
+        ("rap/live", false),
+        ("rap/retained", true),
+        ("rap/retained4", true),
+    ];
+    let want: Vec<(String, bool)> = want.iter().map(|(t, r)| (t.to_string(), *r)).collect();
+    assert_eq!(got, want, "with Retain As Published");
+    assert_eq!(
+        plain.collect(3).await,
+        vec![
+            ("rap/live".to_owned(), 1, false),
+            ("rap/retained".to_owned(), 1, false),
+            ("rap/retained4".to_owned(), 1, false),
+        ],
+        "without it"
+    );
+}
+
+/// 5.0 §3.8.3.1 (Retain Handling, MQTT-3.3.1-9/10): 0 and 1 send the
+/// retained messages when the subscription is made, 2 never does (live
+/// messages still arrive); 1 does not send them again for a subscription
+/// that already exists.
+#[tokio::test]
+async fn v5_retain_handling() {
+    let gw = Gateway::start(&[]);
+    let addr = gw.addr();
+    publish(true, addr, "rh-pub", "rh/a", 1, true).await;
+    for rh in 0..=2u8 {
+        let (c, mut el, _) = v5::connect(v5::options(&format!("rh-{rh}"), addr)).await;
+        subscribe_retain(&c, &mut el, "rh/#", false, rh).await;
+        let first = v5::next_publish(&mut el, QUIET).await;
+        if rh == 2 {
+            assert!(first.is_none(), "Retain Handling 2: no retained message");
+        } else {
+            let p = first.unwrap_or_else(|| panic!("Retain Handling {rh}: the retained one"));
+            assert!(p.retain && &p.topic[..] == b"rh/a", "Retain Handling {rh}");
+        }
+        if rh == 1 {
+            subscribe_retain(&c, &mut el, "rh/#", false, 1).await;
+            assert!(
+                v5::next_publish(&mut el, QUIET).await.is_none(),
+                "Retain Handling 1: not again for an existing subscription"
+            );
+        }
+        publish(true, addr, "rh-pub", "rh/live", 1, false).await;
+        let p = v5::next_publish(&mut el, WAIT)
+            .await
+            .expect("live messages");
+        assert_eq!(
+            (&p.topic[..], p.retain),
+            (&b"rh/live"[..], false),
+            "rh {rh}"
+        );
+    }
+}
+
+/// Deviation from 5.0 §3.8.3.1 (Retain Handling 0, MQTT-3.3.1-9): a
+/// SUBSCRIBE to a filter the client already has should be sent the
+/// retained messages again; rumqttd sends them only for a new
+/// subscription, so perch behaves as Retain Handling 1 there.
+#[tokio::test]
+async fn deviation_v5_retain_handling_0_sends_nothing_again_on_a_repeated_subscribe() {
+    let gw = Gateway::start(&[]);
+    let addr = gw.addr();
+    publish(true, addr, "rh0-pub", "rh0/a", 1, true).await;
+    let (c, mut el, _) = v5::connect(v5::options("rh0", addr)).await;
+    subscribe_retain(&c, &mut el, "rh0/#", false, 0).await;
+    assert!(
+        v5::next_publish(&mut el, WAIT).await.is_some(),
+        "first time"
+    );
+    subscribe_retain(&c, &mut el, "rh0/#", false, 0).await;
+    assert!(
+        v5::next_publish(&mut el, QUIET).await.is_none(),
+        "not sent again (the spec says it should be)"
+    );
+}
+
 // ---------------------------------------------------------------- properties
 
 /// 5.0 §3.3.2.3.2 (Payload Format Indicator), §3.3.2.3.9 (Content Type),

@@ -85,7 +85,7 @@ use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingReq, Protocol};
 
 use super::auth::{Acl, Refusal, Users};
-use super::delivery::{self, NoLocal};
+use super::delivery::{self, SubOptions, Subscriptions};
 use super::retained::Capture;
 use super::session::{Sessions, Sub};
 use super::will::{self, Will, Wills};
@@ -424,10 +424,10 @@ pub struct Codec {
     flow: Mutex<Flow>,
     /// Packets for rumqttd made up by the codec, returned by the next reads.
     inject: Mutex<VecDeque<Inject>>,
-    /// 5.0 No Local subscriptions and the client's publishes coming back
-    /// through them (see [`delivery`]); locked because `write` takes
-    /// `&self` (one task uses it).
-    no_local: Mutex<NoLocal>,
+    /// The client's subscriptions with their 5.0 options, and its publishes
+    /// coming back through No Local ones (see [`delivery`]); locked because
+    /// `write` takes `&self` (one task uses it).
+    subscriptions: Mutex<Subscriptions>,
     /// A packet was handed to rumqttd since it last saw InsufficientBytes:
     /// rumqttd is in the middle of a batch whose packets an error would
     /// throw away.
@@ -468,7 +468,7 @@ impl Codec {
                 ..Flow::default()
             }),
             inject: Mutex::new(VecDeque::new()),
-            no_local: Mutex::new(NoLocal::default()),
+            subscriptions: Mutex::new(Subscriptions::default()),
             mid_batch: false,
             counted: false,
             started: false,
@@ -492,8 +492,8 @@ impl Drop for Codec {
             self.policy.wills.ended(client_id, will);
         }
         if self.persistent {
-            let no_local = std::mem::take(self.no_local.get_mut().expect("codec lock"));
-            (self.policy.sessions).keep_no_local(&self.client_id, no_local.into_filters());
+            let subs = std::mem::take(self.subscriptions.get_mut().expect("codec lock"));
+            (self.policy.sessions).keep_subscriptions(&self.client_id, subs.into_subs());
         }
         if let Some((generation, persistence)) = self.session.take() {
             self.policy
@@ -661,10 +661,10 @@ impl Codec {
         match packet {
             Packet::Publish(publish, props) => {
                 let start = write.len();
-                let (props, qos) = delivery::unmark(props);
-                let withheld = self.withheld(&publish);
+                let (props, published) = delivery::unmark(props);
+                let (withheld, retain) = self.judge(&publish, published);
                 self.inner_write(Packet::Publish(publish, props), write)?;
-                let Some(n) = self.deliver(write, start, qos, withheld) else {
+                let Some(n) = self.deliver(write, start, published.qos, withheld, retain) else {
                     return Ok(0);
                 };
                 let sent = peek(&write[start..]);
@@ -821,17 +821,21 @@ fn disconnect_session_expiry(props: &[u8]) -> Result<Option<u32>, protocol::Erro
 }
 
 impl Codec {
-    /// Whether a publish the router sends this client must not reach it: a
-    /// control request or reply and the client is not an admin (see
-    /// [`Acl::may_receive`]), or its own message come back through a No
-    /// Local subscription.
-    fn withheld(&self, publish: &protocol::Publish) -> bool {
-        let admin_only = self
-            .acl
-            .as_ref()
-            .is_none_or(|acl| !acl.may_receive(&publish.topic));
-        admin_only
-            || (self.no_local.lock().expect("codec lock")).is_echo(&publish.topic, &publish.payload)
+    /// What becomes of a publish the router sends this client: whether it
+    /// is withheld (a control request or reply and the client is not an
+    /// admin, see [`Acl::may_receive`]; its own message come back through a
+    /// No Local subscription; a retained message sent on subscribe to a
+    /// subscription with Retain Handling 2), and whether it goes with
+    /// RETAIN=1 though rumqttd cleared it (Retain As Published).
+    fn judge(&self, publish: &protocol::Publish, published: delivery::Published) -> (bool, bool) {
+        let topic = &publish.topic;
+        let admin_only = self.acl.as_ref().is_none_or(|acl| !acl.may_receive(topic));
+        let mut subs = self.subscriptions.lock().expect("codec lock");
+        let withheld = admin_only
+            || subs.is_echo(topic, &publish.payload)
+            || (publish.retain && subs.refuses_retained(topic));
+        let retain = !publish.retain && published.retain && subs.keeps_retain(topic);
+        (withheld, retain)
     }
 
     /// A 5.0 DISCONNECT set a non-zero Session Expiry Interval after a
@@ -871,17 +875,22 @@ impl Codec {
     }
 
     /// Applies [`delivery`] to the PUBLISH just written at `write[start..]`:
-    /// lowers it to the publish's own `qos`, or takes it back out when
-    /// `withheld`. The acknowledgement rumqttd then waits for in vain is
-    /// made up, in its turn (a PUBACK, which rumqttd takes for QoS 1 and 2
-    /// alike). Returns the bytes now written; `None` when nothing is.
+    /// lowers it to the publish's own `qos` and sets RETAIN if `retain`,
+    /// or takes it back out when `withheld`. The acknowledgement rumqttd
+    /// then waits for in vain is made up, in its turn (a PUBACK, which
+    /// rumqttd takes for QoS 1 and 2 alike). Returns the bytes now written;
+    /// `None` when nothing is.
     fn deliver(
         &self,
         write: &mut BytesMut,
         start: usize,
         qos: u8,
         withheld: bool,
+        retain: bool,
     ) -> Option<usize> {
+        if retain && !withheld {
+            write[start] |= 1;
+        }
         let pkid = if withheld {
             let pkid = peek(&write[start..]).pkid;
             write.truncate(start);
@@ -1099,9 +1108,10 @@ impl Codec {
                 if let (Some(held), true) = (held, self.persistent) {
                     self.earlier_qos2 = held;
                 }
-                let no_local = self.policy.sessions.take_no_local(&connect.client_id);
+                let subs = self.policy.sessions.take_subscriptions(&connect.client_id);
                 if self.persistent {
-                    *self.no_local.get_mut().expect("codec lock") = NoLocal::resumed(no_local);
+                    *self.subscriptions.get_mut().expect("codec lock") =
+                        Subscriptions::resumed(subs);
                 }
                 if let Some(w) = will {
                     // 5.0 §3.1.3.2.2: the will waits for its delay or for the
@@ -1235,9 +1245,9 @@ impl Codec {
                             capture.offer(topic, peeked.qos.min(2), &publish.payload, expiry);
                         }
                     }
-                    (self.no_local.get_mut().expect("codec lock"))
+                    (self.subscriptions.get_mut().expect("codec lock"))
                         .published(topic, &publish.payload);
-                    let props = delivery::mark(props, peeked.qos);
+                    let props = delivery::mark(props, peeked.qos, publish.retain);
                     return Some(Packet::Publish(publish, props));
                 }
                 self.refusals.publishes.fetch_add(1, Ordering::Relaxed);
@@ -1351,9 +1361,17 @@ impl Codec {
                     }
                 }
                 let n_denied = denied.iter().filter(|&&d| d).count();
-                let no_local = self.no_local.get_mut().expect("codec lock");
+                let subs = self.subscriptions.get_mut().expect("codec lock");
                 for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
-                    no_local.subscribed(&f.path, f.nolocal);
+                    subs.subscribed(SubOptions {
+                        filter: f.path.clone(),
+                        no_local: f.nolocal,
+                        retain_as_published: f.preserve_retain,
+                        no_retained_on_subscribe: matches!(
+                            f.retain_forward_rule,
+                            protocol::RetainForwardRule::Never
+                        ),
+                    });
                 }
                 if let Some((_, Some(_))) = self.session {
                     for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
@@ -1394,9 +1412,9 @@ impl Codec {
                 Some(Packet::Subscribe(subscribe, props))
             }
             Packet::Unsubscribe(unsubscribe, props) => {
-                let no_local = self.no_local.get_mut().expect("codec lock");
+                let subs = self.subscriptions.get_mut().expect("codec lock");
                 for f in &unsubscribe.filters {
-                    no_local.unsubscribed(f);
+                    subs.unsubscribed(f);
                 }
                 if let Some((_, Some(_))) = self.session {
                     for f in &unsubscribe.filters {

@@ -1,7 +1,7 @@
 //! What a subscriber is sent, where rumqttd's routing falls short of the
-//! specs: the QoS of each delivery and the 5.0 No Local option. The codec
-//! ([`super::codec`]) applies both on every PUBLISH it writes; what it
-//! leaves out is treated as delivered (see "Flow control" there).
+//! specs: the QoS of each delivery and the 5.0 subscription options. The
+//! codec ([`super::codec`]) applies them on every PUBLISH it writes; what
+//! it leaves out is treated as delivered (see "Flow control" there).
 //!
 //! # Delivery QoS (3.1.1 §3.8.4, 5.0 §3.8.4)
 //!
@@ -18,8 +18,9 @@
 //! its log (retained store and offline sessions included) that has room
 //! to spare: the Payload Format Indicator, a byte whose only values are 0
 //! and 1 (a client sending another value is closed: [`check`]). A marked
-//! byte has its top bit set, the QoS in bits 2-3 and the client's own
-//! indicator (none, 0 or 1) in bits 0-1. It costs no allocation: the
+//! byte has its top bit set, bit 4 set if the message was published with
+//! RETAIN=1, the QoS in bits 2-3 and the client's own indicator (none, 0
+//! or 1) in bits 0-1. It costs no allocation: the
 //! properties of a 3.1.1 publish are an empty struct in place of `None`.
 //! Every way into the router marks: the codec for clients, and
 //! `broker::local_publish` for wills, retained messages restored after a
@@ -30,22 +31,43 @@
 //! triggers, the upstream capture) see the marked byte; none of them reads
 //! the Payload Format Indicator.
 //!
-//! # No Local (5.0 §3.8.3.1)
+//! # Subscription options (5.0 §3.8.3.1)
 //!
-//! A client that subscribes with No Local must not be sent its own
-//! publishes through that subscription. rumqttd ignores the option. The
-//! codec keeps, per connection, the filters subscribed with it and, for
-//! each publish of the client that matches any of them, a copy of its
-//! payload handle ([`NoLocal::published`]); the router hands the same
-//! buffer back when the message comes round to the client, so the codec
-//! recognises its own message by the payload's address (the handle held
-//! here keeps that address from being reused) and withholds it
-//! ([`NoLocal::is_echo`]). A message the router dropped before it came
-//! back (a subscriber further behind than its filter's log) leaves a
-//! stale entry: at most [`MAX_ECHOES`] are kept, oldest dropped first.
-//! Overlapping subscriptions with and without No Local get one copy each
-//! from rumqttd; the codec withholds as many copies as No Local filters
-//! matched, whichever subscription they came through.
+//! rumqttd ignores No Local, Retain As Published and Retain Handling. The
+//! codec keeps each connection's subscriptions with their options
+//! ([`Subscriptions`]; a persistent session's are kept for its next
+//! connection by [`super::session::Sessions`]) and applies them to what it
+//! writes:
+//!
+//! - **No Local**: a client must not be sent its own publishes through
+//!   such a subscription. For each publish of the client that matches one,
+//!   the codec keeps a copy of its payload handle
+//!   ([`Subscriptions::published`]); the router hands the same buffer
+//!   back when the message comes round to the client, so the codec
+//!   recognises its own message by the payload's address (the handle held
+//!   here keeps that address from being reused) and withholds it
+//!   ([`Subscriptions::is_echo`]). A message the router dropped before it
+//!   came back (a subscriber further behind than its filter's log) leaves
+//!   a stale entry: at most [`MAX_ECHOES`] are kept, oldest dropped first.
+//!   Overlapping subscriptions with and without No Local get one copy each
+//!   from rumqttd; the codec withholds as many copies as No Local filters
+//!   matched, whichever subscription they came through.
+//! - **Retain As Published**: rumqttd clears RETAIN on every live delivery.
+//!   The mark also says whether the message was published retained, and
+//!   the codec sets RETAIN again when a matching subscription has the
+//!   option.
+//! - **Retain Handling**: rumqttd sends the retained messages for a
+//!   subscription only when it is new (as Retain Handling 1 asks) whatever
+//!   the option. For 2 (none at all) the codec withholds a retained message
+//!   sent on subscribe (RETAIN=1 as rumqttd writes it) when the latest of
+//!   the connection's subscriptions that matches it has 2. For 0, a
+//!   SUBSCRIBE to a filter the client already has is not sent the retained
+//!   messages again: a known gap (docs/broker.md).
+//!
+//! Withheld messages are treated as delivered (the codec makes up the
+//! acknowledgement rumqttd waits for). With overlapping subscriptions the
+//! codec cannot tell which of them a copy came through, so the options of
+//! the matching ones decide together as said above.
 
 use std::collections::VecDeque;
 
@@ -58,35 +80,55 @@ use crate::kit::topic;
 /// Set in a marked Payload Format Indicator.
 const MARK: u8 = 0x80;
 
-/// Writes `qos` (the publish's own) into `props` as the message enters the
-/// router.
-pub fn mark(props: Option<PublishProperties>, qos: u8) -> Option<PublishProperties> {
+/// Set in a marked Payload Format Indicator of a message published with
+/// RETAIN=1 (rumqttd clears the flag on live deliveries).
+const RETAINED: u8 = 0x10;
+
+/// What the mark says about a message: how it was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// Writes `qos` and `retain` (the publish's own) into `props` as the
+/// message enters the router.
+pub fn mark(props: Option<PublishProperties>, qos: u8, retain: bool) -> Option<PublishProperties> {
     let mut props = props.unwrap_or_default();
     let indicator = match props.payload_format_indicator {
         None => 0,
         Some(0) => 1,
         Some(_) => 2,
     };
-    props.payload_format_indicator = Some(MARK | (qos.min(2) << 2) | indicator);
+    let retain = if retain { RETAINED } else { 0 };
+    props.payload_format_indicator = Some(MARK | retain | (qos.min(2) << 2) | indicator);
     Some(props)
 }
 
-/// Takes the publish QoS out of `props` as the message leaves the router,
-/// restoring the client's own Payload Format Indicator. Unmarked: 0 (see
-/// the module doc).
-pub fn unmark(props: Option<PublishProperties>) -> (Option<PublishProperties>, u8) {
+/// Takes the mark out of `props` as the message leaves the router,
+/// restoring the client's own Payload Format Indicator. Unmarked: QoS 0,
+/// not retained (see the module doc).
+pub fn unmark(props: Option<PublishProperties>) -> (Option<PublishProperties>, Published) {
+    let unmarked = Published {
+        qos: 0,
+        retain: false,
+    };
     let Some(mut props) = props else {
-        return (None, 0);
+        return (None, unmarked);
     };
     let Some(byte) = props.payload_format_indicator.filter(|b| b & MARK != 0) else {
-        return (Some(props), 0);
+        return (Some(props), unmarked);
     };
     props.payload_format_indicator = match byte & 0b11 {
         0 => None,
         1 => Some(0),
         _ => Some(1),
     };
-    (Some(props), (byte >> 2) & 0b11)
+    let published = Published {
+        qos: (byte >> 2) & 0b11,
+        retain: byte & RETAINED != 0,
+    };
+    (Some(props), published)
 }
 
 /// Refuses a PUBLISH whose Payload Format Indicator is not 0 or 1 (5.0
@@ -142,52 +184,57 @@ pub fn lower_qos(write: &mut BytesMut, start: usize, qos: u8) -> Option<u16> {
 /// oldest is forgotten.
 pub const MAX_ECHOES: usize = 1_000;
 
-/// One connection's No Local subscriptions and its publishes on their way
-/// back to it.
+/// One subscription's options that rumqttd ignores (5.0 §3.8.3.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubOptions {
+    pub filter: String,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// Retain Handling 2: no retained messages when subscribing.
+    pub no_retained_on_subscribe: bool,
+}
+
+/// One connection's subscriptions, as far as their 5.0 options go, and its
+/// publishes on their way back to it through a No Local one.
 #[derive(Default)]
-pub struct NoLocal {
-    /// Filters the client subscribed to with No Local.
-    filters: Vec<String>,
-    /// Its publishes that match `filters`: topic, payload (the handle keeps
-    /// the address unique), copies still to withhold.
+pub struct Subscriptions {
+    /// Every filter subscribed to, oldest subscription first.
+    subs: Vec<SubOptions>,
+    /// Its publishes that match a No Local filter: topic, payload (the
+    /// handle keeps the address unique), copies still to withhold.
     echoes: VecDeque<(String, Bytes, usize)>,
 }
 
-impl NoLocal {
-    /// A connection that resumes a session with these No Local filters.
-    pub fn resumed(filters: Vec<String>) -> NoLocal {
-        NoLocal {
-            filters,
+impl Subscriptions {
+    /// A connection that resumes a session with these subscriptions.
+    pub fn resumed(subs: Vec<SubOptions>) -> Subscriptions {
+        Subscriptions {
+            subs,
             echoes: VecDeque::new(),
         }
     }
 
-    /// The No Local filters, for the session's next connection.
-    pub fn into_filters(self) -> Vec<String> {
-        self.filters
+    /// The subscriptions, for the session's next connection.
+    pub fn into_subs(self) -> Vec<SubOptions> {
+        self.subs
     }
 
-    /// A SUBSCRIBE to `filter` (replacing any earlier one to it).
-    pub fn subscribed(&mut self, filter: &str, no_local: bool) {
-        self.unsubscribed(filter);
-        if no_local {
-            self.filters.push(filter.to_owned());
-        }
+    /// A SUBSCRIBE (replacing any earlier one to the same filter).
+    pub fn subscribed(&mut self, options: SubOptions) {
+        self.unsubscribed(&options.filter);
+        self.subs.push(options);
     }
 
     pub fn unsubscribed(&mut self, filter: &str) {
-        self.filters.retain(|f| f != filter);
+        self.subs.retain(|s| s.filter != filter);
     }
 
     /// The client published `payload` to `topic`, and the router has it.
     pub fn published(&mut self, topic: &str, payload: &Bytes) {
-        if self.filters.is_empty() {
-            return;
-        }
         let copies = self
-            .filters
+            .subs
             .iter()
-            .filter(|f| topic::matches(f, topic))
+            .filter(|s| s.no_local && topic::matches(&s.filter, topic))
             .count();
         if copies == 0 {
             return;
@@ -217,6 +264,33 @@ impl NoLocal {
         }
         true
     }
+
+    /// Whether a retained message rumqttd sends because of a subscription
+    /// (RETAIN=1) must not go out: the latest subscription matching it
+    /// has Retain Handling 2 (see the module doc).
+    pub fn refuses_retained(&self, topic: &[u8]) -> bool {
+        self.latest_matching(topic)
+            .is_some_and(|s| s.no_retained_on_subscribe)
+    }
+
+    /// Whether a message published with RETAIN=1 keeps the flag on its way
+    /// to this client: a subscription matching it has Retain As Published.
+    pub fn keeps_retain(&self, topic: &[u8]) -> bool {
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return false;
+        };
+        self.subs
+            .iter()
+            .any(|s| s.retain_as_published && topic::matches(&s.filter, topic))
+    }
+
+    fn latest_matching(&self, topic: &[u8]) -> Option<&SubOptions> {
+        let topic = std::str::from_utf8(topic).ok()?;
+        self.subs
+            .iter()
+            .rev()
+            .find(|s| topic::matches(&s.filter, topic))
+    }
 }
 
 #[cfg(test)]
@@ -233,12 +307,21 @@ mod tests {
                     payload_format_indicator: indicator,
                     ..Default::default()
                 };
-                let (back, got) = unmark(mark(Some(props.clone()), qos));
-                assert_eq!((back, got), (Some(props), qos));
+                for retain in [false, true] {
+                    let (back, got) = unmark(mark(Some(props.clone()), qos, retain));
+                    assert_eq!(
+                        (back, got),
+                        (Some(props.clone()), Published { qos, retain })
+                    );
+                }
             }
         }
-        assert_eq!(unmark(None), (None, 0), "unmarked is QoS 0");
-        assert_eq!(unmark(mark(None, 1)).1, 1);
+        let unmarked = Published {
+            qos: 0,
+            retain: false,
+        };
+        assert_eq!(unmark(None), (None, unmarked), "unmarked is QoS 0");
+        assert_eq!(unmark(mark(None, 1, false)).1.qos, 1);
     }
 
     /// A QoS 2 PUBLISH as rumqttd writes it for a subscriber.
@@ -303,14 +386,23 @@ mod tests {
         assert_eq!((write[0] >> 1) & 3, 1);
     }
 
+    fn sub(filter: &str, no_local: bool, rap: bool, rh2: bool) -> SubOptions {
+        SubOptions {
+            filter: filter.to_owned(),
+            no_local,
+            retain_as_published: rap,
+            no_retained_on_subscribe: rh2,
+        }
+    }
+
     #[test]
     fn no_local_withholds_own_messages_only() {
-        let mut n = NoLocal::default();
+        let mut n = Subscriptions::default();
         let own = Bytes::from_static(b"mine");
         n.published("a/b", &own);
         assert!(!n.is_echo(b"a/b", &own), "no No Local filter yet");
-        n.subscribed("a/#", true);
-        n.subscribed("a/+", true);
+        n.subscribed(sub("a/#", true, false, false));
+        n.subscribed(sub("a/+", true, false, false));
         n.published("a/b", &own);
         let same_bytes_elsewhere = Bytes::from(b"mine".to_vec());
         assert!(
@@ -320,9 +412,25 @@ mod tests {
         assert!(n.is_echo(b"a/b", &own), "first copy");
         assert!(n.is_echo(b"a/b", &own), "second copy (two filters)");
         assert!(!n.is_echo(b"a/b", &own), "counted off");
-        n.subscribed("a/+", false);
+        n.subscribed(sub("a/+", false, false, false));
         n.unsubscribed("a/#");
         n.published("a/b", &own);
         assert!(!n.is_echo(b"a/b", &own), "no No Local filter left");
+    }
+
+    #[test]
+    fn retain_options_follow_the_matching_subscriptions() {
+        let mut n = Subscriptions::default();
+        n.subscribed(sub("r/#", false, false, true));
+        assert!(n.refuses_retained(b"r/x"), "Retain Handling 2");
+        assert!(!n.keeps_retain(b"r/x"));
+        // A later subscription that matches too decides for the retained
+        // messages sent on subscribe.
+        n.subscribed(sub("r/+", false, true, false));
+        assert!(!n.refuses_retained(b"r/x"));
+        assert!(n.keeps_retain(b"r/x"), "Retain As Published");
+        assert!(n.refuses_retained(b"r/x/y"), "only r/# matches");
+        assert!(!n.keeps_retain(b"r/x/y"));
+        assert!(!n.refuses_retained(b"other"));
     }
 }

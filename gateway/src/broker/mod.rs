@@ -455,7 +455,7 @@ fn local_publish(
 ) -> Option<rumqttd::protocol::Packet> {
     use bytes::BufMut;
     use rumqttd::protocol::{v5::V5, Packet, Protocol, Publish};
-    let props = delivery::mark(props, qos);
+    let props = delivery::mark(props, qos, retain);
     let qos = qos.min(1);
     let mut q0 = bytes::BytesMut::new();
     V5.write(

@@ -65,6 +65,7 @@ use rumqttd::protocol::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::delivery::SubOptions;
 use crate::kit::sqlite::{IfNotWal, OpenError, Synchronous};
 
 /// Operations waiting for the persister; past this, captures are dropped
@@ -169,11 +170,11 @@ pub struct Sessions {
     gone: Condvar,
     next: AtomicU64,
     open: Arc<Opener>,
-    /// The 5.0 No Local filters of sessions whose client is offline, for
-    /// its next connection: the codec applies No Local and keeps them
-    /// while the client is connected (see `delivery`); dropped when the
-    /// session ends.
-    no_local: Mutex<HashMap<String, Vec<String>>>,
+    /// The subscriptions, with their 5.0 options, of sessions whose client
+    /// is offline, for its next connection: the codec applies the options
+    /// rumqttd ignores and keeps them while the client is connected (see
+    /// `delivery`); dropped when the session ends.
+    subscriptions: Mutex<HashMap<String, Vec<SubOptions>>>,
 }
 
 impl Sessions {
@@ -186,7 +187,7 @@ impl Sessions {
             gone: Condvar::new(),
             next: AtomicU64::new(1),
             open,
-            no_local: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -352,30 +353,29 @@ impl Sessions {
     }
 
     /// A connection of `client_id`'s persistent session ended with these
-    /// No Local filters.
-    pub fn keep_no_local(&self, client_id: &str, filters: Vec<String>) {
-        let mut kept = self.no_local.lock().expect("sessions lock");
-        if filters.is_empty() {
+    /// subscriptions.
+    pub fn keep_subscriptions(&self, client_id: &str, subs: Vec<SubOptions>) {
+        let mut kept = self.subscriptions.lock().expect("sessions lock");
+        if subs.is_empty() {
             kept.remove(client_id);
         } else {
-            kept.insert(client_id.to_owned(), filters);
+            kept.insert(client_id.to_owned(), subs);
         }
     }
 
-    /// The No Local filters of `client_id`'s session, for a connection
-    /// that resumes it (and forgotten by any other).
-    pub fn take_no_local(&self, client_id: &str) -> Vec<String> {
-        let mut kept = self.no_local.lock().expect("sessions lock");
+    /// The subscriptions of `client_id`'s session, for a connection that
+    /// resumes it (and forgotten by any other).
+    pub fn take_subscriptions(&self, client_id: &str) -> Vec<SubOptions> {
+        let mut kept = self.subscriptions.lock().expect("sessions lock");
         kept.remove(client_id).unwrap_or_default()
     }
 
     /// Makes rumqttd forget `client_id`'s session: a clean-session link
     /// under that id takes it over and leaves.
     fn end_in_router(&self, client_id: &str) {
-        self.no_local
-            .lock()
-            .expect("sessions lock")
-            .remove(client_id);
+        let mut kept = self.subscriptions.lock().expect("sessions lock");
+        kept.remove(client_id);
+        drop(kept);
         match (self.open)(client_id, true) {
             Ok((mut tx, _rx)) => {
                 if let Err(e) = super::send_now(&mut tx, disconnect()) {
@@ -422,11 +422,15 @@ impl Sessions {
                     tracing::warn!(client_id = s.client_id, error = %e, "cannot restore a session");
                 }
             }
-            let no_local = s.subs.iter().filter(|sub| sub.no_local);
-            self.keep_no_local(
-                &s.client_id,
-                no_local.map(|sub| sub.filter.clone()).collect(),
-            );
+            // Retain Handling is not stored: retained messages are sent
+            // again to a restored subscription, as to a new one.
+            let subs = s.subs.iter().map(|sub| SubOptions {
+                filter: sub.filter.clone(),
+                no_local: sub.no_local,
+                retain_as_published: sub.retain_as_published,
+                no_retained_on_subscribe: false,
+            });
+            self.keep_subscriptions(&s.client_id, subs.collect());
             if let Some(left) = s.expires_in_s {
                 self.expire_after(s.client_id, Duration::from_secs(left));
             }
