@@ -638,6 +638,8 @@ struct RawConnect {
     clean: bool,
     expiry: Option<u32>,
     will: Option<(String, u8)>,
+    /// More 5.0 CONNECT properties, encoded.
+    props: Vec<u8>,
 }
 
 fn raw_connect(v5: bool, id: &str, clean: bool, expiry: Option<u32>) -> RawConnect {
@@ -647,12 +649,18 @@ fn raw_connect(v5: bool, id: &str, clean: bool, expiry: Option<u32>) -> RawConne
         clean,
         expiry,
         will: None,
+        props: Vec::new(),
     }
 }
 
 impl RawConnect {
     fn with_will(mut self, topic: &str, q: u8) -> RawConnect {
         self.will = Some((topic.to_owned(), q));
+        self
+    }
+
+    fn with_props(mut self, props: &[u8]) -> RawConnect {
+        self.props = props.to_vec();
         self
     }
 }
@@ -668,10 +676,11 @@ impl crate::util::raw::Encode for RawConnect {
         body.push(flags);
         body.extend(30u16.to_be_bytes());
         if self.v5 {
-            let props: Vec<u8> = match self.expiry {
+            let mut props: Vec<u8> = match self.expiry {
                 Some(s) => [&[0x11][..], &s.to_be_bytes()].concat(),
                 None => Vec::new(),
             };
+            props.extend(&self.props);
             varint(&mut body, props.len());
             body.extend(props);
         }
@@ -1000,4 +1009,19 @@ async fn v5_a_payload_format_indicator_other_than_0_or_1_closes_the_client() {
     let mut sub = Sub::connect(true, gw.addr(), "pfi-sub", "pfi/#", 1).await;
     publish(true, gw.addr(), "pfi-pub", "pfi/ok", 1, false).await;
     assert_eq!(sub.collect(1).await, vec![("pfi/ok".to_owned(), 1, false)]);
+}
+
+/// 5.0 §4.12 (MQTT-4.12.0-1): a CONNECT with an Authentication Method the
+/// server does not support (perch supports none: no enhanced
+/// authentication) gets CONNACK 0x8C (Bad authentication method) and the
+/// connection is closed. rumqttd alone accepts it and ignores the method.
+#[tokio::test]
+async fn v5_an_authentication_method_is_refused_with_0x8c() {
+    let gw = Gateway::start(&[]);
+    let mut method = vec![0x15];
+    string(&mut method, b"SCRAM-SHA-1");
+    let c = raw_connect(true, "auth-method", true, None).with_props(&method);
+    let (mut raw, ack) = Raw::connect(gw.addr(), &c).await;
+    assert_eq!(ack.1[1], 0x8c, "CONNACK reason: {ack:?}");
+    assert!(raw.closed_within(WAIT).await.is_ok(), "closed");
 }

@@ -176,6 +176,9 @@ pub enum Refusal {
     /// Too many failed logins lately; try again later (3.1.1: 3, 5.0:
     /// 0x9F).
     TooManyFailures,
+    /// A 5.0 CONNECT asks for enhanced authentication (an Authentication
+    /// Method), which perch does not offer (0x8C, MQTT-4.12.0-1).
+    BadAuthenticationMethod,
 }
 
 /// Failed logins allowed: a token bucket holding at most a minute's worth,

@@ -37,7 +37,11 @@
 //!   hold at most that many sockets, each until `connection_timeout_ms`
 //!   (rumqttd's deadline on the whole CONNECT, however it trickles in);
 //! - honours a 5.0 client's Receive Maximum and Maximum Packet Size (see
-//!   "Flow control" below).
+//!   "Flow control" below);
+//! - sends each message at the lower of its publish QoS and the
+//!   subscription's, applies the 5.0 subscription options rumqttd ignores,
+//!   and sends control requests to admins only ([`delivery`]);
+//! - reads DISCONNECT itself, 5.0 session expiry included ([`disconnect`]).
 //!
 //! A denied publish is never routed. When the client expects an answer (QoS 1
 //! or 2, or a SUBSCRIBE whose every filter is denied) the denied packet is
@@ -82,13 +86,19 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingReq, Protocol};
+use rumqttd::protocol::{self, ConnectReturnCode, Packet, PingReq, Protocol};
 
 use super::auth::{Acl, Refusal, Users};
-use super::delivery::{self, SubOptions, Subscriptions};
 use super::retained::Capture;
-use super::session::{Sessions, Sub};
+use super::session::Sessions;
 use super::will::{self, Will, Wills};
+
+pub(super) mod delivery;
+mod disconnect;
+mod refusal;
+
+use delivery::Subscriptions;
+use refusal::{connack_code, encode_refusal, throwaway_connect};
 
 /// Keep-alive used for clients that ask for none (0 = off): the largest the
 /// protocol can express, 18.2 h, which rumqttd enforces at 1.5x.
@@ -661,10 +671,7 @@ impl Codec {
         match packet {
             Packet::Publish(publish, props) => {
                 let start = write.len();
-                let (props, published) = delivery::unmark(props);
-                let (withheld, retain) = self.judge(&publish, published);
-                self.inner_write(Packet::Publish(publish, props), write)?;
-                let Some(n) = self.deliver(write, start, published.qos, withheld, retain) else {
+                let Some(n) = self.write_delivered(publish, props, write)? else {
                     return Ok(0);
                 };
                 let sent = peek(&write[start..]);
@@ -776,136 +783,7 @@ impl Codec {
 /// 5.0 reason code 0x87.
 const NOT_AUTHORIZED: u8 = 0x87;
 
-/// 5.0 reason code 0x82.
-const PROTOCOL_ERROR: u8 = 0x82;
-
-/// The Session Expiry Interval in a 5.0 DISCONNECT's properties (`props`:
-/// everything after the reason code), if it sets one. Properties a
-/// DISCONNECT may not carry, or one cut short, make it malformed.
-fn disconnect_session_expiry(props: &[u8]) -> Result<Option<u32>, protocol::Error> {
-    let malformed = protocol::Error::IncorrectPacketFormat;
-    let (len, len_len) = remaining_length(props).ok_or(malformed)?;
-    let mut rest = props
-        .get(len_len..)
-        .filter(|r| r.len() == len)
-        .ok_or(malformed)?;
-    let mut expiry = None;
-    // Skips a length-prefixed string; `None` if it runs past the end.
-    let string = |r: &[u8]| -> Option<usize> {
-        let n = usize::from(u16::from_be_bytes([*r.first()?, *r.get(1)?]));
-        (r.len() >= 2 + n).then_some(2 + n)
-    };
-    while let Some((&id, tail)) = rest.split_first() {
-        let used = match id {
-            // Session Expiry Interval, once at most.
-            0x11 if expiry.is_none() => {
-                let b: [u8; 4] = tail
-                    .get(..4)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or(malformed)?;
-                expiry = Some(u32::from_be_bytes(b));
-                4
-            }
-            // Reason String, Server Reference.
-            0x1f | 0x1c => string(tail).ok_or(malformed)?,
-            // User Property: a string pair.
-            0x26 => {
-                let k = string(tail).ok_or(malformed)?;
-                k + string(&tail[k..]).ok_or(malformed)?
-            }
-            _ => return Err(malformed),
-        };
-        rest = &tail[used..];
-    }
-    Ok(expiry)
-}
-
 impl Codec {
-    /// What becomes of a publish the router sends this client: whether it
-    /// is withheld (a control request or reply and the client is not an
-    /// admin, see [`Acl::may_receive`]; its own message come back through a
-    /// No Local subscription; a retained message sent on subscribe to a
-    /// subscription with Retain Handling 2), and whether it goes with
-    /// RETAIN=1 though rumqttd cleared it (Retain As Published).
-    fn judge(&self, publish: &protocol::Publish, published: delivery::Published) -> (bool, bool) {
-        let topic = &publish.topic;
-        let admin_only = self.acl.as_ref().is_none_or(|acl| !acl.may_receive(topic));
-        let mut subs = self.subscriptions.lock().expect("codec lock");
-        let withheld = admin_only
-            || subs.is_echo(topic, &publish.payload)
-            || (publish.retain && subs.refuses_retained(topic));
-        let retain = !publish.retain && published.retain && subs.keeps_retain(topic);
-        (withheld, retain)
-    }
-
-    /// A 5.0 DISCONNECT set a non-zero Session Expiry Interval after a
-    /// CONNECT with 0: a protocol error, not a valid DISCONNECT (5.0
-    /// §3.14.2.2.2). The will stays due, the session ends with the
-    /// connection as the CONNECT said, and the client is sent DISCONNECT
-    /// 0x82 (Protocol Error) before the connection closes.
-    fn protocol_error_disconnect(&mut self) -> Packet {
-        tracing::debug!(
-            client_id = self.client_id,
-            "DISCONNECT set a session expiry after a CONNECT with none: protocol error"
-        );
-        self.closing = true;
-        self.answer(vec![0xe0, 1, PROTOCOL_ERROR])
-    }
-
-    /// A 5.0 DISCONNECT set the Session Expiry Interval (§3.14.2.2.2): the
-    /// session now lasts `expiry` seconds after the connection (0: it ends
-    /// with it; 0xFFFFFFFF: never expires).
-    fn session_expiry_set(&mut self, expiry: u32) {
-        if self.connect_expiry == 0 {
-            // 0 again: the session ends with the connection already.
-            return;
-        }
-        if let Some((_, persistence)) = &mut self.session {
-            *persistence = Some((expiry != u32::MAX).then_some(expiry));
-            self.policy
-                .sessions
-                .expiry_changed(&self.client_id, *persistence);
-        }
-    }
-
-    /// Whether an answer of ours waits for its PINGRESP.
-    fn answer_pending(&mut self) -> bool {
-        let pending = self.pending.get_mut().expect("codec lock");
-        pending.iter().any(|p| matches!(p, Pending::Answer(_)))
-    }
-
-    /// Applies [`delivery`] to the PUBLISH just written at `write[start..]`:
-    /// lowers it to the publish's own `qos` and sets RETAIN if `retain`,
-    /// or takes it back out when `withheld`. The acknowledgement rumqttd
-    /// then waits for in vain is made up, in its turn (a PUBACK, which
-    /// rumqttd takes for QoS 1 and 2 alike). Returns the bytes now written;
-    /// `None` when nothing is.
-    fn deliver(
-        &self,
-        write: &mut BytesMut,
-        start: usize,
-        qos: u8,
-        withheld: bool,
-        retain: bool,
-    ) -> Option<usize> {
-        if retain && !withheld {
-            write[start] |= 1;
-        }
-        let pkid = if withheld {
-            let pkid = peek(&write[start..]).pkid;
-            write.truncate(start);
-            pkid
-        } else {
-            delivery::lower_qos(write, start, qos)
-        };
-        if let Some(pkid) = pkid {
-            let mut flow = self.flow.lock().expect("codec lock");
-            flow.acks.push_back((pkid, 1, true));
-            flow.flush_acks(&mut self.inject.lock().expect("codec lock"));
-        }
-        (!withheld).then(|| write.len() - start)
-    }
-
     /// Writes the oldest held publish (a slot in the client's Receive
     /// Maximum came free); returns the bytes written.
     fn release(&self, write: &mut BytesMut) -> usize {
@@ -922,54 +800,6 @@ impl Codec {
             .messages_out
             .fetch_add(1, Ordering::Relaxed);
         bytes.len()
-    }
-
-    /// A DISCONNECT: decoded here because rumqttd's 5.0 codec cannot read
-    /// the short form (reason code without properties, §3.14.2.2.1) and
-    /// waits forever for bytes that never come.
-    fn read_disconnect(
-        &mut self,
-        stream: &mut BytesMut,
-        version: Version,
-    ) -> Result<Packet, protocol::Error> {
-        let Some((len, len_len)) = remaining_length(&stream[1..]) else {
-            return if stream.len() >= 5 {
-                Err(protocol::Error::MalformedRemainingLength)
-            } else {
-                Err(protocol::Error::InsufficientBytes(1))
-            };
-        };
-        let total = 1 + len_len + len;
-        if stream.len() < total {
-            return Err(protocol::Error::InsufficientBytes(total - stream.len()));
-        }
-        if version == Version::V4 && len != 0 {
-            return Err(protocol::Error::IncorrectPacketFormat);
-        }
-        let reason = if len > 0 { stream[1 + len_len] } else { 0 };
-        let expiry = match stream.get(2 + len_len..total) {
-            Some(props) if !props.is_empty() => disconnect_session_expiry(props)?,
-            _ => None,
-        };
-        let _ = stream.split_to(total);
-        if let Some(expiry) = expiry {
-            if self.connect_expiry == 0 && expiry != 0 {
-                return Ok(self.protocol_error_disconnect());
-            }
-            self.session_expiry_set(expiry);
-        }
-        // 5.0 reason 0x04: disconnect, but publish the will.
-        if reason != 0x04 {
-            self.will = None;
-        }
-        self.closing = true;
-        if self.mid_batch {
-            // Let rumqttd deliver what it read before; the next read ends
-            // the connection.
-            self.mid_batch = false;
-            return Err(protocol::Error::InsufficientBytes(1));
-        }
-        Err(protocol::Error::InvalidProtocol)
     }
 
     fn inner_write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
@@ -1026,14 +856,6 @@ impl Codec {
         let Packet::Connect(mut connect, mut props, will, will_props, login) = packet else {
             return Err(protocol::Error::IncorrectPacketFormat);
         };
-        if let Some(p) = props.as_mut() {
-            // perch sends no topic aliases (5.0 §3.2.2.3.8 lets a server
-            // send none): rumqttd keys them by the subscription's filter,
-            // not the topic, so a wildcard subscriber would get every topic
-            // under the first one's alias; and the codec reads the topic of
-            // every PUBLISH it writes.
-            p.topic_alias_max = None;
-        }
         // MQTT-1.5.3-2 (5.0 MQTT-1.5.4-2): a string holding U+0000 closes
         // the connection (the password is binary data, so it may hold one).
         // rumqttd's decoder lets it through.
@@ -1047,6 +869,12 @@ impl Codec {
         let outcome = match &login {
             _ if connect.client_id.starts_with(super::INTERNAL_PREFIX) => {
                 Err(Refusal::ReservedClientId)
+            }
+            _ if props
+                .as_ref()
+                .is_some_and(|p| p.authentication_method.is_some()) =>
+            {
+                Err(Refusal::BadAuthenticationMethod)
             }
             Some(l) => self.policy.users.login(&l.username, &l.password),
             None if self.policy.allow_anonymous => Ok(self.policy.users.anonymous()),
@@ -1079,15 +907,8 @@ impl Codec {
                     .wills
                     .connected(&connect.client_id, connect.clean_session);
                 self.client_id.clone_from(&connect.client_id);
-                if let Some(p) = &props {
-                    let flow = self.flow.get_mut().expect("codec lock");
-                    // 0 is a protocol error (§3.1.2.11.3); read as "no limit".
-                    if let Some(max) = p.receive_maximum.filter(|&m| m > 0) {
-                        flow.receive_max = usize::from(max);
-                    }
-                    if let Some(max) = p.max_packet_size {
-                        flow.max_packet = max as usize;
-                    }
+                if let Some(p) = props.as_mut() {
+                    self.connect_properties(p);
                 }
                 self.persistent = !connect.clean_session && !connect.client_id.is_empty();
                 let earlier = self
@@ -1161,10 +982,6 @@ impl Codec {
                         .connected(&connect.client_id, persistence);
                     self.session = Some((generation, persistence));
                 }
-                self.connect_expiry = props
-                    .as_ref()
-                    .and_then(|p| p.session_expiry_interval)
-                    .unwrap_or(0);
                 let (will, will_props) = (None, None);
                 if connect.keep_alive == 0 {
                     connect.keep_alive = KEEP_ALIVE_OFF_S;
@@ -1185,20 +1002,29 @@ impl Codec {
                         .logins_throttled
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                self.refused = Some(match refusal {
-                    Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
-                    Refusal::NotAuthorized | Refusal::WillNotAllowed => {
-                        ConnectReturnCode::NotAuthorized
-                    }
-                    Refusal::ReservedClientId => ConnectReturnCode::ClientIdentifierNotValid,
-                    Refusal::TooManyFailures if version == Version::V5 => {
-                        ConnectReturnCode::ConnectionRateExceeded
-                    }
-                    Refusal::TooManyFailures => ConnectReturnCode::ServiceUnavailable,
-                });
+                self.refused = Some(connack_code(refusal, version));
                 Ok(throwaway_connect())
             }
         }
+    }
+
+    /// Takes what the codec enforces from a 5.0 CONNECT's properties.
+    fn connect_properties(&mut self, p: &mut protocol::ConnectProperties) {
+        let flow = self.flow.get_mut().expect("codec lock");
+        // 0 is a protocol error (§3.1.2.11.3); read as "no limit".
+        if let Some(max) = p.receive_maximum.filter(|&m| m > 0) {
+            flow.receive_max = usize::from(max);
+        }
+        if let Some(max) = p.max_packet_size {
+            flow.max_packet = max as usize;
+        }
+        self.connect_expiry = p.session_expiry_interval.unwrap_or(0);
+        // perch sends no topic aliases (5.0 §3.2.2.3.8 lets a server send
+        // none): rumqttd keys them by the subscription's filter, not the
+        // topic, so a wildcard subscriber would get every topic under the
+        // first one's alias; and the codec reads the topic of every
+        // PUBLISH it writes.
+        p.topic_alias_max = None;
     }
 
     /// Applies the ACL to one packet; `None` drops it.
@@ -1361,31 +1187,7 @@ impl Codec {
                     }
                 }
                 let n_denied = denied.iter().filter(|&&d| d).count();
-                let subs = self.subscriptions.get_mut().expect("codec lock");
-                for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
-                    subs.subscribed(SubOptions {
-                        filter: f.path.clone(),
-                        no_local: f.nolocal,
-                        retain_as_published: f.preserve_retain,
-                        no_retained_on_subscribe: matches!(
-                            f.retain_forward_rule,
-                            protocol::RetainForwardRule::Never
-                        ),
-                    });
-                }
-                if let Some((_, Some(_))) = self.session {
-                    for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
-                        self.policy.sessions.subscribed(
-                            &self.client_id,
-                            Sub {
-                                filter: f.path.clone(),
-                                qos: f.qos as u8,
-                                no_local: f.nolocal,
-                                retain_as_published: f.preserve_retain,
-                            },
-                        );
-                    }
-                }
+                self.subscribed(&subscribe.filters, &denied);
                 if n_denied == 0 {
                     return Some(Packet::Subscribe(subscribe, props));
                 }
@@ -1412,15 +1214,7 @@ impl Codec {
                 Some(Packet::Subscribe(subscribe, props))
             }
             Packet::Unsubscribe(unsubscribe, props) => {
-                let subs = self.subscriptions.get_mut().expect("codec lock");
-                for f in &unsubscribe.filters {
-                    subs.unsubscribed(f);
-                }
-                if let Some((_, Some(_))) = self.session {
-                    for f in &unsubscribe.filters {
-                        self.policy.sessions.unsubscribed(&self.client_id, f);
-                    }
-                }
+                self.unsubscribed(&unsubscribe.filters);
                 Some(Packet::Unsubscribe(unsubscribe, props))
             }
             Packet::PingReq(p) => {
@@ -1466,34 +1260,6 @@ fn persistence(
             }
         }
     }
-}
-
-/// A CONNECT that rumqttd can register without touching any real session.
-fn throwaway_connect() -> Packet {
-    // rumqttd refuses ids starting with '$'; a per-process random part keeps
-    // these from colliding with any real client's id.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let nonce = *NONCE.get_or_init(rand::random);
-    let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let connect = protocol::Connect {
-        keep_alive: 10,
-        client_id: format!("perch-refused-{nonce:016x}-{id}"),
-        clean_session: true,
-    };
-    Packet::Connect(connect, None, None, None, None)
-}
-
-fn encode_refusal(version: Version, code: ConnectReturnCode, write: &mut BytesMut) -> usize {
-    let ack = ConnAck {
-        session_present: false,
-        code,
-    };
-    let result = match version {
-        Version::V4 => V4.write(Packet::ConnAck(ack, None), write),
-        Version::V5 => V5.write(Packet::ConnAck(ack, None), write),
-    };
-    result.unwrap_or(0)
 }
 
 /// A PUBACK (0x40), PUBREC (0x50) or PUBCOMP (0x70); in 5.0 with reason 0x87.
@@ -1746,30 +1512,6 @@ mod tests {
         // AUTH exists in 5.0 only; type 0 in neither
         assert!(!ok(0xf0) && check_fixed_header(0xf0, Version::V5).is_ok());
         assert!(!ok(0x00));
-    }
-
-    #[test]
-    fn a_disconnects_session_expiry_is_found_among_its_properties() {
-        let expiry = [0x11, 0, 0, 0, 5];
-        assert_eq!(
-            disconnect_session_expiry(&[5, 0x11, 0, 0, 0, 5]),
-            Ok(Some(5))
-        );
-        assert_eq!(disconnect_session_expiry(&[0]), Ok(None));
-        // A reason string and a user property around it.
-        let mut props = vec![0x1f, 0, 2, b'h', b'i', 0x26, 0, 1, b'k', 0, 1, b'v'];
-        props.extend(expiry);
-        let mut packet = vec![props.len() as u8];
-        packet.extend(&props);
-        assert_eq!(disconnect_session_expiry(&packet), Ok(Some(5)));
-        let malformed = Err(protocol::Error::IncorrectPacketFormat);
-        // Cut short, twice, a property a DISCONNECT cannot carry, a length
-        // that disagrees with the packet.
-        assert_eq!(disconnect_session_expiry(&[3, 0x11, 0, 0]), malformed);
-        let twice = [10, 0x11, 0, 0, 0, 5, 0x11, 0, 0, 0, 6];
-        assert_eq!(disconnect_session_expiry(&twice), malformed);
-        assert_eq!(disconnect_session_expiry(&[2, 0x23, 0]), malformed);
-        assert_eq!(disconnect_session_expiry(&[9, 0x11, 0, 0, 0, 5]), malformed);
     }
 
     #[test]

@@ -39,7 +39,6 @@
 pub mod auth;
 mod codec;
 mod config;
-mod delivery;
 pub mod retained;
 pub mod session;
 mod tls;
@@ -444,7 +443,7 @@ fn send_now(tx: &mut LinkTx, packet: rumqttd::protocol::Packet) -> Result<(), Bo
 /// with its V5 codec, sets the QoS and packet id in the bytes, and decodes
 /// the result. The link runs QoS 0 and 1 only (a QoS 2 publish would wait
 /// for a PUBREL): the message is routed at `qos.min(1)` and marked with
-/// `qos`, at which subscribers get it (see [`delivery`]).
+/// `qos`, at which subscribers get it (see [`codec::delivery`]).
 fn local_publish(
     topic: bytes::Bytes,
     payload: bytes::Bytes,
@@ -455,7 +454,7 @@ fn local_publish(
 ) -> Option<rumqttd::protocol::Packet> {
     use bytes::BufMut;
     use rumqttd::protocol::{v5::V5, Packet, Protocol, Publish};
-    let props = delivery::mark(props, qos, retain);
+    let props = codec::delivery::mark(props, qos, retain);
     let qos = qos.min(1);
     let mut q0 = bytes::BytesMut::new();
     V5.write(

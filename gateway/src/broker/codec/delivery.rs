@@ -1,6 +1,6 @@
 //! What a subscriber is sent, where rumqttd's routing falls short of the
 //! specs: the QoS of each delivery and the 5.0 subscription options. The
-//! codec ([`super::codec`]) applies them on every PUBLISH it writes; what
+//! codec ([`super`]) applies them on every PUBLISH it writes; what
 //! it leaves out is treated as delivered (see "Flow control" there).
 //!
 //! # Delivery QoS (3.1.1 §3.8.4, 5.0 §3.8.4)
@@ -36,7 +36,7 @@
 //! rumqttd ignores No Local, Retain As Published and Retain Handling. The
 //! codec keeps each connection's subscriptions with their options
 //! ([`Subscriptions`]; a persistent session's are kept for its next
-//! connection by [`super::session::Sessions`]) and applies them to what it
+//! connection by [`crate::broker::session::Sessions`]) and applies them to what it
 //! writes:
 //!
 //! - **No Local**: a client must not be sent its own publishes through
@@ -72,9 +72,10 @@
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
-use rumqttd::protocol::{self, Packet, PublishProperties};
+use rumqttd::protocol::{self, Packet, Publish, PublishProperties, RetainForwardRule};
 
-use super::codec::remaining_length;
+use super::{peek, remaining_length, Codec};
+use crate::broker::session::Sub;
 use crate::kit::topic;
 
 /// Set in a marked Payload Format Indicator.
@@ -290,6 +291,118 @@ impl Subscriptions {
             .iter()
             .rev()
             .find(|s| topic::matches(&s.filter, topic))
+    }
+}
+
+impl Codec {
+    /// Writes a PUBLISH from the router as this client is to get it (see
+    /// the module doc); `None` when it is withheld and nothing is written.
+    pub(super) fn write_delivered(
+        &self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        write: &mut BytesMut,
+    ) -> Result<Option<usize>, protocol::Error> {
+        let start = write.len();
+        let (props, published) = unmark(props);
+        let (withheld, retain) = self.judge(&publish, published);
+        self.inner_write(Packet::Publish(publish, props), write)?;
+        Ok(self.deliver(write, start, published.qos, withheld, retain))
+    }
+
+    /// What becomes of a publish the router sends this client: whether it
+    /// is withheld (a control request or reply and the client is not an
+    /// admin, see [`Acl::may_receive`]; its own message come back through a
+    /// No Local subscription; a retained message sent on subscribe to a
+    /// subscription with Retain Handling 2), and whether it goes with
+    /// RETAIN=1 though rumqttd cleared it (Retain As Published).
+    fn judge(&self, publish: &protocol::Publish, published: Published) -> (bool, bool) {
+        let topic = &publish.topic;
+        let admin_only = self.acl.as_ref().is_none_or(|acl| !acl.may_receive(topic));
+        let mut subs = self.subscriptions.lock().expect("codec lock");
+        let withheld = admin_only
+            || subs.is_echo(topic, &publish.payload)
+            || (publish.retain && subs.refuses_retained(topic));
+        let retain = !publish.retain && published.retain && subs.keeps_retain(topic);
+        (withheld, retain)
+    }
+
+    /// Applies the rules above to the PUBLISH just written at `write[start..]`:
+    /// lowers it to the publish's own `qos` and sets RETAIN if `retain`,
+    /// or takes it back out when `withheld`. The acknowledgement rumqttd
+    /// then waits for in vain is made up, in its turn (a PUBACK, which
+    /// rumqttd takes for QoS 1 and 2 alike). Returns the bytes now written;
+    /// `None` when nothing is.
+    fn deliver(
+        &self,
+        write: &mut BytesMut,
+        start: usize,
+        qos: u8,
+        withheld: bool,
+        retain: bool,
+    ) -> Option<usize> {
+        if retain && !withheld {
+            write[start] |= 1;
+        }
+        let pkid = if withheld {
+            let pkid = peek(&write[start..]).pkid;
+            write.truncate(start);
+            pkid
+        } else {
+            lower_qos(write, start, qos)
+        };
+        if let Some(pkid) = pkid {
+            let mut flow = self.flow.lock().expect("codec lock");
+            flow.acks.push_back((pkid, 1, true));
+            flow.flush_acks(&mut self.inject.lock().expect("codec lock"));
+        }
+        (!withheld).then(|| write.len() - start)
+    }
+
+    /// Keeps what a SUBSCRIBE granted (the filters not `denied`): their
+    /// options for delivery, and a persistent session's subscriptions for
+    /// the session store.
+    pub(super) fn subscribed(&mut self, filters: &[protocol::Filter], denied: &[bool]) {
+        let granted = || {
+            filters
+                .iter()
+                .zip(denied)
+                .filter(|(_, &d)| !d)
+                .map(|(f, _)| f)
+        };
+        let subs = self.subscriptions.get_mut().expect("codec lock");
+        for f in granted() {
+            subs.subscribed(SubOptions {
+                filter: f.path.clone(),
+                no_local: f.nolocal,
+                retain_as_published: f.preserve_retain,
+                no_retained_on_subscribe: f.retain_forward_rule == RetainForwardRule::Never,
+            });
+        }
+        if let Some((_, Some(_))) = self.session {
+            for f in granted() {
+                let sub = Sub {
+                    filter: f.path.clone(),
+                    qos: f.qos as u8,
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                };
+                self.policy.sessions.subscribed(&self.client_id, sub);
+            }
+        }
+    }
+
+    /// Forgets what an UNSUBSCRIBE ends.
+    pub(super) fn unsubscribed(&mut self, filters: &[String]) {
+        let subs = self.subscriptions.get_mut().expect("codec lock");
+        for f in filters {
+            subs.unsubscribed(f);
+        }
+        if let Some((_, Some(_))) = self.session {
+            for f in filters {
+                self.policy.sessions.unsubscribed(&self.client_id, f);
+            }
+        }
     }
 }
 
