@@ -20,6 +20,7 @@ mod hostile_input;
 mod house;
 mod lifecycle;
 mod load;
+mod mqtt5;
 mod rollout;
 mod signing;
 mod spec_fixes;

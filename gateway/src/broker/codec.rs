@@ -37,7 +37,11 @@
 //!   hold at most that many sockets, each until `connection_timeout_ms`
 //!   (rumqttd's deadline on the whole CONNECT, however it trickles in);
 //! - honours a 5.0 client's Receive Maximum and Maximum Packet Size (see
-//!   "Flow control" below).
+//!   "Flow control" below);
+//! - sends each message at the lower of its publish QoS and the
+//!   subscription's, applies the 5.0 subscription options rumqttd ignores,
+//!   and sends control requests to admins only ([`delivery`]);
+//! - reads DISCONNECT itself, 5.0 session expiry included ([`disconnect`]).
 //!
 //! A denied publish is never routed. When the client expects an answer (QoS 1
 //! or 2, or a SUBSCRIBE whose every filter is denied) the denied packet is
@@ -82,12 +86,19 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingReq, Protocol};
+use rumqttd::protocol::{self, ConnectReturnCode, Packet, PingReq, Protocol};
 
 use super::auth::{Acl, Refusal, Users};
 use super::retained::Capture;
-use super::session::{Sessions, Sub};
+use super::session::Sessions;
 use super::will::{self, Will, Wills};
+
+pub(super) mod delivery;
+mod disconnect;
+mod refusal;
+
+use delivery::Subscriptions;
+use refusal::{connack_code, encode_refusal, throwaway_connect};
 
 /// Keep-alive used for clients that ask for none (0 = off): the largest the
 /// protocol can express, 18.2 h, which rumqttd enforces at 1.5x.
@@ -395,6 +406,9 @@ pub struct Codec {
     will: Option<(String, Will)>,
     /// The client sent DISCONNECT: the next read ends the connection.
     closing: bool,
+    /// The Session Expiry Interval of the 5.0 CONNECT (0 when absent, and
+    /// for 3.1.1): a DISCONNECT may change it, but not from 0 (§3.14.2.2.2).
+    connect_expiry: u32,
     /// A 5.0 client asked for keep-alive 0, which rumqttd cannot do: its
     /// CONNACK carries the keep-alive enforced instead (Server Keep Alive,
     /// 5.0 §3.2.2.3.14).
@@ -420,6 +434,10 @@ pub struct Codec {
     flow: Mutex<Flow>,
     /// Packets for rumqttd made up by the codec, returned by the next reads.
     inject: Mutex<VecDeque<Inject>>,
+    /// The client's subscriptions with their 5.0 options, and its publishes
+    /// coming back through No Local ones (see [`delivery`]); locked because
+    /// `write` takes `&self` (one task uses it).
+    subscriptions: Mutex<Subscriptions>,
     /// A packet was handed to rumqttd since it last saw InsufficientBytes:
     /// rumqttd is in the middle of a batch whose packets an error would
     /// throw away.
@@ -447,6 +465,7 @@ impl Codec {
             aliases: HashMap::new(),
             will: None,
             closing: false,
+            connect_expiry: 0,
             server_keep_alive: false,
             client_id: String::new(),
             persistent: false,
@@ -459,6 +478,7 @@ impl Codec {
                 ..Flow::default()
             }),
             inject: Mutex::new(VecDeque::new()),
+            subscriptions: Mutex::new(Subscriptions::default()),
             mid_batch: false,
             counted: false,
             started: false,
@@ -480,6 +500,10 @@ impl Drop for Codec {
         }
         if let Some((client_id, will)) = self.will.take() {
             self.policy.wills.ended(client_id, will);
+        }
+        if self.persistent {
+            let subs = std::mem::take(self.subscriptions.get_mut().expect("codec lock"));
+            (self.policy.sessions).keep_subscriptions(&self.client_id, subs.into_subs());
         }
         if let Some((generation, persistence)) = self.session.take() {
             self.policy
@@ -562,6 +586,10 @@ impl Codec {
             None => return self.read_connect(stream, max_size),
         };
         if self.closing {
+            if self.answer_pending() {
+                // Our answer (a DISCONNECT of our own) goes out first.
+                return Err(protocol::Error::InsufficientBytes(1));
+            }
             // After a DISCONNECT (MQTT-3.14.4-1: the server closes).
             return Err(protocol::Error::InvalidProtocol);
         }
@@ -620,6 +648,7 @@ impl Codec {
                 }
             };
             check_topics(&packet, &self.aliases)?;
+            delivery::check(&packet)?;
             match self.police(packet, peeked) {
                 Some(packet) => {
                     self.mid_batch = true;
@@ -640,9 +669,11 @@ impl Codec {
             });
         }
         match packet {
-            Packet::Publish(..) => {
+            Packet::Publish(publish, props) => {
                 let start = write.len();
-                let n = self.inner_write(packet, write)?;
+                let Some(n) = self.write_delivered(publish, props, write)? else {
+                    return Ok(0);
+                };
                 let sent = peek(&write[start..]);
                 let mut flow = self.flow.lock().expect("codec lock");
                 if flow.max_packet > 0 && write.len() - start > flow.max_packet {
@@ -771,44 +802,6 @@ impl Codec {
         bytes.len()
     }
 
-    /// A DISCONNECT: decoded here because rumqttd's 5.0 codec cannot read
-    /// the short form (reason code without properties, §3.14.2.2.1) and
-    /// waits forever for bytes that never come.
-    fn read_disconnect(
-        &mut self,
-        stream: &mut BytesMut,
-        version: Version,
-    ) -> Result<Packet, protocol::Error> {
-        let Some((len, len_len)) = remaining_length(&stream[1..]) else {
-            return if stream.len() >= 5 {
-                Err(protocol::Error::MalformedRemainingLength)
-            } else {
-                Err(protocol::Error::InsufficientBytes(1))
-            };
-        };
-        let total = 1 + len_len + len;
-        if stream.len() < total {
-            return Err(protocol::Error::InsufficientBytes(total - stream.len()));
-        }
-        if version == Version::V4 && len != 0 {
-            return Err(protocol::Error::IncorrectPacketFormat);
-        }
-        let reason = if len > 0 { stream[1 + len_len] } else { 0 };
-        let _ = stream.split_to(total);
-        // 5.0 reason 0x04: disconnect, but publish the will.
-        if reason != 0x04 {
-            self.will = None;
-        }
-        self.closing = true;
-        if self.mid_batch {
-            // Let rumqttd deliver what it read before; the next read ends
-            // the connection.
-            self.mid_batch = false;
-            return Err(protocol::Error::InsufficientBytes(1));
-        }
-        Err(protocol::Error::InvalidProtocol)
-    }
-
     fn inner_write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
         match self.version {
             Some(Version::V5) => V5.write(packet, write),
@@ -860,7 +853,7 @@ impl Codec {
             Version::V4 => V4.read_mut(stream, max_size)?,
             Version::V5 => V5.read_mut(stream, max_size)?,
         };
-        let Packet::Connect(mut connect, props, will, will_props, login) = packet else {
+        let Packet::Connect(mut connect, mut props, will, will_props, login) = packet else {
             return Err(protocol::Error::IncorrectPacketFormat);
         };
         // MQTT-1.5.3-2 (5.0 MQTT-1.5.4-2): a string holding U+0000 closes
@@ -876,6 +869,12 @@ impl Codec {
         let outcome = match &login {
             _ if connect.client_id.starts_with(super::INTERNAL_PREFIX) => {
                 Err(Refusal::ReservedClientId)
+            }
+            _ if props
+                .as_ref()
+                .is_some_and(|p| p.authentication_method.is_some()) =>
+            {
+                Err(Refusal::BadAuthenticationMethod)
             }
             Some(l) => self.policy.users.login(&l.username, &l.password),
             None if self.policy.allow_anonymous => Ok(self.policy.users.anonymous()),
@@ -908,15 +907,8 @@ impl Codec {
                     .wills
                     .connected(&connect.client_id, connect.clean_session);
                 self.client_id.clone_from(&connect.client_id);
-                if let Some(p) = &props {
-                    let flow = self.flow.get_mut().expect("codec lock");
-                    // 0 is a protocol error (§3.1.2.11.3); read as "no limit".
-                    if let Some(max) = p.receive_maximum.filter(|&m| m > 0) {
-                        flow.receive_max = usize::from(max);
-                    }
-                    if let Some(max) = p.max_packet_size {
-                        flow.max_packet = max as usize;
-                    }
+                if let Some(p) = props.as_mut() {
+                    self.connect_properties(p);
                 }
                 self.persistent = !connect.clean_session && !connect.client_id.is_empty();
                 let earlier = self
@@ -936,6 +928,11 @@ impl Codec {
                     .remove(&connect.client_id);
                 if let (Some(held), true) = (held, self.persistent) {
                     self.earlier_qos2 = held;
+                }
+                let subs = self.policy.sessions.take_subscriptions(&connect.client_id);
+                if self.persistent {
+                    *self.subscriptions.get_mut().expect("codec lock") =
+                        Subscriptions::resumed(subs);
                 }
                 if let Some(w) = will {
                     // 5.0 §3.1.3.2.2: the will waits for its delay or for the
@@ -1005,20 +1002,29 @@ impl Codec {
                         .logins_throttled
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                self.refused = Some(match refusal {
-                    Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
-                    Refusal::NotAuthorized | Refusal::WillNotAllowed => {
-                        ConnectReturnCode::NotAuthorized
-                    }
-                    Refusal::ReservedClientId => ConnectReturnCode::ClientIdentifierNotValid,
-                    Refusal::TooManyFailures if version == Version::V5 => {
-                        ConnectReturnCode::ConnectionRateExceeded
-                    }
-                    Refusal::TooManyFailures => ConnectReturnCode::ServiceUnavailable,
-                });
+                self.refused = Some(connack_code(refusal, version));
                 Ok(throwaway_connect())
             }
         }
+    }
+
+    /// Takes what the codec enforces from a 5.0 CONNECT's properties.
+    fn connect_properties(&mut self, p: &mut protocol::ConnectProperties) {
+        let flow = self.flow.get_mut().expect("codec lock");
+        // 0 is a protocol error (§3.1.2.11.3); read as "no limit".
+        if let Some(max) = p.receive_maximum.filter(|&m| m > 0) {
+            flow.receive_max = usize::from(max);
+        }
+        if let Some(max) = p.max_packet_size {
+            flow.max_packet = max as usize;
+        }
+        self.connect_expiry = p.session_expiry_interval.unwrap_or(0);
+        // perch sends no topic aliases (5.0 §3.2.2.3.8 lets a server send
+        // none): rumqttd keys them by the subscription's filter, not the
+        // topic, so a wildcard subscriber would get every topic under the
+        // first one's alias; and the codec reads the topic of every
+        // PUBLISH it writes.
+        p.topic_alias_max = None;
     }
 
     /// Applies the ACL to one packet; `None` drops it.
@@ -1065,6 +1071,9 @@ impl Codec {
                             capture.offer(topic, peeked.qos.min(2), &publish.payload, expiry);
                         }
                     }
+                    (self.subscriptions.get_mut().expect("codec lock"))
+                        .published(topic, &publish.payload);
+                    let props = delivery::mark(props, peeked.qos, publish.retain);
                     return Some(Packet::Publish(publish, props));
                 }
                 self.refusals.publishes.fetch_add(1, Ordering::Relaxed);
@@ -1178,19 +1187,7 @@ impl Codec {
                     }
                 }
                 let n_denied = denied.iter().filter(|&&d| d).count();
-                if let Some((_, Some(_))) = self.session {
-                    for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
-                        self.policy.sessions.subscribed(
-                            &self.client_id,
-                            Sub {
-                                filter: f.path.clone(),
-                                qos: f.qos as u8,
-                                no_local: f.nolocal,
-                                retain_as_published: f.preserve_retain,
-                            },
-                        );
-                    }
-                }
+                self.subscribed(&subscribe.filters, &denied);
                 if n_denied == 0 {
                     return Some(Packet::Subscribe(subscribe, props));
                 }
@@ -1217,11 +1214,7 @@ impl Codec {
                 Some(Packet::Subscribe(subscribe, props))
             }
             Packet::Unsubscribe(unsubscribe, props) => {
-                if let Some((_, Some(_))) = self.session {
-                    for f in &unsubscribe.filters {
-                        self.policy.sessions.unsubscribed(&self.client_id, f);
-                    }
-                }
+                self.unsubscribed(&unsubscribe.filters);
                 Some(Packet::Unsubscribe(unsubscribe, props))
             }
             Packet::PingReq(p) => {
@@ -1267,34 +1260,6 @@ fn persistence(
             }
         }
     }
-}
-
-/// A CONNECT that rumqttd can register without touching any real session.
-fn throwaway_connect() -> Packet {
-    // rumqttd refuses ids starting with '$'; a per-process random part keeps
-    // these from colliding with any real client's id.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let nonce = *NONCE.get_or_init(rand::random);
-    let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let connect = protocol::Connect {
-        keep_alive: 10,
-        client_id: format!("perch-refused-{nonce:016x}-{id}"),
-        clean_session: true,
-    };
-    Packet::Connect(connect, None, None, None, None)
-}
-
-fn encode_refusal(version: Version, code: ConnectReturnCode, write: &mut BytesMut) -> usize {
-    let ack = ConnAck {
-        session_present: false,
-        code,
-    };
-    let result = match version {
-        Version::V4 => V4.write(Packet::ConnAck(ack, None), write),
-        Version::V5 => V5.write(Packet::ConnAck(ack, None), write),
-    };
-    result.unwrap_or(0)
 }
 
 /// A PUBACK (0x40), PUBREC (0x50) or PUBCOMP (0x70); in 5.0 with reason 0x87.

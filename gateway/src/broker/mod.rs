@@ -394,14 +394,7 @@ fn restore_retained(tx: &mut LinkTx, restored: Vec<retained::Retained>) {
             ..Default::default()
         });
         let pkid = (i % usize::from(u16::MAX)) as u16 + 1;
-        let packet = local_publish(
-            r.topic.clone().into(),
-            r.payload,
-            r.qos.min(1),
-            true,
-            props,
-            pkid,
-        );
+        let packet = local_publish(r.topic.clone().into(), r.payload, r.qos, true, props, pkid);
         let Some(packet) = packet else {
             tracing::warn!(
                 topic = r.topic,
@@ -448,7 +441,9 @@ fn send_now(tx: &mut LinkTx, packet: rumqttd::protocol::Packet) -> Result<(), Bo
 /// A PUBLISH for an in-process link, with any QoS and properties: rumqttd
 /// only lets code outside it build QoS 0 publishes, so this encodes one
 /// with its V5 codec, sets the QoS and packet id in the bytes, and decodes
-/// the result.
+/// the result. The link runs QoS 0 and 1 only (a QoS 2 publish would wait
+/// for a PUBREL): the message is routed at `qos.min(1)` and marked with
+/// `qos`, at which subscribers get it (see [`codec::delivery`]).
 fn local_publish(
     topic: bytes::Bytes,
     payload: bytes::Bytes,
@@ -459,6 +454,8 @@ fn local_publish(
 ) -> Option<rumqttd::protocol::Packet> {
     use bytes::BufMut;
     use rumqttd::protocol::{v5::V5, Packet, Protocol, Publish};
+    let props = codec::delivery::mark(props, qos, retain);
+    let qos = qos.min(1);
     let mut q0 = bytes::BytesMut::new();
     V5.write(
         Packet::Publish(Publish::new(topic, payload, retain), props),
