@@ -242,7 +242,9 @@ step "smoke test under qemu-user"
 for target in "${CI_TARGETS[@]}"; do
     board="${CI_BOARD[$target]}"
     target_facts "$target"
-    check "$target end to end ${QEMU:+under qemu ($board: -cpu $(board_get "$board" qemu_cpu))}${QEMU:-natively}" \
+    how=natively
+    [[ -z "$QEMU" ]] || how="under qemu ($board: -cpu $(board_get "$board" qemu_cpu))"
+    check "$target end to end $how" \
         smoke_test "$target" "$board"
 done
 
