@@ -18,6 +18,9 @@
 //! - [`upstream`]: delivery of buffered records to an upstream MQTT broker
 //!   or HTTP(S) endpoint, acknowledged per record or batch; capture of local
 //!   topics into the buffer; the fleet's desired state (`upstream::fleet`).
+//! - [`durable`]: acknowledgements that wait for a commit: the tickets a
+//!   connection takes for what it hands the buffer or the retained store,
+//!   and how their writers settle them (a PUBACK means it is on disk).
 //! - [`topic`]: MQTT topic names and filters: validation and matching, shared
 //!   by the broker's ACLs and the functions' triggers.
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
@@ -45,6 +48,7 @@ pub mod broker;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod durable;
 pub mod functions;
 pub mod gateway;
 pub(crate) mod sqlite;

@@ -23,7 +23,9 @@
 //! - enforces the client's ACL on PUBLISH and SUBSCRIBE;
 //! - hands what changes the retained set (retained publishes, empty
 //!   payloads) to the retained store ([`super::retained`]), so it survives
-//!   a restart;
+//!   a restart, and what `upstream.forward_topics` asks for to the buffer,
+//!   and holds the PUBACK/PUBREC of such a QoS 1/2 publish until it is
+//!   committed ([`super::kept`]: a PUBACK means it is on disk);
 //! - takes the will out of the CONNECT and hands it to [`super::will`] when
 //!   the connection ends without DISCONNECT; a DISCONNECT is not passed on:
 //!   the codec ends the connection itself after it (see `will` for why);
@@ -85,9 +87,11 @@ use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingReq, Protocol};
 
 use super::auth::{Acl, Refusal, Users};
+use super::kept::{self, Keeper, Kept};
 use super::retained::Capture;
 use super::session::{Sessions, Sub};
 use super::will::{self, Will, Wills};
+use crate::durable::{self, Lane, Outcome, LANES};
 
 /// Keep-alive used for clients that ask for none (0 = off): the largest the
 /// protocol can express, 18.2 h, which rumqttd enforces at 1.5x.
@@ -107,6 +111,9 @@ pub struct Policy {
     /// Where retained publishes go to be persisted; `None` keeps them in
     /// memory only.
     pub retained: Option<Capture>,
+    /// What keeps the messages on `upstream.forward_topics` (the buffer);
+    /// `None` when nothing is forwarded.
+    pub keeper: Option<Arc<dyn Keeper>>,
     /// Where wills go when a connection ends without DISCONNECT.
     pub wills: Arc<Wills>,
     /// Persistent sessions: stored subscriptions, expiry timers.
@@ -256,6 +263,9 @@ pub struct Refusals {
     /// Subscriptions refused because `broker.max_filters` distinct filters
     /// were subscribed already (also counted in `subscriptions`).
     pub filters: AtomicU64,
+    /// QoS 1/2 publishes the gateway could not commit (the buffer or the
+    /// retained store full or failing): refused, never acknowledged.
+    pub not_kept: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -420,6 +430,9 @@ pub struct Codec {
     flow: Mutex<Flow>,
     /// Packets for rumqttd made up by the codec, returned by the next reads.
     inject: Mutex<VecDeque<Inject>>,
+    /// Kept publishes whose PUBACK/PUBREC waits for a commit; locked
+    /// because `write` takes `&self` (one task uses it, never contended).
+    kept: Mutex<Kept>,
     /// A packet was handed to rumqttd since it last saw InsufficientBytes:
     /// rumqttd is in the middle of a batch whose packets an error would
     /// throw away.
@@ -459,6 +472,7 @@ impl Codec {
                 ..Flow::default()
             }),
             inject: Mutex::new(VecDeque::new()),
+            kept: Mutex::default(),
             mid_batch: false,
             counted: false,
             started: false,
@@ -625,6 +639,9 @@ impl Codec {
                     self.mid_batch = true;
                     return Ok(packet);
                 }
+                // A 3.1.1 publish the gateway could not keep: the
+                // connection ends without its PUBACK (see `refuse_kept`).
+                None if self.closing => return self.close_after_batch(),
                 // Dropped (a denied QoS 0 publish): read the next one.
                 None => continue,
             }
@@ -642,7 +659,7 @@ impl Codec {
         match packet {
             Packet::Publish(..) => {
                 let start = write.len();
-                let n = self.inner_write(packet, write)?;
+                let n = self.inner_write(kept::unmark(packet), write)?;
                 let sent = peek(&write[start..]);
                 let mut flow = self.flow.lock().expect("codec lock");
                 if flow.max_packet > 0 && write.len() - start > flow.max_packet {
@@ -738,6 +755,9 @@ impl Codec {
                     }
                 }
                 Ok(n)
+            }
+            Packet::PubAck(..) | Packet::PubRec(..) if self.holds_acks() => {
+                self.write_kept_ack(packet, write)
             }
             Packet::ConnAck(ack, mut props) if self.server_keep_alive => {
                 props.get_or_insert_with(Default::default).server_keep_alive =
@@ -1039,6 +1059,11 @@ impl Codec {
                     None => topic,
                 };
                 if acl.may_publish(topic) {
+                    let mut props = props;
+                    let kept = self.kept.get_mut().expect("codec lock");
+                    if !keep(&self.policy, kept, topic, &publish, &mut props, peeked) {
+                        return self.refuse_kept(peeked);
+                    }
                     if let (2, Some(pkid)) = (peeked.qos, peeked.pkid) {
                         let held = Will {
                             topic: if publish.topic.is_empty() {
@@ -1056,14 +1081,6 @@ impl Codec {
                             delay_s: 0,
                         };
                         self.incoming_qos2.insert(pkid, held);
-                    }
-                    // rumqttd deletes the retained message on any empty
-                    // payload, retained or not; the store mirrors it.
-                    if publish.retain || publish.payload.is_empty() {
-                        if let Some(capture) = &self.policy.retained {
-                            let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
-                            capture.offer(topic, peeked.qos.min(2), &publish.payload, expiry);
-                        }
                     }
                     return Some(Packet::Publish(publish, props));
                 }
@@ -1243,6 +1260,168 @@ impl Codec {
             .push_back(Pending::Answer(bytes));
         Packet::PingReq(PingReq)
     }
+}
+
+/// Keeping what the gateway must not lose, and holding acknowledgements
+/// until it is committed: see [`super::kept`].
+impl Codec {
+    /// Whether a PUBACK/PUBREC rumqttd writes may have to wait.
+    fn holds_acks(&self) -> bool {
+        self.kept.lock().expect("codec lock").holds()
+    }
+
+    /// Writes rumqttd's PUBACK/PUBREC for a client's publish once what the
+    /// gateway keeps of it is committed (blocking this connection's task
+    /// meanwhile: [`durable::wait_on`]). One the writers refused, or that
+    /// was not committed in time, is answered 0x97 (0x80 after the time
+    /// limit) in 5.0; in 3.1.1 the connection ends without it.
+    fn write_kept_ack(
+        &self,
+        packet: Packet,
+        write: &mut BytesMut,
+    ) -> Result<usize, protocol::Error> {
+        let pkid = match &packet {
+            Packet::PubAck(a, _) => a.pkid,
+            Packet::PubRec(r, _) => r.pkid,
+            _ => return self.inner_write(packet, write),
+        };
+        let waits = self.kept.lock().expect("codec lock").take(pkid);
+        let Some((gate, wanted)) = waits else {
+            return self.inner_write(packet, write);
+        };
+        let outcome = durable::wait_on(&gate, wanted, durable::WAIT_LIMIT);
+        if outcome == Outcome::Committed {
+            return self.inner_write(packet, write);
+        }
+        self.not_kept(outcome == Outcome::TimedOut);
+        if self.version != Some(Version::V5) {
+            // MQTT-4.3.2: without the PUBACK the client sends it again.
+            return Err(protocol::Error::InvalidProtocol);
+        }
+        let timed_out = outcome == Outcome::TimedOut;
+        let packet = match packet {
+            Packet::PubAck(mut a, props) => {
+                a.reason = if timed_out {
+                    protocol::PubAckReason::UnspecifiedError
+                } else {
+                    protocol::PubAckReason::QuotaExceeded
+                };
+                Packet::PubAck(a, props)
+            }
+            Packet::PubRec(mut r, props) => {
+                r.reason = if timed_out {
+                    protocol::PubRecReason::UnspecifiedError
+                } else {
+                    protocol::PubRecReason::QuotaExceeded
+                };
+                Packet::PubRec(r, props)
+            }
+            other => other,
+        };
+        self.inner_write(packet, write)
+    }
+
+    /// A QoS 1/2 publish the gateway cannot keep now: 5.0 answers it 0x97
+    /// in place of rumqttd (it is not routed); 3.1.1 has no refusal, so the
+    /// connection ends without its PUBACK (`None` with `closing` set).
+    fn refuse_kept(&mut self, peeked: Peeked) -> Option<Packet> {
+        self.not_kept(false);
+        let pkid = peeked.pkid.unwrap_or(0);
+        if self.version == Some(Version::V5) {
+            let kind = if peeked.qos == 2 { 0x50 } else { 0x40 };
+            let [hi, lo] = pkid.to_be_bytes();
+            return Some(self.answer(vec![kind, 3, hi, lo, QUOTA_EXCEEDED]));
+        }
+        self.closing = true;
+        None
+    }
+
+    /// Counts and logs a refused publish (the log once per 1,000).
+    fn not_kept(&self, timed_out: bool) {
+        let n = self.refusals.not_kept.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(1000) {
+            tracing::warn!(
+                client_id = self.client_id,
+                refused = n + 1,
+                timed_out,
+                "a QoS 1/2 publish was refused, not acknowledged: the gateway could not commit it \
+                 (the buffer or the retained store is full or cannot write; see their errors and \
+                 buffer.when_full)"
+            );
+        }
+    }
+
+    /// Ends the connection at the next read, after rumqttd has what it
+    /// read before in this batch.
+    fn close_after_batch(&mut self) -> Result<Packet, protocol::Error> {
+        if std::mem::take(&mut self.mid_batch) {
+            return Err(protocol::Error::InsufficientBytes(1));
+        }
+        Err(protocol::Error::InvalidProtocol)
+    }
+}
+
+/// 5.0 reason code 0x97 (Quota exceeded).
+const QUOTA_EXCEEDED: u8 = 0x97;
+
+/// Hands a client's publish that the gateway keeps to where it is kept,
+/// before rumqttd routes it: on `forward_topics` to the [`Keeper`] (and
+/// marked, so the upstream capture does not take it again), if it changes
+/// the retained set to the retained store. At QoS 1/2 each writer takes a
+/// ticket and the publish's acknowledgement waits for them (`kept`).
+/// Returns false when a QoS 1/2 one is refused now; a QoS 0 one always goes
+/// on (the writer counts what it could not take).
+fn keep(
+    policy: &Policy,
+    kept: &mut Kept,
+    topic: &str,
+    publish: &protocol::Publish,
+    props: &mut Option<protocol::PublishProperties>,
+    peeked: Peeked,
+) -> bool {
+    let forward = policy.keeper.as_ref().filter(|k| k.keeps(topic));
+    // rumqttd deletes the retained message on any empty payload, retained
+    // or not; the store mirrors it.
+    let retained = policy
+        .retained
+        .as_ref()
+        .filter(|_| publish.retain || publish.payload.is_empty());
+    if forward.is_none() && retained.is_none() {
+        return true;
+    }
+    let pkid = peeked.pkid.filter(|_| peeked.qos > 0);
+    let mut wanted = [0; LANES];
+    if let Some(capture) = retained {
+        let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
+        let (ticket, n) = pkid.map(|_| kept.next(Lane::Retained)).unzip();
+        let qos = peeked.qos.min(2);
+        match capture.keep(topic, qos, &publish.payload, expiry, ticket) {
+            Ok(()) => {
+                if let Some(n) = n {
+                    kept.taken(Lane::Retained, n, &mut wanted);
+                }
+            }
+            Err(_) if pkid.is_some() => return false,
+            Err(_) => {}
+        }
+    }
+    if let Some(keeper) = forward {
+        let (ticket, n) = pkid.map(|_| kept.next(Lane::Buffer)).unzip();
+        match keeper.keep(topic, &publish.payload, ticket) {
+            Ok(()) => {
+                if let Some(n) = n {
+                    kept.taken(Lane::Buffer, n, &mut wanted);
+                }
+            }
+            Err(_) if pkid.is_some() => return false,
+            Err(_) => {}
+        }
+        kept::mark(props);
+    }
+    if let Some(pkid) = pkid {
+        kept.wait_for(pkid, wanted);
+    }
+    true
 }
 
 /// How a CONNECT's session persists, as [`Sessions::connected`] takes it:

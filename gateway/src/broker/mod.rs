@@ -24,6 +24,9 @@
 //! - **Retained messages survive a restart**: the codecs capture them into a
 //!   bounded SQLite store, restored through an in-process link before any
 //!   listener opens: see [`retained`].
+//! - **A PUBACK means it is on disk**: a QoS 1/2 publish the gateway keeps
+//!   (retained, or on `upstream.forward_topics`) is acknowledged only once
+//!   it is committed: see [`kept`].
 //! - **Persistent sessions survive a restart**: the codecs capture their
 //!   subscriptions into SQLite; they are recreated in the router before any
 //!   listener opens, and 5.0 session expiry is enforced: see [`session`].
@@ -39,6 +42,7 @@
 pub mod auth;
 mod codec;
 mod config;
+pub mod kept;
 pub mod retained;
 pub mod session;
 mod tls;
@@ -147,6 +151,16 @@ impl Broker {
     /// listener; returns once all are listening. Must be called inside a
     /// tokio runtime: the listeners run on it.
     pub fn start_in(config: &BrokerConfig, data_dir: Option<&Path>) -> Result<Broker, BrokerError> {
+        Broker::start_keeping(config, data_dir, None)
+    }
+
+    /// [`Broker::start_in`], with `keeper` keeping what clients publish on
+    /// the topics it asks for before their PUBACK goes out ([`kept`]).
+    pub fn start_keeping(
+        config: &BrokerConfig,
+        data_dir: Option<&Path>,
+        keeper: Option<Arc<dyn kept::Keeper>>,
+    ) -> Result<Broker, BrokerError> {
         let router = RouterConfig {
             max_connections: config.max_connections,
             max_outgoing_packet_count: config.max_outgoing_packet_count,
@@ -289,6 +303,7 @@ impl Broker {
                 users: users.clone(),
                 allow_anonymous: l.allow_anonymous,
                 retained: capture.clone(),
+                keeper: keeper.clone(),
                 wills: wills.clone(),
                 sessions: sessions.clone(),
                 unacked: unacked.clone(),

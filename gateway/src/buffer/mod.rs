@@ -17,6 +17,15 @@
 //! about 2.3 times as much on such ranges. Upstream reads through a reusable
 //! [`Batch`], so reading a backlog allocates nothing per record.
 //!
+//! A record a client waits on comes with a [`Ticket`]
+//! ([`Intake::forward_kept`]): a QoS 1/2 message on `forward_topics` whose
+//! PUBACK (PUBREC) the broker holds until it is committed. The writer
+//! commits such records within `ack_commit_interval_ms` of the first one
+//! (default 2 ms; the records of that interval share one transaction, so
+//! the sync is paid per group, not per message) and then settles their
+//! tickets: committed, or refused when `drop_newest` kept them out
+//! ([`crate::durable`]).
+//!
 //! The aggregator ([`crate::aggregate`]) runs on the same thread: a closed
 //! window becomes a record in the same batch, and open windows are saved in
 //! the same transaction, so records and windows never disagree after a crash.
@@ -31,7 +40,9 @@
 //!
 //! - `kill -9` of perch, or a power cut, loses at most the records accepted
 //!   in the last `commit_interval_ms` (default 50 ms) before it, i.e. those
-//!   not yet committed; nothing committed is lost;
+//!   not yet committed; nothing committed is lost. Records a client waits
+//!   on are outside that window: nobody was told they were accepted before
+//!   their commit;
 //! - with `synchronous = "normal"` a crash of perch loses the same, but a
 //!   power cut may also lose commits made since the last WAL sync (SQLite
 //!   syncs the WAL at checkpoints), seconds of records; the database stays
@@ -124,6 +135,7 @@ pub use self::store::{
 };
 use self::store::{Disk, NewRecord, Pending, Store};
 use crate::aggregate::{AggregateConfig, Aggregator, Emitted};
+use crate::durable::{self, Ticket};
 
 /// File name of the buffer's database inside the data directory.
 pub const FILE_NAME: &str = "buffer.db";
@@ -200,6 +212,9 @@ pub struct Stats {
 
 enum Command {
     Forward(NewRecord),
+    /// A record whose client waits for its commit (the broker holds its
+    /// PUBACK): settled once committed or refused.
+    ForwardKept(NewRecord, Ticket),
     Emit {
         metric: Name,
         key: Name,
@@ -232,13 +247,30 @@ pub struct Intake {
 impl Intake {
     /// Accepts a record for upstream in `stream`.
     pub fn forward(&self, stream: &str, record: &[u8]) -> Result<(), BufferError> {
+        self.forward_kept(stream, record, None)
+    }
+
+    /// [`Intake::forward`] for a message a client waits on: `ticket` is
+    /// settled when the transaction that holds the record commits (within
+    /// `ack_commit_interval_ms`), or as refused if the commit cannot take
+    /// it (`drop_newest` at the bound). A refusal here takes no ticket.
+    pub fn forward_kept(
+        &self,
+        stream: &str,
+        record: &[u8],
+        ticket: Option<Ticket>,
+    ) -> Result<(), BufferError> {
         self.reserve()?;
-        self.send(Command::Forward(NewRecord {
+        let record = NewRecord {
             stream: stream.to_owned(),
             kind: KIND_RECORD,
             created_ms: now_ms(),
             payload: record.to_vec(),
-        }))
+        };
+        self.send(match ticket {
+            Some(ticket) => Command::ForwardKept(record, ticket),
+            None => Command::Forward(record),
+        })
     }
 
     /// Adds a value to the (metric, key) window that holds `ts_ms`.
@@ -410,6 +442,8 @@ impl Buffer {
                 ..Pending::default()
             },
             closed: Vec::new(),
+            tickets: Vec::new(),
+            tickets_since: None,
             emitted: false,
             taken: 0,
             failures: 0,
@@ -485,6 +519,13 @@ struct Writer {
     new_records: Arc<tokio::sync::Notify>,
     /// What the next transaction writes.
     pending: Pending,
+    /// Records of `pending` a client waits for (the broker holds their
+    /// PUBACK): position in `pending.records` and ticket, settled by the
+    /// commit that covers them.
+    tickets: Vec<(usize, Ticket)>,
+    /// When the oldest of `tickets` arrived: they commit within
+    /// `ack_commit_interval_ms` of it, not `commit_interval_ms`.
+    tickets_since: Option<Instant>,
     closed: Vec<crate::aggregate::Window>,
     /// Values were emitted since the last commit: windows need saving.
     emitted: bool,
@@ -493,10 +534,18 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
         let interval = Duration::from_millis(self.config.commit_interval_ms);
+        let ack_interval = Duration::from_millis(self.config.ack_commit_interval_ms);
         let mut next_commit = Instant::now() + interval;
         let mut retry_delay = interval;
         loop {
-            let wait = next_commit.saturating_duration_since(Instant::now());
+            // A client waiting for its PUBACK shortens the wait, except
+            // while commits fail (then the retry delay paces them).
+            let ack_at = self
+                .tickets_since
+                .filter(|_| self.failures == 0)
+                .map(|t| t + ack_interval);
+            let until = ack_at.map_or(next_commit, |a| a.min(next_commit));
+            let wait = until.saturating_duration_since(Instant::now());
             let mut flush = None;
             match rx.recv_timeout(wait) {
                 Ok(command) => self.take(command, &mut flush),
@@ -513,7 +562,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let due = Instant::now() >= next_commit;
+            let now = Instant::now();
+            let due = now >= next_commit
+                || self
+                    .tickets_since
+                    .is_some_and(|t| self.failures == 0 && now >= t + ack_interval);
             if flush.is_some() || due || self.pending.records.len() >= self.config.commit_batch {
                 if self.commit() {
                     retry_delay = interval;
@@ -533,6 +586,12 @@ impl Writer {
         match command {
             Command::Forward(record) => {
                 self.taken += 1;
+                self.pending.records.push(record);
+            }
+            Command::ForwardKept(record, ticket) => {
+                self.taken += 1;
+                self.tickets.push((self.pending.records.len(), ticket));
+                self.tickets_since.get_or_insert_with(Instant::now);
                 self.pending.records.push(record);
             }
             Command::Emit {
@@ -636,6 +695,7 @@ impl Writer {
                 self.note_disk(disk, outcome);
                 self.emitted = false;
                 self.release();
+                self.settle();
                 if self.failures > 0 {
                     tracing::info!(
                         failed_commits = self.failures,
@@ -750,6 +810,14 @@ impl Writer {
             }
             Err(e) => tracing::debug!(error = %e, "buffer: WAL checkpoint failed"),
         }
+    }
+
+    /// Tells the clients waiting for the records just committed: those
+    /// past `pending.inserted` were refused by `drop_newest`.
+    fn settle(&mut self) {
+        let inserted = self.pending.inserted;
+        durable::settle(self.tickets.drain(..).map(|(i, t)| (t, i < inserted)));
+        self.tickets_since = None;
     }
 
     /// The intakes may accept again what this writer has committed.

@@ -71,6 +71,9 @@ pub struct Pending {
     pub dead: Vec<(Vec<i64>, u16, String)>,
     /// Trigger events to keep for replay ([`super::events`]).
     pub events: Vec<NewEvent>,
+    /// Set by a commit: how many of `records` (the first ones) went in; the
+    /// rest were refused by `drop_newest`.
+    pub inserted: usize,
 }
 
 impl Pending {
@@ -449,7 +452,7 @@ impl Store {
             limit = limit.min(bytes.saturating_add(room));
         }
         let tx = self.conn.transaction()?;
-        {
+        let fits = {
             // Acknowledged records go in runs of consecutive seqs, one
             // statement per run: an upstream message acknowledges up to
             // `max_records_per_message` records of one stream, mostly
@@ -543,7 +546,8 @@ impl Store {
             if let Some(e) = failed {
                 return Err(e);
             }
-        }
+            fits
+        };
         let cutoff = now_ms - (config.max_age_s as i64) * 1000;
         let oldest: Option<i64> = tx
             .query_row(
@@ -582,6 +586,7 @@ impl Store {
         self.bytes = bytes;
         self.records = records;
         self.events = event_bounds;
+        pending.inserted = fits;
         pending.records.clear();
         pending.acks.clear();
         pending.dead.clear();

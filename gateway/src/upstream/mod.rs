@@ -49,8 +49,14 @@
 //! # Capture
 //!
 //! `forward_topics` lists local topic filters whose messages go upstream
-//! without a function: a task subscribes to them through an in-process link
-//! and forwards each message as a record in the stream named by its topic.
+//! without a function, each as a record in the stream named by its topic.
+//! What MQTT clients publish there is kept by the broker's codecs through
+//! [`Forwarding`], straight into the buffer as they read it, and a QoS 1/2
+//! message is acknowledged only once its record is committed
+//! ([`crate::broker::kept`]). What does not come through a codec (a
+//! function's publish, a will) is captured by a task that subscribes to the
+//! filters through an in-process link; it skips the messages a codec kept
+//! (they carry [`crate::broker::kept::MARK`]), so each is forwarded once.
 
 mod config;
 pub mod fleet;
@@ -97,12 +103,16 @@ pub struct Stats {
     pub acked: AtomicU64,
     pub connects: AtomicU64,
     pub connection_errors: AtomicU64,
+    /// Messages on `forward_topics` handed to the buffer (by the codecs
+    /// and by the capture link).
     pub captured: AtomicU64,
     pub capture_refused: AtomicU64,
     /// Messages on `forward_topics` the broker dropped before the capture
-    /// read them: it fell further behind than the broker keeps per filter
-    /// (`max_message_log_bytes / max_filters`), and rumqttd moved its
-    /// read cursor past what it had dropped.
+    /// link read them: it fell further behind than the broker keeps per
+    /// filter (`max_message_log_bytes / max_filters`), and rumqttd moved its
+    /// read cursor past what it had dropped. Those MQTT clients published
+    /// were kept by the codecs anyway; only in-process publishes among them
+    /// (functions, wills) were not forwarded.
     pub capture_lost: AtomicU64,
     /// Records the HTTP endpoint refused for good (4xx), moved to dead letters.
     pub dead_lettered: AtomicU64,
@@ -638,8 +648,73 @@ pub fn status_topic(gateway: &str) -> String {
     format!("perch/{gateway}/status")
 }
 
+/// What the broker's codecs hand messages on `forward_topics` to: the
+/// buffer's intake, as records of the stream named by the topic.
+pub struct Forwarding {
+    filters: Vec<String>,
+    intake: Intake,
+    stats: Arc<Stats>,
+}
+
+impl Forwarding {
+    /// The keeper the broker's codecs hand messages on `forward_topics`
+    /// to; `None` when `config` forwards nothing.
+    pub fn keeper(
+        config: &UpstreamConfig,
+        buffer: &Buffer,
+        stats: Arc<Stats>,
+    ) -> Option<Arc<dyn crate::broker::kept::Keeper>> {
+        if config.forward_topics.is_empty() {
+            return None;
+        }
+        Some(Arc::new(Forwarding {
+            filters: config.forward_topics.clone(),
+            intake: buffer.intake(),
+            stats,
+        }))
+    }
+}
+
+impl crate::broker::kept::Keeper for Forwarding {
+    fn keeps(&self, topic: &str) -> bool {
+        crate::topic::matches_any(&self.filters, topic)
+    }
+
+    fn keep(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        ticket: Option<crate::durable::Ticket>,
+    ) -> Result<(), crate::durable::Refused> {
+        match self.intake.forward_kept(topic, payload, ticket) {
+            Ok(()) => {
+                self.stats.captured.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                refused(&self.stats, &e, topic);
+                Err(crate::durable::Refused)
+            }
+        }
+    }
+}
+
+/// Counts a message on `forward_topics` the buffer did not take; logs it
+/// once per 1000 so a stalled disk cannot flood the log.
+fn refused(stats: &Stats, e: &crate::buffer::BufferError, topic: &str) {
+    let n = stats.capture_refused.fetch_add(1, Ordering::Relaxed);
+    if n.is_multiple_of(1000) {
+        tracing::warn!(
+            error = %e,
+            refused = n + 1,
+            "upstream capture: a message on {topic} was not buffered"
+        );
+    }
+}
+
 /// Subscribes to `filters` on the local broker and forwards every message
-/// into the buffer (stream = topic), until `shutdown`.
+/// into the buffer (stream = topic), until `shutdown`; skips those a
+/// codec kept already ([`crate::broker::kept::is_marked`]).
 ///
 /// rumqttd delivers a message once per matching subscription of a
 /// connection and does not say which matched, so each filter gets its own
@@ -693,9 +768,14 @@ pub fn capture(
                                     "upstream capture: the broker dropped messages the capture \
                                      had not read yet (it fell behind by more than the \
                                      broker keeps per filter: broker.max_message_log_bytes / \
-                                     max_filters)"
+                                     max_filters); those MQTT clients published were kept \
+                                     by the broker, in-process ones (functions, wills) among \
+                                     them were not forwarded"
                                 );
                             }
+                        }
+                        if crate::broker::kept::is_marked(f.properties.as_ref()) {
+                            continue; // a codec kept it already
                         }
                         let topic = String::from_utf8_lossy(&f.publish.topic);
                         if crate::topic::matches_any(&filters[..i], &topic) {
@@ -705,18 +785,7 @@ pub fn capture(
                             Ok(()) => {
                                 stats.captured.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(e) => {
-                                // Counted every time, logged once per 1000 so
-                                // a stalled disk cannot flood the log.
-                                let n = stats.capture_refused.fetch_add(1, Ordering::Relaxed);
-                                if n.is_multiple_of(1000) {
-                                    tracing::warn!(
-                                        error = %e,
-                                        refused = n + 1,
-                                        "upstream capture: a message on {topic} was not buffered"
-                                    );
-                                }
-                            }
+                            Err(e) => refused(&stats, &e, &topic),
                         }
                     }
                     Ok(Some(rumqttd::Notification::Unschedule)) => {
