@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
-use crate::store_forward::{Cloud, Mosquitto};
+use crate::store_forward::{publish_v5, Answered, Cloud, Mosquitto};
 use crate::util::faults::{cycles, scale, seed, FaultProxy, Mode, Rng, RssPeak};
 use crate::util::functions::{wasm_file, Client};
 use crate::util::mqtt;
@@ -768,26 +768,17 @@ async fn the_buffer_filling_a_tiny_disk_stops_at_the_reserve_and_recovers() {
         ),
     );
     let mut gw = Confined::start_sized(&config, "8m");
-    // One connection for all of it: reconnecting with the same client id
-    // within milliseconds can hit the broker's id-reuse race (issue 11).
-    let (sensor, mut sensor_el) = mqtt::connect(mqtt::options("sensor", gw.addr))
-        .await
-        .unwrap();
-    let padding = "x".repeat(2000);
+    // MQTT 5, so that the gateway can say which records it refused (PUBACK
+    // 0x97) and the connection stays. One client id per connection:
+    // reconnecting with the same id within milliseconds can hit the
+    // broker's id-reuse race (issue 11).
+    let mut answered = Answered::default();
+    let addr = gw.addr;
     let mut publish = async |range: std::ops::Range<u64>| {
-        for n in range {
-            let (topic, _) = reading(n);
-            sensor
-                .publish(
-                    topic,
-                    QoS::AtLeastOnce,
-                    false,
-                    format!("{{\"n\":{n},\"pad\":\"{padding}\"}}"),
-                )
-                .await
-                .unwrap();
-            mqtt::wait_puback(&mut sensor_el).await;
-        }
+        let id = format!("sensor-{}", range.start);
+        let a = publish_v5(addr, &id, range, 2000).await;
+        answered.acked.extend(a.acked);
+        answered.refused.extend(a.refused);
     };
 
     // ~2 KiB records until the free space reaches the reserve (at most
@@ -931,9 +922,22 @@ async fn the_buffer_filling_a_tiny_disk_stops_at_the_reserve_and_recovers() {
     // either committed and delivered or counted as dropped. (Near the
     // reserve drop_newest refuses what does not fit in that commit, and a
     // later commit may find room again, so the refused ones are not only a
-    // tail.)
+    // tail.) A PUBACK means it is on disk: what was acknowledged is exactly
+    // what arrived, and each refused record was answered 0x97.
     let all = cloud.check();
     let before: Vec<u64> = all.iter().copied().filter(|n| *n < sent).collect();
+    let acked_before: Vec<u64> = answered
+        .acked
+        .iter()
+        .copied()
+        .filter(|n| *n < sent)
+        .collect();
+    assert_eq!(before, acked_before, "delivered = acknowledged");
+    assert_eq!(
+        answered.refused.len() as f64,
+        dropped,
+        "each dropped record was refused to its client\n{page}"
+    );
     assert_eq!(
         all.len(),
         committed,
