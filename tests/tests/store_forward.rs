@@ -236,20 +236,26 @@ impl Drop for Cloud {
     }
 }
 
+/// Record `n` as the publishers here send it: `{"n":n,"pad":...}` on
+/// `alerts/a` or `alerts/b` by parity.
+fn alert(n: u64, padding: &str) -> (&'static str, String) {
+    let topic = if n.is_multiple_of(2) {
+        "alerts/a"
+    } else {
+        "alerts/b"
+    };
+    (topic, format!("{{\"n\":{n},\"pad\":\"{padding}\"}}"))
+}
+
 /// Publishes `{"n":i}` for each i at QoS 1, alternating `alerts/a` and
 /// `alerts/b` by parity, each with a padding of `pad` bytes.
 pub(crate) async fn publish(addr: SocketAddr, range: std::ops::Range<u64>, pad: usize) {
     let (client, mut el) = connect(mqtt::options("sensor", addr)).await.unwrap();
     let padding = "x".repeat(pad);
     for n in range {
-        let topic = if n % 2 == 0 { "alerts/a" } else { "alerts/b" };
+        let (topic, payload) = alert(n, &padding);
         client
-            .publish(
-                topic,
-                QoS::AtLeastOnce,
-                false,
-                format!("{{\"n\":{n},\"pad\":\"{padding}\"}}"),
-            )
+            .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
             .unwrap();
         wait_puback(&mut el).await;
@@ -282,8 +288,7 @@ pub(crate) async fn publish_v5(
     let padding = "x".repeat(pad);
     let mut answered = Answered::default();
     for n in range {
-        let topic = if n % 2 == 0 { "alerts/a" } else { "alerts/b" };
-        let payload = format!("{{\"n\":{n},\"pad\":\"{padding}\"}}");
+        let (topic, payload) = alert(n, &padding);
         client
             .publish(topic, Q5::AtLeastOnce, false, payload)
             .await
@@ -323,8 +328,7 @@ pub(crate) async fn publish_until_refused(
     let padding = "x".repeat(pad);
     let mut answered = Answered::default();
     for n in range {
-        let topic = if n % 2 == 0 { "alerts/a" } else { "alerts/b" };
-        let payload = format!("{{\"n\":{n},\"pad\":\"{padding}\"}}");
+        let (topic, payload) = alert(n, &padding);
         client
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await

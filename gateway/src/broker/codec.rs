@@ -91,7 +91,7 @@ use super::kept::{self, Keeper, Kept};
 use super::retained::Capture;
 use super::session::{Sessions, Sub};
 use super::will::{self, Will, Wills};
-use crate::durable::{self, Lane, Outcome, LANES};
+use crate::durable::{self, Outcome};
 
 /// Keep-alive used for clients that ask for none (0 = off): the largest the
 /// protocol can express, 18.2 h, which rumqttd enforces at 1.5x.
@@ -1061,7 +1061,10 @@ impl Codec {
                 if acl.may_publish(topic) {
                     let mut props = props;
                     let kept = self.kept.get_mut().expect("codec lock");
-                    if !keep(&self.policy, kept, topic, &publish, &mut props, peeked) {
+                    let keeper = self.policy.keeper.as_deref();
+                    let retained = self.policy.retained.as_ref();
+                    let at = (peeked.qos, peeked.pkid);
+                    if !kept.keep(keeper, retained, topic, &publish, &mut props, at) {
                         return self.refuse_kept(peeked);
                     }
                     if let (2, Some(pkid)) = (peeked.qos, peeked.pkid) {
@@ -1363,66 +1366,6 @@ impl Codec {
 
 /// 5.0 reason code 0x97 (Quota exceeded).
 const QUOTA_EXCEEDED: u8 = 0x97;
-
-/// Hands a client's publish that the gateway keeps to where it is kept,
-/// before rumqttd routes it: on `forward_topics` to the [`Keeper`] (and
-/// marked, so the upstream capture does not take it again), if it changes
-/// the retained set to the retained store. At QoS 1/2 each writer takes a
-/// ticket and the publish's acknowledgement waits for them (`kept`).
-/// Returns false when a QoS 1/2 one is refused now; a QoS 0 one always goes
-/// on (the writer counts what it could not take).
-fn keep(
-    policy: &Policy,
-    kept: &mut Kept,
-    topic: &str,
-    publish: &protocol::Publish,
-    props: &mut Option<protocol::PublishProperties>,
-    peeked: Peeked,
-) -> bool {
-    let forward = policy.keeper.as_ref().filter(|k| k.keeps(topic));
-    // rumqttd deletes the retained message on any empty payload, retained
-    // or not; the store mirrors it.
-    let retained = policy
-        .retained
-        .as_ref()
-        .filter(|_| publish.retain || publish.payload.is_empty());
-    if forward.is_none() && retained.is_none() {
-        return true;
-    }
-    let pkid = peeked.pkid.filter(|_| peeked.qos > 0);
-    let mut wanted = [0; LANES];
-    if let Some(capture) = retained {
-        let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
-        let (ticket, n) = pkid.map(|_| kept.next(Lane::Retained)).unzip();
-        let qos = peeked.qos.min(2);
-        match capture.keep(topic, qos, &publish.payload, expiry, ticket) {
-            Ok(()) => {
-                if let Some(n) = n {
-                    kept.taken(Lane::Retained, n, &mut wanted);
-                }
-            }
-            Err(_) if pkid.is_some() => return false,
-            Err(_) => {}
-        }
-    }
-    if let Some(keeper) = forward {
-        let (ticket, n) = pkid.map(|_| kept.next(Lane::Buffer)).unzip();
-        match keeper.keep(topic, &publish.payload, ticket) {
-            Ok(()) => {
-                if let Some(n) = n {
-                    kept.taken(Lane::Buffer, n, &mut wanted);
-                }
-            }
-            Err(_) if pkid.is_some() => return false,
-            Err(_) => {}
-        }
-        kept::mark(props);
-    }
-    if let Some(pkid) = pkid {
-        kept.wait_for(pkid, wanted);
-    }
-    true
-}
 
 /// How a CONNECT's session persists, as [`Sessions::connected`] takes it:
 /// `None` ends with the connection; `Some(None)` never expires (3.1.1 clean

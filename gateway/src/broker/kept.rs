@@ -45,8 +45,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use rumqttd::protocol::{Packet, PublishProperties};
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
 
+use super::retained::Capture;
 use crate::durable::{Gate, Lane, Refused, Ticket, Wanted, LANES};
 
 /// What keeps the messages clients publish on the topics it asks for (the
@@ -107,23 +108,81 @@ impl Kept {
     /// The ticket the next publish on `lane` takes, with its number; the
     /// number counts as used only once [`Kept::taken`] says the writer took
     /// the message.
-    pub(super) fn next(&mut self, lane: Lane) -> (Ticket, u64) {
+    fn next(&mut self, lane: Lane) -> (Ticket, u64) {
         let gate = self.gate.get_or_insert_with(Gate::new);
         let n = self.issued[lane as usize] + 1;
         (Ticket::new(gate, lane, n), n)
     }
 
     /// The writer of `lane` took ticket `n`: the publish waits for it.
-    pub(super) fn taken(&mut self, lane: Lane, n: u64, wanted: &mut Wanted) {
+    fn taken(&mut self, lane: Lane, n: u64, wanted: &mut Wanted) {
         self.issued[lane as usize] = n;
         wanted[lane as usize] = n;
     }
 
     /// The acknowledgement of `pkid` waits for `wanted`.
-    pub(super) fn wait_for(&mut self, pkid: u16, wanted: Wanted) {
+    fn wait_for(&mut self, pkid: u16, wanted: Wanted) {
         if wanted != [0; LANES] {
             self.waiting.push_back((pkid, wanted));
         }
+    }
+
+    /// Hands a client's publish that the gateway keeps to where it is kept,
+    /// before rumqttd routes it: on `forward_topics` to the `keeper` (and
+    /// marked, so the upstream capture does not take it again), if it
+    /// changes the retained set to the `retained` store. At QoS 1/2 (`at`:
+    /// QoS and packet id) each writer takes a ticket and the publish's
+    /// acknowledgement waits for them. Returns false when a QoS 1/2 one is
+    /// refused now; a QoS 0 one always goes on (the writer counts what it
+    /// could not take).
+    pub(super) fn keep(
+        &mut self,
+        keeper: Option<&dyn Keeper>,
+        retained: Option<&Capture>,
+        topic: &str,
+        publish: &Publish,
+        props: &mut Option<PublishProperties>,
+        (qos, pkid): (u8, Option<u16>),
+    ) -> bool {
+        let forward = keeper.filter(|k| k.keeps(topic));
+        // rumqttd deletes the retained message on any empty payload,
+        // retained or not; the store mirrors it.
+        let retained = retained.filter(|_| publish.retain || publish.payload.is_empty());
+        if forward.is_none() && retained.is_none() {
+            return true;
+        }
+        let pkid = pkid.filter(|_| qos > 0);
+        let mut wanted = [0; LANES];
+        if let Some(capture) = retained {
+            let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
+            let (ticket, n) = pkid.map(|_| self.next(Lane::Retained)).unzip();
+            match capture.keep(topic, qos.min(2), &publish.payload, expiry, ticket) {
+                Ok(()) => {
+                    if let Some(n) = n {
+                        self.taken(Lane::Retained, n, &mut wanted);
+                    }
+                }
+                Err(_) if pkid.is_some() => return false,
+                Err(_) => {}
+            }
+        }
+        if let Some(keeper) = forward {
+            let (ticket, n) = pkid.map(|_| self.next(Lane::Buffer)).unzip();
+            match keeper.keep(topic, &publish.payload, ticket) {
+                Ok(()) => {
+                    if let Some(n) = n {
+                        self.taken(Lane::Buffer, n, &mut wanted);
+                    }
+                }
+                Err(_) if pkid.is_some() => return false,
+                Err(_) => {}
+            }
+            mark(props);
+        }
+        if let Some(pkid) = pkid {
+            self.wait_for(pkid, wanted);
+        }
+        true
     }
 
     /// Whether some acknowledgement waits.
@@ -143,7 +202,6 @@ impl Kept {
 mod tests {
     use super::*;
     use crate::durable::{settle, Outcome};
-    use rumqttd::protocol::Publish;
 
     #[test]
     fn the_mark_travels_with_the_message_and_is_gone_when_written() {
