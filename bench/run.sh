@@ -6,6 +6,13 @@
 #   bench/run.sh --smoke    one short step of each piece (~1.5 min): checks the
 #                           pieces work, writes no report into bench/results
 #   bench/run.sh --runs N   N runs instead of 3
+#   PERCH_BENCH_PERCH=path  runs that perch binary instead of building one
+#   bench/run.sh --smoke --perch-only
+#                           the smoke run of perch's own pieces, without the
+#                           peers under test (Mosquitto as a broker, the
+#                           Python script, Node-RED): what .ci/run runs, so
+#                           CI neither installs Node-RED nor compiles its
+#                           sqlite3. Mosquitto still plays the upstream.
 #
 # Scenarios (bench/README.md says what each measures and how):
 #   0  the load generator's own ceiling (publishing into a null sink)
@@ -39,18 +46,24 @@ root="$(dirname "$bench")"
 work="${PERCH_BENCH_WORK:-$root/target/bench-work}"
 runs=3
 smoke=0
+peers=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; runs=1 ;;
+    --perch-only) peers=0 ;;
     --runs)
       [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || {
         echo "run.sh: --runs needs a positive number, e.g. --runs 5" >&2; exit 2; }
       runs="$2"; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    *) echo "run.sh: unknown argument '$1'; use --smoke, --runs N or --help" >&2; exit 2 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1'; use --smoke, --perch-only, --runs N or --help" >&2; exit 2 ;;
   esac
   shift
 done
+if [ "$peers" = 0 ] && [ "$smoke" = 0 ]; then
+  echo "run.sh: --perch-only is for the smoke run (--smoke --perch-only); the report compares perch with its peers" >&2
+  exit 2
+fi
 
 if [ "$smoke" = 1 ]; then
   # ~10 s of load in all: one short step per piece.
@@ -125,8 +138,10 @@ fi
 # fetched here, so node-gyp compiles SQLite: minutes, hence the cache outside
 # the work dir).
 nr_dir="${PERCH_BENCH_NODE_RED:-$HOME/.cache/perch-bench/node-red}"
-node_red=1 # 0: Node-RED is left out (no node/npm here)
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+node_red=1 # 0: Node-RED is left out (no node/npm here, or --perch-only)
+if [ "$peers" = 0 ]; then
+  node_red=0
+elif ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   log "node and npm are missing, so Node-RED (a peer of scenarios 2 and 3) is left out;" \
     "install Node.js >= 18 with npm (e.g. apt-get install nodejs npm) to include it"
   node_red=0
@@ -144,13 +159,24 @@ elif ! (cd "$nr_dir" 2>/dev/null && node -e 'require("node-red/package.json"); r
     exit 1; }
 fi
 s2_systems=(perch python)
+broker_systems=(perch mosquitto)
+if [ "$peers" = 0 ]; then s2_systems=(perch); broker_systems=(perch); fi
 if [ "$node_red" = 1 ]; then s2_systems+=(node-red); fi
 log "building perch and perch-load (release) and the example functions"
 PERCH_EXAMPLES_OUT="$work/functions" "$root/sdk/build-examples.sh" >/dev/null
-(cd "$root" && cargo build -q --release -p perch -p perch-bench)
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
-perch="$target_dir/release/perch"
 load="$target_dir/release/perch-load"
+if [ -n "${PERCH_BENCH_PERCH:-}" ]; then
+  # A perch binary built already (CI passes the static x86-64 release
+  # binary that cross/ci.sh built and tested, so nothing is built twice).
+  [ -x "$PERCH_BENCH_PERCH" ] || { log "PERCH_BENCH_PERCH=$PERCH_BENCH_PERCH is not an executable"; exit 2; }
+  perch="$PERCH_BENCH_PERCH"
+  (cd "$root" && cargo build -q --release --locked -p perch-bench)
+else
+  perch="$target_dir/release/perch"
+  (cd "$root" && cargo build -q --release --locked -p perch -p perch-bench)
+fi
+log "perch under test: $perch"
 
 # --- helpers ----------------------------------------------------------------
 free_port() {
@@ -260,7 +286,7 @@ s1_step() { # s1_step SYSTEM RUN RATE -> 0 if nothing was lost
 
 s1() {
   local system rate
-  for system in perch mosquitto; do
+  for system in "${broker_systems[@]}"; do
     if [ "$s1_max" = 1 ]; then s1_step "$system" "$1" 0 || true; fi
     for rate in "${s1_rates[@]}"; do
       s1_step "$system" "$1" "$rate" || { smoke_check "s1 $system at $rate msgs/s"; break; }
@@ -471,7 +497,7 @@ s5_fns_step() { # s5_fns_step RUN COPIES: perch with COPIES copies of window-sam
 s5() {
   local system n
   for n in "${s5_conns[@]}"; do
-    for system in perch mosquitto; do
+    for system in "${broker_systems[@]}"; do
       s5_conns_step "$system" "$1" "$n" || smoke_check "s5 $system with $n connections"
     done
   done

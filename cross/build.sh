@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Cross-builds the release perch binary for a board without Docker, using
-# Debian's cross gcc and the rustup target, then checks the size budget.
+# Cross-builds the release perch binary for a board without Docker, then
+# checks the size budget. The musl targets (what perch ships) link a static
+# binary with zig through cargo-zigbuild (both from PyPI); the glibc targets
+# use Debian's cross gcc.
 #
-#   cross/build.sh TARGET            e.g. aarch64-unknown-linux-gnu
+#   cross/build.sh TARGET            e.g. aarch64-unknown-linux-musl
 #   cross/build.sh --board BOARD     e.g. rpi4 (the target comes from boards/)
 #   cross/build.sh --install-missing TARGET
 #                                    apt-get/rustup what is missing first
@@ -46,17 +48,33 @@ check_toolchain || exit 1
 cd "$PERCH_ROOT"
 note "building perch for $TARGET into $PERCH_CROSS_TARGET_DIR"
 cargo=(cargo)
-if [[ "$BUILD_STD" == 1 ]]; then
-    # shellcheck disable=SC2054 # the comma belongs to the flag
-    cargo=(cargo +nightly -Zbuild-std=std,panic_abort)
+build=build
+if [[ "$BUILDER" == zig ]]; then
+    build=zigbuild
 fi
-"${cargo[@]}" build --release --locked --target "$TARGET" --target-dir "$PERCH_CROSS_TARGET_DIR" -p perch
+if [[ "$BUILD_STD" == 1 ]]; then
+    cargo=(cargo +nightly)
+    # shellcheck disable=SC2054 # the comma belongs to the flag
+    build="$build -Zbuild-std=std,panic_abort"
+fi
+# shellcheck disable=SC2086 # $build is a subcommand and its flags
+# Each target builds in a directory of its own, so two targets can build at
+# once (cargo locks a target dir for the whole build); the binary is then
+# copied to $BINARY, where every other script looks for it.
+build_dir="$PERCH_CROSS_TARGET_DIR/build-$TARGET"
+"${cargo[@]}" $build --release --locked --target "$TARGET" --target-dir "$build_dir" -p perch
+mkdir -p "$(dirname "$BINARY")"
+cp -f "$build_dir/$TARGET/release/perch" "$BINARY.tmp"
+mv -f "$BINARY.tmp" "$BINARY"
 
 [[ -f "$BINARY" ]] || die "cargo reported success but $BINARY is missing"
 machine="$(elf_machine "$BINARY")"
 [[ "$machine" == "$ELF_MACHINE" ]] ||
     die "$BINARY is not a $TARGET binary (ELF machine $machine, expected $ELF_MACHINE)"
 "$PERCH_ROOT/cross/size-budget.sh" "$TARGET" "$BINARY"
+if [[ "$STATIC" == 1 ]] && ! is_static "$BINARY"; then
+    die "$BINARY is dynamically linked (readelf -l shows an interpreter or a dynamic section); a $TARGET build must be static"
+fi
 glibc="$(glibc_needed "$BINARY")"
 note "${glibc:+needs glibc $glibc or newer on the board}${glibc:-static binary: runs with any C library on the board}"
 printf '%s\n' "$BINARY"

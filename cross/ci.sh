@@ -15,12 +15,31 @@ cd "$PERCH_ROOT"
 export INSTALL_MISSING=1
 # The targets, and the board whose CPU each one's smoke test emulates.
 # PERCH_CI_TARGETS="a b" runs a subset.
-read -ra CI_TARGETS <<<"${PERCH_CI_TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf arm-unknown-linux-gnueabi}"
+# The shipped targets: static musl binaries (cross/lib.sh, MUSL_TARGETS).
+read -ra CI_TARGETS <<<"${PERCH_CI_TARGETS:-${MUSL_TARGETS[*]}}"
 declare -A CI_BOARD=(
+    [x86_64-unknown-linux-musl]=generic-x86_64
+    [aarch64-unknown-linux-musl]=rpi4
+    [armv7-unknown-linux-musleabihf]=generic-armv7
+    [arm-unknown-linux-musleabihf]=rpi-zero
     [aarch64-unknown-linux-gnu]=rpi4
     [armv7-unknown-linux-gnueabihf]=generic-armv7
     [arm-unknown-linux-gnueabi]=rpi-zero
 )
+
+# The command that runs the TARGET binary FILE as BOARD's CPU: natively, or
+# under qemu-user (with the glibc sysroot for the dynamic glibc builds).
+runner() {
+    local target="$1" board="$2" file="$3"
+    target_facts "$target"
+    if [[ -z "$QEMU" ]]; then
+        run=("$file")
+    elif [[ -n "$SYSROOT" ]]; then
+        run=("$QEMU" -cpu "$(board_get "$board" qemu_cpu)" -L "$SYSROOT" "$file")
+    else
+        run=("$QEMU" -cpu "$(board_get "$board" qemu_cpu)" "$file")
+    fi
+}
 started=$SECONDS
 passed=0
 failed=0
@@ -50,14 +69,40 @@ need_command debugfs e2fsprogs
 need_command sfdisk fdisk
 need_command openssl openssl
 
-# 1. Cross-build. One target at a time: two LTO links at once do not fit the
-# 2-core machine any better than one after the other.
+# 1. Cross-build, two targets at a time: the release profile's fat LTO with
+# one codegen unit ends every build on one core, so a second build keeps the
+# other core busy. Each target has its own build dir (cross/build.sh).
+build_target() {
+    local target="$1" log="$PERCH_CROSS_TARGET_DIR/build-$1.log" t0=$SECONDS
+    mkdir -p "$PERCH_CROSS_TARGET_DIR"
+    if cross/build.sh --install-missing "$target" >"$log" 2>&1; then
+        note "built $target in $((SECONDS - t0))s ($(grep -m1 '^size:' "$log" | sed 's/^size: [^ ]* is //'))"
+    else
+        note "building $target failed; its log ($log):"
+        tail -n 60 "$log" >&2
+        return 1
+    fi
+}
+# Toolchains first, one target after the other: two builds at once must not
+# both install zig, a rustup target or nightly's rust-src.
 for target in "${CI_TARGETS[@]}"; do
-    step "build $target"
-    t0=$SECONDS
-    cross/build.sh --install-missing "$target" >/dev/null
-    note "built $target in $((SECONDS - t0))s"
+    target_facts "$target"
+    check_toolchain || die "cannot build for $target (see above)"
 done
+step "build ${CI_TARGETS[*]}"
+build_failed=0
+for ((i = 0; i < ${#CI_TARGETS[@]}; i += 2)); do
+    pair=("${CI_TARGETS[@]:i:2}")
+    pids=()
+    for target in "${pair[@]}"; do
+        build_target "$target" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || build_failed=1
+    done
+done
+((build_failed == 0)) || die "a cross build failed (its log is above)"
 
 # The example function the smoke test deploys: sdk/examples/unit-convert
 # (Fahrenheit in, Celsius out), built for wasm32 like sdk/build-examples.sh
@@ -94,16 +139,16 @@ deploy_example_function() {
 smoke_test() {
     local target="$1" board="$2"
     target_facts "$target"
-    local cpu dir log pid line port tls_port
-    cpu="$(board_get "$board" qemu_cpu)"
+    local dir log pid line port tls_port run
     dir="$(mktemp -d)"
     log="$dir/perch.log"
-    local run=("$QEMU" -cpu "$cpu" -L "$SYSROOT" "$BINARY")
+    runner "$target" "$board" "$BINARY"
 
     # Every board config of this target passes `perch config check`.
     local b
     for b in $(board_names); do
         [[ "$(board_get "$b" target)" == "$target" ]] || continue
+        # shellcheck disable=SC2154 # run is set by runner
         "${run[@]}" config check "boards/$b/perch.toml" >&2 || return 1
     done
 
@@ -196,8 +241,27 @@ EOF
 step "smoke test under qemu-user"
 for target in "${CI_TARGETS[@]}"; do
     board="${CI_BOARD[$target]}"
-    check "$target end to end under qemu ($board: -cpu $(board_get "$board" qemu_cpu))" \
+    target_facts "$target"
+    check "$target end to end ${QEMU:+under qemu ($board: -cpu $(board_get "$board" qemu_cpu))}${QEMU:-natively}" \
         smoke_test "$target" "$board"
+done
+
+# A musl build must be fully static: no interpreter, no dynamic section.
+static_binary() {
+    target_facts "$1"
+    [[ "$STATIC" == 1 ]] || return 0
+    if ! is_static "$BINARY"; then
+        note "$BINARY is dynamically linked:"
+        readelf -lW "$BINARY" | grep -E 'INTERP|DYNAMIC' >&2
+        return 1
+    fi
+    if command -v file >/dev/null; then
+        note "file: $(file -b "$BINARY" | cut -d, -f1-5)"
+    fi
+}
+step "static"
+for target in "${CI_TARGETS[@]}"; do
+    check "$target is statically linked" static_binary "$target"
 done
 
 # 3. Size budget (cross/build.sh checked it too; this reports all targets).
@@ -240,8 +304,9 @@ inspect_deb() {
     x="$(mktemp -d)"
     dpkg-deb -x "$deb" "$x"
     cmp -s "$x/usr/bin/perch" "$BINARY" || return 1
-    "$QEMU" -cpu "$(board_get "${CI_BOARD[$target]}" qemu_cpu)" -L "$SYSROOT" \
-        "$x/usr/bin/perch" config check "$x/etc/perch/perch.toml" >&2 || return 1
+    local run
+    runner "$target" "${CI_BOARD[$target]}" "$x/usr/bin/perch"
+    "${run[@]}" config check "$x/etc/perch/perch.toml" >&2 || return 1
     if command -v systemd-analyze >/dev/null; then
         # verify wants ExecStart= to exist on this machine: point it at the
         # unpacked binary. Any complaint fails the check.
@@ -257,10 +322,75 @@ inspect_deb() {
     fi
     rm -rf "$x"
 }
+# The unit's own command line from the unpacked x86-64 .deb, with its paths
+# moved into the unpacked tree: the packaged binary starts with the packaged
+# config, says it is ready, and stops cleanly on SIGTERM.
+start_unit_binary() {
+    local target="$1" deb x exec log pid status=0
+    target_facts "$target"
+    deb="$(cross/deb.sh "$target")"
+    x="$(mktemp -d)"
+    dpkg-deb -x "$deb" "$x"
+    exec="$(sed -n 's/^ExecStart=//p' "$x/usr/lib/systemd/system/perch.service")"
+    exec="${exec//\/usr\/bin\/perch/$x/usr/bin/perch}"
+    exec="${exec//\/etc\/perch/$x/etc/perch}"
+    exec="${exec//\$\{STATE_DIRECTORY\}/$x/var/lib/perch}"
+    note "ExecStart, moved into $x: $exec"
+    log="$x/perch.log"
+    # The board config listens on the LAN with logins; the test only needs it
+    # to start. Its port may be taken on this machine: ask for a free one.
+    sed -i 's/^\(listen *= *\)"[0-9.]*:[0-9]*"/\1"127.0.0.1:0"/' "$x/etc/perch/perch.toml"
+    # shellcheck disable=SC2086 # the command line splits into words, as systemd does
+    NO_COLOR=1 $exec 2>"$log" &
+    pid=$!
+    for _ in $(seq 100); do
+        grep -q 'perch ready' "$log" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if grep -q 'perch ready' "$log"; then
+        note "$(grep -m1 'perch ready' "$log")"
+    else
+        note "the packaged perch did not get ready; its log:"
+        cat "$log" >&2
+        status=1
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" || status=1
+    rm -rf "$x"
+    return "$status"
+}
+
+# The tarball: the binary that was tested, the unit, the board configs.
+inspect_tarball() {
+    local target="$1" tarball listing x
+    target_facts "$target"
+    tarball="$(cross/tarball.sh "$target")"
+    listing="$(tar -tzf "$tarball")"
+    printf '%s\n' "$listing" >&2
+    local want name
+    name="$(basename "$tarball" .tar.gz)"
+    for want in perch perch.service perch.sysusers perch.tmpfiles INSTALL; do
+        grep -qx "$name/$want" <<<"$listing" || {
+            note "$tarball lacks $name/$want"
+            return 1
+        }
+    done
+    grep -q "^$name/boards/.*/perch.toml\$" <<<"$listing" || return 1
+    x="$(mktemp -d)"
+    tar -C "$x" -xzf "$tarball"
+    cmp -s "$x/$name/perch" "$BINARY" || return 1
+    rm -rf "$x"
+}
+
 step "packages"
 for target in "${CI_TARGETS[@]}"; do
     check ".deb for $target" inspect_deb "$target"
+    check "tarball for $target" inspect_tarball "$target"
 done
+if [[ " ${CI_TARGETS[*]} " == *" x86_64-unknown-linux-musl "* ]]; then
+    check "the x86-64 .deb's unit command starts the packaged binary" start_unit_binary x86_64-unknown-linux-musl
+fi
 
 # 5. The scripts themselves: bad input, install into a rootfs and an image.
 step "script tests"

@@ -38,12 +38,15 @@ need_command readelf binutils
 
 if [[ -z "$board" ]]; then
     case "$TARGET" in
-    aarch64-unknown-linux-gnu) board=rpi-zero2w ;;
+    x86_64-unknown-linux-musl) board=generic-x86_64 ;;
+    aarch64-unknown-linux-musl | aarch64-unknown-linux-gnu) board=rpi-zero2w ;;
+    armv7-unknown-linux-musleabihf) board=generic-armv7 ;;
+    arm-unknown-linux-musleabihf) board=rpi-zero ;;
     armv7-unknown-linux-gnueabihf) board=generic-armv7 ;;
     arm-unknown-linux-gnueabi) board=rpi-zero ;;
     esac
 fi
-[[ "$(board_get "$board" target)" == "$TARGET" ]] ||
+[[ "$(board_get "$board" target)" == "$TARGET" || "$TARGET" == *-gnu* ]] ||
     die "board $board runs $(board_get "$board" target), not $TARGET"
 [[ -f "$BINARY" ]] || die "$BINARY does not exist; build it first: cross/build.sh $TARGET"
 [[ "$(elf_machine "$BINARY")" == "$ELF_MACHINE" ]] || die "$BINARY is not a $TARGET binary"

@@ -11,7 +11,17 @@ PERCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # PERCH_CROSS_TARGET_DIR (CI points it at a cache that outlives the clone).
 PERCH_CROSS_TARGET_DIR="${PERCH_CROSS_TARGET_DIR:-$PERCH_ROOT/target/cross}"
 
-SUPPORTED_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf arm-unknown-linux-gnueabi)
+# The musl targets are what perch ships: static binaries, linked with zig
+# (cargo-zigbuild), that run on any Linux of their CPU whatever its C library
+# (old Raspberry Pi OS, Alpine, Buildroot, Yocto). The glibc targets stay for
+# developers who build with Debian's cross gcc; their binaries need the
+# board's glibc to be as new as the build machine's.
+MUSL_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf)
+GNU_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf arm-unknown-linux-gnueabi)
+SUPPORTED_TARGETS=("${MUSL_TARGETS[@]}" "${GNU_TARGETS[@]}")
+# cargo-zigbuild and zig, from PyPI, in a venv of their own (installed by
+# check_toolchain when missing).
+PERCH_ZIG_VENV="${PERCH_ZIG_VENV:-$HOME/.cache/perch/zig-venv}"
 
 die() {
     printf 'error: %s\n' "$*" >&2
@@ -32,9 +42,9 @@ gcc-arm-linux-gnueabihf and libc6-dev-armhf-cross are built for ARMv7
 (Thumb-2, VFPv3): the crt1.o and libc.a that every binary links contain ARMv7
 instructions, so the result dies with SIGILL on the ARM1176 of a Pi Zero W /
 Pi 1 (checked under `qemu-arm -cpu arm1176`), and Debian ships no ARMv6
-hard-float sysroot. For those boards build arm-unknown-linux-gnueabi instead
-(board rpi-zero): ARMv6, soft-float, linked statically against Debian's armel
-glibc, so it runs on the armhf Raspberry Pi OS of a Pi Zero W / Pi 1.
+hard-float sysroot. For those boards build arm-unknown-linux-musleabihf
+instead (board rpi-zero): ARMv6 hard-float, static, linked with zig, so it runs
+on any Raspberry Pi OS of a Pi Zero W / Pi 1.
 EOF
         ;;
     esac
@@ -43,7 +53,44 @@ EOF
 # Sets the variables describing TARGET, or explains why it cannot be built.
 target_facts() {
     TARGET="$1"
+    # BUILDER: zig (cargo-zigbuild, static musl) or gcc (Debian's cross gcc).
+    # STATIC: 1 when the binary must have no dynamic section at all.
+    BUILDER=gcc
+    STATIC=0
     case "$TARGET" in
+    x86_64-unknown-linux-musl)
+        BUILDER=zig STATIC=1
+        # GNU_TRIPLE of a static target: the Debian multiarch directory of an
+        # image's own C library, which install-image.sh looks at.
+        GNU_TRIPLE=x86_64-linux-gnu
+        DEB_ARCH=amd64
+        # Runs natively; no emulator.
+        QEMU=""
+        # ELF e_machine: EM_X86_64
+        ELF_MACHINE=62
+        ;;
+    aarch64-unknown-linux-musl)
+        BUILDER=zig STATIC=1
+        GNU_TRIPLE=aarch64-linux-gnu
+        DEB_ARCH=arm64
+        QEMU=qemu-aarch64
+        ELF_MACHINE=183
+        ;;
+    armv7-unknown-linux-musleabihf)
+        BUILDER=zig STATIC=1
+        GNU_TRIPLE=arm-linux-gnueabihf
+        DEB_ARCH=armhf
+        QEMU=qemu-arm
+        ELF_MACHINE=40
+        ;;
+    arm-unknown-linux-musleabihf)
+        # ARMv6 hard-float (Pi Zero W, Zero, Pi 1): VFPv2, no Thumb-2.
+        BUILDER=zig STATIC=1
+        GNU_TRIPLE=arm-linux-gnueabihf
+        DEB_ARCH=armhf
+        QEMU=qemu-arm
+        ELF_MACHINE=40
+        ;;
     aarch64-unknown-linux-gnu)
         GNU_TRIPLE=aarch64-linux-gnu
         APT_GCC=gcc-aarch64-linux-gnu
@@ -84,8 +131,13 @@ Supported targets: ${SUPPORTED_TARGETS[*]}"
         die "unsupported target '$TARGET'. Supported targets: ${SUPPORTED_TARGETS[*]} (boards: $(board_names | tr '\n' ' '))"
         ;;
     esac
-    LINKER="$GNU_TRIPLE-gcc"
-    SYSROOT="/usr/$GNU_TRIPLE"
+    if [[ "$BUILDER" == gcc ]]; then
+        LINKER="$GNU_TRIPLE-gcc"
+        SYSROOT="/usr/$GNU_TRIPLE"
+    else
+        LINKER=""
+        SYSROOT=""
+    fi
     BINARY="$PERCH_CROSS_TARGET_DIR/$TARGET/release/perch"
     # Where the standard library comes from: rustup's prebuilt one, or
     # (BUILD_STD=1, set by check_toolchain) built from source with nightly.
@@ -141,15 +193,22 @@ check_toolchain() {
             fixes+=("rustup target add$(rustup_toolchain_flag) $TARGET")
         fi
     fi
-    if ! command -v "$LINKER" >/dev/null; then
-        missing+=("the cross C compiler and linker $LINKER")
-        apt+=("$APT_GCC")
-    fi
-    # The C library and start files the linker needs (the package above does
-    # not always pull them in).
-    if [[ ! -e "$SYSROOT/lib/crt1.o" ]]; then
-        missing+=("the $DEB_ARCH C library for linking ($SYSROOT/lib/crt1.o)")
-        apt+=("$APT_LIBC")
+    if [[ "$BUILDER" == zig ]]; then
+        if ! zig_available; then
+            missing+=("cargo-zigbuild and zig (the linker and C compiler of the static builds)")
+            fixes+=("python3 -m venv $PERCH_ZIG_VENV && $PERCH_ZIG_VENV/bin/pip install ziglang cargo-zigbuild")
+        fi
+    else
+        if ! command -v "$LINKER" >/dev/null; then
+            missing+=("the cross C compiler and linker $LINKER")
+            apt+=("$APT_GCC")
+        fi
+        # The C library and start files the linker needs (the package above
+        # does not always pull them in).
+        if [[ ! -e "$SYSROOT/lib/crt1.o" ]]; then
+            missing+=("the $DEB_ARCH C library for linking ($SYSROOT/lib/crt1.o)")
+            apt+=("$APT_LIBC")
+        fi
     fi
     if ((${#apt[@]})); then
         fixes+=("apt-get install -y ${apt[*]}")
@@ -161,7 +220,9 @@ check_toolchain() {
         local fix
         for fix in "${fixes[@]}"; do
             note "installing: $fix"
-            if [[ "$fix" == apt-get* ]]; then
+            if [[ "$fix" == python3* ]]; then
+                install_zig || return 1
+            elif [[ "$fix" == apt-get* ]]; then
                 # shellcheck disable=SC2086 # the package list splits on purpose
                 apt_install ${fix#apt-get install -y }
             else
@@ -200,6 +261,28 @@ rustup_target_add() {
     note "rustup could not add $TARGET: $(grep -m1 -E 'error|status code' "$log")"
     rm -f "$log"
     return 1
+}
+
+# Whether cargo-zigbuild and zig are on PATH or in PERCH_ZIG_VENV; puts the
+# venv on PATH when they are there.
+zig_available() {
+    if [[ -x "$PERCH_ZIG_VENV/bin/cargo-zigbuild" ]] && "$PERCH_ZIG_VENV/bin/python" -m ziglang version >/dev/null 2>&1; then
+        case ":$PATH:" in *":$PERCH_ZIG_VENV/bin:"*) ;; *) export PATH="$PERCH_ZIG_VENV/bin:$PATH" ;; esac
+        return 0
+    fi
+    command -v cargo-zigbuild >/dev/null && { command -v zig >/dev/null || command -v python-zig >/dev/null; }
+}
+
+# Installs cargo-zigbuild and zig (the ziglang wheel) from PyPI into
+# PERCH_ZIG_VENV. Debian's python3 needs python3-venv for `-m venv`.
+install_zig() {
+    if ! python3 -c 'import ensurepip' 2>/dev/null; then
+        note "installing: apt-get install -y python3-venv"
+        apt_install python3-venv
+    fi
+    python3 -m venv "$PERCH_ZIG_VENV" >&2 &&
+        "$PERCH_ZIG_VENV/bin/pip" install -q ziglang cargo-zigbuild >&2 &&
+        zig_available
 }
 
 # Whether a nightly toolchain with rust-src can build std (installing them
@@ -245,6 +328,12 @@ elf_machine() {
     bytes="$(od -An -tu1 -j18 -N2 "$1" | tr -s ' ')"
     read -r lo hi <<<"$bytes"
     printf '%s\n' "$((lo + 256 * hi))"
+}
+
+# Whether FILE is fully static: no program interpreter, no dynamic section
+# (what `file` calls "statically linked" and `ldd` "not a dynamic executable").
+is_static() {
+    ! readelf -lW "$1" | grep -qE '^ *(INTERP|DYNAMIC) '
 }
 
 # The newest glibc symbol version FILE needs, e.g. 2.34 (empty: static).

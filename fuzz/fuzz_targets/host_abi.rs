@@ -107,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
                 Err(other) => panic!("unexpected failure: {other}"),
             }
             instance.release(|topic, _| {
-                perch::topic::validate_name(std::str::from_utf8(&topic).unwrap()).unwrap()
+                perch::kit::topic::validate_name(std::str::from_utf8(&topic).unwrap()).unwrap()
             });
             while rx.try_recv().is_ok() {}
             if instance.is_poisoned() {

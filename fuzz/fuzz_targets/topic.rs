@@ -1,5 +1,5 @@
 //! The topic matcher shared by the broker's ACLs and the functions'
-//! triggers and publish rules (`perch::topic`), against the rules of
+//! triggers and publish rules (`perch::kit::topic`), against the rules of
 //! MQTT 3.1.1 / 5.0 §4.7 restated plainly:
 //!
 //! - a valid name matches itself as a filter, and matches `#`;
@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use perch::topic::{covers, matches, validate_filter, validate_name};
+use perch::kit::topic::{covers, matches, validate_filter, validate_name};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

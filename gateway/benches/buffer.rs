@@ -115,7 +115,7 @@ fn autocommit_with(c: &mut Criterion, synchronous: &str, name: &str) {
                 insert
                     .execute(rusqlite::params![
                         "readings",
-                        perch::buffer::now_ms(),
+                        perch::kit::clock::now_ms(),
                         RECORD
                     ])
                     .unwrap();

@@ -9,7 +9,6 @@
 //! every problem it finds, each naming the key, so `perch config check` can
 //! print them all and a bad file never starts a half-working gateway.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -96,29 +95,9 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
-/// One thing wrong with a config: the key it concerns and what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted path of the key, e.g. `broker.listeners[0].listen`.
-    pub key: String,
-    /// What is wrong and what to do about it.
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
+/// One thing wrong with a config (defined in the foundation, so that each
+/// stage's config check can report with it without importing this module).
+pub use crate::kit::Problem;
 
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]

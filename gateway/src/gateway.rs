@@ -2,7 +2,10 @@
 //! them in stages on shutdown.
 //!
 //! Start order follows the data's trip backwards so that nothing produces
-//! into a stage that is not there yet: state directory, admin listener
+//! into a stage that is not there yet: state directory (locked, so a second
+//! gateway on it exits naming the first; every database in it test-written,
+//! so a file perch cannot write fails the start, not a stage later), admin
+//! listener
 //! (bound first, so a taken port fails before anything runs), buffer,
 //! broker, upstream, functions (whose trigger links subscribe before the
 //! ready line is logged, so a client that waits for it cannot publish past
@@ -15,8 +18,9 @@
 //! buffer holds, all within `gateway.shutdown_timeout_ms`; a stage still
 //! running at the deadline is named in the log and dropped.
 
+use std::fs::File;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -37,11 +41,34 @@ use crate::upstream::{self, UpstreamError};
 pub enum GatewayError {
     #[error(
         "cannot use data directory {path}: {source}; pass --data-dir or set gateway.data_dir \
-         to a directory perch can write to"
+         to a directory perch can write to (perch runs as {user} here: `chown -R {user} \
+         {path}` gives it an existing one)"
     )]
     DataDir {
         path: PathBuf,
+        user: String,
         source: std::io::Error,
+    },
+    #[error(
+        "the data directory {dir} is in use by another perch ({holder}, per {lock}): two \
+         gateways on one data directory would share its buffer and both forward it upstream; \
+         stop that one first, or give this one a data directory of its own (--data-dir or \
+         gateway.data_dir)"
+    )]
+    Locked {
+        dir: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    #[error(
+        "cannot write {path}: {source}; perch runs as {user} here, so give it the file with \
+         `chown {user} {path}` (and its -wal and -shm files, if there are any), or start perch \
+         as the user that owns the data directory"
+    )]
+    Unwritable {
+        path: PathBuf,
+        user: String,
+        source: rusqlite::Error,
     },
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -68,6 +95,9 @@ pub struct Gateway {
     stop: watch::Sender<bool>,
     /// Long-lived tasks, with a name for the shutdown log.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// `<data-dir>/lock`, locked while this gateway runs; dropped (and so
+    /// unlocked) last.
+    _lock: File,
 }
 
 impl Gateway {
@@ -76,6 +106,8 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         let id = config.gateway.resolved_id();
         prepare_data_dir(&config.gateway.data_dir)?;
+        let lock = lock_data_dir(&config.gateway.data_dir)?;
+        prove_databases_writable(&config.gateway.data_dir)?;
         // rustls needs one process-wide crypto provider for outgoing TLS.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let admin = crate::telemetry::admin::bind(&config.admin)?;
@@ -86,7 +118,7 @@ impl Gateway {
         // into the buffer, acknowledged once committed (broker::kept).
         let forwarding =
             upstream::Forwarding::keeper(&config.upstream, &buffer, upstream_stats.clone());
-        let broker = Broker::start_keeping(
+        let broker = Broker::start_in(
             &config.broker_resolved(),
             Some(&config.gateway.data_dir),
             forwarding,
@@ -180,6 +212,7 @@ impl Gateway {
             admin_addr,
             stop,
             tasks,
+            _lock: lock,
         })
     }
 
@@ -302,11 +335,116 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
+/// The data directory's lock file, holding the pid of the gateway that
+/// holds the lock.
+pub const LOCK_FILE: &str = "lock";
+
+/// The SQLite files a gateway keeps in its data directory.
+const DATABASES: [&str; 4] = [
+    crate::buffer::FILE_NAME,
+    "functions.db",
+    "retained.db",
+    "sessions.db",
+];
+
+/// Takes the data directory's advisory lock (`flock` on `<data-dir>/lock`)
+/// and writes this process's pid into it; held until the returned file is
+/// dropped, and released by the kernel if the process dies. A lock held by
+/// another process is [`GatewayError::Locked`], naming the pid it wrote.
+fn lock_data_dir(dir: &Path) -> Result<File, GatewayError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let err = |source| GatewayError::DataDir {
+        path: path.clone(),
+        user: effective_user(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = match text.trim().parse::<u32>() {
+                Ok(pid) => format!("pid {pid}"),
+                Err(_) => "a process that has not written its pid yet".to_owned(),
+            };
+            return Err(GatewayError::Locked {
+                dir: dir.to_owned(),
+                lock: path,
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    file.set_len(0).map_err(err)?;
+    file.rewind().map_err(err)?;
+    writeln!(file, "{}", std::process::id()).map_err(err)?;
+    Ok(file)
+}
+
+/// Writes to every database already in the data directory (its
+/// `user_version` rewritten unchanged: a real write transaction, committed),
+/// so a file perch may read but not write (another owner, a read-only mode)
+/// fails the start with what to do instead of passing the readiness check
+/// and failing the first commit. A file that does not exist yet is created
+/// by its stage in the directory `prepare_data_dir` proved writable.
+fn prove_databases_writable(dir: &Path) -> Result<(), GatewayError> {
+    for name in DATABASES {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let write = || -> Result<(), rusqlite::Error> {
+            let conn = rusqlite::Connection::open(&path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            conn.pragma_update(None, "user_version", version)
+        };
+        write().map_err(|source| GatewayError::Unwritable {
+            path: path.clone(),
+            user: effective_user(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The name of the user this process runs as (its effective uid, from
+/// `/proc/self/status` and `/etc/passwd`), or the uid when it has no name,
+/// as `chown` takes either.
+fn effective_user() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(uid) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+    else {
+        return "the user perch runs as".to_owned();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let mut fields = l.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)? == uid).then(|| name.to_owned())
+        })
+        .unwrap_or_else(|| uid.to_owned())
+}
+
 /// Creates the data directory and proves it is writable, so a read-only or
 /// missing mount fails at start with its path instead of later in a stage.
 fn prepare_data_dir(path: &PathBuf) -> Result<(), GatewayError> {
     let err = |source| GatewayError::DataDir {
         path: path.clone(),
+        user: effective_user(),
         source,
     };
     std::fs::create_dir_all(path).map_err(err)?;

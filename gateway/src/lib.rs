@@ -2,6 +2,10 @@
 //!
 //! # Layout
 //!
+//! The parts, the trip of an event with the file that owns each step, what
+//! is durable when, and what may import what: `docs/architecture.md`
+//! (checked by `tests/tests/house.rs`).
+//!
 //! One module per stage of an event's trip, then the glue around them:
 //!
 //! - [`broker`]: the embedded MQTT broker (rumqttd): listeners, TLS, logins,
@@ -18,40 +22,35 @@
 //! - [`upstream`]: delivery of buffered records to an upstream MQTT broker
 //!   or HTTP(S) endpoint, acknowledged per record or batch; capture of local
 //!   topics into the buffer; the fleet's desired state (`upstream::fleet`).
-//! - [`durable`]: acknowledgements that wait for a commit: the tickets a
-//!   connection takes for what it hands the buffer or the retained store,
-//!   and how their writers settle them (a PUBACK means it is on disk).
-//! - [`topic`]: MQTT topic names and filters: validation and matching, shared
-//!   by the broker's ACLs and the functions' triggers.
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
 //!   default.
-//! - `sqlite`: the one way perch opens its SQLite files (WAL, busy
-//!   timeout, `synchronous`).
+//! - [`kit`]: the foundation below every stage, importing none of them: the
+//!   clock, SHA-256, the metric primitives the stages count with, the config
+//!   [`kit::Problem`], the one way perch opens its
+//!   SQLite files (WAL, busy timeout, `synchronous`), the commit tickets a
+//!   PUBACK waits for ([`kit::durable`]), and MQTT topic names and filters
+//!   ([`kit::topic`]: validation and matching, shared by the broker's ACLs
+//!   and the functions' triggers).
 //! - [`gateway`]: starts the stages in order, reports ready, stops them in
 //!   stages on shutdown.
 //! - [`telemetry`]: what operators see: logging (human, JSON lines,
-//!   journald), metric primitives, systemd notifications, and
+//!   journald), systemd notifications, and
 //!   [`telemetry::admin`], the admin HTTP listener (Prometheus metrics,
 //!   health and readiness, the status page) and the retained status topic.
-//! - [`cli`]: the `perch` command line; `main.rs` only calls it. Besides
-//!   the thin commands it holds [`cli::demo`] (`perch demo`: simulated
+//! - [`cli`]: the `perch` command line, one file per command; `main.rs`
+//!   only calls it. Besides the thin commands it holds [`cli::demo`] (`perch demo`: simulated
 //!   sensors, the example functions shipped in `gateway/demo/`, a stand-in
 //!   cloud, on one screen), [`cli::devkit`] (`perch fn new|build|test`,
 //!   the function author's loop without a gateway) and [`cli::keys`]
 //!   (signing keys and signed bundles).
-//!
-//! The trip of an event and the promises each stage keeps are in the
-//! project's DESIGN.md.
 
 pub mod aggregate;
 pub mod broker;
 pub mod buffer;
 pub mod cli;
 pub mod config;
-pub mod durable;
 pub mod functions;
 pub mod gateway;
-pub(crate) mod sqlite;
+pub mod kit;
 pub mod telemetry;
-pub mod topic;
 pub mod upstream;

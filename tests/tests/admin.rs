@@ -62,7 +62,7 @@ version = "1.2.3"
 topics = ["sensors/+/temperature"]
 [limits]
 fuel = 1000000
-max_consecutive_failures = 1000
+max_consecutive_failures = 20
 [publish]
 allow = ["alerts/#"]
 [config]

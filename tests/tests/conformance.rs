@@ -220,7 +220,7 @@ async fn bystanders_still_served(addr: SocketAddr) {
     assert_eq!(got.map(|p| p.payload.to_vec()), Some(b"ok".to_vec()));
 }
 
-mod v5 {
+pub(crate) mod v5 {
     //! rumqttc v5 helpers with bounded waits.
     pub use rumqttc::v5::mqttbytes::v5::{
         ConnAck, Packet, Publish, PublishProperties, SubscribeProperties, SubscribeReasonCode,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Problem;
+use crate::kit::Problem;
 
 /// `[aggregate]`
 #[derive(Debug, Clone, Deserialize)]

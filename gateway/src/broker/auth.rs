@@ -38,6 +38,13 @@
 //! control plane, the upstream side, telemetry) publish there without going
 //! through an ACL. An admin may also subscribe within [`CONTROL_FILTER`],
 //! to read replies, status and logs, whatever its subscribe list says.
+//!
+//! Reading is closed too where it matters: the control requests (a deploy
+//! carries the module and the manifest, `[config]` values included) and
+//! their replies are sent to admins only ([`ADMIN_ONLY_FILTERS`]), even to
+//! a client whose subscribe list allows `#`; the codec withholds them
+//! from anyone else ([`Acl::may_receive`]). Statuses and logs stay
+//! readable by whoever the subscribe list lets in.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +56,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use sha2::{Digest, Sha256};
 
 use super::config::{AclConfig, BrokerConfig};
-use crate::topic;
+use crate::kit::topic;
 
 /// A stored password hash that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +98,13 @@ pub const CONTROL_FILTER: &str = "perch/+/fn/#";
 /// publish there.
 pub const RESERVED_FILTER: &str = "perch/#";
 
+/// What only admins are sent, whatever they subscribed to: the control
+/// plane's requests (`perch/<id>/fn/<command>`: bundles with their module
+/// and manifest, `[config]` values included; events to invoke) and its
+/// replies (`perch/<id>/fn/<command>/reply`). A function's `status` and
+/// `logs` below `perch/<id>/fn/<name>/` stay readable by the ACL.
+pub const ADMIN_ONLY_FILTERS: [&str; 2] = ["perch/+/fn/+", "perch/+/fn/+/reply"];
+
 /// What one client may publish and subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acl {
@@ -116,6 +130,14 @@ impl Acl {
             return self.admin;
         }
         topic::matches_any(&self.publish, topic)
+    }
+
+    /// Whether a message on `topic` may be sent to this client, once its
+    /// subscription matched: not under [`ADMIN_ONLY_FILTERS`] unless it is
+    /// an admin.
+    pub fn may_receive(&self, topic: &[u8]) -> bool {
+        self.admin
+            || !std::str::from_utf8(topic).is_ok_and(|t| topic::matches_any(&ADMIN_ONLY_FILTERS, t))
     }
 
     /// Whether a subscription to `filter` stays inside what this client may
@@ -154,6 +176,9 @@ pub enum Refusal {
     /// Too many failed logins lately; try again later (3.1.1: 3, 5.0:
     /// 0x9F).
     TooManyFailures,
+    /// A 5.0 CONNECT asks for enhanced authentication (an Authentication
+    /// Method), which perch does not offer (0x8C, MQTT-4.12.0-1).
+    BadAuthenticationMethod,
 }
 
 /// Failed logins allowed: a token bucket holding at most a minute's worth,
@@ -451,6 +476,33 @@ mod tests {
         assert!(admin.may_subscribe("perch/+/fn/#"));
         assert!(!admin.may_subscribe("perch/#"));
         assert!(user.may_subscribe("perch/gw/fn/deploy/reply"));
+    }
+
+    #[test]
+    fn only_admins_are_sent_control_requests_and_replies_whatever_they_subscribed() {
+        let everything = vec!["#".to_owned()];
+        let user = Acl::new(&everything, &everything, false);
+        let admin = Acl::new(&[], &[], true);
+        for topic in [
+            "perch/gw/fn/deploy",
+            "perch/gw/fn/remove",
+            "perch/gw/fn/invoke",
+            "perch/other/fn/list",
+            "perch/gw/fn/deploy/reply",
+            "perch/gw/fn/invoke/reply",
+        ] {
+            assert!(!user.may_receive(topic.as_bytes()), "{topic}");
+            assert!(admin.may_receive(topic.as_bytes()), "{topic}");
+        }
+        for topic in [
+            "perch/gw/fn/echo/status",
+            "perch/gw/fn/echo/logs",
+            "perch/gw/status",
+            "perch/gw/fn",
+            "sensors/fn/deploy",
+        ] {
+            assert!(user.may_receive(topic.as_bytes()), "{topic}");
+        }
     }
 
     #[test]

@@ -39,7 +39,11 @@
 //!   hold at most that many sockets, each until `connection_timeout_ms`
 //!   (rumqttd's deadline on the whole CONNECT, however it trickles in);
 //! - honours a 5.0 client's Receive Maximum and Maximum Packet Size (see
-//!   "Flow control" below).
+//!   "Flow control" below);
+//! - sends each message at the lower of its publish QoS and the
+//!   subscription's, applies the 5.0 subscription options rumqttd ignores,
+//!   and sends control requests to admins only ([`delivery`]);
+//! - reads DISCONNECT itself, 5.0 session expiry included ([`disconnect`]).
 //!
 //! A denied publish is never routed. When the client expects an answer (QoS 1
 //! or 2, or a SUBSCRIBE whose every filter is denied) the denied packet is
@@ -84,14 +88,21 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingReq, Protocol};
+use rumqttd::protocol::{self, ConnectReturnCode, Packet, PingReq, Protocol};
 
 use super::auth::{Acl, Refusal, Users};
-use super::kept::{self, Keeper, Kept};
+use super::kept::{Keeper, Kept};
 use super::retained::Capture;
-use super::session::{Sessions, Sub};
+use super::session::Sessions;
 use super::will::{self, Will, Wills};
-use crate::durable::{self, Outcome};
+
+mod acks;
+pub(super) mod delivery;
+mod disconnect;
+mod refusal;
+
+use delivery::Subscriptions;
+use refusal::{connack_code, encode_refusal, throwaway_connect};
 
 /// Keep-alive used for clients that ask for none (0 = off): the largest the
 /// protocol can express, 18.2 h, which rumqttd enforces at 1.5x.
@@ -405,6 +416,9 @@ pub struct Codec {
     will: Option<(String, Will)>,
     /// The client sent DISCONNECT: the next read ends the connection.
     closing: bool,
+    /// The Session Expiry Interval of the 5.0 CONNECT (0 when absent, and
+    /// for 3.1.1): a DISCONNECT may change it, but not from 0 (§3.14.2.2.2).
+    connect_expiry: u32,
     /// A 5.0 client asked for keep-alive 0, which rumqttd cannot do: its
     /// CONNACK carries the keep-alive enforced instead (Server Keep Alive,
     /// 5.0 §3.2.2.3.14).
@@ -430,8 +444,12 @@ pub struct Codec {
     flow: Mutex<Flow>,
     /// Packets for rumqttd made up by the codec, returned by the next reads.
     inject: Mutex<VecDeque<Inject>>,
-    /// Kept publishes whose PUBACK/PUBREC waits for a commit; locked
-    /// because `write` takes `&self` (one task uses it, never contended).
+    /// The client's subscriptions with their 5.0 options, and its publishes
+    /// coming back through No Local ones (see [`delivery`]); locked because
+    /// `write` takes `&self` (one task uses it).
+    subscriptions: Mutex<Subscriptions>,
+    /// Kept publishes whose PUBACK/PUBREC waits for a commit ([`acks`]);
+    /// locked because `write` takes `&self` (one task uses it).
     kept: Mutex<Kept>,
     /// A packet was handed to rumqttd since it last saw InsufficientBytes:
     /// rumqttd is in the middle of a batch whose packets an error would
@@ -460,6 +478,7 @@ impl Codec {
             aliases: HashMap::new(),
             will: None,
             closing: false,
+            connect_expiry: 0,
             server_keep_alive: false,
             client_id: String::new(),
             persistent: false,
@@ -472,6 +491,7 @@ impl Codec {
                 ..Flow::default()
             }),
             inject: Mutex::new(VecDeque::new()),
+            subscriptions: Mutex::new(Subscriptions::default()),
             kept: Mutex::default(),
             mid_batch: false,
             counted: false,
@@ -494,6 +514,10 @@ impl Drop for Codec {
         }
         if let Some((client_id, will)) = self.will.take() {
             self.policy.wills.ended(client_id, will);
+        }
+        if self.persistent {
+            let subs = std::mem::take(self.subscriptions.get_mut().expect("codec lock"));
+            (self.policy.sessions).keep_subscriptions(&self.client_id, subs.into_subs());
         }
         if let Some((generation, persistence)) = self.session.take() {
             self.policy
@@ -576,6 +600,10 @@ impl Codec {
             None => return self.read_connect(stream, max_size),
         };
         if self.closing {
+            if self.answer_pending() {
+                // Our answer (a DISCONNECT of our own) goes out first.
+                return Err(protocol::Error::InsufficientBytes(1));
+            }
             // After a DISCONNECT (MQTT-3.14.4-1: the server closes).
             return Err(protocol::Error::InvalidProtocol);
         }
@@ -634,6 +662,7 @@ impl Codec {
                 }
             };
             check_topics(&packet, &self.aliases)?;
+            delivery::check(&packet)?;
             match self.police(packet, peeked) {
                 Some(packet) => {
                     self.mid_batch = true;
@@ -657,9 +686,11 @@ impl Codec {
             });
         }
         match packet {
-            Packet::Publish(..) => {
+            Packet::Publish(publish, props) => {
                 let start = write.len();
-                let n = self.inner_write(kept::unmark(packet), write)?;
+                let Some(n) = self.write_delivered(publish, props, write)? else {
+                    return Ok(0);
+                };
                 let sent = peek(&write[start..]);
                 let mut flow = self.flow.lock().expect("codec lock");
                 if flow.max_packet > 0 && write.len() - start > flow.max_packet {
@@ -756,9 +787,7 @@ impl Codec {
                 }
                 Ok(n)
             }
-            Packet::PubAck(..) | Packet::PubRec(..) if self.holds_acks() => {
-                self.write_kept_ack(packet, write)
-            }
+            Packet::PubAck(..) | Packet::PubRec(..) => self.write_kept_ack(packet, write),
             Packet::ConnAck(ack, mut props) if self.server_keep_alive => {
                 props.get_or_insert_with(Default::default).server_keep_alive =
                     Some(KEEP_ALIVE_OFF_S);
@@ -789,44 +818,6 @@ impl Codec {
             .messages_out
             .fetch_add(1, Ordering::Relaxed);
         bytes.len()
-    }
-
-    /// A DISCONNECT: decoded here because rumqttd's 5.0 codec cannot read
-    /// the short form (reason code without properties, §3.14.2.2.1) and
-    /// waits forever for bytes that never come.
-    fn read_disconnect(
-        &mut self,
-        stream: &mut BytesMut,
-        version: Version,
-    ) -> Result<Packet, protocol::Error> {
-        let Some((len, len_len)) = remaining_length(&stream[1..]) else {
-            return if stream.len() >= 5 {
-                Err(protocol::Error::MalformedRemainingLength)
-            } else {
-                Err(protocol::Error::InsufficientBytes(1))
-            };
-        };
-        let total = 1 + len_len + len;
-        if stream.len() < total {
-            return Err(protocol::Error::InsufficientBytes(total - stream.len()));
-        }
-        if version == Version::V4 && len != 0 {
-            return Err(protocol::Error::IncorrectPacketFormat);
-        }
-        let reason = if len > 0 { stream[1 + len_len] } else { 0 };
-        let _ = stream.split_to(total);
-        // 5.0 reason 0x04: disconnect, but publish the will.
-        if reason != 0x04 {
-            self.will = None;
-        }
-        self.closing = true;
-        if self.mid_batch {
-            // Let rumqttd deliver what it read before; the next read ends
-            // the connection.
-            self.mid_batch = false;
-            return Err(protocol::Error::InsufficientBytes(1));
-        }
-        Err(protocol::Error::InvalidProtocol)
     }
 
     fn inner_write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
@@ -880,7 +871,7 @@ impl Codec {
             Version::V4 => V4.read_mut(stream, max_size)?,
             Version::V5 => V5.read_mut(stream, max_size)?,
         };
-        let Packet::Connect(mut connect, props, will, will_props, login) = packet else {
+        let Packet::Connect(mut connect, mut props, will, will_props, login) = packet else {
             return Err(protocol::Error::IncorrectPacketFormat);
         };
         // MQTT-1.5.3-2 (5.0 MQTT-1.5.4-2): a string holding U+0000 closes
@@ -896,6 +887,12 @@ impl Codec {
         let outcome = match &login {
             _ if connect.client_id.starts_with(super::INTERNAL_PREFIX) => {
                 Err(Refusal::ReservedClientId)
+            }
+            _ if props
+                .as_ref()
+                .is_some_and(|p| p.authentication_method.is_some()) =>
+            {
+                Err(Refusal::BadAuthenticationMethod)
             }
             Some(l) => self.policy.users.login(&l.username, &l.password),
             None if self.policy.allow_anonymous => Ok(self.policy.users.anonymous()),
@@ -928,15 +925,8 @@ impl Codec {
                     .wills
                     .connected(&connect.client_id, connect.clean_session);
                 self.client_id.clone_from(&connect.client_id);
-                if let Some(p) = &props {
-                    let flow = self.flow.get_mut().expect("codec lock");
-                    // 0 is a protocol error (§3.1.2.11.3); read as "no limit".
-                    if let Some(max) = p.receive_maximum.filter(|&m| m > 0) {
-                        flow.receive_max = usize::from(max);
-                    }
-                    if let Some(max) = p.max_packet_size {
-                        flow.max_packet = max as usize;
-                    }
+                if let Some(p) = props.as_mut() {
+                    self.connect_properties(p);
                 }
                 self.persistent = !connect.clean_session && !connect.client_id.is_empty();
                 let earlier = self
@@ -956,6 +946,11 @@ impl Codec {
                     .remove(&connect.client_id);
                 if let (Some(held), true) = (held, self.persistent) {
                     self.earlier_qos2 = held;
+                }
+                let subs = self.policy.sessions.take_subscriptions(&connect.client_id);
+                if self.persistent {
+                    *self.subscriptions.get_mut().expect("codec lock") =
+                        Subscriptions::resumed(subs);
                 }
                 if let Some(w) = will {
                     // 5.0 §3.1.3.2.2: the will waits for its delay or for the
@@ -1025,20 +1020,29 @@ impl Codec {
                         .logins_throttled
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                self.refused = Some(match refusal {
-                    Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
-                    Refusal::NotAuthorized | Refusal::WillNotAllowed => {
-                        ConnectReturnCode::NotAuthorized
-                    }
-                    Refusal::ReservedClientId => ConnectReturnCode::ClientIdentifierNotValid,
-                    Refusal::TooManyFailures if version == Version::V5 => {
-                        ConnectReturnCode::ConnectionRateExceeded
-                    }
-                    Refusal::TooManyFailures => ConnectReturnCode::ServiceUnavailable,
-                });
+                self.refused = Some(connack_code(refusal, version));
                 Ok(throwaway_connect())
             }
         }
+    }
+
+    /// Takes what the codec enforces from a 5.0 CONNECT's properties.
+    fn connect_properties(&mut self, p: &mut protocol::ConnectProperties) {
+        let flow = self.flow.get_mut().expect("codec lock");
+        // 0 is a protocol error (§3.1.2.11.3); read as "no limit".
+        if let Some(max) = p.receive_maximum.filter(|&m| m > 0) {
+            flow.receive_max = usize::from(max);
+        }
+        if let Some(max) = p.max_packet_size {
+            flow.max_packet = max as usize;
+        }
+        self.connect_expiry = p.session_expiry_interval.unwrap_or(0);
+        // perch sends no topic aliases (5.0 §3.2.2.3.8 lets a server send
+        // none): rumqttd keys them by the subscription's filter, not the
+        // topic, so a wildcard subscriber would get every topic under the
+        // first one's alias; and the codec reads the topic of every
+        // PUBLISH it writes.
+        p.topic_alias_max = None;
     }
 
     /// Applies the ACL to one packet; `None` drops it.
@@ -1059,14 +1063,14 @@ impl Codec {
                     None => topic,
                 };
                 if acl.may_publish(topic) {
-                    let mut props = props;
                     let kept = self.kept.get_mut().expect("codec lock");
-                    let keeper = self.policy.keeper.as_deref();
-                    let retained = self.policy.retained.as_ref();
+                    let (keeper, retained) =
+                        (self.policy.keeper.as_deref(), self.policy.retained.as_ref());
                     let at = (peeked.qos, peeked.pkid);
-                    if !kept.keep(keeper, retained, topic, &publish, &mut props, at) {
+                    let Ok(forwarded) = kept.keep(keeper, retained, topic, &publish, &props, at)
+                    else {
                         return self.refuse_kept(peeked);
-                    }
+                    };
                     if let (2, Some(pkid)) = (peeked.qos, peeked.pkid) {
                         let held = Will {
                             topic: if publish.topic.is_empty() {
@@ -1085,6 +1089,14 @@ impl Codec {
                         };
                         self.incoming_qos2.insert(pkid, held);
                     }
+                    (self.subscriptions.get_mut().expect("codec lock"))
+                        .published(topic, &publish.payload);
+                    let props = delivery::mark(props, peeked.qos, publish.retain);
+                    let props = if forwarded {
+                        delivery::kept(props)
+                    } else {
+                        props
+                    };
                     return Some(Packet::Publish(publish, props));
                 }
                 self.refusals.publishes.fetch_add(1, Ordering::Relaxed);
@@ -1198,19 +1210,7 @@ impl Codec {
                     }
                 }
                 let n_denied = denied.iter().filter(|&&d| d).count();
-                if let Some((_, Some(_))) = self.session {
-                    for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, &d)| !d) {
-                        self.policy.sessions.subscribed(
-                            &self.client_id,
-                            Sub {
-                                filter: f.path.clone(),
-                                qos: f.qos as u8,
-                                no_local: f.nolocal,
-                                retain_as_published: f.preserve_retain,
-                            },
-                        );
-                    }
-                }
+                self.subscribed(&subscribe.filters, &denied);
                 if n_denied == 0 {
                     return Some(Packet::Subscribe(subscribe, props));
                 }
@@ -1237,11 +1237,7 @@ impl Codec {
                 Some(Packet::Subscribe(subscribe, props))
             }
             Packet::Unsubscribe(unsubscribe, props) => {
-                if let Some((_, Some(_))) = self.session {
-                    for f in &unsubscribe.filters {
-                        self.policy.sessions.unsubscribed(&self.client_id, f);
-                    }
-                }
+                self.unsubscribed(&unsubscribe.filters);
                 Some(Packet::Unsubscribe(unsubscribe, props))
             }
             Packet::PingReq(p) => {
@@ -1265,108 +1261,6 @@ impl Codec {
     }
 }
 
-/// Keeping what the gateway must not lose, and holding acknowledgements
-/// until it is committed: see [`super::kept`].
-impl Codec {
-    /// Whether a PUBACK/PUBREC rumqttd writes may have to wait.
-    fn holds_acks(&self) -> bool {
-        self.kept.lock().expect("codec lock").holds()
-    }
-
-    /// Writes rumqttd's PUBACK/PUBREC for a client's publish once what the
-    /// gateway keeps of it is committed (blocking this connection's task
-    /// meanwhile: [`durable::wait_on`]). One the writers refused, or that
-    /// was not committed in time, is answered 0x97 (0x80 after the time
-    /// limit) in 5.0; in 3.1.1 the connection ends without it.
-    fn write_kept_ack(
-        &self,
-        packet: Packet,
-        write: &mut BytesMut,
-    ) -> Result<usize, protocol::Error> {
-        let pkid = match &packet {
-            Packet::PubAck(a, _) => a.pkid,
-            Packet::PubRec(r, _) => r.pkid,
-            _ => return self.inner_write(packet, write),
-        };
-        let waits = self.kept.lock().expect("codec lock").take(pkid);
-        let Some((gate, wanted)) = waits else {
-            return self.inner_write(packet, write);
-        };
-        let outcome = durable::wait_on(&gate, wanted, durable::WAIT_LIMIT);
-        if outcome == Outcome::Committed {
-            return self.inner_write(packet, write);
-        }
-        self.not_kept(outcome == Outcome::TimedOut);
-        if self.version != Some(Version::V5) {
-            // MQTT-4.3.2: without the PUBACK the client sends it again.
-            return Err(protocol::Error::InvalidProtocol);
-        }
-        let timed_out = outcome == Outcome::TimedOut;
-        let packet = match packet {
-            Packet::PubAck(mut a, props) => {
-                a.reason = if timed_out {
-                    protocol::PubAckReason::UnspecifiedError
-                } else {
-                    protocol::PubAckReason::QuotaExceeded
-                };
-                Packet::PubAck(a, props)
-            }
-            Packet::PubRec(mut r, props) => {
-                r.reason = if timed_out {
-                    protocol::PubRecReason::UnspecifiedError
-                } else {
-                    protocol::PubRecReason::QuotaExceeded
-                };
-                Packet::PubRec(r, props)
-            }
-            other => other,
-        };
-        self.inner_write(packet, write)
-    }
-
-    /// A QoS 1/2 publish the gateway cannot keep now: 5.0 answers it 0x97
-    /// in place of rumqttd (it is not routed); 3.1.1 has no refusal, so the
-    /// connection ends without its PUBACK (`None` with `closing` set).
-    fn refuse_kept(&mut self, peeked: Peeked) -> Option<Packet> {
-        self.not_kept(false);
-        let pkid = peeked.pkid.unwrap_or(0);
-        if self.version == Some(Version::V5) {
-            let kind = if peeked.qos == 2 { 0x50 } else { 0x40 };
-            let [hi, lo] = pkid.to_be_bytes();
-            return Some(self.answer(vec![kind, 3, hi, lo, QUOTA_EXCEEDED]));
-        }
-        self.closing = true;
-        None
-    }
-
-    /// Counts and logs a refused publish (the log once per 1,000).
-    fn not_kept(&self, timed_out: bool) {
-        let n = self.refusals.not_kept.fetch_add(1, Ordering::Relaxed);
-        if n.is_multiple_of(1000) {
-            tracing::warn!(
-                client_id = self.client_id,
-                refused = n + 1,
-                timed_out,
-                "a QoS 1/2 publish was refused, not acknowledged: the gateway could not commit it \
-                 (the buffer or the retained store is full or cannot write; see their errors and \
-                 buffer.when_full)"
-            );
-        }
-    }
-
-    /// Ends the connection at the next read, after rumqttd has what it
-    /// read before in this batch.
-    fn close_after_batch(&mut self) -> Result<Packet, protocol::Error> {
-        if std::mem::take(&mut self.mid_batch) {
-            return Err(protocol::Error::InsufficientBytes(1));
-        }
-        Err(protocol::Error::InvalidProtocol)
-    }
-}
-
-/// 5.0 reason code 0x97 (Quota exceeded).
-const QUOTA_EXCEEDED: u8 = 0x97;
-
 /// How a CONNECT's session persists, as [`Sessions::connected`] takes it:
 /// `None` ends with the connection; `Some(None)` never expires (3.1.1 clean
 /// session 0, 5.0 expiry 0xFFFFFFFF); `Some(Some(s))` expires `s` seconds
@@ -1389,34 +1283,6 @@ fn persistence(
             }
         }
     }
-}
-
-/// A CONNECT that rumqttd can register without touching any real session.
-fn throwaway_connect() -> Packet {
-    // rumqttd refuses ids starting with '$'; a per-process random part keeps
-    // these from colliding with any real client's id.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let nonce = *NONCE.get_or_init(rand::random);
-    let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let connect = protocol::Connect {
-        keep_alive: 10,
-        client_id: format!("perch-refused-{nonce:016x}-{id}"),
-        clean_session: true,
-    };
-    Packet::Connect(connect, None, None, None, None)
-}
-
-fn encode_refusal(version: Version, code: ConnectReturnCode, write: &mut BytesMut) -> usize {
-    let ack = ConnAck {
-        session_present: false,
-        code,
-    };
-    let result = match version {
-        Version::V4 => V4.write(Packet::ConnAck(ack, None), write),
-        Version::V5 => V5.write(Packet::ConnAck(ack, None), write),
-    };
-    result.unwrap_or(0)
 }
 
 /// A PUBACK (0x40), PUBREC (0x50) or PUBCOMP (0x70); in 5.0 with reason 0x87.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
-use crate::topic;
+use crate::kit::topic;
+use crate::kit::Problem;
 
 use super::auth;
 
@@ -214,6 +214,13 @@ impl BrokerConfig {
     }
 
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
+        self.validate_limits(problems);
+        self.validate_listeners(problems);
+        self.validate_users(problems);
+    }
+
+    /// The numeric limits: positive, and within what rumqttd and MQTT can do.
+    fn validate_limits(&self, problems: &mut Vec<Problem>) {
         let positive: [(&str, u64); 16] = [
             ("broker.max_message_log_bytes", self.max_message_log_bytes),
             ("broker.max_filters", self.max_filters as u64),
@@ -302,7 +309,12 @@ impl BrokerConfig {
                 "must be at most 268435455 (the largest packet MQTT can frame)",
             ));
         }
+    }
 
+    /// The listeners: at least one, unique names and addresses, no
+    /// anonymous or unauthenticated clients from the network, TLS files that
+    /// load.
+    fn validate_listeners(&self, problems: &mut Vec<Problem>) {
         if self.listeners.is_empty() {
             problems.push(Problem::new(
                 "broker.listeners",
@@ -358,7 +370,11 @@ impl BrokerConfig {
                 }
             }
         }
+    }
 
+    /// The anonymous ACL and the users: unique names, hashes that parse,
+    /// ACL filters that are valid.
+    fn validate_users(&self, problems: &mut Vec<Problem>) {
         check_acl(
             "broker.anonymous",
             &self.anonymous.publish,

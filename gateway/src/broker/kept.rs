@@ -9,7 +9,7 @@
 //! (through a [`Keeper`], which the gateway wires to the buffer's intake),
 //! a retained one (or an empty one, which deletes the retained message) to
 //! the retained store ([`super::retained::Capture::keep`]). Each takes a
-//! ticket ([`crate::durable`]); the codec remembers, per packet id, the
+//! ticket ([`crate::kit::durable`]); the codec remembers, per packet id, the
 //! tickets of that publish ([`Kept`]).
 //!
 //! rumqttd answers a publish with PUBACK (QoS 1) or PUBREC (QoS 2) as soon
@@ -17,7 +17,7 @@
 //! acknowledgement it waits until the writers have settled the tickets:
 //! committed, it goes out; refused (the buffer at its bound under
 //! `drop_newest`, the retained store over its bound, a failed write) or
-//! not settled within [`crate::durable::WAIT_LIMIT`], a 5.0 client gets
+//! not settled within [`crate::kit::durable::WAIT_LIMIT`], a 5.0 client gets
 //! it with reason 0x97 (Quota exceeded; 0x80 after the time limit) and a
 //! 3.1.1 client, which has no way to be told, loses the connection without
 //! it (MQTT-4.3.2: the sender keeps the message and sends it again). A
@@ -37,18 +37,19 @@
 //!
 //! The upstream capture still subscribes to `forward_topics` through an
 //! in-process link, for what does not come through a codec (functions'
-//! publishes, wills). A message the codec kept carries a user property
-//! [`MARK`] that the capture skips; the codec removes it again from every
-//! publish it writes to a client, so no client ever sees it (3.1.1 has no
-//! properties; 5.0 gets the publish as it was sent).
+//! publishes, wills). A message the codec handed to the [`Keeper`] says so
+//! in the mark the codec writes into every message that enters the router
+//! (a bit of the marked Payload Format Indicator, see `codec::delivery`),
+//! and the capture skips it ([`is_kept`]); the codec takes the mark out
+//! again from every publish it writes to a client, so no client sees it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use rumqttd::protocol::{Packet, Publish, PublishProperties};
+use rumqttd::protocol::{Publish, PublishProperties};
 
 use super::retained::Capture;
-use crate::durable::{Gate, Lane, Refused, Ticket, Wanted, LANES};
+use crate::kit::durable::{Gate, Lane, Refused, Ticket, Wanted, LANES};
 
 /// What keeps the messages clients publish on the topics it asks for (the
 /// gateway's forwarding into the buffer). Called by connections' codecs,
@@ -63,32 +64,10 @@ pub trait Keeper: Send + Sync {
     fn keep(&self, topic: &str, payload: &[u8], ticket: Option<Ticket>) -> Result<(), Refused>;
 }
 
-/// The user property a kept message carries between the codec and the
-/// router's other readers: its name, with an empty value.
-pub const MARK: &str = "perch-kept";
-
-/// Whether a publish was kept by the codec that read it (so the upstream
-/// capture leaves it alone).
-pub fn is_marked(props: Option<&PublishProperties>) -> bool {
-    props.is_some_and(|p| p.user_properties.last().is_some_and(|(k, _)| k == MARK))
-}
-
-pub(super) fn mark(props: &mut Option<PublishProperties>) {
-    props
-        .get_or_insert_with(Default::default)
-        .user_properties
-        .push((MARK.to_owned(), String::new()));
-}
-
-/// The publish as the client sent it: without [`MARK`].
-pub(super) fn unmark(packet: Packet) -> Packet {
-    match packet {
-        Packet::Publish(publish, Some(mut props)) if is_marked(Some(&props)) => {
-            props.user_properties.pop();
-            Packet::Publish(publish, Some(props))
-        }
-        other => other,
-    }
+/// Whether a publish was handed to the [`Keeper`] by the codec that read
+/// it (so the upstream capture leaves it alone).
+pub fn is_kept(props: Option<&PublishProperties>) -> bool {
+    super::codec::delivery::is_kept(props)
 }
 
 /// One connection's kept publishes whose acknowledgement waits, in the
@@ -128,28 +107,28 @@ impl Kept {
     }
 
     /// Hands a client's publish that the gateway keeps to where it is kept,
-    /// before rumqttd routes it: on `forward_topics` to the `keeper` (and
-    /// marked, so the upstream capture does not take it again), if it
+    /// before rumqttd routes it: on `forward_topics` to the `keeper`, if it
     /// changes the retained set to the `retained` store. At QoS 1/2 (`at`:
     /// QoS and packet id) each writer takes a ticket and the publish's
-    /// acknowledgement waits for them. Returns false when a QoS 1/2 one is
-    /// refused now; a QoS 0 one always goes on (the writer counts what it
-    /// could not take).
+    /// acknowledgement waits for them. Returns whether the keeper took it
+    /// (the codec marks it so, for the capture); `Err` when a QoS 1/2 one
+    /// is refused now (a QoS 0 one always goes on: the writer counts what
+    /// it could not take).
     pub(super) fn keep(
         &mut self,
         keeper: Option<&dyn Keeper>,
         retained: Option<&Capture>,
         topic: &str,
         publish: &Publish,
-        props: &mut Option<PublishProperties>,
+        props: &Option<PublishProperties>,
         (qos, pkid): (u8, Option<u16>),
-    ) -> bool {
+    ) -> Result<bool, Refused> {
         let forward = keeper.filter(|k| k.keeps(topic));
         // rumqttd deletes the retained message on any empty payload,
         // retained or not; the store mirrors it.
         let retained = retained.filter(|_| publish.retain || publish.payload.is_empty());
         if forward.is_none() && retained.is_none() {
-            return true;
+            return Ok(false);
         }
         let pkid = pkid.filter(|_| qos > 0);
         let mut wanted = [0; LANES];
@@ -162,7 +141,7 @@ impl Kept {
                         self.taken(Lane::Retained, n, &mut wanted);
                     }
                 }
-                Err(_) if pkid.is_some() => return false,
+                Err(refused) if pkid.is_some() => return Err(refused),
                 Err(_) => {}
             }
         }
@@ -174,20 +153,14 @@ impl Kept {
                         self.taken(Lane::Buffer, n, &mut wanted);
                     }
                 }
-                Err(_) if pkid.is_some() => return false,
+                Err(refused) if pkid.is_some() => return Err(refused),
                 Err(_) => {}
             }
-            mark(props);
         }
         if let Some(pkid) = pkid {
             self.wait_for(pkid, wanted);
         }
-        true
-    }
-
-    /// Whether some acknowledgement waits.
-    pub(super) fn holds(&self) -> bool {
-        !self.waiting.is_empty()
+        Ok(forward.is_some())
     }
 
     /// What the acknowledgement of `pkid` waits for, if anything; taken.
@@ -201,34 +174,7 @@ impl Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::durable::{settle, Outcome};
-
-    #[test]
-    fn the_mark_travels_with_the_message_and_is_gone_when_written() {
-        let mut props = None;
-        mark(&mut props);
-        assert!(is_marked(props.as_ref()));
-        let publish = Publish::new("t", "x", false);
-        let Packet::Publish(_, out) = unmark(Packet::Publish(publish, props)) else {
-            unreachable!()
-        };
-        assert!(!is_marked(out.as_ref()));
-        assert!(out.unwrap().user_properties.is_empty());
-        // A client's own properties stay.
-        let mut props = Some(PublishProperties {
-            user_properties: vec![("k".into(), "v".into())],
-            ..Default::default()
-        });
-        mark(&mut props);
-        let Packet::Publish(_, out) = unmark(Packet::Publish(Publish::new("t", "x", false), props))
-        else {
-            unreachable!()
-        };
-        assert_eq!(
-            out.unwrap().user_properties,
-            vec![("k".to_owned(), "v".to_owned())]
-        );
-    }
+    use crate::kit::durable::{settle, Outcome};
 
     /// A keeper that keeps `kept/#`, holds on to the tickets for the test
     /// to settle, and refuses everything at once while `refuse` is set.
@@ -270,7 +216,7 @@ mod tests {
             }],
             ..BrokerConfig::default()
         };
-        let broker = Broker::start_keeping(&config, None, Some(keeper)).unwrap();
+        let broker = Broker::start_in(&config, None, Some(keeper)).unwrap();
         let addr = broker.listening()[0].addr;
         (broker, addr)
     }
@@ -421,10 +367,9 @@ mod tests {
         // A number not taken is offered again.
         assert_eq!(kept.next(Lane::Buffer).1, 2);
         kept.wait_for(8, [0; LANES]);
-        assert!(kept.holds());
         assert!(kept.take(8).is_none(), "nothing kept: nothing to wait for");
         let (gate, wanted) = kept.take(7).unwrap();
-        assert!(!kept.holds());
+        assert!(kept.waiting.is_empty());
         settle([(ticket, true)]);
         assert_eq!(gate.poll(wanted), None, "the retained store is not done");
         settle([(retained, true)]);

@@ -143,20 +143,16 @@ impl Broker {
     /// Starts the router and every listener, with retained messages in
     /// memory only (for tests of other stages).
     pub fn start(config: &BrokerConfig) -> Result<Broker, BrokerError> {
-        Broker::start_in(config, None)
+        Broker::start_in(config, None, None)
     }
 
     /// Starts the router, restores the retained messages stored in
     /// `data_dir` (if given; new ones are persisted there), then starts every
-    /// listener; returns once all are listening. Must be called inside a
-    /// tokio runtime: the listeners run on it.
-    pub fn start_in(config: &BrokerConfig, data_dir: Option<&Path>) -> Result<Broker, BrokerError> {
-        Broker::start_keeping(config, data_dir, None)
-    }
-
-    /// [`Broker::start_in`], with `keeper` keeping what clients publish on
-    /// the topics it asks for before their PUBACK goes out ([`kept`]).
-    pub fn start_keeping(
+    /// listener; returns once all are listening. `keeper` keeps what clients
+    /// publish on the topics it asks for before their PUBACK goes out
+    /// ([`kept`]). Must be called inside a tokio runtime: the listeners run
+    /// on it.
+    pub fn start_in(
         config: &BrokerConfig,
         data_dir: Option<&Path>,
         keeper: Option<Arc<dyn kept::Keeper>>,
@@ -201,20 +197,7 @@ impl Broker {
             traffic: traffic.clone(),
         };
         if let Some(dir) = data_dir {
-            let bounds = retained::Bounds {
-                max_messages: config.max_retained_messages,
-                max_bytes: config.max_retained_bytes,
-            };
-            let mut store = retained::Store::open(dir, bounds)?;
-            let restored = store.take_restored();
-            if !restored.is_empty() {
-                let n = restored.len();
-                let (mut tx, rx) = broker.links.open("retained")?;
-                restore_retained(&mut tx, restored);
-                broker.tasks.push(drain((Some(tx), rx)));
-                tracing::info!(messages = n, "retained messages restored");
-            }
-            broker.retained = Some(store);
+            broker.open_retained(config, dir)?;
         }
         let opener: Arc<session::Opener> = Arc::new({
             let router_tx = router_tx.clone();
@@ -344,6 +327,26 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Opens the retained-message store in `dir` and publishes what it
+    /// holds, before any listener opens.
+    fn open_retained(&mut self, config: &BrokerConfig, dir: &Path) -> Result<(), BrokerError> {
+        let bounds = retained::Bounds {
+            max_messages: config.max_retained_messages,
+            max_bytes: config.max_retained_bytes,
+        };
+        let mut store = retained::Store::open(dir, bounds)?;
+        let restored = store.take_restored();
+        if !restored.is_empty() {
+            let n = restored.len();
+            let (mut tx, rx) = self.links.open("retained")?;
+            restore_retained(&mut tx, restored);
+            self.tasks.push(drain((Some(tx), rx)));
+            tracing::info!(messages = n, "retained messages restored");
+        }
+        self.retained = Some(store);
+        Ok(())
+    }
+
     /// An in-process connection to the router, for the gateway's own parts.
     pub fn link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
         self.links.open(client_id)
@@ -409,14 +412,7 @@ fn restore_retained(tx: &mut LinkTx, restored: Vec<retained::Retained>) {
             ..Default::default()
         });
         let pkid = (i % usize::from(u16::MAX)) as u16 + 1;
-        let packet = local_publish(
-            r.topic.clone().into(),
-            r.payload,
-            r.qos.min(1),
-            true,
-            props,
-            pkid,
-        );
+        let packet = local_publish(r.topic.clone().into(), r.payload, r.qos, true, props, pkid);
         let Some(packet) = packet else {
             tracing::warn!(
                 topic = r.topic,
@@ -463,7 +459,9 @@ fn send_now(tx: &mut LinkTx, packet: rumqttd::protocol::Packet) -> Result<(), Bo
 /// A PUBLISH for an in-process link, with any QoS and properties: rumqttd
 /// only lets code outside it build QoS 0 publishes, so this encodes one
 /// with its V5 codec, sets the QoS and packet id in the bytes, and decodes
-/// the result.
+/// the result. The link runs QoS 0 and 1 only (a QoS 2 publish would wait
+/// for a PUBREL): the message is routed at `qos.min(1)` and marked with
+/// `qos`, at which subscribers get it (see [`codec::delivery`]).
 fn local_publish(
     topic: bytes::Bytes,
     payload: bytes::Bytes,
@@ -474,6 +472,8 @@ fn local_publish(
 ) -> Option<rumqttd::protocol::Packet> {
     use bytes::BufMut;
     use rumqttd::protocol::{v5::V5, Packet, Protocol, Publish};
+    let props = codec::delivery::mark(props, qos, retain);
+    let qos = qos.min(1);
     let mut q0 = bytes::BytesMut::new();
     V5.write(
         Packet::Publish(Publish::new(topic, payload, retain), props),
@@ -546,8 +546,7 @@ where
 /// `addr`. MQTT packets are small and each is a message someone waits for:
 /// with Nagle on, a small packet written while an earlier one is
 /// unacknowledged waits for that ACK, up to the peer's delayed-ACK timer
-/// (40 ms on Linux); issue 8 measured a 10 ms median latency through the
-/// broker at 10 k msgs/s against Mosquitto's 0.3 ms. rumqttd binds its
+/// (40 ms on Linux; what it cost: docs/performance.md). rumqttd binds its
 /// listener itself and sets no option on the sockets it accepts, but Linux
 /// copies TCP_NODELAY from a listening socket to every socket accepted from
 /// it, so perch sets it on rumqttd's listening socket, found among the
@@ -561,9 +560,14 @@ fn no_delay_for_accepted(addr: SocketAddr) {
             (bound == addr && s.is_listener().ok()?).then(|| s.set_tcp_nodelay(true))
         });
         let error = match found {
-            Some(Ok(())) => return,
-            Some(Err(e)) => e.to_string(),
-            None => "not found among the process's sockets".to_owned(),
+            Ok(Some(Ok(()))) => return,
+            Ok(Some(Err(e))) => e.to_string(),
+            Ok(None) => "not found among the process's sockets".to_owned(),
+            Err(e) => format!(
+                "cannot look at the process's sockets ({e}); this needs Linux 5.6 or later \
+                 and the pidfd_getfd system call allowed (a container's seccomp profile may \
+                 deny it)"
+            ),
         };
         tracing::warn!(
             %addr,
@@ -577,24 +581,36 @@ fn no_delay_for_accepted(addr: SocketAddr) {
 }
 
 /// Runs `f` on each socket this process has open until it returns `Some`.
+///
+/// Without `unsafe`: each descriptor listed in /proc/self/fd is duplicated
+/// with `pidfd_getfd` on this process's own pidfd (Linux 5.6 or later; the
+/// kernel always lets a process do that to itself) and looked at through
+/// the duplicate, which `f` borrows and which is closed after it. A
+/// descriptor closed meanwhile fails to duplicate and is skipped; one
+/// reused meanwhile is an unrelated socket that `f` does not match (the
+/// listener's address is ours alone). Options set through the duplicate
+/// are set on the socket itself, which both descriptors share.
 #[cfg(target_os = "linux")]
-fn find_socket<T>(mut f: impl FnMut(socket2::SockRef<'_>) -> Option<T>) -> Option<T> {
-    use std::os::fd::BorrowedFd;
-    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+fn find_socket<T>(
+    mut f: impl FnMut(socket2::SockRef<'_>) -> Option<T>,
+) -> std::io::Result<Option<T>> {
+    use rustix::process::{getpid, pidfd_getfd, pidfd_open, PidfdFlags, PidfdGetfdFlags};
+    let me = pidfd_open(getpid(), PidfdFlags::empty())?;
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
         let Some(raw) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        // SAFETY: `raw` was listed as open in /proc/self/fd, and only
-        // socket options are read or set through it, for the duration of
-        // `f`. Were it closed and reused by another thread meanwhile, the
-        // calls would fail (EBADF, ENOTSOCK) or look at an unrelated socket
-        // that `f` does not match (the listener's address is ours alone).
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        let fd = match pidfd_getfd(&me, raw, PidfdGetfdFlags::empty()) {
+            Ok(fd) => fd,
+            // Closed since it was listed.
+            Err(rustix::io::Errno::BADF) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if let Some(found) = f(socket2::SockRef::from(&fd)) {
-            return Some(found);
+            return Ok(Some(found));
         }
     }
-    None
+    Ok(None)
 }
 
 /// Checks that a listener's certificate and key load, so a bad path is a
@@ -615,6 +631,7 @@ mod tests {
             let remote = s.peer_addr().ok()?.as_socket()?;
             (remote == peer).then(|| s.tcp_nodelay().expect("TCP_NODELAY of a TCP socket"))
         })
+        .expect("this process's sockets can be looked at (pidfd_getfd)")
     }
 
     #[cfg(target_os = "linux")]

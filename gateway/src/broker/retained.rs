@@ -17,7 +17,7 @@
 //!   retained message is on disk milliseconds after its PUBLISH was read; a
 //!   clean shutdown waits for the queue to drain ([`Store::flush`]).
 //! - **Acknowledged after the commit.** A QoS 1/2 publish comes with a
-//!   ticket ([`Capture::keep`], [`crate::durable`]): the codec holds its
+//!   ticket ([`Capture::keep`], [`crate::kit::durable`]): the codec holds its
 //!   PUBACK (PUBREC) until the transaction that stores it has committed.
 //! - **Bounded.** At most `max_retained_messages` topics and
 //!   `max_retained_bytes` (topic + payload) are kept on disk. A retained
@@ -45,14 +45,13 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::buffer::now_ms;
+use crate::kit::clock::now_ms;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::buffer::Synchronous;
-use crate::durable::{self, Refused, Ticket};
-use crate::sqlite::{IfNotWal, OpenError};
+use crate::kit::durable::{self, Refused, Ticket};
+use crate::kit::sqlite::{IfNotWal, OpenError, Synchronous};
 
 /// Operations waiting for the persister; past this, captures are dropped
 /// (and counted) rather than blocking a connection.
@@ -189,12 +188,16 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let conn =
-            crate::sqlite::open_wal(&path, Synchronous::Normal, "retained store", IfNotWal::Warn)
-                .map_err(|e| match e {
-                OpenError::Sqlite(source) => err(source),
-                OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
-            })?;
+        let conn = crate::kit::sqlite::open_wal(
+            &path,
+            Synchronous::Normal,
+            "retained store",
+            IfNotWal::Warn,
+        )
+        .map_err(|e| match e {
+            OpenError::Sqlite(source) => err(source),
+            OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
+        })?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS retained (
                 topic TEXT PRIMARY KEY,
@@ -476,7 +479,7 @@ mod tests {
 
     #[test]
     fn a_kept_change_settles_its_ticket_once_committed_or_refused_over_the_bound() {
-        use crate::durable::{Gate, Lane, Outcome};
+        use crate::kit::durable::{Gate, Lane, Outcome};
         let dir = tempfile::tempdir().unwrap();
         let bounds = Bounds {
             max_messages: 1,

@@ -57,7 +57,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::buffer::now_ms;
+use crate::kit::clock::now_ms;
 
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{
@@ -65,8 +65,8 @@ use rumqttd::protocol::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::buffer::Synchronous;
-use crate::sqlite::{IfNotWal, OpenError};
+use super::codec::delivery::SubOptions;
+use crate::kit::sqlite::{IfNotWal, OpenError, Synchronous};
 
 /// Operations waiting for the persister; past this, captures are dropped
 /// (and counted) rather than blocking a connection.
@@ -170,6 +170,11 @@ pub struct Sessions {
     gone: Condvar,
     next: AtomicU64,
     open: Arc<Opener>,
+    /// The subscriptions, with their 5.0 options, of sessions whose client
+    /// is offline, for its next connection: the codec applies the options
+    /// rumqttd ignores and keeps them while the client is connected (see
+    /// `delivery`); dropped when the session ends.
+    subscriptions: Mutex<HashMap<String, Vec<SubOptions>>>,
 }
 
 impl Sessions {
@@ -182,6 +187,7 @@ impl Sessions {
             gone: Condvar::new(),
             next: AtomicU64::new(1),
             open,
+            subscriptions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -260,6 +266,18 @@ impl Sessions {
         self.end_in_router(client_id);
     }
 
+    /// A 5.0 DISCONNECT changed the session's expiry (`persistent` as for
+    /// [`Sessions::connected`]); the connection's end applies it, this
+    /// stores it.
+    pub fn expiry_changed(&self, client_id: &str, persistent: Option<Option<u32>>) {
+        if let Some(expiry_s) = persistent {
+            self.send(Op::Begin {
+                client_id: client_id.to_owned(),
+                expiry_s,
+            });
+        }
+    }
+
     pub fn subscribed(&self, client_id: &str, sub: Sub) {
         self.send(Op::Subscribe {
             client_id: client_id.to_owned(),
@@ -334,9 +352,30 @@ impl Sessions {
         });
     }
 
+    /// A connection of `client_id`'s persistent session ended with these
+    /// subscriptions.
+    pub fn keep_subscriptions(&self, client_id: &str, subs: Vec<SubOptions>) {
+        let mut kept = self.subscriptions.lock().expect("sessions lock");
+        if subs.is_empty() {
+            kept.remove(client_id);
+        } else {
+            kept.insert(client_id.to_owned(), subs);
+        }
+    }
+
+    /// The subscriptions of `client_id`'s session, for a connection that
+    /// resumes it (and forgotten by any other).
+    pub fn take_subscriptions(&self, client_id: &str) -> Vec<SubOptions> {
+        let mut kept = self.subscriptions.lock().expect("sessions lock");
+        kept.remove(client_id).unwrap_or_default()
+    }
+
     /// Makes rumqttd forget `client_id`'s session: a clean-session link
     /// under that id takes it over and leaves.
     fn end_in_router(&self, client_id: &str) {
+        let mut kept = self.subscriptions.lock().expect("sessions lock");
+        kept.remove(client_id);
+        drop(kept);
         match (self.open)(client_id, true) {
             Ok((mut tx, _rx)) => {
                 if let Err(e) = super::send_now(&mut tx, disconnect()) {
@@ -383,6 +422,15 @@ impl Sessions {
                     tracing::warn!(client_id = s.client_id, error = %e, "cannot restore a session");
                 }
             }
+            // Retain Handling is not stored: retained messages are sent
+            // again to a restored subscription, as to a new one.
+            let subs = s.subs.iter().map(|sub| SubOptions {
+                filter: sub.filter.clone(),
+                no_local: sub.no_local,
+                retain_as_published: sub.retain_as_published,
+                no_retained_on_subscribe: false,
+            });
+            self.keep_subscriptions(&s.client_id, subs.collect());
             if let Some(left) = s.expires_in_s {
                 self.expire_after(s.client_id, Duration::from_secs(left));
             }
@@ -447,8 +495,9 @@ pub fn open(
         path: path.clone(),
         source,
     };
-    let conn = crate::sqlite::open_wal(&path, Synchronous::Normal, "session store", IfNotWal::Warn)
-        .map_err(|e| match e {
+    let conn =
+        crate::kit::sqlite::open_wal(&path, Synchronous::Normal, "session store", IfNotWal::Warn)
+            .map_err(|e| match e {
             OpenError::Sqlite(source) => err(source),
             OpenError::NotWal(_) => unreachable!("IfNotWal::Warn does not fail"),
         })?;
@@ -696,72 +745,4 @@ impl Persister {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn no_links() -> Arc<Opener> {
-        Arc::new(|_: &str, _: bool| Err(Box::new(LinkError::NotConnectionAck)))
-    }
-
-    fn reopen(dir: &Path, bounds: Bounds) -> Vec<Stored> {
-        open(dir, bounds, no_links()).unwrap().1
-    }
-
-    const BOUNDS: Bounds = Bounds {
-        max_sessions: 2,
-        max_subscriptions: 2,
-    };
-
-    fn sub(filter: &str, qos: u8) -> Sub {
-        Sub {
-            filter: filter.to_owned(),
-            qos,
-            no_local: false,
-            retain_as_published: false,
-        }
-    }
-
-    #[test]
-    fn sessions_and_their_subscriptions_survive_a_reopen_within_bounds() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (s, stored) = open(dir.path(), BOUNDS, no_links()).unwrap();
-            assert!(stored.is_empty());
-            s.connected("a", Some(None));
-            s.subscribed("a", sub("x/#", 1));
-            s.subscribed("a", sub("y", 2));
-            s.subscribed("a", sub("z", 0)); // over max_subscriptions
-            s.subscribed("a", sub("x/#", 2)); // replaces: within the bound
-            s.unsubscribed("a", "y");
-            s.connected("b", Some(Some(3_600)));
-            s.connected("c", Some(None)); // over max_sessions
-            s.subscribed("c", sub("c", 1));
-            s.connected("d", None); // clean: nothing stored
-            assert!(s.flush(Duration::from_secs(5)));
-            assert_eq!(s.stats().over_bound.load(Ordering::Relaxed), 2);
-        }
-        let stored = reopen(dir.path(), BOUNDS);
-        assert_eq!(stored.len(), 2, "{stored:?}");
-        assert_eq!(stored[0].client_id, "a");
-        assert_eq!(stored[0].expires_in_s, None);
-        assert_eq!(stored[0].subs, vec![sub("x/#", 2)]);
-        assert_eq!(stored[1].client_id, "b");
-        assert!(matches!(stored[1].expires_in_s, Some(3_599..=3_600)));
-    }
-
-    #[test]
-    fn expired_and_cleaned_sessions_are_not_restored() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (s, _) = open(dir.path(), BOUNDS, no_links()).unwrap();
-            let s = Arc::new(s);
-            let g = s.connected("gone", Some(Some(0)));
-            s.subscribed("gone", sub("g", 1));
-            s.ended("gone".to_owned(), g, Some(Some(0)));
-            s.connected("wiped", Some(None));
-            s.connected("wiped", None);
-            assert!(s.flush(Duration::from_secs(5)));
-        }
-        assert!(reopen(dir.path(), BOUNDS).is_empty());
-    }
-}
+mod tests;

@@ -125,7 +125,7 @@ impl Wills {
         let Some(packet) = super::local_publish(
             will.topic.clone(),
             will.payload,
-            will.qos.min(1),
+            will.qos,
             will.retain,
             will.props,
             pkid,

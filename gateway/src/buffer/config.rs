@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::Problem;
+use crate::kit::Problem;
 
 /// `[buffer]`
 #[derive(Debug, Clone, Deserialize)]
@@ -68,13 +68,7 @@ pub const DEFAULT_MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 /// could not hold one commit of acknowledged deletes.
 pub const SMALLEST_MIN_FREE_BYTES: u64 = 1024 * 1024;
 
-/// SQLite's `synchronous` pragma, as far as perch lets it be chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Synchronous {
-    Normal,
-    Full,
-}
+pub use crate::kit::sqlite::Synchronous;
 
 /// The policy at `max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

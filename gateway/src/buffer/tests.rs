@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use super::store::Pending;
 use super::*;
 
 fn config() -> BufferConfig {
@@ -228,7 +229,7 @@ fn drop_newest_keeps_the_oldest_and_counts_the_refused() {
 
 #[test]
 fn a_record_a_client_waits_on_is_committed_within_the_ack_interval_or_refused() {
-    use crate::durable::{Gate, Lane, Outcome};
+    use crate::kit::durable::{Gate, Lane, Outcome};
     let dir = tempfile::tempdir().unwrap();
     let cfg = BufferConfig {
         max_bytes: 64 * 1024,

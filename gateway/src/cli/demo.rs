@@ -90,6 +90,27 @@ pub struct DemoArgs {
     pub plain: bool,
 }
 
+/// `perch demo`: the demo on a runtime of its own until Ctrl-C (or its
+/// `--duration`).
+pub(super) fn command(args: DemoArgs) -> anyhow::Result<()> {
+    // The screen is the demo's output; the log says only what went wrong.
+    crate::telemetry::init_with_default_filter(
+        crate::telemetry::LogFormat::Human,
+        "warn,rumqttd=off",
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("perch-demo")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = super::run::shutdown_signal().context("cannot install signal handlers")?;
+        run(args, shutdown).await
+    });
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
+}
+
 /// Runs the demo until `shutdown` resolves or the duration passes.
 pub async fn run(
     args: DemoArgs,
@@ -132,26 +153,7 @@ pub async fn run(
         .context("cannot start the demo's gateway")?;
     let addr = gateway.broker().listening()[0].addr;
 
-    for (manifest, wasm) in FUNCTIONS {
-        let reply = gateway
-            .functions()
-            .deploy(Bytes::from(encode_bundle(manifest, wasm)))
-            .await;
-        if !reply.ok {
-            let name = reply.name.clone().unwrap_or_default();
-            // A kept --data-dir already runs the functions from last time.
-            let running = gateway
-                .functions()
-                .list()
-                .iter()
-                .any(|f| f.name == name && f.state == "running");
-            anyhow::ensure!(
-                running,
-                "the demo could not deploy {name}: {}",
-                reply.error.unwrap_or_default()
-            );
-        }
-    }
+    deploy_bundled(&gateway).await?;
 
     for (name, filter, on) in [
         ("demo-sensors", "sensors/#", Counts::sensor as Handler),
@@ -216,6 +218,32 @@ pub async fn run(
     drop(cloud);
     println!("{}", summary(&counts, &functions, view.started.elapsed()));
     data_dir.remove();
+    Ok(())
+}
+
+/// Deploys the example functions shipped in the binary; one already
+/// running (a kept `--data-dir`) is fine.
+async fn deploy_bundled(gateway: &Gateway) -> anyhow::Result<()> {
+    for (manifest, wasm) in FUNCTIONS {
+        let reply = gateway
+            .functions()
+            .deploy(Bytes::from(encode_bundle(manifest, wasm)))
+            .await;
+        if !reply.ok {
+            let name = reply.name.clone().unwrap_or_default();
+            // A kept --data-dir already runs the functions from last time.
+            let running = gateway
+                .functions()
+                .list()
+                .iter()
+                .any(|f| f.name == name && f.state == "running");
+            anyhow::ensure!(
+                running,
+                "the demo could not deploy {name}: {}",
+                reply.error.unwrap_or_default()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -431,7 +459,7 @@ impl View {
         let oldest_s = if oldest_ms == 0 {
             0.0
         } else {
-            (crate::buffer::now_ms() - oldest_ms).max(0) as f64 / 1000.0
+            (crate::kit::clock::now_ms() - oldest_ms).max(0) as f64 / 1000.0
         };
         let elapsed = self.started.elapsed().as_secs();
         let invocations: u64 = functions.iter().map(|f| f.invocations).sum();

@@ -677,7 +677,7 @@ pub fn test(
         .instantiate(&compiled, Seed::default())
         .map_err(|(e, _)| e)?;
     let mut report = TestReport::default();
-    let start_ms = crate::buffer::now_ms();
+    let start_ms = crate::kit::clock::now_ms();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
@@ -702,7 +702,7 @@ pub fn test(
             event.topic,
             String::from_utf8_lossy(&payload)
         )?;
-        if !crate::topic::matches_any(&filters, &event.topic) {
+        if !crate::kit::topic::matches_any(&filters, &event.topic) {
             writeln!(
                 out,
                 "  note: no trigger of the manifest matches this topic; a gateway would not \

@@ -11,8 +11,36 @@ use anyhow::Context;
 use crate::functions::bundle::{self, SigningKey};
 use crate::functions::control;
 
+use super::KeyCommand;
+
 /// Where `perch key generate` writes the private key without `--out`.
 pub const DEFAULT_KEY_FILE: &str = "perch-signing.key";
+
+/// `perch key generate|public`.
+pub(super) fn command(command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Generate { out, json } => {
+            let public = generate(&out)?;
+            if json {
+                let doc = serde_json::json!({
+                    "private_key_file": out.display().to_string(),
+                    "public_key": public.to_string(),
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                eprintln!(
+                    "wrote the private key to {} (mode 0600: keep it secret, keep a copy). \
+                     Trust it on a gateway with this line in [functions]:\n  \
+                     trusted_keys = [\"{public}\"]\nthe public key:",
+                    out.display()
+                );
+                println!("{public}");
+            }
+        }
+        KeyCommand::Public { key } => println!("{}", public(&key)?),
+    }
+    Ok(())
+}
 
 /// `perch key generate`: writes a new private key (mode 0600, never over an
 /// existing file) and returns its public key, `ed25519:<base64>`.

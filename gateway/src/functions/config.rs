@@ -1,13 +1,16 @@
 //! `[functions]`: gateway-wide settings of the functions stage. Per-function
 //! limits live in each function's manifest, not here; what this module adds
 //! to them is the gateway's caps (`max_fuel`, `max_memory_pages`,
-//! `max_output_bytes`, `max_queue_len`), which no manifest may exceed.
+//! `max_output_bytes`, `max_queue_len`, `max_timeout_ms`,
+//! `max_consecutive_failures`), which no manifest may exceed, and the
+//! wall-clock limit a manifest gets when it sets none
+//! (`default_timeout_ms`).
 
 use serde::Deserialize;
 
 use super::bundle::PublicKey;
 use super::manifest::{self, Limits};
-use crate::config::Problem;
+use crate::kit::Problem;
 
 /// `[functions]`
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +61,16 @@ pub struct FunctionsConfig {
     /// each queued event holds its payload, so with
     /// `broker.max_packet_size_bytes` this bounds a function's queued memory.
     pub max_queue_len: usize,
+    /// Wall-clock milliseconds one invocation may run when its manifest
+    /// sets no `limits.timeout_ms`. Enforced whatever fuel is left, so a
+    /// runaway loop holds its core for at most this long per event.
+    pub default_timeout_ms: u64,
+    /// The longest `limits.timeout_ms` a manifest may ask for.
+    pub max_timeout_ms: u64,
+    /// The most `limits.max_consecutive_failures` a manifest may ask for:
+    /// with `max_timeout_ms` this bounds how long a function that fails
+    /// every event keeps a core busy before the circuit breaker stops it.
+    pub max_consecutive_failures: u32,
 }
 
 /// A manifest limit over the gateway's cap on it.
@@ -101,6 +114,9 @@ impl Default for FunctionsConfig {
             max_memory_pages: 1_024,
             max_output_bytes: 5 * 1024 * 1024,
             max_queue_len: 16_384,
+            default_timeout_ms: manifest::DEFAULT_TIMEOUT_MS,
+            max_timeout_ms: 3_000,
+            max_consecutive_failures: 20,
         }
     }
 }
@@ -133,6 +149,19 @@ impl FunctionsConfig {
                 limits.queue_len as u64,
                 self.max_queue_len as u64,
                 "functions.max_queue_len",
+            ),
+            (
+                "limits.timeout_ms",
+                // Unset: the gateway's default, which is within the cap.
+                limits.timeout_ms.unwrap_or(0),
+                self.max_timeout_ms,
+                "functions.max_timeout_ms",
+            ),
+            (
+                "limits.max_consecutive_failures",
+                u64::from(limits.max_consecutive_failures),
+                u64::from(self.max_consecutive_failures),
+                "functions.max_consecutive_failures",
             ),
         ]
         .into_iter()
@@ -224,10 +253,40 @@ impl FunctionsConfig {
                 "must be greater than 0",
             ));
         }
+        self.validate_time_limits(problems);
+        self.validate_caps(problems);
+    }
+
+    /// The default wall-clock limit of a call is at least 1 ms and fits
+    /// under the cap.
+    fn validate_time_limits(&self, problems: &mut Vec<Problem>) {
+        if self.default_timeout_ms == 0 {
+            problems.push(Problem::new(
+                "functions.default_timeout_ms",
+                format!(
+                    "must be at least 1 millisecond (the default is {})",
+                    manifest::DEFAULT_TIMEOUT_MS
+                ),
+            ));
+        } else if self.default_timeout_ms > self.max_timeout_ms {
+            problems.push(Problem::new(
+                "functions.default_timeout_ms",
+                format!(
+                    "{} is over functions.max_timeout_ms ({}), so a manifest that sets no \
+                     limits.timeout_ms would be refused: lower this or raise that",
+                    self.default_timeout_ms, self.max_timeout_ms
+                ),
+            ));
+        }
+    }
+
+    /// Every operator cap on what a manifest may ask for lies between the
+    /// default a manifest gets and the most it could ask for.
+    fn validate_caps(&self, problems: &mut Vec<Problem>) {
         // A cap under the default would refuse every manifest that leaves
         // the limit out; a cap over what a manifest can ask is no cap.
         let default = Limits::default();
-        let caps: [(&str, u64, u64, u64, &str); 4] = [
+        let caps: [(&str, u64, u64, u64, &str); 5] = [
             (
                 "functions.max_fuel",
                 self.max_fuel,
@@ -254,6 +313,13 @@ impl FunctionsConfig {
                 self.max_queue_len as u64,
                 default.queue_len as u64,
                 manifest::MAX_QUEUE_LEN as u64,
+                "",
+            ),
+            (
+                "functions.max_consecutive_failures",
+                u64::from(self.max_consecutive_failures),
+                u64::from(default.max_consecutive_failures),
+                u64::from(u32::MAX),
                 "",
             ),
         ];
@@ -385,5 +451,62 @@ max_memory_pages = 65536
         );
         assert!(over[1].starts_with("limits.memory_pages = 65536 is over this gateway's cap of 1024 (functions.max_memory_pages)"), "{over:?}");
         assert!(over[2].starts_with("limits.output_bytes = 5242881 is over this gateway's cap of 5242880 (functions.max_output_bytes)"), "{over:?}");
+    }
+
+    #[test]
+    fn time_and_failures_in_a_row_are_capped_and_the_default_must_fit_the_cap() {
+        let caps = FunctionsConfig::default();
+        let limits = Limits {
+            timeout_ms: Some(caps.max_timeout_ms + 1),
+            max_consecutive_failures: caps.max_consecutive_failures + 1,
+            ..Limits::default()
+        };
+        let over: Vec<String> = caps
+            .over_caps(&limits)
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        assert_eq!(
+            over,
+            [
+                "limits.timeout_ms = 3001 is over this gateway's cap of 3000 \
+                 (functions.max_timeout_ms): lower it in the manifest, or raise \
+                 functions.max_timeout_ms in the gateway's config",
+                "limits.max_consecutive_failures = 21 is over this gateway's cap of 20 \
+                 (functions.max_consecutive_failures): lower it in the manifest, or raise \
+                 functions.max_consecutive_failures in the gateway's config",
+            ]
+        );
+        // At the caps: accepted.
+        let limits = Limits {
+            timeout_ms: Some(caps.max_timeout_ms),
+            max_consecutive_failures: caps.max_consecutive_failures,
+            ..Limits::default()
+        };
+        assert!(caps.over_caps(&limits).is_empty());
+        let err = Config::from_toml(
+            "[functions]\ndefault_timeout_ms = 5000\nmax_timeout_ms = 2000\n\
+             max_consecutive_failures = 3\n",
+            "test.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "functions.default_timeout_ms: 5000 is over functions.max_timeout_ms (2000)"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("functions.max_consecutive_failures: 3 is under 10"),
+            "{err}"
+        );
+        let err = Config::from_toml("[functions]\ndefault_timeout_ms = 0\n", "test.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("functions.default_timeout_ms: must be at least 1 millisecond"),
+            "{err}"
+        );
     }
 }

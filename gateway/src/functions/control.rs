@@ -77,7 +77,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// First bytes of every bundle.
 pub const BUNDLE_MAGIC: &[u8; 4] = b"PRCH";
@@ -408,12 +407,7 @@ pub struct InvokeReply {
 }
 
 /// Hex SHA-256, as used in replies.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use crate::kit::digest::sha256_hex;
 
 pub fn deploy_topic(gateway: &str) -> String {
     format!("perch/{gateway}/fn/deploy")

@@ -56,8 +56,8 @@ use super::runtime::{
 };
 use super::state::StateCache;
 use crate::broker::{BrokerError, Links};
-use crate::telemetry::Histogram;
-use crate::topic;
+use crate::kit::metrics::Histogram;
+use crate::kit::topic;
 
 /// How long a worker waits for the deploy to be committed to the registry
 /// before it keeps the old version.
@@ -114,8 +114,9 @@ pub struct Counters {
 
 /// The failure kinds counted per function ([`Failure::kind`]); anything
 /// else counts as the last, `other`.
-pub const ERROR_KINDS: [&str; 15] = [
+pub const ERROR_KINDS: [&str; 16] = [
     "out_of_fuel",
+    "timeout",
     "memory_limit",
     "memory_out_of_bounds",
     "stack_overflow",
@@ -824,8 +825,10 @@ impl Worker {
             .candidate
             .as_mut()
             .map_or(Route::Live, Candidate::route);
-        if route == Route::Candidate {
-            return self.on_canary_event(&event);
+        // A canary that failed without effect leaves the event to the live
+        // version (see the rollout module).
+        if route == Route::Candidate && !self.on_canary_event(&event) {
+            return;
         }
         let Some(instance) = self.instance() else {
             return;
@@ -846,23 +849,25 @@ impl Worker {
     }
 
     /// A canary's share of the events: run on the live state, outputs
-    /// delivered.
-    fn on_canary_event(&mut self, event: &Event) {
+    /// delivered. Returns whether the live version must take the event
+    /// (the canary failed on it without effect, or is gone).
+    fn on_canary_event(&mut self, event: &Event) -> bool {
         let Some(canary) = self.candidate.as_mut() else {
-            return;
+            return true;
         };
         let state = match &mut self.instance {
             Some(i) => i.state_mut(),
             None => &mut self.seed.get_or_insert_with(Seed::default).state,
         };
         let (publisher, name) = (&mut self.publisher, &self.handle.name);
-        let verdict =
+        let (verdict, without_effect) =
             canary.canary_event(&self.runtime, state, event, &self.handle.rollout, |t, p| {
                 publish(publisher, name, t, p)
             });
         if let Some(reason) = verdict {
             self.end_candidate(reason);
         }
+        without_effect
     }
 
     fn on_tick(&mut self) {

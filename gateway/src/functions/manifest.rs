@@ -9,8 +9,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
-use crate::topic;
+use crate::kit::topic;
+use crate::kit::Problem;
 
 /// One WebAssembly page.
 pub const PAGE_BYTES: usize = 64 * 1024;
@@ -25,6 +25,10 @@ pub const MAX_OUTPUT_BYTES: usize = 268_435_455;
 /// Shortest interval trigger: shorter ones would keep a core busy with timer
 /// wake-ups alone.
 pub const MIN_EVERY_MS: u64 = 10;
+/// How long one invocation may run when neither the manifest
+/// (`limits.timeout_ms`) nor the gateway (`functions.default_timeout_ms`)
+/// says otherwise.
+pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
 /// Longest `replay.keep_events_s`: a day of trigger events. The kept events
 /// are bounded by bytes as well (a quarter of `buffer.max_bytes`, see
 /// [`crate::buffer`]); this bounds how stale a replay can be.
@@ -128,8 +132,8 @@ impl fmt::Display for QueuePolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Fuel per invocation (about one unit per wasm instruction); running out
-    /// traps the invocation. Lazy compilation of a function's code on its
-    /// first call is paid from this budget too.
+    /// traps the invocation. Translating a function's code on its first
+    /// call is not charged (see the runtime's "Limits").
     pub fuel: u64,
     /// Most linear-memory pages of 64 KiB the module may have.
     pub memory_pages: u32,
@@ -142,6 +146,62 @@ pub struct Limits {
     /// Failed invocations in a row (traps or non-zero returns) after which
     /// the function is stopped.
     pub max_consecutive_failures: u32,
+    /// Wall-clock milliseconds one invocation may run, whatever fuel it has
+    /// left; past it the invocation is stopped (`timeout`). Unset: the
+    /// gateway's `functions.default_timeout_ms`.
+    pub timeout_ms: Option<u64>,
+}
+
+impl Limits {
+    /// Reports each impossible limit to `bad` (key, message).
+    fn check(&self, bad: &mut impl FnMut(&str, String)) {
+        let l = self;
+        if l.fuel == 0 {
+            bad(
+                "limits.fuel",
+                "must be greater than 0: with no fuel the function cannot run a single \
+                     instruction (the default is 10000000)"
+                    .into(),
+            );
+        }
+        if l.memory_pages == 0 || l.memory_pages > MAX_MEMORY_PAGES {
+            bad(
+                "limits.memory_pages",
+                format!(
+                    "{} is impossible: a module needs 1 to {MAX_MEMORY_PAGES} pages of 64 KiB \
+                         (the default is 16, i.e. 1 MiB)",
+                    l.memory_pages
+                ),
+            );
+        }
+        if l.output_bytes > MAX_OUTPUT_BYTES {
+            bad(
+                "limits.output_bytes",
+                format!("must be at most {MAX_OUTPUT_BYTES}, the largest MQTT payload"),
+            );
+        }
+        if l.queue_len == 0 || l.queue_len > MAX_QUEUE_LEN {
+            bad(
+                "limits.queue_len",
+                format!("must be between 1 and {MAX_QUEUE_LEN} events"),
+            );
+        }
+        if l.max_consecutive_failures == 0 {
+            bad(
+                "limits.max_consecutive_failures",
+                "must be at least 1 (the default is 10)".into(),
+            );
+        }
+        if l.timeout_ms == Some(0) {
+            bad(
+                "limits.timeout_ms",
+                format!(
+                    "must be at least 1 millisecond; leave it out for the gateway's default \
+                         (functions.default_timeout_ms, {DEFAULT_TIMEOUT_MS} unless configured)"
+                ),
+            );
+        }
+    }
 }
 
 impl Default for Limits {
@@ -153,6 +213,7 @@ impl Default for Limits {
             queue_len: 256,
             queue_policy: QueuePolicy::DropOldest,
             max_consecutive_failures: 10,
+            timeout_ms: None,
         }
     }
 }
@@ -220,43 +281,7 @@ impl Manifest {
                 format!("must be 0 (no interval) or at least {MIN_EVERY_MS} milliseconds"),
             );
         }
-        let l = &self.limits;
-        if l.fuel == 0 {
-            bad(
-                "limits.fuel",
-                "must be greater than 0: with no fuel the function cannot run a single \
-                 instruction (the default is 10000000)"
-                    .into(),
-            );
-        }
-        if l.memory_pages == 0 || l.memory_pages > MAX_MEMORY_PAGES {
-            bad(
-                "limits.memory_pages",
-                format!(
-                    "{} is impossible: a module needs 1 to {MAX_MEMORY_PAGES} pages of 64 KiB \
-                     (the default is 16, i.e. 1 MiB)",
-                    l.memory_pages
-                ),
-            );
-        }
-        if l.output_bytes > MAX_OUTPUT_BYTES {
-            bad(
-                "limits.output_bytes",
-                format!("must be at most {MAX_OUTPUT_BYTES}, the largest MQTT payload"),
-            );
-        }
-        if l.queue_len == 0 || l.queue_len > MAX_QUEUE_LEN {
-            bad(
-                "limits.queue_len",
-                format!("must be between 1 and {MAX_QUEUE_LEN} events"),
-            );
-        }
-        if l.max_consecutive_failures == 0 {
-            bad(
-                "limits.max_consecutive_failures",
-                "must be at least 1 (the default is 10)".into(),
-            );
-        }
+        self.limits.check(&mut bad);
         for (i, f) in self.publish.allow.iter().enumerate() {
             if let Err(e) = topic::validate_filter(f) {
                 bad(
@@ -385,7 +410,8 @@ label = "hot"
     fn impossible_limits_are_refused_each_by_key() {
         let text = GOOD.replace(
             "[publish]",
-            "[limits]\nfuel = 0\nmemory_pages = 0\nqueue_len = 0\nmax_consecutive_failures = 0\n\n[publish]",
+            "[limits]\nfuel = 0\nmemory_pages = 0\nqueue_len = 0\nmax_consecutive_failures = 0\n\
+             timeout_ms = 0\n\n[publish]",
         );
         let err = Manifest::from_toml(&text).unwrap_err().to_string();
         for key in [
@@ -393,6 +419,7 @@ label = "hot"
             "limits.memory_pages: 0 is impossible",
             "limits.queue_len",
             "limits.max_consecutive_failures",
+            "limits.timeout_ms: must be at least 1 millisecond",
         ] {
             assert!(err.contains(key), "{key} missing in {err}");
         }

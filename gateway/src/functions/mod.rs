@@ -341,7 +341,11 @@ impl Functions {
             let registry = Arc::new(Registry::open(&path)?);
             let inner = Arc::new(Inner {
                 gateway_id: id.clone(),
-                runtime: Arc::new(Runtime::new(outputs).publish_logs_as(&id)),
+                runtime: Arc::new(
+                    Runtime::new(outputs)
+                        .publish_logs_as(&id)
+                        .default_timeout_ms(config.default_timeout_ms),
+                ),
                 registry,
                 buffer_path,
                 links: links.clone(),
@@ -1157,7 +1161,7 @@ impl Inner {
                     ))
                 })?,
         };
-        if let Err(e) = crate::topic::validate_name(&topic) {
+        if let Err(e) = crate::kit::topic::validate_name(&topic) {
             return Err(DeployError::Invoke(format!(
                 "the event topic {topic:?} is not one a client could publish on: {e}; give a \
                  topic without wildcards, such as sensors/a"
@@ -1537,3 +1541,5 @@ async fn run_status(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod time_limit_tests;

@@ -96,15 +96,15 @@ impl Registry {
             path: path.to_owned(),
             source,
         };
-        let conn = crate::sqlite::open_wal(
+        let conn = crate::kit::sqlite::open_wal(
             path,
-            crate::buffer::Synchronous::Full,
+            crate::kit::sqlite::Synchronous::Full,
             "function registry",
-            crate::sqlite::IfNotWal::Fail,
+            crate::kit::sqlite::IfNotWal::Fail,
         )
         .map_err(|e| match e {
-            crate::sqlite::OpenError::Sqlite(source) => open_err(source),
-            crate::sqlite::OpenError::NotWal(mode) => RegistryError::NotWal(mode),
+            crate::kit::sqlite::OpenError::Sqlite(source) => open_err(source),
+            crate::kit::sqlite::OpenError::NotWal(mode) => RegistryError::NotWal(mode),
         })?;
         let found: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))

@@ -9,7 +9,13 @@
 //! PERCENT per event and the event goes to the canary each time the sum
 //! passes 100, so of N events exactly ⌊N·PERCENT/100⌋ reach the canary,
 //! evenly spread (with 10: the 10th, the 20th, ...). Every event is handled
-//! by exactly one of the two. The canary works on the live state: before
+//! by exactly one of the two, except that an event the canary failed on
+//! without effect (a trap, a timeout, an event too large for it, a canary
+//! that could not be re-created) is then handled by the live version too,
+//! so no event's output is lost to a broken canary; an event on which the
+//! canary's handler *returned* an error is not (its outputs and state
+//! writes stand, as for any version, and running the live version too would
+//! apply the event twice). The canary works on the live state: before
 //! each of its invocations the worker moves the function's state into the
 //! canary's instance and back after it (a move, never a copy), so both
 //! versions see each other's writes and the state is flushed as usual. Its
@@ -191,7 +197,9 @@ impl Candidate {
 
     /// Runs a canary's share of an event on the live state; its outputs go
     /// to `publish` and the output channel like the live version's. Returns
-    /// why the canary must be rolled back, if it must.
+    /// why the canary must be rolled back, if it must, and whether the event
+    /// had no effect (the canary trapped, timed out, could not take it or
+    /// could not be re-created), so the live version must handle it.
     pub fn canary_event(
         &mut self,
         runtime: &Runtime,
@@ -199,7 +207,7 @@ impl Candidate {
         event: &Event,
         status: &Mutex<Option<RolloutInfo>>,
         publish: impl FnMut(Bytes, Bytes),
-    ) -> Option<String> {
+    ) -> (Option<String>, bool) {
         if self.instance.as_ref().is_some_and(Instance::is_poisoned) {
             self.seed = self.instance.take().map(Instance::into_seed);
         }
@@ -219,8 +227,8 @@ impl Candidate {
                     Err((e, mut seed)) => {
                         std::mem::swap(live_state, &mut seed.state);
                         self.seed = Some(seed);
-                        return self
-                            .ended(status, format!("could not be restarted after a trap: {e}"));
+                        let why = format!("could not be restarted after a trap: {e}");
+                        return (self.ended(status, why), true);
                     }
                 }
             }
@@ -229,7 +237,10 @@ impl Candidate {
         let result = instance.on_event(&event.topic, &event.payload, event.timestamp_ms);
         std::mem::swap(live_state, instance.state_mut());
         instance.release(publish);
-        self.record(status, result.err(), false)
+        // A trapped or stopped invocation staged nothing and undid its
+        // state writes; an event too large never reached the guest.
+        let without_effect = matches!(result, Err(ref f) if !matches!(f, Failure::Returned(_)));
+        (self.record(status, result.err(), false), without_effect)
     }
 
     /// Runs a shadow on a copy of an event the live version handled, whose

@@ -28,7 +28,7 @@
 //!
 //! [`Runtime::compile`] parses the module and validates every function body
 //! (wasmi's `CompilationMode::LazyTranslation`); each function is translated
-//! to wasmi's bytecode on its first call, paid from that call's fuel.
+//! to wasmi's bytecode on its first call (charged no fuel: see "Limits").
 //! [`Runtime::instantiate`] then makes an instance from the compiled module.
 //! The two run in different places, and only the second is on the switch-over
 //! path: a deploy compiles (and hashes) the module on the control plane's
@@ -41,9 +41,9 @@
 //! wasmi's `CompilationMode::Lazy` would skip validating function bodies
 //! at deploy and validate each on its first call instead. It is not used: a
 //! module with one invalid body would then be accepted, replace a working
-//! version, and fail when that body is first reached, where DESIGN.md
+//! version, and fail when that body is first reached, where perch
 //! promises that a malformed module is refused and what ran before keeps
-//! running. It would be faster: on a fresh engine, parsing a 230 KB module
+//! running (docs/architecture.md). It would be faster: on a fresh engine, parsing a 230 KB module
 //! takes ~0.5 million host instructions and parsing + validating ~16
 //! million, so validation is nearly all of a deploy's compile time (1-2 ms
 //! here; docs/performance.md). Validating elsewhere (wasmparser's
@@ -56,8 +56,7 @@
 //! in a year). So each compiled version has an engine (and a linker) of its
 //! own ([`Compiled`]), dropped with the version's last instance: a rollback,
 //! a removal or a replaced version gives its memory back. A new engine and
-//! linker cost about a microsecond of the deploy's millisecond (0.9 µs
-//! median with eight host functions, wasmi 2.0 release, load ~4.5). The
+//! linker cost about a microsecond of a deploy (docs/performance.md). The
 //! regression test `a_replaced_version_gives_its_memory_back` deploys and
 //! drops 200 versions of a 200 KB module: 63 MB stayed on one engine.
 //!
@@ -72,6 +71,18 @@
 //!   unbounded, so the limiter is installed before instantiation, always.
 //! - CPU: fuel is refilled to the manifest's `fuel` before every call into
 //!   the guest (init, event, timer); running out traps (`out_of_fuel`).
+//! - Time: every call into the guest is also bounded in wall-clock time
+//!   (`limits.timeout_ms`, else the gateway's `functions.default_timeout_ms`),
+//!   whatever fuel is left; past it the call is stopped (`timeout`). wasmi
+//!   2.0 has no epoch interruption, so [`run`] hands the guest its fuel in
+//!   slices of [`FUEL_SLICE`] and, each time a slice runs out, reads the
+//!   clock and resumes the call (wasmi's resumable calls) or stops it. An
+//!   invocation that fits in one slice, as nearly every event does, pays
+//!   nothing for this; a runaway one is stopped at most one slice after its
+//!   limit. Lazy translation is charged no fuel ([`TRANSLATION_FUEL_COSTS`]):
+//!   wasmi cannot resume a call whose slice runs out while translating a
+//!   function, and each function is translated once per version, bounded
+//!   by the module's size.
 //! - Stack: recursion depth and value-stack height are capped engine-wide
 //!   ([`MAX_RECURSION_DEPTH`], [`MAX_STACK_HEIGHT_BYTES`]); overflow traps.
 //! - Outputs: bytes per invocation from the manifest, count per invocation
@@ -96,19 +107,21 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use wasmi::{
-    Caller, CompilationMode, Config, EnforcedLimits, Engine, Extern, ExternType, Linker, Memory,
-    Module, Store, StoreLimits, StoreLimitsBuilder, TrapCode, TypedFunc, ValType,
+    Caller, CompilationMode, Config, CustomFuelCosts, EnforcedLimits, Engine, Extern, ExternType,
+    Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TrapCode, TypedFunc,
+    TypedResumableCall, ValType, WasmParams, WasmResults,
 };
 
-use super::manifest::{Manifest, PAGE_BYTES};
+use super::manifest::{Manifest, DEFAULT_TIMEOUT_MS, PAGE_BYTES};
 use super::state::{StateCache, StateError};
 use super::Output;
-use crate::topic;
+use crate::kit::digest::sha256_hex;
+use crate::kit::topic;
 
 /// The host ABI version this gateway speaks.
 pub const ABI_VERSION: i32 = 1;
@@ -143,6 +156,29 @@ pub const MAX_LOG_LINE_BYTES: usize = 1_024;
 pub const MAX_NAME_BYTES: usize = 256;
 /// Table elements per store, so `table.grow` cannot eat memory.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Fuel the guest runs on between two looks at the clock (see "Limits" in
+/// the module doc): small enough that a runaway call overshoots its time
+/// limit by little, large enough that the look (a clock read and a resumed
+/// call) is lost in the slice's work. docs/performance.md has the measured
+/// overshoot.
+pub const FUEL_SLICE: u64 = 1_000_000;
+/// The most fuel a module's start function (wasm's start section) gets:
+/// wasmi runs it inside instantiation, where it cannot be paused to read
+/// the clock. Toolchains rarely emit one; `perch_init` is where a function
+/// sets itself up, under the same limits as its handlers.
+pub const START_FUEL: u64 = 10 * FUEL_SLICE;
+/// wasmi's default fuel costs (64 bytes copied per unit by bulk memory and
+/// table operations), except that translating a function's body on its
+/// first call costs no fuel: a call whose fuel slice ran out mid-translation
+/// could not be resumed (wasmi reports it as a plain `out_of_fuel` trap),
+/// so a function with fuel to spare would fail at a slice boundary.
+/// Translation is bounded without fuel: once per function and version, a
+/// few instructions per byte of a module that was validated at deploy.
+const TRANSLATION_FUEL_COSTS: CustomFuelCosts = CustomFuelCosts {
+    bytes_copied_per_fuel: 64,
+    fuel_per_bytes_translated: 0,
+    fuel_per_bytes_validated: 0,
+};
 
 /// Why a module could not be deployed or instantiated. Each says what is
 /// wrong with the module and, where it helps, what to do.
@@ -232,6 +268,8 @@ pub enum Failure {
     /// Topic and payload do not fit the guest's event buffer; the event was
     /// not delivered.
     EventTooLarge { needed: usize, capacity: usize },
+    /// The call ran past its wall-clock limit and was stopped.
+    Timeout { limit_ms: u64 },
 }
 
 impl Failure {
@@ -241,6 +279,7 @@ impl Failure {
             Failure::Trap(kind) => kind,
             Failure::Returned(_) => "handler_error",
             Failure::EventTooLarge { .. } => "event_too_large",
+            Failure::Timeout { .. } => "timeout",
         }
     }
 }
@@ -254,6 +293,11 @@ impl fmt::Display for Failure {
                 f,
                 "event_too_large: topic and payload take {needed} bytes, the function's event \
                  buffer holds {capacity}"
+            ),
+            Failure::Timeout { limit_ms } => write!(
+                f,
+                "timeout: still running after its wall-clock limit of {limit_ms} ms \
+                 (limits.timeout_ms, else functions.default_timeout_ms); stopped"
             ),
         }
     }
@@ -290,7 +334,7 @@ pub struct OutputCounters {
     pub full: AtomicU64,
     /// The function's log budget over time (lines dropped beyond it are
     /// counted there).
-    pub log: crate::telemetry::LogLimiter,
+    pub log: crate::kit::metrics::LogLimiter,
 }
 
 /// What an instance carries over from the one before it: the function's
@@ -363,6 +407,8 @@ pub struct Context {
     /// is cheaper than hashing them (configs hold a handful of keys).
     config: Box<[ConfigEntry]>,
     fuel: u64,
+    /// Wall-clock limit of one call into the guest.
+    timeout: Duration,
     memory_pages: u32,
     output_bytes: usize,
     /// Where its log lines are published too, if anywhere.
@@ -397,6 +443,8 @@ pub struct Runtime {
     /// The gateway's id, when function log lines are also published on
     /// `perch/<id>/fn/<name>/logs` (the gateway; not `perch fn test`).
     log_gateway: Option<Arc<str>>,
+    /// The time limit of a call when the manifest sets none.
+    default_timeout: Duration,
 }
 
 impl Runtime {
@@ -404,6 +452,14 @@ impl Runtime {
     /// on `perch/<gateway_id>/fn/<name>/logs`, non-retained.
     pub fn publish_logs_as(mut self, gateway_id: &str) -> Runtime {
         self.log_gateway = Some(gateway_id.into());
+        self
+    }
+
+    /// Bounds each call into a guest whose manifest sets no
+    /// `limits.timeout_ms` to `ms` milliseconds of wall-clock time
+    /// (`functions.default_timeout_ms`; [`DEFAULT_TIMEOUT_MS`] otherwise).
+    pub fn default_timeout_ms(mut self, ms: u64) -> Runtime {
+        self.default_timeout = Duration::from_millis(ms);
         self
     }
 
@@ -416,6 +472,7 @@ impl Runtime {
             // there, not at its first event) but translate each function on
             // first use; see "Deploying" in the module doc.
             .compilation_mode(CompilationMode::LazyTranslation)
+            .fuel_cost(TRANSLATION_FUEL_COSTS)
             .enforced_limits(EnforcedLimits::strict())
             .set_max_recursion_depth(MAX_RECURSION_DEPTH)
             .set_max_stack_height(MAX_STACK_HEIGHT_BYTES);
@@ -423,6 +480,7 @@ impl Runtime {
             config,
             outputs,
             log_gateway: None,
+            default_timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
         }
     }
 
@@ -476,6 +534,10 @@ impl Runtime {
                 config.into_boxed_slice()
             },
             fuel: manifest.limits.fuel,
+            timeout: manifest
+                .limits
+                .timeout_ms
+                .map_or(self.default_timeout, Duration::from_millis),
             memory_pages: manifest.limits.memory_pages,
             output_bytes: manifest.limits.output_bytes,
             log_topic: self
@@ -525,6 +587,7 @@ impl Runtime {
             log_lines_left: MAX_LOG_LINES_PER_INVOCATION,
             backpressure: false,
             logs: Vec::new(),
+            fuel_used: 0,
             ctx,
         };
         let mut store = Store::new(&compiled.engine, host);
@@ -550,7 +613,7 @@ impl Runtime {
             poisoned: false,
         };
         if let Some(init) = parts.init {
-            if let Err(failure) = instance.invoke(|store| init.call(store, ())) {
+            if let Err(failure) = instance.invoke(|store| run(store, &init, ())) {
                 let e = RuntimeError::Start {
                     export: "perch_init",
                     failure,
@@ -564,9 +627,11 @@ impl Runtime {
     /// Instantiates the module in `store` and checks what the ABI requires
     /// of a live instance.
     fn start(&self, store: &mut Store<Host>, compiled: &Compiled) -> Result<Parts, RuntimeError> {
-        let fuel = compiled.ctx.fuel;
+        // A start function (the module's start section) runs inside
+        // instantiation, where wasmi cannot pause it to read the clock: it
+        // gets at most START_FUEL, so it cannot hold the worker for long.
         // Fuel is always on in this engine, so set_fuel cannot fail.
-        let _ = store.set_fuel(fuel);
+        let _ = store.set_fuel(compiled.ctx.fuel.min(START_FUEL));
         let instance = compiled
             .linker
             .instantiate_and_start(&mut *store, &compiled.module)
@@ -586,11 +651,7 @@ impl Runtime {
             let f = instance
                 .get_typed_func::<(), i32>(&*store, export)
                 .map_err(|e| RuntimeError::Instantiate(e.to_string()))?;
-            let _ = store.set_fuel(fuel);
-            f.call(&mut *store, ()).map_err(|e| RuntimeError::Start {
-                export,
-                failure: Failure::Trap(trap_kind(&e)),
-            })
+            run(&mut *store, &f, ()).map_err(|failure| RuntimeError::Start { export, failure })
         };
         let version = call0("perch_abi_version")?;
         if version != ABI_VERSION {
@@ -622,6 +683,57 @@ impl Runtime {
     }
 }
 
+/// Calls `func` in the guest with the version's fuel and time limits: the
+/// fuel in slices of [`FUEL_SLICE`], the clock read whenever a slice runs
+/// out (see "Limits" in the module doc). Records the fuel burnt in
+/// [`Host::fuel_used`]. A call stopped for its time is left mid-way, like a
+/// trapped one: the caller must treat the instance as poisoned.
+fn run<P: WasmParams, R: WasmResults>(
+    store: &mut Store<Host>,
+    func: &TypedFunc<P, R>,
+    params: P,
+) -> Result<R, Failure> {
+    let started = Instant::now();
+    let (budget, timeout) = (store.data().ctx.fuel, store.data().ctx.timeout);
+    let fuel_now = |store: &Store<Host>| store.get_fuel().unwrap_or(0);
+    // Fuel burnt by the slices that ran out, and the current slice's size.
+    let mut spent = 0u64;
+    let mut slice = budget.min(FUEL_SLICE);
+    // Fuel is always on in this engine, so set_fuel cannot fail.
+    let _ = store.set_fuel(slice);
+    let mut call = func.call_resumable(&mut *store, params);
+    let result = loop {
+        match call {
+            Ok(TypedResumableCall::Finished(results)) => break Ok(results),
+            // Host imports fail only with a trap code (bad pointers).
+            Ok(TypedResumableCall::HostTrap(trap)) => {
+                break Err(Failure::Trap(trap_kind(trap.host_error())))
+            }
+            Ok(TypedResumableCall::OutOfFuel(paused)) => {
+                spent += slice - fuel_now(store);
+                slice = fuel_now(store);
+                let left = budget - spent;
+                let needed = paused.required_fuel();
+                if needed > left {
+                    break Err(Failure::Trap("out_of_fuel"));
+                }
+                if started.elapsed() >= timeout {
+                    break Err(Failure::Timeout {
+                        limit_ms: timeout.as_millis().min(u128::from(u64::MAX)) as u64,
+                    });
+                }
+                // A bulk memory operation may need more than a slice at once.
+                slice = left.min(FUEL_SLICE.max(needed));
+                let _ = store.set_fuel(slice);
+                call = paused.resume(&mut *store);
+            }
+            Err(e) => break Err(Failure::Trap(trap_kind(&e))),
+        }
+    };
+    store.data_mut().fuel_used = spent + (slice - fuel_now(store));
+    result
+}
+
 /// What [`Runtime::start`] found in a fresh instance.
 struct Parts {
     memory: Memory,
@@ -630,13 +742,6 @@ struct Parts {
     on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
     on_timer: Option<TypedFunc<i64, i32>>,
     init: Option<TypedFunc<(), i32>>,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn check_imports(module: &Module) -> Result<(), RuntimeError> {
@@ -777,7 +882,8 @@ impl Instance {
         let start = self.buf_ptr;
         data[start..start + topic.len()].copy_from_slice(topic);
         data[start + topic.len()..start + needed].copy_from_slice(payload);
-        self.invoke(|store| handler.call(store, (topic.len() as i32, payload.len() as i32, ts_ms)))
+        let params = (topic.len() as i32, payload.len() as i32, ts_ms);
+        self.invoke(|store| run(store, &handler, params))
     }
 
     /// Delivers one interval tick.
@@ -785,16 +891,14 @@ impl Instance {
         let Some(handler) = self.on_timer else {
             return Err(Failure::Trap("host_error"));
         };
-        self.invoke(|store| handler.call(store, ts_ms))
+        self.invoke(|store| run(store, &handler, ts_ms))
     }
 
     fn invoke(
         &mut self,
-        call: impl FnOnce(&mut Store<Host>) -> Result<i32, wasmi::Error>,
+        call: impl FnOnce(&mut Store<Host>) -> Result<i32, Failure>,
     ) -> Result<(), Failure> {
-        let fuel = self.store.data().ctx.fuel;
         self.store.data_mut().begin();
-        let _ = self.store.set_fuel(fuel);
         let result = call(&mut self.store);
         let host = self.store.data_mut();
         match result {
@@ -806,11 +910,11 @@ impl Instance {
                     Err(Failure::Returned(rc))
                 }
             }
-            Err(e) => {
+            Err(failure) => {
                 host.state.rollback();
                 host.staged.clear();
                 self.poisoned = true;
-                Err(Failure::Trap(trap_kind(&e)))
+                Err(failure)
             }
         }
     }
@@ -943,9 +1047,11 @@ impl Instance {
         self.store.data().backpressure
     }
 
-    /// Fuel left after the last invocation (for tests and benchmarks).
+    /// Fuel left after the last invocation (for counters, tests and
+    /// benchmarks).
     pub fn fuel_left(&self) -> u64 {
-        self.store.get_fuel().unwrap_or(0)
+        let host = self.store.data();
+        host.ctx.fuel.saturating_sub(host.fuel_used)
     }
 }
 
@@ -984,6 +1090,8 @@ pub struct Host {
     /// with its outputs but kept after a trap: a failing function's last
     /// words are what its author needs. Rate-limited like the log itself.
     logs: Vec<Bytes>,
+    /// Fuel the last call into the guest burnt, over all its slices.
+    fuel_used: u64,
 }
 
 impl Host {
@@ -1105,8 +1213,8 @@ impl Host {
                 version,
                 dropped,
                 "function log lines dropped by the rate limit ({} lines/s, bursts of {})",
-                crate::telemetry::LogLimiter::PER_SECOND,
-                crate::telemetry::LogLimiter::BURST
+                crate::kit::metrics::LogLimiter::PER_SECOND,
+                crate::kit::metrics::LogLimiter::BURST
             ),
         }
         let mut end = message.len().min(MAX_LOG_LINE_BYTES);
@@ -1158,7 +1266,7 @@ fn name_text(bytes: &[u8]) -> Option<&str> {
 }
 
 /// Milliseconds since the Unix epoch (one clock for the whole gateway).
-pub use crate::buffer::now_ms;
+pub use crate::kit::clock::now_ms;
 
 /// The guest's memory: known after instantiation; during a start function
 /// it is looked up by name.

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
-use crate::topic;
+use crate::kit::topic;
+use crate::kit::Problem;
 
 /// `[upstream]`
 #[derive(Debug, Clone, Deserialize)]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
+use crate::kit::Problem;
 
 /// Shortest bearer token accepted: a guessable token is no protection.
 pub const MIN_TOKEN_LEN: usize = 16;

@@ -135,12 +135,14 @@ fn broker(m: &mut Metrics, s: &Sources) {
     );
 }
 
+/// A function with its labels, for the families below.
+struct F<'a> {
+    h: &'a FunctionHandle,
+    labels: String,
+    running: bool,
+}
+
 fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
-    struct F<'a> {
-        h: &'a FunctionHandle,
-        labels: String,
-        running: bool,
-    }
     let fs: Vec<F> = functions
         .iter()
         .map(|h| {
@@ -156,14 +158,19 @@ fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
             }
         })
         .collect();
-    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    function_runs(m, &fs);
+    function_outputs(m, &fs);
+}
 
+/// Whether each function runs, its invocations, errors, durations, fuel.
+fn function_runs(m: &mut Metrics, fs: &[F]) {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     m.family(
         "perch_function_up",
         "gauge",
         "1 while the function runs, 0 when it is stopped (circuit breaker) or starting.",
     );
-    for f in &fs {
+    for f in fs {
         m.value("perch_function_up", &f.labels, u8::from(f.running));
     }
     m.family(
@@ -171,7 +178,7 @@ fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
         "counter",
         "Handler calls (events and ticks), successful or not.",
     );
-    for f in &fs {
+    for f in fs {
         m.value(
             "perch_function_invocations_total",
             &f.labels,
@@ -182,9 +189,10 @@ fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
         "perch_function_errors_total",
         "counter",
         "Failed invocations by kind: a trap (out_of_fuel, memory_limit, unreachable, ...), \
-         handler_error (non-zero return) or event_too_large.",
+         handler_error (non-zero return), timeout (stopped at its wall-clock limit) or \
+         event_too_large.",
     );
-    for f in &fs {
+    for f in fs {
         for (kind, n) in ERROR_KINDS.iter().zip(&f.h.counters.errors_by_kind) {
             let n = get(n);
             if n > 0 {
@@ -201,7 +209,7 @@ fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
         "histogram",
         "How long invocations took.",
     );
-    for f in &fs {
+    for f in fs {
         let (cumulative, sum_ns) = f.h.counters.duration.snapshot();
         for (i, count) in cumulative.iter().enumerate() {
             let le = match DURATION_BOUNDS_NS.get(i) {
@@ -230,19 +238,24 @@ fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
         "counter",
         "Fuel (wasm instructions, roughly) burnt by invocations.",
     );
-    for f in &fs {
+    for f in fs {
         m.value(
             "perch_function_fuel_used_total",
             &f.labels,
             get(&f.h.counters.fuel_used),
         );
     }
+}
+
+/// Each function's queue, drops, refused outputs and dropped log lines.
+fn function_outputs(m: &mut Metrics, fs: &[F]) {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     m.family(
         "perch_function_queue_depth",
         "gauge",
         "Events waiting in the function's queue.",
     );
-    for f in &fs {
+    for f in fs {
         m.value("perch_function_queue_depth", &f.labels, f.h.queued());
     }
     m.family(
@@ -250,7 +263,7 @@ fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
         "counter",
         "Events dropped because the function's queue was full, by its queue policy.",
     );
-    for f in &fs {
+    for f in fs {
         m.value(
             "perch_function_dropped_total",
             &format!("{},policy=\"{}\"", f.labels, f.h.queue_policy()),
@@ -263,7 +276,7 @@ fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
         "Outputs the host refused: denied (publish outside publish.allow), limit \
          (per-invocation output limits), full (the buffer's intake was full).",
     );
-    for f in &fs {
+    for f in fs {
         let o = &f.h.counters.outputs;
         for (reason, v) in [
             ("denied", &o.denied),
@@ -282,7 +295,7 @@ fn for_functions(m: &mut Metrics, functions: &[Arc<FunctionHandle>]) {
         "counter",
         "Log lines of the function dropped by the per-function rate limit.",
     );
-    for f in &fs {
+    for f in fs {
         m.value(
             "perch_function_log_lines_dropped_total",
             &f.labels,
@@ -309,7 +322,7 @@ fn buffer(m: &mut Metrics, s: &Sources) {
     );
     let oldest = b.oldest_ms.load(Ordering::Relaxed);
     let age = if oldest > 0 && records > 0 {
-        (crate::buffer::now_ms() - oldest).max(0) as f64 / 1000.0
+        (crate::kit::clock::now_ms() - oldest).max(0) as f64 / 1000.0
     } else {
         0.0
     };

@@ -142,7 +142,7 @@ impl Derived {
         self.last = Some((now, counts, acked));
         let (records, oldest_age_s) = buffer_depth(sources);
         self.history.push_back(Sample {
-            time_ms: crate::buffer::now_ms(),
+            time_ms: crate::kit::clock::now_ms(),
             records,
             oldest_age_s: oldest_age_s.unwrap_or(0.0),
         });
@@ -158,7 +158,7 @@ fn buffer_depth(sources: &Sources) -> (u64, Option<f64>) {
     let records = stats.records.load(Ordering::Relaxed);
     let oldest = stats.oldest_ms.load(Ordering::Relaxed);
     let age = (oldest > 0 && records > 0)
-        .then(|| (crate::buffer::now_ms() - oldest).max(0) as f64 / 1000.0);
+        .then(|| (crate::kit::clock::now_ms() - oldest).max(0) as f64 / 1000.0);
     (records, age)
 }
 
@@ -178,7 +178,7 @@ pub fn summary(
     Summary {
         gateway: sources.id.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        time_ms: crate::buffer::now_ms(),
+        time_ms: crate::kit::clock::now_ms(),
         uptime_s: sources.started.elapsed().as_secs(),
         broker: BrokerSummary {
             listeners: sources.listeners.clone(),

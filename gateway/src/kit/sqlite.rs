@@ -12,8 +12,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
+use serde::Deserialize;
 
-use crate::buffer::Synchronous;
+/// SQLite's `synchronous` pragma, as far as perch lets it be chosen
+/// (`buffer.synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    Normal,
+    Full,
+}
 
 /// How long a statement waits for another connection's lock.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
