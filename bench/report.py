@@ -462,6 +462,34 @@ def main():
                    "functions, not into a queue or a slower rate.")
         out.append("")
 
+    # --- 6. publish -> PUBACK on a forwarded topic
+    s6_systems = [(k, label) for k, label in
+                  (("perch", "perch"), ("perch-before", "perch (before)"), ("mosquitto", "Mosquitto"))
+                  if any(r["scenario"] == "6" and r["system"] == k for r in rows)]
+    s6_rates = sorted({int(r["step"]) for r in rows if r["scenario"] == "6"})
+    if s6_rates:
+        out.append("## 6. Publish → PUBACK at QoS 1 on a forwarded topic")
+        out.append("")
+        out.append("perch with `forward_topics = [\"sensors/#\"]` and an upstream Mosquitto: its "
+                   "PUBACK goes out once the record is committed to `buffer.db` (group commit, "
+                   "`synchronous = full`). Mosquitto (no persistence, its default) acknowledges "
+                   "from memory. \"perch (before)\" is an older binary (`PERCH_BENCH_BEFORE`) run "
+                   "beside it. Latency is publish → PUBACK as the publisher sees it.")
+        out.append("")
+        out.append("| msgs/s offered | measure | " + " | ".join(l for _, l in s6_systems) + " |")
+        out.append("|---|---|" + "---|" * len(s6_systems))
+        for rate in s6_rates:
+            for name, key, fmt in (("PUBACK p50 (ms)", "ack_p50_ms", ms_fmt),
+                                   ("PUBACK p99 (ms)", "ack_p99_ms", ms_fmt),
+                                   ("msgs/s accepted", "send_rate", rate_fmt),
+                                   ("lost", "lost", rate_fmt)):
+                cells = []
+                for system, _ in s6_systems:
+                    got = [step_row(s, str(rate)) for s in per_run(rows, "6", system).values()]
+                    cells.append(spread([num(r.get(key)) for r in got if r], fmt)[0])
+                out.append(f"| {rate_fmt(rate)} | {name} | " + " | ".join(cells) + " |")
+        out.append("")
+
     out.append(f"Every step of the ladders (offered rate → result) is one JSON line in "
                f"`{a.out.rsplit('/', 1)[-1].removesuffix('.md')}.jsonl`, beside this report.")
     out.append("")

@@ -24,6 +24,10 @@
 #   4  footprint: idle and loaded RSS and CPU (taken in scenario 2's steps)
 #   5  scaling: 10/100/1000 connections (perch vs Mosquitto), and 1/10/100
 #      deployed copies of the edge job's function (perch)
+#   6  publish -> PUBACK at QoS 1 on a forwarded topic (perch acknowledges
+#      once the record is committed) vs Mosquitto (from memory); with
+#      PERCH_BENCH_BEFORE=<an older perch binary> that one runs the same
+#      steps beside it ("perch-before")
 #
 # Installs what it needs when missing: the Debian package mosquitto
 # (apt-get), paho-mqtt into a venv under the work dir (pip), node-red and
@@ -78,6 +82,11 @@ else
   idle_s=3; s5_conns=(10 100 1000); s5_fns=(1 10 100); s5_duration=3
 fi
 s5_rate=10000     # offered msgs/s, whatever the number of connections
+if [ "$smoke" = 1 ]; then s6_rates=(1000); s6_duration=1; else s6_rates=(1000 10000); s6_duration=3; fi
+perch_before="${PERCH_BENCH_BEFORE:-}"
+if [ -n "$perch_before" ] && [ ! -x "$perch_before" ]; then
+  echo "run.sh: PERCH_BENCH_BEFORE=$perch_before is not an executable perch binary" >&2; exit 2
+fi
 s5_fn_rate=1000   # offered events/s, whatever the number of functions
 publishers=10
 size=128
@@ -195,10 +204,10 @@ start_mosquitto() { # start_mosquitto PORT -> $started
   started=$!; pids+=("$started")
   wait_port "$1" "$started"
 }
-start_perch() { # start_perch PORT CONFIG -> $started, once it logged "perch ready"
+start_perch() { # start_perch PORT CONFIG [BINARY] -> $started, once it logged "perch ready"
   local data="$work/perch-data-$1" plog="$work/perch-$1.log" i
   rm -rf "$data"
-  "$perch" run --config "$2" --listen "127.0.0.1:$1" --data-dir "$data" --admin-listen 127.0.0.1:0 2>"$plog" &
+  "${3:-$perch}" run --config "$2" --listen "127.0.0.1:$1" --data-dir "$data" --admin-listen 127.0.0.1:0 2>"$plog" &
   started=$!; pids+=("$started")
   for i in $(seq 1 200); do
     grep -qs "perch ready" "$plog" && return 0
@@ -497,6 +506,40 @@ s5() {
   done
 }
 
+# --- scenario 6: publish -> PUBACK, QoS 1, on a forwarded topic -------------
+s6_step() { # s6_step SYSTEM RUN RATE -> 0 if nothing was lost
+  local system="$1" run="$2" rate="$3" uport lport out pids_step=()
+  lport="$(free_port)"
+  if [ "$system" = mosquitto ]; then
+    start_mosquitto "$lport"; pids_step=("$started")
+  else
+    uport="$(free_port)"
+    start_mosquitto "$uport"; pids_step=("$started")
+    printf '[gateway]\nid = "bench"\n\n[upstream]\nforward_topics = ["sensors/#"]\n\n[upstream.mqtt]\nhost = "127.0.0.1"\nport = %s\nclient_id = "perch-bench-s6"\n' \
+      "$uport" >"$work/perch-s6.toml"
+    if [ "$system" = perch-before ]; then start_perch "$lport" "$work/perch-s6.toml" "$perch_before"
+    else start_perch "$lport" "$work/perch-s6.toml"; fi
+    pids_step=("$started" "${pids_step[@]}")
+  fi
+  out="$("$load" --broker "127.0.0.1:$lport" --publishers "$publishers" --size "$size" --qos 1 \
+    --rate "$rate" --duration-s "$s6_duration" --drain-timeout-s 5 \
+    --label "s6-$system-$rate")" || { stop "${pids_step[@]}"; return 1; }
+  stop "${pids_step[@]}"
+  record "$out" scenario=6 system="$system" run="$run" step="$rate"
+  [ "$(field "$out" lost)" = 0 ]
+}
+
+s6() {
+  local system rate systems=(perch)
+  if [ -n "$perch_before" ]; then systems+=(perch-before); fi
+  systems+=(mosquitto)
+  for rate in "${s6_rates[@]}"; do
+    for system in "${systems[@]}"; do
+      s6_step "$system" "$1" "$rate" || smoke_check "s6 $system at $rate msgs/s"
+    done
+  done
+}
+
 # --- the runs, peers side by side -------------------------------------------
 started_at="$(date -u +%s)"
 load_start="$(cut -d' ' -f1 /proc/loadavg)"
@@ -507,6 +550,7 @@ for run in $(seq 1 "$runs"); do
   s2 "$run"
   s3 "$run"
   s5 "$run"
+  s6 "$run"
 done
 elapsed=$(( $(date -u +%s) - started_at ))
 

@@ -113,9 +113,17 @@ impl Gateway {
         let admin = crate::telemetry::admin::bind(&config.admin)?;
         let started = std::time::Instant::now();
         let buffer = Buffer::open(&config.buffer, &config.aggregate, &config.gateway.data_dir)?;
-        let broker = Broker::start_in(&config.broker_resolved(), Some(&config.gateway.data_dir))?;
-        let (stop, stopped) = watch::channel(false);
         let upstream_stats = Arc::new(upstream::Stats::default());
+        // Clients' messages on forward_topics go from the codecs straight
+        // into the buffer, acknowledged once committed (broker::kept).
+        let forwarding =
+            upstream::Forwarding::keeper(&config.upstream, &buffer, upstream_stats.clone());
+        let broker = Broker::start_in(
+            &config.broker_resolved(),
+            Some(&config.gateway.data_dir),
+            forwarding,
+        )?;
+        let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.extend(upstream::start(
             &config.upstream,

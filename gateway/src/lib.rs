@@ -27,9 +27,10 @@
 //! - [`kit`]: the foundation below every stage, importing none of them: the
 //!   clock, SHA-256, the metric primitives the stages count with, the config
 //!   [`kit::Problem`], the one way perch opens its
-//!   SQLite files (WAL, busy timeout, `synchronous`), and MQTT topic names
-//!   and filters ([`kit::topic`]: validation and matching, shared by the
-//!   broker's ACLs and the functions' triggers).
+//!   SQLite files (WAL, busy timeout, `synchronous`), the commit tickets a
+//!   PUBACK waits for ([`kit::durable`]), and MQTT topic names and filters
+//!   ([`kit::topic`]: validation and matching, shared by the broker's ACLs
+//!   and the functions' triggers).
 //! - [`gateway`]: starts the stages in order, reports ready, stops them in
 //!   stages on shutdown.
 //! - [`telemetry`]: what operators see: logging (human, JSON lines,

@@ -236,24 +236,121 @@ impl Drop for Cloud {
     }
 }
 
+/// Record `n` as the publishers here send it: `{"n":n,"pad":...}` on
+/// `alerts/a` or `alerts/b` by parity.
+fn alert(n: u64, padding: &str) -> (&'static str, String) {
+    let topic = if n.is_multiple_of(2) {
+        "alerts/a"
+    } else {
+        "alerts/b"
+    };
+    (topic, format!("{{\"n\":{n},\"pad\":\"{padding}\"}}"))
+}
+
 /// Publishes `{"n":i}` for each i at QoS 1, alternating `alerts/a` and
 /// `alerts/b` by parity, each with a padding of `pad` bytes.
 pub(crate) async fn publish(addr: SocketAddr, range: std::ops::Range<u64>, pad: usize) {
     let (client, mut el) = connect(mqtt::options("sensor", addr)).await.unwrap();
     let padding = "x".repeat(pad);
     for n in range {
-        let topic = if n % 2 == 0 { "alerts/a" } else { "alerts/b" };
+        let (topic, payload) = alert(n, &padding);
         client
-            .publish(
-                topic,
-                QoS::AtLeastOnce,
-                false,
-                format!("{{\"n\":{n},\"pad\":\"{padding}\"}}"),
-            )
+            .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
             .unwrap();
         wait_puback(&mut el).await;
     }
+}
+
+/// What a publisher's messages became: those acknowledged (the gateway
+/// committed them) and those refused.
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    pub(crate) acked: Vec<u64>,
+    pub(crate) refused: Vec<u64>,
+}
+
+/// [`publish`] over MQTT 5 as client `id`, one message after the other,
+/// sorting them by the PUBACK's reason code: success, or 0x97 (Quota
+/// exceeded: the gateway could not commit it). Any other answer, or none,
+/// fails the test.
+pub(crate) async fn publish_v5(
+    addr: SocketAddr,
+    id: &str,
+    range: std::ops::Range<u64>,
+    pad: usize,
+) -> Answered {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
+    use rumqttc::v5::{mqttbytes::QoS as Q5, AsyncClient as C5, Event as E5, MqttOptions as O5};
+    let mut opts = O5::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = C5::new(opts, 16);
+    let padding = "x".repeat(pad);
+    let mut answered = Answered::default();
+    for n in range {
+        let (topic, payload) = alert(n, &padding);
+        client
+            .publish(topic, Q5::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        let reason = tokio::time::timeout(mqtt::WAIT, async {
+            loop {
+                match el.poll().await {
+                    Ok(E5::Incoming(P5::PubAck(ack))) => return ack.reason,
+                    Ok(_) => continue,
+                    Err(e) => panic!("the 5.0 connection failed at message {n}: {e}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no PUBACK for message {n}"));
+        match reason {
+            PubAckReason::Success => answered.acked.push(n),
+            PubAckReason::QuotaExceeded => answered.refused.push(n),
+            other => panic!("message {n} answered {other:?}"),
+        }
+    }
+    answered
+}
+
+/// [`publish`] over MQTT 3.1.1 as client `id`, which has no way to refuse
+/// a publish: when the gateway cannot commit one it closes the connection
+/// without the PUBACK. Returns the messages acknowledged before that, and
+/// the one that was not (if the connection was closed).
+pub(crate) async fn publish_until_refused(
+    addr: SocketAddr,
+    id: &str,
+    range: std::ops::Range<u64>,
+    pad: usize,
+) -> Answered {
+    use rumqttc::{Event, Packet};
+    let (client, mut el) = connect(mqtt::options(id, addr)).await.unwrap();
+    let padding = "x".repeat(pad);
+    let mut answered = Answered::default();
+    for n in range {
+        let (topic, payload) = alert(n, &padding);
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        let acked = tokio::time::timeout(mqtt::WAIT, async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("neither a PUBACK nor a closed connection for message {n}"));
+        if !acked {
+            answered.refused.push(n);
+            break;
+        }
+        answered.acked.push(n);
+    }
+    answered
 }
 
 fn buffered(dir: &Path) -> u64 {
@@ -544,12 +641,27 @@ async fn a_full_disk_is_reported_the_gateway_keeps_serving_and_recovers() {
     let df = gw.ask("fill", "filled").await;
     // Each record ~2 KiB: the free space is below the reserve now, so the
     // buffer is full at its size; drop_newest refuses what does not fit
-    // into the pages the acknowledged records left.
-    publish(gw.addr, 20..320, 2000).await;
+    // into the pages the acknowledged records left. A PUBACK means it is
+    // on disk: a 5.0 client is told 0x97 for each refused one.
+    let full = publish_v5(gw.addr, "sensor-full", 20..320, 2000).await;
     assert!(
         gw.wait_log("the disk is at buffer.min_free_bytes", DELIVERY)
             .await,
         "the reserve is logged (df: {df}):\n{}",
+        gw.log_text()
+    );
+    assert!(
+        !full.refused.is_empty(),
+        "none of the 300 was refused (df: {df}):\n{}",
+        gw.log_text()
+    );
+    // A 3.1.1 client cannot be told: its connection is closed without the
+    // PUBACK.
+    let v311 = publish_until_refused(gw.addr, "sensor-311", 600..650, 2000).await;
+    assert_eq!(
+        v311.refused.len(),
+        1,
+        "the 3.1.1 connection is closed at a refused message: {v311:?}\n{}",
         gw.log_text()
     );
 
@@ -590,24 +702,23 @@ async fn a_full_disk_is_reported_the_gateway_keeps_serving_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all = cloud.check();
-    // Nothing committed was lost: every record before the disk filled, and
-    // of those published while it was full the first ones (drop_newest
-    // keeps the oldest), with no gap; the rest were refused at the reserve.
+    // Nothing acknowledged was lost, and nothing refused was kept: of the
+    // records published while the disk was full exactly those the gateway
+    // acknowledged arrived.
     let during: Vec<u64> = all
         .iter()
         .copied()
-        .filter(|n| (20..320).contains(n))
+        .filter(|n| (20..320).contains(n) || (600..650).contains(n))
         .collect();
     assert!(all.starts_with(&(0..20).collect::<Vec<_>>()), "{all:?}");
+    let mut acked = full.acked.clone();
+    acked.extend(&v311.acked);
     assert_eq!(
         during,
-        (20..20 + during.len() as u64).collect::<Vec<_>>(),
-        "a gap among the records committed while the disk was full"
-    );
-    assert!(
-        during.len() < 300,
-        "all {} of the full-disk phase arrived: nothing was refused\n{}",
-        during.len(),
+        acked,
+        "what arrived of the full-disk phase is not what was acknowledged \
+         ({} refused with 0x97, 3.1.1: {v311:?})\n{}",
+        full.refused.len(),
         gw.log_text()
     );
     assert!(

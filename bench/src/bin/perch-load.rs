@@ -4,8 +4,10 @@
 //! embedded, see `perch_bench::sensor`) at a total rate or as fast as the
 //! broker takes them, at QoS 0 or 1, for a duration. One subscriber (on the
 //! same broker, or on another one: the upstream of an edge job) measures the
-//! end-to-end latency of what arrives and counts what never does. The result
-//! is one JSON line on stdout.
+//! end-to-end latency of what arrives and counts what never does. At QoS 1
+//! the publishers also measure each publish's PUBACK latency (publish ->
+//! PUBACK, `ack_p50_ms`...): what a sensor waits for. The result is one
+//! JSON line on stdout.
 //!
 //! `--null-sink` points the publishers at a sink inside this process that
 //! answers CONNECT and otherwise only reads: the generator's own ceiling.
@@ -107,6 +109,7 @@ struct Counters {
 }
 
 /// One publisher: paced to `rate` msgs/s (0 = flat out) until `deadline`.
+/// Returns the PUBACK latencies (µs) of its QoS 1 publishes.
 async fn publish(
     args: Arc<Args>,
     addr: String,
@@ -115,27 +118,38 @@ async fn publish(
     start: Instant,
     deadline: Instant,
     counters: Arc<Counters>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<u64>> {
     let stream = connect(&addr, &format!("perch-load-pub-{index}")).await?;
     let (mut rd, mut wr) = stream.into_split();
     let topic = format!("{}/s{index:04}/temperature", args.topic_prefix);
     let window = Arc::new(Semaphore::new(args.inflight.max(1)));
-    // QoS 1: a reader returns a window permit per PUBACK. QoS 0: it drains
-    // whatever the broker might send, so the socket never fills.
+    // When each packet id was last written (µs after `start`): a packet id
+    // is reused only after its PUBACK, so the reader finds its own.
+    let written_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..=u16::MAX).map(|_| AtomicU64::new(0)).collect());
+    let since_start = move || Instant::now().saturating_duration_since(start).as_micros() as u64;
+    // QoS 1: a reader returns a window permit per PUBACK and notes its
+    // latency. QoS 0: it drains whatever the broker might send, so the
+    // socket never fills.
     let acks = {
-        let window = window.clone();
+        let (window, written_at) = (window.clone(), written_at.clone());
         tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(1 << 16);
             let mut buf = vec![0u8; 64 * 1024];
             let mut filled = 0;
             loop {
                 let n = rd.read(&mut buf[filled..]).await?;
                 if n == 0 {
-                    return Ok::<_, io::Error>(());
+                    return Ok::<_, io::Error>(latencies);
                 }
                 filled += n;
+                let now = since_start();
                 let mut at = 0;
                 while let Some(p) = mqtt::next_packet(&buf[..filled], at)? {
-                    if p.header >> 4 == mqtt::PUBACK {
+                    if p.header >> 4 == mqtt::PUBACK && p.body.len() >= 2 {
+                        let id = u16::from_be_bytes([buf[p.body.start], buf[p.body.start + 1]]);
+                        let sent = written_at[usize::from(id)].load(Ordering::Relaxed);
+                        latencies.push(now.saturating_sub(sent));
                         window.add_permits(1);
                     }
                     at = p.body.end;
@@ -178,6 +192,9 @@ async fn publish(
             }
             sensor::write(&mut payload, index, seq, ts, args.size);
             mqtt::put_publish(&mut out, &topic, args.qos, packet_id, &payload);
+            if args.qos > 0 {
+                written_at[usize::from(packet_id)].store(since_start(), Ordering::Relaxed);
+            }
             seq += 1;
         }
         wr.write_all(&out).await?;
@@ -195,8 +212,13 @@ async fn publish(
     }
     let _ = wr.write_all(&[0xE0, 0x00]).await;
     let _ = wr.shutdown().await;
-    acks.abort();
-    Ok(())
+    // The reader ends when the broker closes the connection after the
+    // DISCONNECT; one that does not is not waited for.
+    let latencies = match tokio::time::timeout(Duration::from_secs(5), acks).await {
+        Ok(Ok(Ok(latencies))) => latencies,
+        _ => Vec::new(),
+    };
+    Ok(latencies)
 }
 
 /// What the subscriber measured.
@@ -468,9 +490,11 @@ async fn run(args: Args) -> anyhow::Result<String> {
             publish(args, addr, index, per_publisher, start, deadline, counters).await
         }));
     }
+    let mut ack_latencies_us = Vec::new();
     for p in publishers {
-        p.await??;
+        ack_latencies_us.extend(p.await??);
     }
+    ack_latencies_us.sort_unstable();
     let send_elapsed = start.elapsed().as_secs_f64();
     let sent: u64 = counters
         .sent
@@ -493,6 +517,15 @@ async fn run(args: Args) -> anyhow::Result<String> {
         sent,
         sent as f64 / send_elapsed
     );
+    if args.qos > 0 {
+        line += &format!(
+            r#","acked":{},"ack_p50_ms":{:.3},"ack_p99_ms":{:.3},"ack_max_ms":{:.3}"#,
+            ack_latencies_us.len(),
+            percentile(&ack_latencies_us, 50.0) as f64 / 1000.0,
+            percentile(&ack_latencies_us, 99.0) as f64 / 1000.0,
+            ack_latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0,
+        );
+    }
     if let Some(task) = subscriber {
         let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout_s);
         let _ = stop_tx.send(Some((expected, drain_deadline)));
@@ -586,6 +619,37 @@ mod tests {
             !line.contains("p99_ms"),
             "no subscriber, no latency: {line}"
         );
+    }
+
+    #[tokio::test]
+    async fn qos1_publishes_report_their_puback_latency() {
+        let line = run(args(&[
+            "--null-sink",
+            "--qos",
+            "1",
+            "--publishers",
+            "2",
+            "--rate",
+            "2000",
+            "--duration-s",
+            "0.5",
+        ]))
+        .await
+        .unwrap();
+        let number = |name: &str| -> f64 {
+            line.split(&format!(r#""{name}":"#))
+                .nth(1)
+                .and_then(|s| s.split([',', '}']).next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+        };
+        assert_eq!(
+            number("acked"),
+            number("sent"),
+            "every publish acknowledged: {line}"
+        );
+        assert!(number("ack_p50_ms") <= number("ack_p99_ms"), "{line}");
+        assert!(number("ack_max_ms") < 10_000.0, "{line}");
     }
 
     #[tokio::test]

@@ -23,7 +23,9 @@
 //! - enforces the client's ACL on PUBLISH and SUBSCRIBE;
 //! - hands what changes the retained set (retained publishes, empty
 //!   payloads) to the retained store ([`super::retained`]), so it survives
-//!   a restart;
+//!   a restart, and what `upstream.forward_topics` asks for to the buffer,
+//!   and holds the PUBACK/PUBREC of such a QoS 1/2 publish until it is
+//!   committed ([`super::kept`]: a PUBACK means it is on disk);
 //! - takes the will out of the CONNECT and hands it to [`super::will`] when
 //!   the connection ends without DISCONNECT; a DISCONNECT is not passed on:
 //!   the codec ends the connection itself after it (see `will` for why);
@@ -89,10 +91,12 @@ use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, ConnectReturnCode, Packet, PingReq, Protocol};
 
 use super::auth::{Acl, Refusal, Users};
+use super::kept::{Keeper, Kept};
 use super::retained::Capture;
 use super::session::Sessions;
 use super::will::{self, Will, Wills};
 
+mod acks;
 pub(super) mod delivery;
 mod disconnect;
 mod refusal;
@@ -118,6 +122,9 @@ pub struct Policy {
     /// Where retained publishes go to be persisted; `None` keeps them in
     /// memory only.
     pub retained: Option<Capture>,
+    /// What keeps the messages on `upstream.forward_topics` (the buffer);
+    /// `None` when nothing is forwarded.
+    pub keeper: Option<Arc<dyn Keeper>>,
     /// Where wills go when a connection ends without DISCONNECT.
     pub wills: Arc<Wills>,
     /// Persistent sessions: stored subscriptions, expiry timers.
@@ -267,6 +274,9 @@ pub struct Refusals {
     /// Subscriptions refused because `broker.max_filters` distinct filters
     /// were subscribed already (also counted in `subscriptions`).
     pub filters: AtomicU64,
+    /// QoS 1/2 publishes the gateway could not commit (the buffer or the
+    /// retained store full or failing): refused, never acknowledged.
+    pub not_kept: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -438,6 +448,9 @@ pub struct Codec {
     /// coming back through No Local ones (see [`delivery`]); locked because
     /// `write` takes `&self` (one task uses it).
     subscriptions: Mutex<Subscriptions>,
+    /// Kept publishes whose PUBACK/PUBREC waits for a commit ([`acks`]);
+    /// locked because `write` takes `&self` (one task uses it).
+    kept: Mutex<Kept>,
     /// A packet was handed to rumqttd since it last saw InsufficientBytes:
     /// rumqttd is in the middle of a batch whose packets an error would
     /// throw away.
@@ -479,6 +492,7 @@ impl Codec {
             }),
             inject: Mutex::new(VecDeque::new()),
             subscriptions: Mutex::new(Subscriptions::default()),
+            kept: Mutex::default(),
             mid_batch: false,
             counted: false,
             started: false,
@@ -654,6 +668,9 @@ impl Codec {
                     self.mid_batch = true;
                     return Ok(packet);
                 }
+                // A 3.1.1 publish the gateway could not keep: the
+                // connection ends without its PUBACK (see `refuse_kept`).
+                None if self.closing => return self.close_after_batch(),
                 // Dropped (a denied QoS 0 publish): read the next one.
                 None => continue,
             }
@@ -770,6 +787,7 @@ impl Codec {
                 }
                 Ok(n)
             }
+            Packet::PubAck(..) | Packet::PubRec(..) => self.write_kept_ack(packet, write),
             Packet::ConnAck(ack, mut props) if self.server_keep_alive => {
                 props.get_or_insert_with(Default::default).server_keep_alive =
                     Some(KEEP_ALIVE_OFF_S);
@@ -1045,6 +1063,14 @@ impl Codec {
                     None => topic,
                 };
                 if acl.may_publish(topic) {
+                    let kept = self.kept.get_mut().expect("codec lock");
+                    let (keeper, retained) =
+                        (self.policy.keeper.as_deref(), self.policy.retained.as_ref());
+                    let at = (peeked.qos, peeked.pkid);
+                    let Ok(forwarded) = kept.keep(keeper, retained, topic, &publish, &props, at)
+                    else {
+                        return self.refuse_kept(peeked);
+                    };
                     if let (2, Some(pkid)) = (peeked.qos, peeked.pkid) {
                         let held = Will {
                             topic: if publish.topic.is_empty() {
@@ -1063,17 +1089,14 @@ impl Codec {
                         };
                         self.incoming_qos2.insert(pkid, held);
                     }
-                    // rumqttd deletes the retained message on any empty
-                    // payload, retained or not; the store mirrors it.
-                    if publish.retain || publish.payload.is_empty() {
-                        if let Some(capture) = &self.policy.retained {
-                            let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
-                            capture.offer(topic, peeked.qos.min(2), &publish.payload, expiry);
-                        }
-                    }
                     (self.subscriptions.get_mut().expect("codec lock"))
                         .published(topic, &publish.payload);
                     let props = delivery::mark(props, peeked.qos, publish.retain);
+                    let props = if forwarded {
+                        delivery::kept(props)
+                    } else {
+                        props
+                    };
                     return Some(Packet::Publish(publish, props));
                 }
                 self.refusals.publishes.fetch_add(1, Ordering::Relaxed);

@@ -24,6 +24,9 @@
 //! - **Retained messages survive a restart**: the codecs capture them into a
 //!   bounded SQLite store, restored through an in-process link before any
 //!   listener opens: see [`retained`].
+//! - **A PUBACK means it is on disk**: a QoS 1/2 publish the gateway keeps
+//!   (retained, or on `upstream.forward_topics`) is acknowledged only once
+//!   it is committed: see [`kept`].
 //! - **Persistent sessions survive a restart**: the codecs capture their
 //!   subscriptions into SQLite; they are recreated in the router before any
 //!   listener opens, and 5.0 session expiry is enforced: see [`session`].
@@ -39,6 +42,7 @@
 pub mod auth;
 mod codec;
 mod config;
+pub mod kept;
 pub mod retained;
 pub mod session;
 mod tls;
@@ -139,14 +143,20 @@ impl Broker {
     /// Starts the router and every listener, with retained messages in
     /// memory only (for tests of other stages).
     pub fn start(config: &BrokerConfig) -> Result<Broker, BrokerError> {
-        Broker::start_in(config, None)
+        Broker::start_in(config, None, None)
     }
 
     /// Starts the router, restores the retained messages stored in
     /// `data_dir` (if given; new ones are persisted there), then starts every
-    /// listener; returns once all are listening. Must be called inside a
-    /// tokio runtime: the listeners run on it.
-    pub fn start_in(config: &BrokerConfig, data_dir: Option<&Path>) -> Result<Broker, BrokerError> {
+    /// listener; returns once all are listening. `keeper` keeps what clients
+    /// publish on the topics it asks for before their PUBACK goes out
+    /// ([`kept`]). Must be called inside a tokio runtime: the listeners run
+    /// on it.
+    pub fn start_in(
+        config: &BrokerConfig,
+        data_dir: Option<&Path>,
+        keeper: Option<Arc<dyn kept::Keeper>>,
+    ) -> Result<Broker, BrokerError> {
         let router = RouterConfig {
             max_connections: config.max_connections,
             max_outgoing_packet_count: config.max_outgoing_packet_count,
@@ -187,20 +197,7 @@ impl Broker {
             traffic: traffic.clone(),
         };
         if let Some(dir) = data_dir {
-            let bounds = retained::Bounds {
-                max_messages: config.max_retained_messages,
-                max_bytes: config.max_retained_bytes,
-            };
-            let mut store = retained::Store::open(dir, bounds)?;
-            let restored = store.take_restored();
-            if !restored.is_empty() {
-                let n = restored.len();
-                let (mut tx, rx) = broker.links.open("retained")?;
-                restore_retained(&mut tx, restored);
-                broker.tasks.push(drain((Some(tx), rx)));
-                tracing::info!(messages = n, "retained messages restored");
-            }
-            broker.retained = Some(store);
+            broker.open_retained(config, dir)?;
         }
         let opener: Arc<session::Opener> = Arc::new({
             let router_tx = router_tx.clone();
@@ -289,6 +286,7 @@ impl Broker {
                 users: users.clone(),
                 allow_anonymous: l.allow_anonymous,
                 retained: capture.clone(),
+                keeper: keeper.clone(),
                 wills: wills.clone(),
                 sessions: sessions.clone(),
                 unacked: unacked.clone(),
@@ -327,6 +325,26 @@ impl Broker {
             });
         }
         Ok(broker)
+    }
+
+    /// Opens the retained-message store in `dir` and publishes what it
+    /// holds, before any listener opens.
+    fn open_retained(&mut self, config: &BrokerConfig, dir: &Path) -> Result<(), BrokerError> {
+        let bounds = retained::Bounds {
+            max_messages: config.max_retained_messages,
+            max_bytes: config.max_retained_bytes,
+        };
+        let mut store = retained::Store::open(dir, bounds)?;
+        let restored = store.take_restored();
+        if !restored.is_empty() {
+            let n = restored.len();
+            let (mut tx, rx) = self.links.open("retained")?;
+            restore_retained(&mut tx, restored);
+            self.tasks.push(drain((Some(tx), rx)));
+            tracing::info!(messages = n, "retained messages restored");
+        }
+        self.retained = Some(store);
+        Ok(())
     }
 
     /// An in-process connection to the router, for the gateway's own parts.

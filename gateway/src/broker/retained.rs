@@ -16,12 +16,17 @@
 //!   other one already queued, and applies them in one transaction: a
 //!   retained message is on disk milliseconds after its PUBLISH was read; a
 //!   clean shutdown waits for the queue to drain ([`Store::flush`]).
+//! - **Acknowledged after the commit.** A QoS 1/2 publish comes with a
+//!   ticket ([`Capture::keep`], [`crate::kit::durable`]): the codec holds its
+//!   PUBACK (PUBREC) until the transaction that stores it has committed.
 //! - **Bounded.** At most `max_retained_messages` topics and
 //!   `max_retained_bytes` (topic + payload) are kept on disk. A retained
 //!   publish to a new topic beyond either bound is not persisted: it is
-//!   logged and counted, and still retained in memory until the next
-//!   restart. Replacing or deleting a stored topic always works. A full
-//!   capture queue is treated the same way (logged, counted).
+//!   logged and counted; at QoS 1/2 its client is refused (MQTT 5: PUBACK
+//!   0x97; 3.1.1: the connection is closed without PUBACK), at QoS 0 it is
+//!   still retained in memory until the next restart. Replacing or deleting
+//!   a stored topic always works. A full capture queue or a failed write is
+//!   treated the same way (logged, counted).
 //! - **Restore.** [`Store::open`] reads every row before any listener opens;
 //!   the broker publishes them through an in-process link, as retained
 //!   messages with their QoS (2 is restored as 1: a local link cannot run the
@@ -45,6 +50,7 @@ use crate::kit::clock::now_ms;
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::kit::durable::{self, Refused, Ticket};
 use crate::kit::sqlite::{IfNotWal, OpenError, Synchronous};
 
 /// Operations waiting for the persister; past this, captures are dropped
@@ -72,10 +78,21 @@ pub struct Retained {
     pub expiry_s: Option<u32>,
 }
 
+/// A change to the stored set; its ticket, when a client waits for it, is
+/// settled by the commit (see [`Capture::keep`]).
 enum Op {
-    Set(Retained),
-    Delete(String),
+    Set(Retained, Option<Ticket>),
+    Delete(String, Option<Ticket>),
     Flush(mpsc::Sender<()>),
+}
+
+impl Op {
+    fn take_ticket(&mut self) -> Option<Ticket> {
+        match self {
+            Op::Set(_, t) | Op::Delete(_, t) => t.take(),
+            Op::Flush(_) => None,
+        }
+    }
 }
 
 /// Counts of what the store could not keep.
@@ -100,30 +117,50 @@ impl Capture {
     /// Records that `topic` now retains `payload` (an empty payload deletes
     /// it). Never blocks.
     pub fn offer(&self, topic: &str, qos: u8, payload: &Bytes, expiry_s: Option<u32>) {
+        let _ = self.keep(topic, qos, payload, expiry_s, None);
+    }
+
+    /// [`Capture::offer`] for a publish whose client waits for it to be on
+    /// disk: `ticket` is settled by the commit, as refused when the change
+    /// is over a bound or the write failed. `Err`: the queue is full;
+    /// nothing was taken (counted and logged).
+    pub fn keep(
+        &self,
+        topic: &str,
+        qos: u8,
+        payload: &Bytes,
+        expiry_s: Option<u32>,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Refused> {
         let op = if payload.is_empty() {
-            Op::Delete(topic.to_owned())
+            Op::Delete(topic.to_owned(), ticket)
         } else {
-            Op::Set(Retained {
-                topic: topic.to_owned(),
-                qos,
-                payload: payload.clone(),
-                expiry_s,
-            })
+            Op::Set(
+                Retained {
+                    topic: topic.to_owned(),
+                    qos,
+                    payload: payload.clone(),
+                    expiry_s,
+                },
+                ticket,
+            )
         };
         match self.tx.try_send(op) {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 let n = self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
                 if n.is_multiple_of(1000) {
                     tracing::warn!(
                         topic,
                         dropped = n + 1,
-                        "retained message not persisted: the store's queue is full (it is \
-                         retained in memory until the next restart)"
+                        "retained message not persisted: the store's queue is full (a QoS 1/2 \
+                         one is refused; a QoS 0 one is retained in memory until the next \
+                         restart)"
                     );
                 }
+                Err(Refused)
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => Err(Refused),
         }
     }
 }
@@ -265,14 +302,21 @@ impl Persister {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.apply(&mut batch) {
+            let mut over_bound = Vec::new();
+            let written = self.apply(&mut batch, &mut over_bound);
+            if let Err(e) = &written {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "cannot write retained messages to disk; they stay retained in memory");
+                tracing::error!(error = %e, "cannot write retained messages to disk; they stay retained in memory (QoS 1/2 publishes among them are refused)");
                 // Re-read the totals: the transaction rolled back.
                 if let Ok((c, b)) = self.totals() {
                     (self.count, self.bytes) = (c, b);
                 }
             }
+            let ok = written.is_ok();
+            durable::settle(batch.iter_mut().enumerate().filter_map(|(i, op)| {
+                let committed = ok && !over_bound.contains(&i);
+                op.take_ticket().map(|t| (t, committed))
+            }));
             for op in batch.drain(..) {
                 if let Op::Flush(done) = op {
                     let _ = done.send(());
@@ -289,11 +333,13 @@ impl Persister {
         )
     }
 
-    fn apply(&mut self, batch: &mut [Op]) -> rusqlite::Result<()> {
+    /// Applies `batch` in one transaction; the positions of changes not
+    /// persisted because of a bound go to `over_bound`.
+    fn apply(&mut self, batch: &mut [Op], over_bound: &mut Vec<usize>) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
-        for op in batch.iter() {
+        for (i, op) in batch.iter().enumerate() {
             match op {
-                Op::Set(r) => {
+                Op::Set(r, _) => {
                     let old: Option<u64> = tx
                         .query_row(
                             "SELECT length(CAST(topic AS BLOB)) + length(payload) FROM retained WHERE topic = ?1",
@@ -319,6 +365,7 @@ impl Persister {
                                  topics with an empty retained publish"
                             );
                         }
+                        over_bound.push(i);
                         continue;
                     }
                     let expires = r
@@ -334,7 +381,7 @@ impl Persister {
                     )?;
                     (self.count, self.bytes) = (count, bytes);
                 }
-                Op::Delete(topic) => {
+                Op::Delete(topic, _) => {
                     let old: Option<u64> = tx
                         .query_row(
                             "DELETE FROM retained WHERE topic = ?1
@@ -428,6 +475,31 @@ mod tests {
                 ("b/3".to_owned(), Bytes::from_static(b"z"))
             ]
         );
+    }
+
+    #[test]
+    fn a_kept_change_settles_its_ticket_once_committed_or_refused_over_the_bound() {
+        use crate::kit::durable::{Gate, Lane, Outcome};
+        let dir = tempfile::tempdir().unwrap();
+        let bounds = Bounds {
+            max_messages: 1,
+            max_bytes: 1 << 20,
+        };
+        let store = Store::open(dir.path(), bounds).unwrap();
+        let c = store.capture();
+        let gate = Gate::new();
+        let keep = |topic: &str, n| {
+            let ticket = Ticket::new(&gate, Lane::Retained, n);
+            c.keep(topic, 1, &Bytes::from_static(b"x"), None, Some(ticket))
+                .unwrap();
+        };
+        keep("k/1", 1);
+        keep("k/2", 2); // a second topic: over max_messages
+        keep("k/1", 3); // replacing a stored topic always works
+        let wait = |n| gate.wait([0, n], Duration::from_secs(10));
+        assert_eq!(wait(1), Outcome::Committed);
+        assert_eq!(wait(2), Outcome::Refused);
+        assert_eq!(wait(3), Outcome::Committed);
     }
 
     #[test]

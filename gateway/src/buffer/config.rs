@@ -12,6 +12,12 @@ pub struct BufferConfig {
     /// is the crash-loss window: a power cut loses at most the records
     /// accepted in the last `commit_interval_ms`.
     pub commit_interval_ms: u64,
+    /// Longest a record that a client waits on waits for its transaction:
+    /// a QoS 1/2 message on `upstream.forward_topics`, whose PUBACK (PUBREC)
+    /// the broker holds until the record is committed. Such records commit
+    /// together (group commit); 0 commits as soon as the writer is free,
+    /// which still groups what arrives during the commit before.
+    pub ack_commit_interval_ms: u64,
     /// Records per transaction at most; a full batch commits at once.
     pub commit_batch: usize,
     /// SQLite `synchronous` setting: `full` (default: a commit survives power
@@ -41,6 +47,7 @@ impl Default for BufferConfig {
     fn default() -> Self {
         BufferConfig {
             commit_interval_ms: 50,
+            ack_commit_interval_ms: 2,
             commit_batch: 1_000,
             synchronous: Synchronous::Full,
             max_bytes: 64 * 1024 * 1024,

@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use super::store::Pending;
 use super::*;
 
 fn config() -> BufferConfig {
@@ -224,6 +225,54 @@ fn drop_newest_keeps_the_oldest_and_counts_the_refused() {
     let rows = buffer.reader().unwrap().after(0, 1000).unwrap();
     assert!(String::from_utf8_lossy(&rows[0].payload).contains("\"n\":0,"));
     assert_eq!(stats.dropped_newest.load(Relaxed) + rows.len() as u64, 200);
+}
+
+#[test]
+fn a_record_a_client_waits_on_is_committed_within_the_ack_interval_or_refused() {
+    use crate::kit::durable::{Gate, Lane, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BufferConfig {
+        max_bytes: 64 * 1024,
+        when_full: WhenFull::DropNewest,
+        // Only the ack interval can make these commit in time.
+        commit_interval_ms: 60_000,
+        ..config()
+    };
+    let buffer = open(dir.path(), &cfg);
+    let intake = buffer.intake();
+    let gate = Gate::new();
+    let pad = "x".repeat(900);
+    // ~70 records of 900 bytes fill the 64 KiB; the rest are refused by
+    // drop_newest, and their tickets say so.
+    for n in 1..=100u64 {
+        let ticket = Ticket::new(&gate, Lane::Buffer, n);
+        intake
+            .forward_kept("readings", pad.as_bytes(), Some(ticket))
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(
+        gate.wait([1, 0], Duration::from_secs(10)),
+        Outcome::Committed
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "committed by the ack interval, not commit_interval_ms"
+    );
+    assert_eq!(
+        gate.wait([100, 0], Duration::from_secs(10)),
+        Outcome::Refused
+    );
+    let kept = buffer.reader().unwrap().after(0, 1000).unwrap().len() as u64;
+    assert!(kept > 0 && kept < 100, "{kept}");
+    for n in 2..100 {
+        let want = if n <= kept {
+            Outcome::Committed
+        } else {
+            Outcome::Refused
+        };
+        assert_eq!(gate.poll([n, 0]), Some(want), "ticket {n}");
+    }
 }
 
 #[test]

@@ -5,6 +5,9 @@
 //! - [`clock`]: wall-clock time in Unix milliseconds, the one clock
 //!   records, windows, sessions and functions are stamped with.
 //! - [`digest`]: SHA-256 in hex, the id of a module and a bundle.
+//! - [`durable`]: acknowledgements that wait for a commit: the tickets a
+//!   connection takes for what it hands the buffer or the retained store,
+//!   and how their writers settle them (a PUBACK means it is on disk).
 //! - [`metrics`]: the metric primitives the stages count with (a duration
 //!   histogram, a log rate limit).
 //! - [`problem`]: [`Problem`], one thing wrong with a config; every
@@ -16,6 +19,7 @@
 
 pub mod clock;
 pub mod digest;
+pub mod durable;
 pub mod metrics;
 pub mod problem;
 pub mod sqlite;

@@ -49,9 +49,9 @@
 //! # Capture
 //!
 //! `forward_topics` lists local topic filters whose messages go upstream
-//! without a function: a task subscribes to them through an in-process link
-//! and forwards each message as a record in the stream named by its topic.
+//! without a function: see [`capture`].
 
+pub mod capture;
 mod config;
 pub mod fleet;
 mod http;
@@ -67,6 +67,7 @@ use rumqttc::{
 };
 use tokio::sync::{watch, Notify};
 
+pub use self::capture::Forwarding;
 pub use self::config::{
     HttpTls, HttpUpstreamConfig, MqttUpstreamConfig, UpstreamConfig, UpstreamTls,
 };
@@ -97,12 +98,16 @@ pub struct Stats {
     pub acked: AtomicU64,
     pub connects: AtomicU64,
     pub connection_errors: AtomicU64,
+    /// Messages on `forward_topics` handed to the buffer (by the codecs
+    /// and by the capture link).
     pub captured: AtomicU64,
     pub capture_refused: AtomicU64,
     /// Messages on `forward_topics` the broker dropped before the capture
-    /// read them: it fell further behind than the broker keeps per filter
-    /// (`max_message_log_bytes / max_filters`), and rumqttd moved its
-    /// read cursor past what it had dropped.
+    /// link read them: it fell further behind than the broker keeps per
+    /// filter (`max_message_log_bytes / max_filters`), and rumqttd moved its
+    /// read cursor past what it had dropped. Those MQTT clients published
+    /// were kept by the codecs anyway; only in-process publishes among them
+    /// (functions, wills) were not forwarded.
     pub capture_lost: AtomicU64,
     /// Records the HTTP endpoint refused for good (4xx), moved to dead letters.
     pub dead_lettered: AtomicU64,
@@ -215,7 +220,7 @@ pub fn start(
     stats: Arc<Stats>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<(&'static str, tokio::task::JoinHandle<()>)>, UpstreamError> {
-    let mut tasks: Vec<_> = capture(
+    let mut tasks: Vec<_> = capture::capture(
         broker,
         config.forward_topics.clone(),
         buffer.intake(),
@@ -638,128 +643,10 @@ pub fn status_topic(gateway: &str) -> String {
     format!("perch/{gateway}/status")
 }
 
-/// Subscribes to `filters` on the local broker and forwards every message
-/// into the buffer (stream = topic), until `shutdown`.
-///
-/// rumqttd delivers a message once per matching subscription of a
-/// connection and does not say which matched, so each filter gets its own
-/// link, and a message is taken only by the first filter in the list that
-/// matches it: overlapping filters forward it once.
-pub fn capture(
-    broker: &crate::broker::Broker,
-    filters: Vec<String>,
-    intake: Intake,
-    stats: Arc<Stats>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, UpstreamError> {
-    let filters = Arc::new(filters);
-    let mut tasks = Vec::new();
-    for i in 0..filters.len() {
-        let name = format!("upstream-capture-{i}");
-        let (mut tx, mut rx) = broker.link(&name)?;
-        tx.subscribe(filters[i].clone())
-            .map_err(|e| crate::broker::BrokerError::Link {
-                client_id: name.clone(),
-                source: Box::new(e),
-            })?;
-        let (filters, intake, stats, mut shutdown) = (
-            filters.clone(),
-            intake.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let _tx = tx; // dropping it would end the link
-                          // The log offset of the last message read: the router numbers
-                          // a filter's messages consecutively, so a gap is what it
-                          // dropped before this link read it.
-            let mut last_offset: Option<u64> = None;
-            loop {
-                let next = tokio::select! {
-                    n = rx.next() => n,
-                    _ = shutdown.changed() => return,
-                };
-                match next {
-                    Ok(Some(rumqttd::Notification::Forward(f))) => {
-                        if let Some((_, offset)) = f.cursor {
-                            let lost = skipped(last_offset, offset);
-                            last_offset = Some(offset);
-                            if lost > 0 {
-                                let before = stats.capture_lost.fetch_add(lost, Ordering::Relaxed);
-                                tracing::warn!(
-                                    lost,
-                                    lost_total = before + lost,
-                                    filter = filters[i],
-                                    "upstream capture: the broker dropped messages the capture \
-                                     had not read yet (it fell behind by more than the \
-                                     broker keeps per filter: broker.max_message_log_bytes / \
-                                     max_filters)"
-                                );
-                            }
-                        }
-                        let topic = String::from_utf8_lossy(&f.publish.topic);
-                        if crate::kit::topic::matches_any(&filters[..i], &topic) {
-                            continue; // an earlier filter's link forwards it
-                        }
-                        match intake.forward(&topic, &f.publish.payload) {
-                            Ok(()) => {
-                                stats.captured.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                // Counted every time, logged once per 1000 so
-                                // a stalled disk cannot flood the log.
-                                let n = stats.capture_refused.fetch_add(1, Ordering::Relaxed);
-                                if n.is_multiple_of(1000) {
-                                    tracing::warn!(
-                                        error = %e,
-                                        refused = n + 1,
-                                        "upstream capture: a message on {topic} was not buffered"
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    Ok(Some(rumqttd::Notification::Unschedule)) => {
-                        // The router pauses a link with many pending
-                        // notifications until it says it is ready again.
-                        if rx.ready().is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "upstream capture: local link closed");
-                        return;
-                    }
-                }
-            }
-        }));
-    }
-    Ok(tasks)
-}
-
-/// Messages between two consecutive reads of one filter's log that the
-/// reader never saw (offsets count every message appended to the filter).
-fn skipped(last: Option<u64>, offset: u64) -> u64 {
-    match last {
-        Some(l) if offset > l => offset - l - 1,
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::buffer::StoredRecord;
-
-    #[test]
-    fn gaps_in_log_offsets_are_counted_as_skipped() {
-        assert_eq!(skipped(None, 41), 0);
-        assert_eq!(skipped(Some(41), 42), 0);
-        assert_eq!(skipped(Some(41), 50), 8);
-        // A restarted log (offsets from 0 again) is not a loss.
-        assert_eq!(skipped(Some(41), 3), 0);
-    }
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_under_the_cap() {

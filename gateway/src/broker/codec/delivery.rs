@@ -18,7 +18,9 @@
 //! its log (retained store and offline sessions included) that has room
 //! to spare: the Payload Format Indicator, a byte whose only values are 0
 //! and 1 (a client sending another value is closed: [`check`]). A marked
-//! byte has its top bit set, bit 4 set if the message was published with
+//! byte has its top bit set, bit 5 set if the codec handed the message to
+//! the gateway's keeper (`broker::kept`: the upstream capture skips it),
+//! bit 4 set if the message was published with
 //! RETAIN=1, the QoS in bits 2-3 and the client's own indicator (none, 0
 //! or 1) in bits 0-1. It costs no allocation: the
 //! properties of a 3.1.1 publish are an empty struct in place of `None`.
@@ -84,6 +86,26 @@ const MARK: u8 = 0x80;
 /// Set in a marked Payload Format Indicator of a message published with
 /// RETAIN=1 (rumqttd clears the flag on live deliveries).
 const RETAINED: u8 = 0x10;
+
+/// Set in a marked Payload Format Indicator of a message the codec handed
+/// to the gateway's keeper (`upstream.forward_topics`): the in-process
+/// capture of those topics leaves it alone (see `broker::kept`).
+const KEPT: u8 = 0x20;
+
+/// Adds to a marked message that it was kept ([`KEPT`]).
+pub fn kept(props: Option<PublishProperties>) -> Option<PublishProperties> {
+    props.map(|mut p| {
+        p.payload_format_indicator = p.payload_format_indicator.map(|b| b | KEPT);
+        p
+    })
+}
+
+/// Whether a message is marked as kept.
+pub fn is_kept(props: Option<&PublishProperties>) -> bool {
+    props
+        .and_then(|p| p.payload_format_indicator)
+        .is_some_and(|b| b & (MARK | KEPT) == MARK | KEPT)
+}
 
 /// What the mark says about a message: how it was published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -102,13 +102,16 @@ fn broker(m: &mut Metrics, s: &Sources) {
         "perch_broker_refused_total",
         "counter",
         "What the broker refused: logins, publishes outside a client's ACL, subscriptions \
-         (outside the ACL or past broker.max_filters; the latter also as what=\"filter\").",
+         (outside the ACL or past broker.max_filters; the latter also as what=\"filter\"), \
+         QoS 1/2 publishes the gateway could not commit (what=\"not_kept\": the buffer or \
+         the retained store full or failing; refused, never acknowledged).",
     );
     for (what, v) in [
         ("login", &r.logins),
         ("publish", &r.publishes),
         ("subscribe", &r.subscriptions),
         ("filter", &r.filters),
+        ("not_kept", &r.not_kept),
     ] {
         m.value(
             "perch_broker_refused_total",
