@@ -132,6 +132,17 @@ deploy_example_function() {
     SMOKE_EXPECT='"temperature":37'
 }
 
+# Waits until LOG has perch's ready line, the process PID has died, or
+# TENTHS tenths of a second have passed.
+wait_ready() {
+    local log="$1" pid="$2" tenths="$3"
+    for _ in $(seq "$tenths"); do
+        grep -q 'perch ready' "$log" && return 0
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+}
+
 # 2. Start perch under qemu-user with a plain and a TLS listener, deploy the
 # example function, publish an event with a host MQTT client, receive the
 # function's output (over TLS, so rustls and ring's assembly run on the
@@ -173,11 +184,7 @@ EOF
     NO_COLOR=1 "${run[@]}" run --config "$dir/perch.toml" --data-dir "$dir/data" 2>"$log" &
     pid=$!
     # qemu is slow to start a big binary; give it a minute.
-    for _ in $(seq 600); do
-        grep -q 'perch ready' "$log" && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
+    wait_ready "$log" "$pid" 600
     line="$(grep -m1 'perch ready' "$log")" || {
         note "perch ($target) did not get ready; its log:"
         cat "$log" >&2
@@ -345,11 +352,7 @@ start_unit_binary() {
     # shellcheck disable=SC2086 # the command line splits into words, as systemd does
     NO_COLOR=1 $exec 2>"$log" &
     pid=$!
-    for _ in $(seq 100); do
-        grep -q 'perch ready' "$log" && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
+    wait_ready "$log" "$pid" 100
     if grep -q 'perch ready' "$log"; then
         note "$(grep -m1 'perch ready' "$log")"
     else
