@@ -1,5 +1,5 @@
 //! The ~200 KB module the runtime bench deploys and the runtime's memory
-//! regression test (`functions::tests::modules::a_replaced_version_gives_its_memory_back`)
+//! regression test (`a_replaced_version_gives_its_memory_back` in gateway/tests/memory.rs)
 //! compiles over and over: one generator for both.
 
 /// A valid perch module of about 200 KB: the ABI exports plus many

@@ -197,6 +197,3 @@ async fn wait_for(f: &Functions, name: &str, what: impl Fn(&FunctionInfo) -> boo
     }
     panic!("{name} never reached the expected state: {:?}", f.list());
 }
-
-#[path = "../../../benches/common/module_200kb.rs"]
-mod module_200kb;
