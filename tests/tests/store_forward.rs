@@ -507,7 +507,10 @@ exec '{perch}' run --config '{config}' --data-dir "$D" --admin-listen 127.0.0.1:
             let log = log.clone();
             let stderr = child.stderr.take().unwrap();
             std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Lossy: a line that is not UTF-8 must not stop the reader
+                // (the pipe would fill and block perch).
+                for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+                    let line = String::from_utf8_lossy(&line).into_owned();
                     if line.contains("perch ready") {
                         let _ = ready_tx.send(line.clone());
                     }

@@ -171,8 +171,11 @@ impl Gateway {
         {
             let log = log.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let line = strip_ansi(&line);
+                // Read to the end whatever the bytes: a line that is not
+                // UTF-8 must not stop the reader, or the pipe fills and
+                // perch blocks on its next log line.
+                for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+                    let line = strip_ansi(&String::from_utf8_lossy(&line));
                     if line.contains("perch ready") {
                         let _ = ready_tx.send(line.clone());
                     }
