@@ -22,6 +22,7 @@ mod house;
 mod lifecycle;
 mod load;
 mod mqtt5;
+mod readers;
 mod rollout;
 mod signing;
 mod spec_fixes;

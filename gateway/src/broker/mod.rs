@@ -582,30 +582,50 @@ fn no_delay_for_accepted(addr: SocketAddr) {
 
 /// Runs `f` on each socket this process has open until it returns `Some`.
 ///
-/// Without `unsafe`: each descriptor listed in /proc/self/fd is duplicated
-/// with `pidfd_getfd` on this process's own pidfd (Linux 5.6 or later; the
-/// kernel always lets a process do that to itself) and looked at through
-/// the duplicate, which `f` borrows and which is closed after it. A
-/// descriptor closed meanwhile fails to duplicate and is skipped; one
-/// reused meanwhile is an unrelated socket that `f` does not match (the
-/// listener's address is ours alone). Options set through the duplicate
-/// are set on the socket itself, which both descriptors share.
+/// Without `unsafe`: each descriptor that /proc/self/fd lists as a socket
+/// is duplicated with `pidfd_getfd` on this process's own pidfd (Linux 5.6
+/// or later; the kernel always lets a process do that to itself) and looked
+/// at through the duplicate, which `f` borrows and which is closed after
+/// it. Options set through the duplicate are set on the socket itself,
+/// which both descriptors share.
+///
+/// Only sockets are duplicated, and a duplicate that turns out not to be
+/// one is leaked, never closed: closing *any* descriptor of a file drops
+/// every POSIX record lock the process holds on it, and SQLite's locks on
+/// the databases and their `-shm` files are such locks. Without them the
+/// next `perch buffer stats` (or any other process opening a database)
+/// takes itself for the first user, truncates the `-shm` file under
+/// perch's mapping, and perch dies of SIGBUS on its next write. A socket
+/// closed since it was listed fails to duplicate and is skipped; a number
+/// reused meanwhile by a file is the one leak, at most one per call.
 #[cfg(target_os = "linux")]
 fn find_socket<T>(
     mut f: impl FnMut(socket2::SockRef<'_>) -> Option<T>,
 ) -> std::io::Result<Option<T>> {
+    use rustix::fs::{fstat, FileType};
     use rustix::process::{getpid, pidfd_getfd, pidfd_open, PidfdFlags, PidfdGetfdFlags};
     let me = pidfd_open(getpid(), PidfdFlags::empty())?;
     for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
         let Some(raw) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
         let fd = match pidfd_getfd(&me, raw, PidfdGetfdFlags::empty()) {
             Ok(fd) => fd,
             // Closed since it was listed.
             Err(rustix::io::Errno::BADF) => continue,
             Err(e) => return Err(e.into()),
         };
+        if !fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Socket) {
+            // Reused by a file since it was listed: closing this duplicate
+            // would drop the process's locks on that file.
+            std::mem::forget(fd);
+            continue;
+        }
         if let Some(found) = f(socket2::SockRef::from(&fd)) {
             return Ok(Some(found));
         }
