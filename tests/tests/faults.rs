@@ -549,6 +549,9 @@ impl Rig {
             if want.is_subset(&arrived) {
                 break;
             }
+            if let Some(status) = self.gw.wait(Duration::ZERO) {
+                panic!("{what}: perch exited ({status}):\n{}", self.gw.log_text());
+            }
             assert!(
                 Instant::now() < deadline,
                 "{what}: {} accepted records never arrived (of {}): {:?}\n{}",

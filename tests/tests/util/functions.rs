@@ -261,6 +261,26 @@ impl Client {
         (topic, String::from_utf8_lossy(&payload).into_owned())
     }
 
+    /// The first message within `wait` whose payload contains `needle`,
+    /// skipping others (a retained status the gateway republishes on its
+    /// own timer may arrive any time).
+    pub async fn any_containing_within(
+        &mut self,
+        needle: &str,
+        wait: Duration,
+    ) -> Option<(String, String)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some((topic, payload))) =
+            tokio::time::timeout_at(deadline, self.received.recv()).await
+        {
+            let payload = String::from_utf8_lossy(&payload).into_owned();
+            if payload.contains(needle) {
+                return Some((topic, payload));
+            }
+        }
+        None
+    }
+
     /// Whether nothing arrives within `wait`.
     pub async fn nothing_within(&mut self, wait: Duration) -> bool {
         tokio::time::timeout(wait, self.received.recv())
