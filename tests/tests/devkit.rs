@@ -229,7 +229,7 @@ fn fn_test_reports_failing_events_and_exits_non_zero() {
     let shown = text(&out);
     assert!(!out.status.success(), "{shown}");
     assert!(
-        shown.contains("FAILED   the handler returned error code 1"),
+        shown.contains("FAILED   the handler returned error 1 (PAYLOAD: "),
         "{shown}"
     );
     assert!(

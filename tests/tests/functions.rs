@@ -276,7 +276,11 @@ async fn a_payload_the_function_cannot_parse_is_counted_and_the_function_goes_on
         .publish("sensors/x/temperature", "{\"celsius\": \"warm\"}")
         .await;
     let f = gw.wait_for_function("threshold-alert", |f| f["errors"] == 1);
-    assert_eq!(f["last_error"], "handler returned error 1");
+    // The Rust SDK's `Error::Payload`, named (sdk/ABI.md).
+    assert_eq!(
+        f["last_error"],
+        "handler returned error 1 (PAYLOAD: the event's payload is not the JSON it expected)"
+    );
     assert_eq!(f["state"], "running");
     assert!(watcher.nothing_within(Duration::from_millis(200)).await);
 

@@ -760,9 +760,10 @@ pub fn test(
 
 fn describe(failure: &Failure) -> String {
     match failure {
-        Failure::Returned(code) => {
-            format!("the handler returned error code {code} (sdk/ABI.md lists the codes)")
-        }
+        Failure::Returned(code) => format!(
+            "the handler returned {}",
+            crate::functions::codes::describe_handler_code(*code)
+        ),
         other => other.to_string(),
     }
 }

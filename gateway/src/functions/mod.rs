@@ -43,6 +43,7 @@
 //!   second plus once after each command: never per event.
 
 pub mod bundle;
+pub mod codes;
 pub mod config;
 pub mod control;
 pub mod dispatch;

@@ -288,7 +288,13 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Trap(kind) => write!(f, "trap: {kind}"),
-            Failure::Returned(rc) => write!(f, "handler returned error {rc}"),
+            Failure::Returned(rc) => {
+                write!(
+                    f,
+                    "handler returned {}",
+                    super::codes::describe_handler_code(*rc)
+                )
+            }
             Failure::EventTooLarge { needed, capacity } => write!(
                 f,
                 "event_too_large: topic and payload take {needed} bytes, the function's event \

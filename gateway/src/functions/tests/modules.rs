@@ -181,5 +181,8 @@ fn a_failing_perch_init_is_refused() {
         GOOD_MANIFEST,
     );
     assert!(err.contains("`perch_init` failed"), "{err}");
-    assert!(err.contains("handler returned error 3"), "{err}");
+    assert!(
+        err.contains("handler returned error 3 (TOO_LARGE: "),
+        "{err}"
+    );
 }
