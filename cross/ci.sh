@@ -17,6 +17,14 @@ export INSTALL_MISSING=1
 # PERCH_CI_TARGETS="a b" runs a subset.
 # The shipped targets: static musl binaries (cross/lib.sh, MUSL_TARGETS).
 read -ra CI_TARGETS <<<"${PERCH_CI_TARGETS:-${MUSL_TARGETS[*]}}"
+# The profile each target is built with (cross/lib.sh, profile_of). What
+# ships is `release` (fat LTO, one codegen unit): each such build keeps a
+# core busy for most of ten minutes on a 2-core machine, too long for four of
+# them in a cold CI run. So CI builds `release` only for the target whose
+# size has the issue's budget (aarch64; PERCH_CI_RELEASE_TARGETS) and the
+# others with `board-check`; every binary gets the same static check, smoke
+# test under qemu and packages.
+export PERCH_CROSS_PROFILE="${PERCH_CROSS_PROFILE:-ci}"
 declare -A CI_BOARD=(
     [x86_64-unknown-linux-musl]=generic-x86_64
     [aarch64-unknown-linux-musl]=rpi4
@@ -70,7 +78,7 @@ need_command sfdisk fdisk
 need_command openssl openssl
 
 # 1. Cross-build, two targets at a time: the release profile's fat LTO with
-# one codegen unit ends every build on one core, so a second build keeps the
+# one codegen unit ends its build on one core, so a second build keeps the
 # other core busy. Each target has its own build dir (cross/build.sh).
 build_target() {
     local target="$1" log="$PERCH_CROSS_TARGET_DIR/build-$1.log" t0=$SECONDS
@@ -277,7 +285,11 @@ done
 step "size budget"
 for target in "${CI_TARGETS[@]}"; do
     target_facts "$target"
-    check "size budget $target" cross/size-budget.sh "$target" "$BINARY"
+    if [[ "$PROFILE" == release ]]; then
+        check "size budget $target" cross/size-budget.sh "$target" "$BINARY"
+    else
+        note "size of $target ($PROFILE build, not the release budget): $(stat -c %s "$BINARY") bytes"
+    fi
 done
 
 # 4. Packages: build, inspect, check what is inside.

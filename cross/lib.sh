@@ -138,10 +138,32 @@ Supported targets: ${SUPPORTED_TARGETS[*]}"
         LINKER=""
         SYSROOT=""
     fi
-    BINARY="$PERCH_CROSS_TARGET_DIR/$TARGET/release/perch"
+    PROFILE="$(profile_of "$TARGET")"
+    BINARY="$PERCH_CROSS_TARGET_DIR/$TARGET/$PROFILE/perch"
     # Where the standard library comes from: rustup's prebuilt one, or
     # (BUILD_STD=1, set by check_toolchain) built from source with nightly.
     BUILD_STD=0
+}
+
+# The cargo profile TARGET's binary is built with and found under,
+# from PERCH_CROSS_PROFILE: `release` (the default: what ships, fat LTO, one
+# codegen unit), `board-check` (the same code without the whole-program
+# optimisation, several times faster to build: Cargo.toml), or `ci`, what
+# cross/ci.sh uses: release for the targets in PERCH_CI_RELEASE_TARGETS
+# (default aarch64-unknown-linux-musl, whose size has the budget),
+# board-check for the others.
+profile_of() {
+    local t
+    case "${PERCH_CROSS_PROFILE:-release}" in
+    release | board-check) echo "${PERCH_CROSS_PROFILE:-release}" ;;
+    ci)
+        for t in ${PERCH_CI_RELEASE_TARGETS:-aarch64-unknown-linux-musl}; do
+            [[ "$t" == "$1" ]] && echo release && return
+        done
+        echo board-check
+        ;;
+    *) die "PERCH_CROSS_PROFILE must be release, board-check or ci, not '$PERCH_CROSS_PROFILE'" ;;
+    esac
 }
 
 board_names() {
