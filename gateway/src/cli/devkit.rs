@@ -762,7 +762,7 @@ fn describe(failure: &Failure) -> String {
     match failure {
         Failure::Returned(code) => format!(
             "the handler returned {}",
-            crate::functions::codes::describe_handler_code(*code)
+            crate::functions::failure::describe_handler_code(*code)
         ),
         other => other.to_string(),
     }

@@ -43,10 +43,10 @@
 //!   second plus once after each command: never per event.
 
 pub mod bundle;
-pub mod codes;
 pub mod config;
 pub mod control;
 pub mod dispatch;
+pub mod failure;
 pub mod manifest;
 pub mod registry;
 pub mod rollout;
@@ -1542,5 +1542,3 @@ async fn run_status(
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod time_limit_tests;

@@ -104,7 +104,6 @@
 //! says), every text is checked for UTF-8, and every wasmi error is mapped to
 //! a [`Failure`] or a [`RuntimeError`].
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,6 +116,8 @@ use wasmi::{
     TypedResumableCall, ValType, WasmParams, WasmResults,
 };
 
+use super::failure::trap_kind;
+pub use super::failure::Failure;
 use super::manifest::{Manifest, DEFAULT_TIMEOUT_MS, PAGE_BYTES};
 use super::state::{StateCache, StateError};
 use super::Output;
@@ -255,77 +256,6 @@ pub enum RuntimeError {
         export: &'static str,
         failure: Failure,
     },
-}
-
-/// Why one invocation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The guest trapped; the name says how (`out_of_fuel`, `memory_limit`,
-    /// `memory_out_of_bounds`, `stack_overflow`, `unreachable`, ...).
-    Trap(&'static str),
-    /// The handler returned this non-zero value.
-    Returned(i32),
-    /// Topic and payload do not fit the guest's event buffer; the event was
-    /// not delivered.
-    EventTooLarge { needed: usize, capacity: usize },
-    /// The call ran past its wall-clock limit and was stopped.
-    Timeout { limit_ms: u64 },
-}
-
-impl Failure {
-    /// A short stable name, for logs and counters.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Failure::Trap(kind) => kind,
-            Failure::Returned(_) => "handler_error",
-            Failure::EventTooLarge { .. } => "event_too_large",
-            Failure::Timeout { .. } => "timeout",
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Trap(kind) => write!(f, "trap: {kind}"),
-            Failure::Returned(rc) => {
-                write!(
-                    f,
-                    "handler returned {}",
-                    super::codes::describe_handler_code(*rc)
-                )
-            }
-            Failure::EventTooLarge { needed, capacity } => write!(
-                f,
-                "event_too_large: topic and payload take {needed} bytes, the function's event \
-                 buffer holds {capacity}"
-            ),
-            Failure::Timeout { limit_ms } => write!(
-                f,
-                "timeout: still running after its wall-clock limit of {limit_ms} ms \
-                 (limits.timeout_ms, else functions.default_timeout_ms); stopped"
-            ),
-        }
-    }
-}
-
-/// The name of a trap, as logged and counted.
-fn trap_kind(e: &wasmi::Error) -> &'static str {
-    match e.as_trap_code() {
-        Some(TrapCode::OutOfFuel) => "out_of_fuel",
-        Some(TrapCode::GrowthOperationLimited) => "memory_limit",
-        Some(TrapCode::MemoryOutOfBounds) => "memory_out_of_bounds",
-        Some(TrapCode::StackOverflow) => "stack_overflow",
-        Some(TrapCode::UnreachableCodeReached) => "unreachable",
-        Some(TrapCode::IntegerDivisionByZero) => "integer_divide_by_zero",
-        Some(TrapCode::IntegerOverflow) => "integer_overflow",
-        Some(TrapCode::BadConversionToInteger) => "bad_conversion_to_integer",
-        Some(TrapCode::TableOutOfBounds) => "table_out_of_bounds",
-        Some(TrapCode::IndirectCallToNull) => "indirect_call_to_null",
-        Some(TrapCode::BadSignature) => "bad_signature",
-        Some(TrapCode::OutOfSystemMemory) => "out_of_system_memory",
-        None => "host_error",
-    }
 }
 
 /// Counters of outputs the host refused, shared by every instance of one

@@ -8,6 +8,7 @@
 mod modules;
 mod sandbox;
 mod stage;
+mod time_limits;
 mod versions;
 
 use std::sync::atomic::Ordering;

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::manifest::Manifest;
-use super::runtime::{Failure, Instance, Runtime, Seed, FUEL_SLICE};
+use crate::functions::manifest::Manifest;
+use crate::functions::runtime::{Failure, Instance, Runtime, Seed, FUEL_SLICE};
 
-const SPIN_WAT: &str = include_str!("../../../tests/wat/spin.wat");
+const SPIN_WAT: &str = include_str!("../../../../tests/wat/spin.wat");
 
 /// Counts down from the first byte of the payload times `per_byte`
 /// iterations, then returns 0: the fuel it burns grows with that byte.
