@@ -21,6 +21,7 @@ mod hostile_input;
 mod house;
 mod lifecycle;
 mod load;
+mod mirror;
 mod mqtt5;
 mod readers;
 mod rollout;

@@ -77,7 +77,10 @@
 //!   is a stable, unique record id. Upstream sends in `seq` order, which is
 //!   also the order within each stream.
 //! - `kind`: 0 a record a function forwarded, 1 an aggregate, 2 a summary that
-//!   replaced raw records under the `degrade` policy.
+//!   replaced raw records under the `degrade` policy, 3 a mirrored message
+//!   (`upstream.mirror`): `stream` is the topic it goes to upstream and
+//!   `payload` the message's bytes, sent as they are, without an envelope.
+//!   `degrade` summarizes only kind 0.
 //! - Trigger events kept for `perch fn replay` are a kind of their own in a
 //!   table of their own, `events (seq, function, topic, created_ms,
 //!   expires_ms, payload)`, never forwarded and bounded apart from
@@ -139,6 +142,10 @@ use self::writer::{publish_gauges, FreeSpace, Writer};
 use crate::aggregate::{AggregateConfig, Aggregator};
 use crate::kit::clock::now_ms;
 use crate::kit::durable::Ticket;
+
+/// `kind` of a mirrored message: delivered raw to the topic in its
+/// `stream` (see the schema above).
+pub const KIND_MIRROR: i64 = 3;
 
 /// File name of the buffer's database inside the data directory.
 pub const FILE_NAME: &str = "buffer.db";
@@ -264,11 +271,34 @@ impl Intake {
         ticket: Option<Ticket>,
     ) -> Result<(), BufferError> {
         self.reserve()?;
+        self.record_kept(stream.to_owned(), KIND_RECORD, record, ticket)
+    }
+
+    /// A message mirrored upstream as it is (`upstream.mirror`), to
+    /// `upstream_topic`; `ticket` as for [`Intake::forward_kept`].
+    pub fn mirror_kept(
+        &self,
+        upstream_topic: String,
+        payload: &[u8],
+        ticket: Option<Ticket>,
+    ) -> Result<(), BufferError> {
+        self.reserve()?;
+        self.record_kept(upstream_topic, KIND_MIRROR, payload, ticket)
+    }
+
+    /// Sends a record [`Intake::reserve`] made room for to the writer.
+    fn record_kept(
+        &self,
+        stream: String,
+        kind: i64,
+        payload: &[u8],
+        ticket: Option<Ticket>,
+    ) -> Result<(), BufferError> {
         let record = NewRecord {
-            stream: stream.to_owned(),
-            kind: KIND_RECORD,
+            stream,
+            kind,
             created_ms: now_ms(),
-            payload: record.to_vec(),
+            payload: payload.to_vec(),
         };
         self.send(match ticket {
             Some(ticket) => Command::ForwardKept(record, ticket),

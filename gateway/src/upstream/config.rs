@@ -14,6 +14,10 @@ pub struct UpstreamConfig {
     /// Local topic filters whose messages are forwarded upstream as records
     /// without a function (stream = the message's topic).
     pub forward_topics: Vec<String>,
+    /// `[[upstream.mirror]]`: local topics sent to the upstream MQTT broker
+    /// as they are (raw payload, same or prefixed topic), bridge-style,
+    /// through the buffer like `forward_topics` ([`super::mirror`]).
+    pub mirror: Vec<super::MirrorRule>,
     /// First reconnect delay; doubles per failed attempt, with jitter.
     pub backoff_initial_ms: u64,
     /// Longest reconnect delay.
@@ -72,6 +76,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             forward_topics: Vec::new(),
+            mirror: Vec::new(),
             backoff_initial_ms: 500,
             backoff_max_ms: 30_000,
             mqtt: None,
@@ -188,6 +193,7 @@ impl UpstreamConfig {
                 ));
             }
         }
+        super::mirror::validate(&self.mirror, self.http.is_some(), problems);
         if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
             problems.push(Problem::new(
                 "upstream.backoff_initial_ms",
