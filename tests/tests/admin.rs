@@ -870,3 +870,35 @@ async fn a_noisy_function_is_rate_limited_and_its_lines_are_tagged() {
     }
     drop(client);
 }
+
+/// Regression: `/readyz` said `free_bytes: 0` until the buffer's first
+/// commit, so a gateway with nothing to forward yet looked like one on a
+/// full disk. The free space is measured when the buffer opens.
+#[test]
+fn readyz_reports_the_free_disk_space_before_anything_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "free-gw", "");
+    let (status, body) = get(gw.admin.unwrap(), "/readyz", None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reported = v["checks"]["disk"]["free_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no checks.disk.free_bytes in {body}"));
+    // What `df` says of the data directory, allowing for what the tests
+    // running beside this one write meanwhile.
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(gw.data_dir.path())
+        .output()
+        .expect("running df");
+    let df: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's available bytes");
+    assert!(
+        reported > 0 && reported.abs_diff(df) < df / 10 + (64 << 20),
+        "readyz says {reported} bytes free, df {df}\n{}",
+        gw.log_text()
+    );
+}

@@ -210,8 +210,8 @@ pub struct Stats {
     /// Whether the last commit attempt failed (the database is not
     /// writable now); read by the admin listener's `/readyz`.
     pub commit_failing: std::sync::atomic::AtomicBool,
-    /// Free bytes on the data directory's file system, measured before the
-    /// last commit.
+    /// Free bytes on the data directory's file system, measured when the
+    /// buffer opened, then before each commit.
     pub disk_free: AtomicU64,
     /// Whether the buffer is full because of the disk (at
     /// `min_free_bytes`): set when a commit found less free than the reserve
@@ -445,7 +445,14 @@ impl Buffer {
             "buffer open: {}",
             path.display()
         );
-        match free_space() {
+        let measured = free_space();
+        // Measured now, not only before the first commit: `/readyz` and
+        // `perch_buffer_disk_free_bytes` report it from the start (a gateway
+        // with nothing to commit yet otherwise said 0 bytes free).
+        if let Ok(free) = measured {
+            stats.disk_free.store(free, Ordering::Relaxed);
+        }
+        match measured {
             Ok(free) if free < config.min_free_bytes => tracing::warn!(
                 free,
                 min_free_bytes = config.min_free_bytes,
