@@ -902,3 +902,92 @@ fn readyz_reports_the_free_disk_space_before_anything_is_committed() {
         gw.log_text()
     );
 }
+
+/// `perch status --json` once, as JSON.
+fn status_once(gw: &Gateway, id: &str) -> serde_json::Value {
+    let out = perch(&[
+        "status",
+        "--json",
+        "--broker",
+        &gw.addr().to_string(),
+        "--gateway",
+        id,
+        "--timeout-ms",
+        "10000",
+    ]);
+    assert!(
+        out.status.success(),
+        "perch status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Regression: `perch status` read the retained summary, which the gateway
+/// republishes only every `admin.status_interval_s` (10 s by default), so
+/// right after `perch fn rollback` it still showed the version rolled back
+/// from. It now asks the gateway for a summary made at once.
+#[test]
+fn perch_status_right_after_a_rollback_shows_the_rolled_back_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "rollback-status-gw";
+    // An interval far longer than the test: only a fresh summary can pass.
+    let config = file(
+        dir.path(),
+        "perch.toml",
+        format!("[gateway]\nid = \"{id}\"\n\n[admin]\nstatus_interval_s = 3600\n"),
+    );
+    let gw = Gateway::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    deploy(&gw, dir.path(), id, "threshold", THRESHOLD);
+    let v = status_once(&gw, id);
+    assert_eq!(v["functions"][0]["version"], "1.2.3", "{v:#}");
+    deploy(
+        &gw,
+        dir.path(),
+        id,
+        "threshold",
+        &THRESHOLD.replace("1.2.3", "1.3.0"),
+    );
+    assert_eq!(status_once(&gw, id)["functions"][0]["version"], "1.3.0");
+
+    let out = perch(&[
+        "fn",
+        "rollback",
+        "threshold-alert",
+        "--broker",
+        &gw.addr().to_string(),
+        "--gateway",
+        id,
+    ]);
+    assert!(
+        out.status.success(),
+        "rollback failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = status_once(&gw, id);
+    let f = &v["functions"][0];
+    assert_eq!(
+        (f["version"].as_str(), f["state"].as_str()),
+        (Some("1.2.3"), Some("running")),
+        "{v:#}"
+    );
+    // The table says the same.
+    let table = perch(&[
+        "status",
+        "--broker",
+        &gw.addr().to_string(),
+        "--gateway",
+        id,
+    ]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("threshold-alert"))
+        .unwrap_or_else(|| panic!("no row: {table}"));
+    assert!(row.contains("1.2.3") && row.contains("running"), "{row}");
+}

@@ -18,7 +18,8 @@
 //!   embedded in the binary, refreshing itself from `/status.json`);
 //! - the summary ([`status`]): sampled every few seconds, kept with a short
 //!   history, and published retained on `perch/<id>/status` every
-//!   `admin.status_interval_s` (also when the HTTP listener is disabled).
+//!   `admin.status_interval_s` (also when the HTTP listener is disabled)
+//!   and at once when asked on `perch/<id>/status/refresh`.
 //!
 //! Nothing here touches the hot path: the stages count with relaxed atomics
 //! and this module only reads them.
