@@ -12,6 +12,7 @@ mod control;
 mod demo;
 mod devkit;
 mod docs;
+mod dollar;
 mod durable;
 mod faults;
 mod functions;
