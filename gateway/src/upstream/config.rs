@@ -184,6 +184,27 @@ fn default_packet() -> usize {
 }
 
 impl UpstreamConfig {
+    /// Where records go, for people to read (status page, `perch status`):
+    /// `mqtt://host:port` (`mqtts://` with TLS) or the HTTP endpoint without
+    /// its user info and query, which may hold credentials; `None` without
+    /// an upstream.
+    pub fn endpoint(&self) -> Option<String> {
+        if let Some(m) = &self.mqtt {
+            let scheme = if m.tls.is_some() { "mqtts" } else { "mqtt" };
+            return Some(format!("{scheme}://{}:{}", m.host, m.port));
+        }
+        let url = self.http.as_ref()?.url.as_str();
+        let url = url.split(['?', '#']).next().unwrap_or(url);
+        Some(match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                format!("{scheme}://{host}{path}")
+            }
+            None => url.to_owned(),
+        })
+    }
+
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
         for (i, f) in self.forward_topics.iter().enumerate() {
             if let Err(e) = topic::validate_filter(f) {
@@ -325,6 +346,26 @@ mod tests {
             err.contains("upstream.mqtt.max_message_bytes")
                 && err.contains("raise max_packet_size_bytes"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_endpoint_shown_carries_no_credentials() {
+        let endpoint = |toml: &str| {
+            Config::from_toml(toml, "t.toml")
+                .unwrap()
+                .upstream
+                .endpoint()
+        };
+        assert_eq!(endpoint(""), None);
+        assert_eq!(
+            endpoint("[upstream.mqtt]\nhost = \"h.example\"\nport = 1884\n").as_deref(),
+            Some("mqtt://h.example:1884")
+        );
+        assert_eq!(
+            endpoint("[upstream.http]\nurl = \"https://u:secret@in.example/p?key=secret\"\n")
+                .as_deref(),
+            Some("https://in.example/p")
         );
     }
 

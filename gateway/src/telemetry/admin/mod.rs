@@ -78,6 +78,9 @@ pub struct Sources {
     pub upstream: Arc<crate::upstream::Stats>,
     /// `mqtt`, `http` or `none`.
     pub upstream_kind: &'static str,
+    /// Where records go (`mqtt://host:port`, the HTTP endpoint), if
+    /// anywhere: [`crate::upstream::UpstreamConfig::endpoint`].
+    pub upstream_endpoint: Option<String>,
     /// For publishing the status topic.
     pub links: Links,
     pub started: Instant,

@@ -88,6 +88,10 @@ pub struct BufferSummary {
 pub struct UpstreamSummary {
     /// `mqtt`, `http` or `none`.
     pub kind: String,
+    /// Where records go: `mqtt://host:port` or the HTTP endpoint (absent
+    /// without an upstream, and from gateways before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     pub connected: bool,
     pub acked: u64,
     /// Records acknowledged per second over the last sample period.
@@ -214,6 +218,7 @@ pub fn summary(
         },
         upstream: UpstreamSummary {
             kind: sources.upstream_kind.to_owned(),
+            endpoint: sources.upstream_endpoint.clone(),
             connected: u.connected.load(Ordering::Relaxed) == 1,
             acked: u.acked.load(Ordering::Relaxed),
             drain_rate_per_s: derived.drain_rate,
@@ -476,11 +481,12 @@ pub fn table(s: &Summary, now_ms: i64) -> String {
         }
     );
     let u = &s.upstream;
+    let to = u.endpoint.as_deref().unwrap_or(&u.kind);
     let state = match (u.kind.as_str(), u.connected) {
         ("none", _) => "not configured".to_owned(),
-        (kind, true) => format!("{kind} connected"),
-        (kind, false) => format!(
-            "{kind} DISCONNECTED{}",
+        (_, true) => format!("{to} connected"),
+        (_, false) => format!(
+            "{to} DISCONNECTED{}",
             u.last_error
                 .as_deref()
                 .map(|e| format!(" ({e})"))
