@@ -181,6 +181,25 @@ async fn mirrored_topics_reach_mosquitto_raw_and_an_outage_and_kill_9_lose_nothi
         "only the prefixed topic upstream"
     );
 
+    // What the gateway publishes itself (here a will, as for a function's
+    // publish) is mirrored through the in-process capture.
+    let mut opts = mqtt::options("sensor-will", gw.addr());
+    opts.set_last_will(rumqttc::LastWill::new(
+        "sensors/will",
+        raw(7777),
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (will_client, will_el) = connect(opts).await.unwrap();
+    drop((will_client, will_el)); // the socket closes without DISCONNECT
+    cloud.wait("site1/sensors/will", 1).await;
+    assert_eq!(
+        cloud.on("site1/sensors/will"),
+        vec![raw(7777)],
+        "{}",
+        gw.log_text()
+    );
+
     // Down: what perch acknowledges waits in its buffer, through a kill -9.
     let persistence = broker.stop();
     publish(gw.addr(), "sensors/x", 20..120).await;
