@@ -323,9 +323,9 @@ impl Delivery {
     fn dead_letter_too_big(&self, too_big: &mut Vec<(i64, usize)>) {
         for (seq, size) in too_big.drain(..) {
             let why = format!(
-                "the record's envelope is {size} bytes, more than fits in \
-                 upstream.mqtt.max_packet_size_bytes ({}); raise it if the upstream broker \
-                 accepts bigger messages, then run `perch buffer replay`",
+                "the record's message (its envelope, or a mirrored payload) is {size} bytes, \
+                 more than fits in upstream.mqtt.max_packet_size_bytes ({}); raise it if the \
+                 upstream broker accepts bigger messages, then run `perch buffer replay`",
                 self.config.max_packet_size_bytes
             );
             tracing::error!(seq, "upstream: {why}; moved to the dead letters");
