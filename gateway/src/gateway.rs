@@ -184,6 +184,7 @@ impl Gateway {
                     (None, Some(_)) => "http",
                     (None, None) => "none",
                 },
+                upstream_endpoint: config.upstream.endpoint(),
                 links: broker.links(),
                 started,
             },

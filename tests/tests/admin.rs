@@ -870,3 +870,297 @@ async fn a_noisy_function_is_rate_limited_and_its_lines_are_tagged() {
     }
     drop(client);
 }
+
+/// Regression: `/readyz` said `free_bytes: 0` until the buffer's first
+/// commit, so a gateway with nothing to forward yet looked like one on a
+/// full disk. The free space is measured when the buffer opens.
+#[test]
+fn readyz_reports_the_free_disk_space_before_anything_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "free-gw", "");
+    let (status, body) = get(gw.admin.unwrap(), "/readyz", None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reported = v["checks"]["disk"]["free_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no checks.disk.free_bytes in {body}"));
+    // What `df` says of the data directory, allowing for what the tests
+    // running beside this one write meanwhile.
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(gw.data_dir.path())
+        .output()
+        .expect("running df");
+    let df: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's available bytes");
+    assert!(
+        reported > 0 && reported.abs_diff(df) < df / 10 + (64 << 20),
+        "readyz says {reported} bytes free, df {df}\n{}",
+        gw.log_text()
+    );
+}
+
+/// `perch status --json` once, as JSON.
+fn status_once(gw: &Gateway, id: &str) -> serde_json::Value {
+    let out = perch(&[
+        "status",
+        "--json",
+        "--broker",
+        &gw.addr().to_string(),
+        "--gateway",
+        id,
+        "--timeout-ms",
+        "10000",
+    ]);
+    assert!(
+        out.status.success(),
+        "perch status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Regression: `perch status` read the retained summary, which the gateway
+/// republishes only every `admin.status_interval_s` (10 s by default), so
+/// right after `perch fn rollback` it still showed the version rolled back
+/// from. It now asks the gateway for a summary made at once.
+#[test]
+fn perch_status_right_after_a_rollback_shows_the_rolled_back_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "rollback-status-gw";
+    // An interval far longer than the test: only a fresh summary can pass.
+    let config = file(
+        dir.path(),
+        "perch.toml",
+        format!("[gateway]\nid = \"{id}\"\n\n[admin]\nstatus_interval_s = 3600\n"),
+    );
+    let gw = Gateway::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    deploy(&gw, dir.path(), id, "threshold", THRESHOLD);
+    let v = status_once(&gw, id);
+    assert_eq!(v["functions"][0]["version"], "1.2.3", "{v:#}");
+    deploy(
+        &gw,
+        dir.path(),
+        id,
+        "threshold",
+        &THRESHOLD.replace("1.2.3", "1.3.0"),
+    );
+    assert_eq!(status_once(&gw, id)["functions"][0]["version"], "1.3.0");
+
+    let out = perch(&[
+        "fn",
+        "rollback",
+        "threshold-alert",
+        "--broker",
+        &gw.addr().to_string(),
+        "--gateway",
+        id,
+    ]);
+    assert!(
+        out.status.success(),
+        "rollback failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = status_once(&gw, id);
+    let f = &v["functions"][0];
+    assert_eq!(
+        (f["version"].as_str(), f["state"].as_str()),
+        (Some("1.2.3"), Some("running")),
+        "{v:#}"
+    );
+    // The table says the same.
+    let table = perch(&[
+        "status",
+        "--broker",
+        &gw.addr().to_string(),
+        "--gateway",
+        id,
+    ]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("threshold-alert"))
+        .unwrap_or_else(|| panic!("no row: {table}"));
+    assert!(row.contains("1.2.3") && row.contains("running"), "{row}");
+}
+
+/// Serves `page` at `/page` on a loopback port of its own, relays
+/// `/status.json` from the admin listener (so a script added to the page
+/// runs same-origin with what it renders), and at `/<width>` a frame of
+/// that many pixels around it: headless Chromium's windows are at least
+/// 500 px wide, a frame can be a 360 px phone screen. The frame copies the
+/// page's measurement (see [`MEASURE`]) into its own DOM for `--dump-dom`.
+/// Serves until the test ends.
+fn serve_framed(page: String, admin: SocketAddr) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let _ = s.set_read_timeout(Some(DEADLINE));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+            let (kind, body) = match path.as_str() {
+                "/status.json" => ("application/json", get(admin, "/status.json", None).1),
+                "/page" => ("text/html; charset=utf-8", page.clone()),
+                width => (
+                    "text/html; charset=utf-8",
+                    format!(
+                        "<!doctype html><body style=margin:0><iframe src=page \
+                         style='width:{}px;height:800px;border:0'></iframe><script>\
+                         setTimeout(()=>{{const m=frames[0].document.getElementById('measure');\
+                         const p=document.createElement('pre');p.id='measure';\
+                         p.textContent=m?m.textContent:'';document.body.appendChild(p)}},5000)\
+                         </script></body>",
+                        width.trim_start_matches('/')
+                    ),
+                ),
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// Measures the rendered page (after its first refresh) into a `<pre
+/// id=measure>` the DOM dump carries: the page's width against the
+/// viewport's, and for each numeric column of the functions table the
+/// horizontal distance between the right edges of the header's text and
+/// the first row's number (0: aligned); and the upstream section.
+const MEASURE: &str = r##"<script>
+setTimeout(()=>{
+  const d=document.documentElement,ups=document.getElementById("ups").innerHTML;
+  const out={scroll:d.scrollWidth,inner:innerWidth,columns:[],ups};
+  const right=el=>{const r=document.createRange();r.selectNodeContents(el);return r.getBoundingClientRect().right};
+  const row=document.querySelector("#fns tr");
+  document.querySelectorAll("section.wide thead th").forEach((th,i)=>{
+    const td=row&&row.children[i];
+    if(td&&td.classList.contains("n"))out.columns.push([th.textContent,Math.round(right(th)-right(td))]);
+  });
+  const m=document.createElement("pre");m.id="measure";m.textContent=JSON.stringify(out);
+  document.body.appendChild(m);
+},3000);
+</script></body>"##;
+
+/// Issue 21: numeric headers line up with their numbers, nothing overflows
+/// a 360 px wide phone screen, and the upstream's endpoint and link state
+/// are on the page. Screenshots at 360 and 1280 px go to
+/// target/test-artifacts/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_fits_a_phone_aligns_numbers_and_names_the_upstream() {
+    let upstream_port = free_port();
+    let _mosquitto =
+        crate::store_forward::Mosquitto::start(upstream_port, tempfile::tempdir().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(
+        dir.path(),
+        "layout-gw",
+        &format!("[upstream.mqtt]\nhost = \"127.0.0.1\"\nport = {upstream_port}\n"),
+    );
+    deploy(&gw, dir.path(), "layout-gw", "threshold", THRESHOLD);
+    let (client, mut el) = mqtt::connect(mqtt::options("l-pub", gw.addr()))
+        .await
+        .unwrap();
+    for reading in ["21.0", "35.5"] {
+        client
+            .publish("sensors/hall/temperature", QoS::AtLeastOnce, false, reading)
+            .await
+            .unwrap();
+        mqtt::wait_puback(&mut el).await;
+    }
+    let admin = gw.admin.unwrap();
+    let start = Instant::now();
+    loop {
+        let (_, body) = get(admin, "/status.json", None);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["upstream"]["connected"] == true {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the upstream never connected: {v:#}\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (_, page) = get(admin, "/", None);
+    let framed = serve_framed(page.replacen("</body>", MEASURE, 1), admin);
+    let profile = tempfile::tempdir().unwrap();
+    let endpoint = format!("mqtt://127.0.0.1:{upstream_port}");
+    for width in [360, 1280] {
+        let size = format!("--window-size={},800", width.max(500));
+        let dom = run_chromium(
+            &format!("http://{framed}/{width}"),
+            &["--dump-dom", &size],
+            profile.path(),
+        );
+        let measure = dom
+            .split("<pre id=\"measure\">")
+            .nth(1)
+            .and_then(|m| m.split("</pre>").next())
+            .unwrap_or_else(|| panic!("the page was not measured at {width} px:\n{dom}"));
+        // The dump escapes the text of the <pre>.
+        let measure = measure
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&");
+        let m: serde_json::Value = serde_json::from_str(&measure)
+            .unwrap_or_else(|e| panic!("no measurement at {width} px ({e}):\n{dom}"));
+        assert_eq!(m["inner"], width, "the viewport: {m}");
+        let ups = m["ups"].as_str().unwrap();
+        assert!(
+            ups.contains(&endpoint) && ups.contains("<span class=\"ok\">connected</span>"),
+            "the upstream's endpoint and link state at {width} px: {ups}"
+        );
+        assert!(
+            m["scroll"].as_u64() <= m["inner"].as_u64(),
+            "the page is wider than the screen at {width} px: {m}"
+        );
+        let columns = m["columns"].as_array().unwrap();
+        assert_eq!(columns.len(), 5, "five numeric columns: {m}");
+        for c in columns {
+            assert!(
+                c[1].as_i64().unwrap().abs() <= 1,
+                "{} is not aligned with its numbers at {width} px: {m}",
+                c[0]
+            );
+        }
+
+        let artifacts = workspace_root().join("target").join("test-artifacts");
+        std::fs::create_dir_all(&artifacts).unwrap();
+        let shot = artifacts.join(format!("status-page-{width}.png"));
+        let _ = std::fs::remove_file(&shot);
+        run_chromium(
+            &format!("http://{framed}/{width}"),
+            &[&format!("--screenshot={}", shot.display()), &size],
+            profile.path(),
+        );
+        let png = std::fs::read(&shot)
+            .unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "a real screenshot"
+        );
+    }
+    drop(client);
+}

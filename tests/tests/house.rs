@@ -22,13 +22,12 @@ const MAX_LINES: usize = 800;
 /// entry, or remove it once the file is within the limit (the check asks
 /// for that).
 const OVERSIZED: &[(&str, usize)] = &[
-    ("broker/codec.rs", 1550),
+    ("broker/codec.rs", 1534),
     ("buffer/store.rs", 911),
     ("functions/control.rs", 895),
     ("functions/dispatch.rs", 1155),
     ("functions/mod.rs", 1544),
     ("functions/runtime.rs", 1393),
-    ("upstream/mod.rs", 836),
 ];
 
 /// The longest a function in `gateway/src` may be, from its `fn` line to
@@ -39,7 +38,7 @@ const MAX_FN_LINES: usize = 120;
 /// ceiling). Most are in files other work was changing when this list was
 /// made; `Broker::start_in` wires every listener in one loop.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("broker/codec.rs", "police", 204),
+    ("broker/codec.rs", "police", 200),
     ("broker/codec.rs", "read_connect", 194),
     ("broker/mod.rs", "start_in", 174),
     ("buffer/store.rs", "commit", 191),

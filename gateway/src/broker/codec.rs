@@ -85,7 +85,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, ConnectReturnCode, Packet, PingReq, Protocol};
@@ -99,6 +99,7 @@ use super::will::{self, Will, Wills};
 mod acks;
 pub(super) mod delivery;
 mod disconnect;
+mod dollar;
 mod refusal;
 
 use delivery::Subscriptions;
@@ -426,6 +427,8 @@ pub struct Codec {
     /// The client id and whether its session outlives the connection.
     client_id: String,
     persistent: bool,
+    /// Bytes a 5.0 SUBACK with a Reason String may take (`dollar`).
+    reason_room: usize,
     /// This connection's generation in [`Sessions`] and how its session
     /// persists (see [`Sessions::connected`]); `None` for an assigned id.
     session: Option<(u64, Option<Option<u32>>)>,
@@ -481,6 +484,7 @@ impl Codec {
             connect_expiry: 0,
             server_keep_alive: false,
             client_id: String::new(),
+            reason_room: usize::MAX,
             persistent: false,
             session: None,
             unacked: Mutex::new((HashSet::new(), HashSet::new())),
@@ -1036,6 +1040,7 @@ impl Codec {
         if let Some(max) = p.max_packet_size {
             flow.max_packet = max as usize;
         }
+        self.reason_room = dollar::reason_room(p.request_problem_info, flow.max_packet);
         self.connect_expiry = p.session_expiry_interval.unwrap_or(0);
         // perch sends no topic aliases (5.0 §3.2.2.3.8 lets a server send
         // none): rumqttd keys them by the subscription's filter, not the
@@ -1171,12 +1176,7 @@ impl Codec {
                 let denied: Vec<bool> = subscribe
                     .filters
                     .iter()
-                    // rumqttd drops a client that subscribes to a `$`-filter
-                    // (other than `$share/`); refuse the filter instead.
-                    .map(|f| {
-                        !acl.may_subscribe(&f.path)
-                            || (f.path.starts_with('$') && !f.path.starts_with("$share/"))
-                    })
+                    .map(|f| dollar::refused(f, &self.client_id) || !acl.may_subscribe(&f.path))
                     .collect();
                 // Only filters the ACL allows take a place in the bound.
                 let mut over_limit = 0u64;
@@ -1223,7 +1223,8 @@ impl Codec {
                 );
                 if n_denied == denied.len() {
                     let v5 = self.version == Some(Version::V5);
-                    return Some(self.answer(all_failed_suback(subscribe.pkid, denied.len(), v5)));
+                    let ack = dollar::all_failed_suback(&subscribe, v5, self.reason_room);
+                    return Some(self.answer(ack));
                 }
                 let mut i = 0;
                 subscribe.filters.retain(|_| {
@@ -1293,21 +1294,6 @@ fn ack(kind: u8, pkid: u16, v5: bool) -> Vec<u8> {
     } else {
         vec![kind, 2, hi, lo]
     }
-}
-
-fn all_failed_suback(pkid: u16, n: usize, v5: bool) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_u8(0x90);
-    let props = usize::from(v5);
-    // Cannot fail: a SUBSCRIBE that fit in a packet has fewer filters than
-    // the largest remaining length.
-    let _ = protocol::v4::write_remaining_length(&mut out, 2 + props + n);
-    out.put_u16(pkid);
-    if v5 {
-        out.put_u8(0);
-    }
-    out.put_bytes(if v5 { NOT_AUTHORIZED } else { 0x80 }, n);
-    out.to_vec()
 }
 
 /// The packet as 3.1.1 can carry it: 5.0 properties dropped.
@@ -1541,10 +1527,8 @@ mod tests {
     fn answers_are_encoded_per_version() {
         assert_eq!(ack(0x40, 7, false), vec![0x40, 2, 0, 7]);
         assert_eq!(ack(0x40, 7, true), vec![0x40, 3, 0, 7, 0x87]);
-        assert_eq!(
-            all_failed_suback(9, 2, false),
-            vec![0x90, 4, 0, 9, 0x80, 0x80]
-        );
-        assert_eq!(all_failed_suback(9, 1, true), vec![0x90, 4, 0, 9, 0, 0x87]);
+        let suback = |n, v5| dollar::all_failed_suback(&dollar::subscribe(9, "a", n), v5, 0);
+        assert_eq!(suback(2, false), vec![0x90, 4, 0, 9, 0x80, 0x80]);
+        assert_eq!(suback(1, true), vec![0x90, 4, 0, 9, 0, 0x87]);
     }
 }

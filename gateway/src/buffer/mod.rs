@@ -77,7 +77,10 @@
 //!   is a stable, unique record id. Upstream sends in `seq` order, which is
 //!   also the order within each stream.
 //! - `kind`: 0 a record a function forwarded, 1 an aggregate, 2 a summary that
-//!   replaced raw records under the `degrade` policy.
+//!   replaced raw records under the `degrade` policy, 3 a mirrored message
+//!   (`upstream.mirror`): `stream` is the topic it goes to upstream and
+//!   `payload` the message's bytes, sent as they are, without an envelope.
+//!   `degrade` summarizes only kind 0.
 //! - Trigger events kept for `perch fn replay` are a kind of their own in a
 //!   table of their own, `events (seq, function, topic, created_ms,
 //!   expires_ms, payload)`, never forwarded and bounded apart from
@@ -139,6 +142,10 @@ use self::writer::{publish_gauges, FreeSpace, Writer};
 use crate::aggregate::{AggregateConfig, Aggregator};
 use crate::kit::clock::now_ms;
 use crate::kit::durable::Ticket;
+
+/// `kind` of a mirrored message: delivered raw to the topic in its
+/// `stream` (see the schema above).
+pub const KIND_MIRROR: i64 = 3;
 
 /// File name of the buffer's database inside the data directory.
 pub const FILE_NAME: &str = "buffer.db";
@@ -203,8 +210,8 @@ pub struct Stats {
     /// Whether the last commit attempt failed (the database is not
     /// writable now); read by the admin listener's `/readyz`.
     pub commit_failing: std::sync::atomic::AtomicBool,
-    /// Free bytes on the data directory's file system, measured before the
-    /// last commit.
+    /// Free bytes on the data directory's file system, measured when the
+    /// buffer opened, then before each commit.
     pub disk_free: AtomicU64,
     /// Whether the buffer is full because of the disk (at
     /// `min_free_bytes`): set when a commit found less free than the reserve
@@ -264,11 +271,34 @@ impl Intake {
         ticket: Option<Ticket>,
     ) -> Result<(), BufferError> {
         self.reserve()?;
+        self.record_kept(stream.to_owned(), KIND_RECORD, record, ticket)
+    }
+
+    /// A message mirrored upstream as it is (`upstream.mirror`), to
+    /// `upstream_topic`; `ticket` as for [`Intake::forward_kept`].
+    pub fn mirror_kept(
+        &self,
+        upstream_topic: String,
+        payload: &[u8],
+        ticket: Option<Ticket>,
+    ) -> Result<(), BufferError> {
+        self.reserve()?;
+        self.record_kept(upstream_topic, KIND_MIRROR, payload, ticket)
+    }
+
+    /// Sends a record [`Intake::reserve`] made room for to the writer.
+    fn record_kept(
+        &self,
+        stream: String,
+        kind: i64,
+        payload: &[u8],
+        ticket: Option<Ticket>,
+    ) -> Result<(), BufferError> {
         let record = NewRecord {
-            stream: stream.to_owned(),
-            kind: KIND_RECORD,
+            stream,
+            kind,
             created_ms: now_ms(),
-            payload: record.to_vec(),
+            payload: payload.to_vec(),
         };
         self.send(match ticket {
             Some(ticket) => Command::ForwardKept(record, ticket),
@@ -415,7 +445,14 @@ impl Buffer {
             "buffer open: {}",
             path.display()
         );
-        match free_space() {
+        let measured = free_space();
+        // Measured now, not only before the first commit: `/readyz` and
+        // `perch_buffer_disk_free_bytes` report it from the start (a gateway
+        // with nothing to commit yet otherwise said 0 bytes free).
+        if let Ok(free) = measured {
+            stats.disk_free.store(free, Ordering::Relaxed);
+        }
+        match measured {
             Ok(free) if free < config.min_free_bytes => tracing::warn!(
                 free,
                 min_free_bytes = config.min_free_bytes,

@@ -22,6 +22,7 @@ pub(super) fn buffer(command: BufferCommand) -> anyhow::Result<()> {
     let kind_name = |kind| match kind {
         crate::buffer::KIND_AGGREGATE => "aggregate",
         crate::buffer::KIND_SUMMARY => "summary",
+        crate::buffer::KIND_MIRROR => "mirror",
         _ => "record",
     };
     match command {

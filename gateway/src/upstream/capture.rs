@@ -9,36 +9,43 @@
 //! function's publish, a will) is captured by a task that subscribes to the
 //! filters through an in-process link; it skips the messages a codec kept
 //! (marked so: [`crate::broker::kept::is_kept`]), so each is forwarded once.
+//!
+//! `[[upstream.mirror]]` topics are captured the same way, by the same
+//! keeper and links; [`super::mirror::Routes`] decides per topic whether a
+//! message becomes an enveloped record, a mirrored one, or both.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::mirror::Routes;
 use super::{Stats, UpstreamConfig, UpstreamError};
 use crate::buffer::{Buffer, Intake};
 
-/// What the broker's codecs hand messages on `forward_topics` to: the
-/// buffer's intake, as records of the stream named by the topic.
+/// What the broker's codecs hand messages on `forward_topics` and mirrored
+/// topics to: the buffer's intake, as [`Routes`] says.
 pub struct Forwarding {
-    filters: Vec<String>,
+    routes: Routes,
     intake: Intake,
     stats: Arc<Stats>,
 }
 
 impl Forwarding {
     /// The keeper the broker's codecs hand messages on `forward_topics`
-    /// to; `None` when `config` forwards nothing.
+    /// and mirrored topics to; `None` when `config` forwards and mirrors
+    /// nothing.
     pub fn keeper(
         config: &UpstreamConfig,
         buffer: &Buffer,
         stats: Arc<Stats>,
     ) -> Option<Arc<dyn crate::broker::kept::Keeper>> {
-        if config.forward_topics.is_empty() {
+        let routes = Routes::new(&config.forward_topics, &config.mirror);
+        if routes.is_empty() {
             return None;
         }
         Some(Arc::new(Forwarding {
-            filters: config.forward_topics.clone(),
+            routes,
             intake: buffer.intake(),
             stats,
         }))
@@ -47,7 +54,7 @@ impl Forwarding {
 
 impl crate::broker::kept::Keeper for Forwarding {
     fn keeps(&self, topic: &str) -> bool {
-        crate::kit::topic::matches_any(&self.filters, topic)
+        self.routes.keeps(topic)
     }
 
     fn keep(
@@ -56,7 +63,7 @@ impl crate::broker::kept::Keeper for Forwarding {
         payload: &[u8],
         ticket: Option<crate::kit::durable::Ticket>,
     ) -> Result<(), crate::kit::durable::Refused> {
-        match self.intake.forward_kept(topic, payload, ticket) {
+        match self.routes.keep(&self.intake, topic, payload, ticket) {
             Ok(()) => {
                 self.stats.captured.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -82,9 +89,10 @@ fn refused(stats: &Stats, e: &crate::buffer::BufferError, topic: &str) {
     }
 }
 
-/// Subscribes to `filters` on the local broker and forwards every message
-/// into the buffer (stream = topic), until `shutdown`; skips those a
-/// codec kept already ([`crate::broker::kept::is_kept`]).
+/// Subscribes to the filters of `routes` on the local broker and hands
+/// every message to the buffer as they say (forwarded, mirrored), until
+/// `shutdown`; skips those a codec kept already
+/// ([`crate::broker::kept::is_kept`]).
 ///
 /// rumqttd delivers a message once per matching subscription of a
 /// connection and does not say which matched, so each filter gets its own
@@ -92,12 +100,13 @@ fn refused(stats: &Stats, e: &crate::buffer::BufferError, topic: &str) {
 /// matches it: overlapping filters forward it once.
 pub fn capture(
     broker: &crate::broker::Broker,
-    filters: Vec<String>,
+    routes: Routes,
     intake: Intake,
     stats: Arc<Stats>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, UpstreamError> {
-    let filters = Arc::new(filters);
+    let filters = Arc::new(routes.filters());
+    let routes = Arc::new(routes);
     let mut tasks = Vec::new();
     for i in 0..filters.len() {
         let name = format!("upstream-capture-{i}");
@@ -107,8 +116,9 @@ pub fn capture(
                 client_id: name.clone(),
                 source: Box::new(e),
             })?;
-        let (filters, intake, stats, mut shutdown) = (
+        let (filters, routes, intake, stats, mut shutdown) = (
             filters.clone(),
+            routes.clone(),
             intake.clone(),
             stats.clone(),
             shutdown.clone(),
@@ -151,7 +161,7 @@ pub fn capture(
                         if crate::kit::topic::matches_any(&filters[..i], &topic) {
                             continue; // an earlier filter's link forwards it
                         }
-                        match intake.forward(&topic, &f.publish.payload) {
+                        match routes.keep(&intake, &topic, &f.publish.payload, None) {
                             Ok(()) => {
                                 stats.captured.fetch_add(1, Ordering::Relaxed);
                             }

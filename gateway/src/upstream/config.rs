@@ -14,6 +14,10 @@ pub struct UpstreamConfig {
     /// Local topic filters whose messages are forwarded upstream as records
     /// without a function (stream = the message's topic).
     pub forward_topics: Vec<String>,
+    /// `[[upstream.mirror]]`: local topics sent to the upstream MQTT broker
+    /// as they are (raw payload, same or prefixed topic), bridge-style,
+    /// through the buffer like `forward_topics` ([`super::mirror`]).
+    pub mirror: Vec<super::MirrorRule>,
     /// First reconnect delay; doubles per failed attempt, with jitter.
     pub backoff_initial_ms: u64,
     /// Longest reconnect delay.
@@ -72,6 +76,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             forward_topics: Vec::new(),
+            mirror: Vec::new(),
             backoff_initial_ms: 500,
             backoff_max_ms: 30_000,
             mqtt: None,
@@ -179,6 +184,27 @@ fn default_packet() -> usize {
 }
 
 impl UpstreamConfig {
+    /// Where records go, for people to read (status page, `perch status`):
+    /// `mqtt://host:port` (`mqtts://` with TLS) or the HTTP endpoint without
+    /// its user info and query, which may hold credentials; `None` without
+    /// an upstream.
+    pub fn endpoint(&self) -> Option<String> {
+        if let Some(m) = &self.mqtt {
+            let scheme = if m.tls.is_some() { "mqtts" } else { "mqtt" };
+            return Some(format!("{scheme}://{}:{}", m.host, m.port));
+        }
+        let url = self.http.as_ref()?.url.as_str();
+        let url = url.split(['?', '#']).next().unwrap_or(url);
+        Some(match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                format!("{scheme}://{host}{path}")
+            }
+            None => url.to_owned(),
+        })
+    }
+
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
         for (i, f) in self.forward_topics.iter().enumerate() {
             if let Err(e) = topic::validate_filter(f) {
@@ -188,6 +214,7 @@ impl UpstreamConfig {
                 ));
             }
         }
+        super::mirror::validate(&self.mirror, self.http.is_some(), problems);
         if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
             problems.push(Problem::new(
                 "upstream.backoff_initial_ms",
@@ -319,6 +346,26 @@ mod tests {
             err.contains("upstream.mqtt.max_message_bytes")
                 && err.contains("raise max_packet_size_bytes"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_endpoint_shown_carries_no_credentials() {
+        let endpoint = |toml: &str| {
+            Config::from_toml(toml, "t.toml")
+                .unwrap()
+                .upstream
+                .endpoint()
+        };
+        assert_eq!(endpoint(""), None);
+        assert_eq!(
+            endpoint("[upstream.mqtt]\nhost = \"h.example\"\nport = 1884\n").as_deref(),
+            Some("mqtt://h.example:1884")
+        );
+        assert_eq!(
+            endpoint("[upstream.http]\nurl = \"https://u:secret@in.example/p?key=secret\"\n")
+                .as_deref(),
+            Some("https://in.example/p")
         );
     }
 

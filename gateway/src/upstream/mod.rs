@@ -13,7 +13,9 @@
 //!
 //! ## Wire format
 //!
-//! Every record travels as a JSON envelope:
+//! Every record travels as a JSON envelope ([`envelope()`]), except a
+//! mirrored one (`[[upstream.mirror]]`), which travels alone and raw to its
+//! own topic ([`mirror`]):
 //!
 //! ```json
 //! {"id":"<gateway>-<seq>","stream":"...","kind":"record","time_ms":...,"data":<the record>}
@@ -49,12 +51,15 @@
 //! # Capture
 //!
 //! `forward_topics` lists local topic filters whose messages go upstream
-//! without a function: see [`capture`].
+//! without a function: see [`capture`]; `[[upstream.mirror]]` mirrors local
+//! topics raw: see [`mirror`].
 
 pub mod capture;
 mod config;
+mod envelope;
 pub mod fleet;
 mod http;
+mod mirror;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,8 +76,10 @@ pub use self::capture::Forwarding;
 pub use self::config::{
     HttpTls, HttpUpstreamConfig, MqttUpstreamConfig, UpstreamConfig, UpstreamTls,
 };
+pub use self::envelope::envelope;
 pub use self::http::{cloud_events, HttpDelivery};
-use crate::buffer::{Batch, Buffer, Intake, Reader, RecordRef, KIND_AGGREGATE, KIND_SUMMARY};
+pub use self::mirror::MirrorRule;
+use crate::buffer::{Batch, Buffer, Intake, Reader, RecordRef, KIND_MIRROR};
 
 /// Why upstream could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -120,49 +127,6 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
     let d = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
     let half = d / 2;
     half + half.mul_f64(rand::random::<f64>())
-}
-
-/// The JSON envelope a record travels in.
-pub fn envelope(gateway: &str, record: RecordRef<'_>, out: &mut Vec<u8>) {
-    out.clear();
-    let kind: &[u8] = match record.kind {
-        KIND_AGGREGATE => b"aggregate",
-        KIND_SUMMARY => b"summary",
-        _ => b"record",
-    };
-    // Written straight into `out`, numbers without `fmt`: this runs once
-    // per record of a drain.
-    let plain = |s: &str| !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
-    if plain(gateway) {
-        out.extend_from_slice(b"{\"id\":\"");
-        out.extend_from_slice(gateway.as_bytes());
-        out.push(b'-');
-        push_decimal(out, record.seq);
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(b"{\"id\":");
-        let _ = serde_json::to_writer(&mut *out, &format!("{gateway}-{}", record.seq));
-    }
-    out.extend_from_slice(b",\"stream\":");
-    let _ = serde_json::to_writer(&mut *out, record.stream);
-    out.extend_from_slice(b",\"kind\":\"");
-    out.extend_from_slice(kind);
-    out.extend_from_slice(b"\",\"time_ms\":");
-    push_decimal(out, record.created_ms);
-    out.extend_from_slice(b",\"data\":");
-    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(record.payload).is_ok();
-    if is_json {
-        out.extend_from_slice(record.payload);
-    } else {
-        let text = String::from_utf8_lossy(record.payload);
-        let _ = serde_json::to_writer(&mut *out, &text);
-    }
-    out.push(b'}');
-}
-
-/// `n` as `Display` writes it, without going through `fmt`.
-fn push_decimal(out: &mut Vec<u8>, n: i64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// What every delivery task shares: the buffer it drains, where it reports,
@@ -222,7 +186,7 @@ pub fn start(
 ) -> Result<Vec<(&'static str, tokio::task::JoinHandle<()>)>, UpstreamError> {
     let mut tasks: Vec<_> = capture::capture(
         broker,
-        config.forward_topics.clone(),
+        mirror::Routes::new(&config.forward_topics, &config.mirror),
         buffer.intake(),
         stats.clone(),
         shutdown.clone(),
@@ -359,9 +323,9 @@ impl Delivery {
     fn dead_letter_too_big(&self, too_big: &mut Vec<(i64, usize)>) {
         for (seq, size) in too_big.drain(..) {
             let why = format!(
-                "the record's envelope is {size} bytes, more than fits in \
-                 upstream.mqtt.max_packet_size_bytes ({}); raise it if the upstream broker \
-                 accepts bigger messages, then run `perch buffer replay`",
+                "the record's message (its envelope, or a mirrored payload) is {size} bytes, \
+                 more than fits in upstream.mqtt.max_packet_size_bytes ({}); raise it if the \
+                 upstream broker accepts bigger messages, then run `perch buffer replay`",
                 self.config.max_packet_size_bytes
             );
             tracing::error!(seq, "upstream: {why}; moved to the dead letters");
@@ -572,6 +536,10 @@ impl Packing<'_> {
         let mut open: Vec<Message> = Vec::new();
         let mut envelope_buf = Vec::with_capacity(512);
         for r in rows {
+            if r.kind == KIND_MIRROR {
+                mirror::pack(r, self.max_packet, out, too_big);
+                continue;
+            }
             envelope(self.gateway, r, &mut envelope_buf);
             // Fixed header (5), topic length (2), topic, packet id (2),
             // the array's brackets (2).
@@ -794,43 +762,5 @@ mod tests {
                 ("up/gw/a".to_owned(), vec![2]),
             ]
         );
-    }
-
-    #[test]
-    fn decimals_are_written_like_display() {
-        for n in [0, 7, -7, 10, 1_796_588_880_000, i64::MAX, i64::MIN] {
-            let mut out = b"x".to_vec();
-            push_decimal(&mut out, n);
-            assert_eq!(out, format!("x{n}").into_bytes());
-        }
-    }
-
-    #[test]
-    fn the_envelope_embeds_json_and_quotes_the_rest() {
-        let mut out = Vec::new();
-        let mut r = StoredRecord {
-            seq: 42,
-            stream: "alerts".into(),
-            kind: 0,
-            created_ms: 7,
-            payload: br#"{"t":1}"#.to_vec(),
-        };
-        envelope("gw-1", r.as_ref(), &mut out);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["id"], "gw-1-42");
-        assert_eq!(v["data"]["t"], 1);
-        r.payload = b"not \"json\"".to_vec();
-        r.kind = KIND_AGGREGATE;
-        envelope("gw-1", r.as_ref(), &mut out);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["data"], "not \"json\"");
-        assert_eq!(v["kind"], "aggregate");
-        // Ids and streams that need escaping stay valid JSON.
-        r.stream = "a\"b\\c\n".into();
-        envelope("g\"w", r.as_ref(), &mut out);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["id"], "g\"w-42");
-        assert_eq!(v["stream"], "a\"b\\c\n");
-        assert_eq!(v["time_ms"], 7);
     }
 }

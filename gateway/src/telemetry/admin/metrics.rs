@@ -390,7 +390,7 @@ fn buffer(m: &mut Metrics, s: &Sources) {
     m.single(
         "perch_buffer_disk_free_bytes",
         "gauge",
-        "Free bytes on the data directory's file system before the last commit.",
+        "Free bytes on the data directory's file system, measured at start and before each commit.",
         get(&b.disk_free),
     );
     m.single(

@@ -18,7 +18,8 @@
 //!   embedded in the binary, refreshing itself from `/status.json`);
 //! - the summary ([`status`]): sampled every few seconds, kept with a short
 //!   history, and published retained on `perch/<id>/status` every
-//!   `admin.status_interval_s` (also when the HTTP listener is disabled).
+//!   `admin.status_interval_s` (also when the HTTP listener is disabled)
+//!   and at once when asked on `perch/<id>/status/refresh`.
 //!
 //! Nothing here touches the hot path: the stages count with relaxed atomics
 //! and this module only reads them.
@@ -77,6 +78,9 @@ pub struct Sources {
     pub upstream: Arc<crate::upstream::Stats>,
     /// `mqtt`, `http` or `none`.
     pub upstream_kind: &'static str,
+    /// Where records go (`mqtt://host:port`, the HTTP endpoint), if
+    /// anywhere: [`crate::upstream::UpstreamConfig::endpoint`].
+    pub upstream_endpoint: Option<String>,
     /// For publishing the status topic.
     pub links: Links,
     pub started: Instant,

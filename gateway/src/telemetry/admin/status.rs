@@ -88,6 +88,10 @@ pub struct BufferSummary {
 pub struct UpstreamSummary {
     /// `mqtt`, `http` or `none`.
     pub kind: String,
+    /// Where records go: `mqtt://host:port` or the HTTP endpoint (absent
+    /// without an upstream, and from gateways before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     pub connected: bool,
     pub acked: u64,
     /// Records acknowledged per second over the last sample period.
@@ -214,6 +218,7 @@ pub fn summary(
         },
         upstream: UpstreamSummary {
             kind: sources.upstream_kind.to_owned(),
+            endpoint: sources.upstream_endpoint.clone(),
             connected: u.connected.load(Ordering::Relaxed) == 1,
             acked: u.acked.load(Ordering::Relaxed),
             drain_rate_per_s: derived.drain_rate,
@@ -232,9 +237,16 @@ pub fn topic(id: &str) -> String {
     format!("perch/{id}/status")
 }
 
+/// Where a client asks for a summary now: `perch/<id>/status/refresh`
+/// (any payload). `perch status` does, so it never shows a summary up to
+/// `status_interval_s` old (after `perch fn rollback`, say).
+pub fn refresh_topic(id: &str) -> String {
+    format!("perch/{id}/status/refresh")
+}
+
 /// Samples every `min(status_interval_s, 5)` seconds and publishes the
-/// summary every `status_interval_s`, the first time at once. Ends when
-/// `stop` turns true.
+/// summary every `status_interval_s`, the first time at once, and at once
+/// when asked on [`refresh_topic`]. Ends when `stop` turns true.
 pub async fn run_sampler(
     sources: Arc<Sources>,
     derived: Arc<Mutex<Derived>>,
@@ -243,10 +255,15 @@ pub async fn run_sampler(
 ) {
     let period = interval.min(Duration::from_secs(MAX_SAMPLE_PERIOD_S));
     let topic = Bytes::from(topic(&sources.id));
-    // The link's receiver is kept: a link whose receiver is gone looks dead
-    // to the router.
+    // The link's receiver is read for refresh requests; a link whose
+    // receiver is gone looks dead to the router.
     let mut link = match sources.links.open("admin-status") {
-        Ok(link) => Some(link),
+        Ok(mut link) => {
+            if let Err(e) = link.0.subscribe(refresh_topic(&sources.id)) {
+                tracing::warn!(error = %e, "status topic: cannot subscribe to refresh requests");
+            }
+            Some(link)
+        }
         Err(e) => {
             tracing::error!(error = %e, "status topic: cannot open a broker link; not publishing");
             None
@@ -256,28 +273,58 @@ pub async fn run_sampler(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_publish = Instant::now();
     loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
+        let asked = tokio::select! {
+            _ = ticks.tick() => false,
+            asked = refresh_requested(&mut link) => asked,
             _ = stop.changed() => return,
-        }
+        };
         let observer = sources.functions.clone();
         let Ok(functions) = tokio::task::spawn_blocking(move || observer.list()).await else {
             continue;
         };
         let payload = {
             let mut d = derived.lock().unwrap_or_else(|p| p.into_inner());
-            d.sample(&sources, &functions, period);
-            if Instant::now() < next_publish {
-                continue;
+            // A refresh publishes without sampling, so the rates and the
+            // history keep their period.
+            if !asked {
+                d.sample(&sources, &functions, period);
+                if Instant::now() < next_publish {
+                    continue;
+                }
+                next_publish = Instant::now() + interval - period / 2;
             }
             serde_json::to_vec(&summary(&sources, functions, &d, false)).unwrap_or_default()
         };
-        next_publish = Instant::now() + interval - period / 2;
         if let Some((tx, _rx)) = link.as_mut() {
             let publish = Publish::new(topic.clone(), Bytes::from(payload), true);
             if let Err(e) = tx.send(Packet::Publish(publish, None)).await {
                 tracing::warn!(error = %e, "status topic: publish failed");
             }
+        }
+    }
+}
+
+/// Waits for a request on the refresh topic: true when one came, false
+/// when the link failed (it is dropped then, and this never returns
+/// again). Never returns without a link.
+async fn refresh_requested(
+    link: &mut Option<(rumqttd::local::LinkTx, rumqttd::local::LinkRx)>,
+) -> bool {
+    let Some((_, rx)) = link.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.next().await {
+            Ok(Some(rumqttd::Notification::Forward(_))) => return true,
+            // The router pauses a link with many pending notifications
+            // until it says it is ready again.
+            Ok(Some(rumqttd::Notification::Unschedule)) if rx.wake().await.is_ok() => {}
+            Ok(Some(rumqttd::Notification::Unschedule)) | Err(_) => {
+                tracing::warn!("status topic: the broker link closed; publishing stopped");
+                *link = None;
+                return false;
+            }
+            Ok(_) => {}
         }
     }
 }
@@ -302,7 +349,12 @@ pub enum FetchError {
     Unreadable { topic: String, message: String },
 }
 
-/// Reads the retained summary of a gateway from its broker.
+/// How long `perch status` waits for the summary it asked for before it
+/// shows the retained one.
+const REFRESH_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads the summary of a gateway from its broker: the one it asks the
+/// gateway for on [`refresh_topic`], or else the retained one.
 pub async fn fetch(endpoint: &crate::functions::control::Endpoint) -> Result<Summary, FetchError> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet as P, QoS};
     let topic = topic(&endpoint.gateway);
@@ -322,20 +374,55 @@ pub async fn fetch(endpoint: &crate::functions::control::Endpoint) -> Result<Sum
         addr: endpoint.broker.clone(),
         message,
     };
+    // The retained summary may be up to `status_interval_s` old: ask for
+    // one made now and take the freshest that arrives. A gateway that does
+    // not answer (an older perch, or a login that may not publish under
+    // `perch/`) leaves the retained one, after REFRESH_WAIT.
     let wait = async {
         client
             .subscribe(topic.as_str(), QoS::AtMostOnce)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
+        let mut best: Option<Summary> = None;
+        let mut give_up = None;
+        // REFRESH_WAIT passed with nothing at all: take whatever comes.
+        let mut waited = false;
         loop {
-            match eventloop.poll().await {
+            let deadline = async {
+                match give_up {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                e = eventloop.poll() => e,
+                _ = deadline => match best {
+                    Some(s) => return Ok(s),
+                    // Nothing retained either: wait on for the answer.
+                    None => { give_up = None; waited = true; continue }
+                },
+            };
+            match event {
+                Ok(Event::Incoming(P::SubAck(_))) => {
+                    give_up = Some(tokio::time::Instant::now() + REFRESH_WAIT);
+                    let refresh = refresh_topic(&endpoint.gateway);
+                    let _ = client.try_publish(refresh, QoS::AtMostOnce, false, "");
+                }
                 Ok(Event::Incoming(P::Publish(p))) if p.topic == topic => {
-                    return serde_json::from_slice::<Summary>(&p.payload).map_err(|e| {
+                    let s = serde_json::from_slice::<Summary>(&p.payload).map_err(|e| {
                         FetchError::Unreadable {
                             topic: topic.clone(),
                             message: e.to_string(),
                         }
-                    });
+                    })?;
+                    // Not retained: the answer to the request, made now.
+                    let fresh = !p.retain;
+                    if best.as_ref().is_none_or(|b| s.time_ms >= b.time_ms) {
+                        best = Some(s);
+                    }
+                    if fresh || waited {
+                        return Ok(best.expect("just set"));
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => return Err(connect_err(e.to_string())),
@@ -394,11 +481,12 @@ pub fn table(s: &Summary, now_ms: i64) -> String {
         }
     );
     let u = &s.upstream;
+    let to = u.endpoint.as_deref().unwrap_or(&u.kind);
     let state = match (u.kind.as_str(), u.connected) {
         ("none", _) => "not configured".to_owned(),
-        (kind, true) => format!("{kind} connected"),
-        (kind, false) => format!(
-            "{kind} DISCONNECTED{}",
+        (_, true) => format!("{to} connected"),
+        (_, false) => format!(
+            "{to} DISCONNECTED{}",
             u.last_error
                 .as_deref()
                 .map(|e| format!(" ({e})"))
