@@ -14,6 +14,7 @@ mod devkit;
 mod docs;
 mod durable;
 mod faults;
+mod flags;
 mod functions;
 mod hostile;
 mod hostile_control;

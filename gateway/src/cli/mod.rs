@@ -44,11 +44,26 @@ use crate::telemetry::LogFormat;
 
 /// Serverless functions at the edge: an MQTT broker, sandboxed WebAssembly
 /// functions and store-and-forward, in one binary.
+///
+/// `-h` is `--host` on the commands that talk to a gateway (as in
+/// `mosquitto_sub -h HOST`), so help is `--help` on every command; a bare
+/// `perch -h` still prints this help.
 #[derive(Debug, Parser)]
-#[command(name = "perch", version, propagate_version = true)]
+#[command(
+    name = "perch",
+    version,
+    propagate_version = true,
+    disable_help_flag = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Print help (`--help` on every command; `-h` only here).
+    #[arg(short = 'h', action = clap::ArgAction::Help)]
+    short_help: Option<bool>,
+    /// Print help.
+    #[arg(long, global = true, action = clap::ArgAction::Help)]
+    help: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,20 +311,27 @@ pub enum FnCommand {
     },
 }
 
-/// Which gateway `perch fn` talks to.
+/// Which gateway `perch fn` and `perch status` talk to. The short flags are
+/// mosquitto_sub's: `-h HOST`, `-p PORT`, `-u USER`, `-P PASSWORD`.
 #[derive(Debug, clap::Args)]
 pub struct FnTarget {
     /// The gateway's MQTT broker, host:port.
     #[arg(long, default_value = "127.0.0.1:1883", env = "PERCH_BROKER")]
     pub broker: String,
+    /// The broker's host; replaces the host of --broker.
+    #[arg(short = 'h', long)]
+    pub host: Option<String>,
+    /// The broker's port; replaces the port of --broker.
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
     /// The gateway's id (gateway.id; the gateway's host name when unset).
     #[arg(long, env = "PERCH_GATEWAY")]
     pub gateway: Option<String>,
     /// MQTT username, for listeners that require a login.
-    #[arg(long, visible_alias = "user", env = "PERCH_USERNAME")]
+    #[arg(long, short = 'u', visible_alias = "user", env = "PERCH_USERNAME")]
     pub username: Option<String>,
     /// MQTT password (prefer the environment variable).
-    #[arg(long, env = "PERCH_PASSWORD", hide_env_values = true)]
+    #[arg(long, short = 'P', env = "PERCH_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// How long to wait for the gateway's reply.
     #[arg(long, default_value_t = 10_000)]
@@ -370,6 +392,13 @@ pub struct RunArgs {
     /// [[broker.listeners]] entry. Port 0 picks a free port.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Port of the main MQTT listener (as `mosquitto -p`): the first
+    /// [[broker.listeners]] entry keeps its address and takes this port.
+    #[arg(short = 'p', long, conflicts_with = "listen")]
+    pub port: Option<u16>,
+    /// Debug logging from perch (added to RUST_LOG or the default filter).
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
     /// Address of the admin HTTP listener (metrics, health, status page);
     /// overrides admin.listen. Port 0 picks a free port.
     #[arg(long)]
@@ -498,15 +527,44 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The gateway `perch fn` and `perch status` talk to.
-fn endpoint(t: FnTarget) -> control::Endpoint {
-    control::Endpoint {
-        broker: t.broker,
+/// The gateway `perch fn` and `perch status` talk to: `--broker`, its host
+/// or port replaced by `--host` / `--port`.
+fn endpoint(t: FnTarget) -> anyhow::Result<control::Endpoint> {
+    let (host, port) = split_broker(&t.broker)?;
+    let host = t.host.unwrap_or(host);
+    anyhow::ensure!(
+        !host.is_empty(),
+        "--host is empty: give the gateway's host name or address, e.g. -h 192.168.1.20"
+    );
+    let port = t.port.unwrap_or(port);
+    let broker = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(control::Endpoint {
+        broker,
         gateway: t
             .gateway
             .unwrap_or_else(|| crate::config::GatewayConfig::default().resolved_id()),
         username: t.username,
         password: t.password,
         timeout: Duration::from_millis(t.timeout_ms),
-    }
+    })
+}
+
+/// `host:port` (`[v6]:port` for IPv6) into its parts; a bad port is an
+/// error rather than a silent 1883.
+fn split_broker(broker: &str) -> anyhow::Result<(String, u16)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--broker {broker:?} (or PERCH_BROKER) is not host:port: write it as \
+             127.0.0.1:1883 or [::1]:1883, or give -h HOST and -p PORT"
+        )
+    };
+    let (host, port) = broker.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    let host = host.strip_prefix('[').unwrap_or(host);
+    let host = host.strip_suffix(']').unwrap_or(host);
+    Ok((host.to_owned(), port))
 }
