@@ -24,6 +24,7 @@ mod lifecycle;
 mod load;
 mod mqtt5;
 mod readers;
+mod refused;
 mod rollout;
 mod signing;
 mod spec_fixes;

@@ -537,6 +537,11 @@ fn endpoint(t: FnTarget) -> anyhow::Result<control::Endpoint> {
         "--host is empty: give the gateway's host name or address, e.g. -h 192.168.1.20"
     );
     let port = t.port.unwrap_or(port);
+    anyhow::ensure!(
+        t.password.is_none() || t.username.is_some(),
+        "a password was given (--password or PERCH_PASSWORD) but no user name: give it with \
+         --user NAME (-u, or PERCH_USERNAME)"
+    );
     let broker = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
