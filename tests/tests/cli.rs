@@ -88,3 +88,118 @@ fn passwd_refuses_an_empty_password() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("password is empty"));
 }
+
+/// Drives `perch passwd` through a real pseudo-terminal (python3's `pty`):
+/// answers each prompt with the next of `answers` and returns (exit code,
+/// everything the terminal showed).
+fn passwd_on_a_terminal(answers: &[&str]) -> (i32, String) {
+    const DRIVER: &str = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "passwd"])
+out = b""
+def read_until(marker):
+    global out
+    end = time.time() + 20
+    while marker not in out and time.time() < end:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+for answer, prompt in zip(sys.argv[2:], (b"password: ", b"again")):
+    read_until(prompt)
+    os.write(fd, answer.encode() + b"\n")
+read_until(b"\0never")
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(DRIVER)
+        .arg(crate::util::perch_bin())
+        .args(answers)
+        .output()
+        .expect("python3 drives the pseudo-terminal");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn passwd_on_a_terminal_hides_the_password_and_asks_twice() {
+    let (code, screen) = passwd_on_a_terminal(&["tty-s3cret", "tty-s3cret"]);
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        !screen.contains("tty-s3cret"),
+        "the password was echoed: {screen}"
+    );
+    assert!(screen.contains("again"), "asked only once: {screen}");
+    let hash = screen
+        .lines()
+        .find(|l| l.starts_with("$argon2id$"))
+        .unwrap_or_else(|| panic!("no hash: {screen}"))
+        .trim()
+        .to_owned();
+
+    // The hash is of what was typed: that password logs in.
+    let (_dir, config) = temp_file(
+        "perch.toml",
+        &format!(
+            "[gateway]\nid = \"tty\"\n[[broker.listeners]]\nname = \"local\"\n\
+             listen = \"127.0.0.1:0\"\nallow_anonymous = false\n\
+             [[broker.users]]\nname = \"ops\"\npassword_hash = \"{hash}\"\nadmin = true\n"
+        ),
+    );
+    let gw = crate::util::Gateway::start(&["--config", config.to_str().unwrap()]);
+    let port = gw.addr().port().to_string();
+    let out = perch(&[
+        "fn",
+        "list",
+        "--gateway",
+        "tty",
+        "-p",
+        &port,
+        "-u",
+        "ops",
+        "-P",
+        "tty-s3cret",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn passwd_on_a_terminal_refuses_two_different_passwords() {
+    let (code, screen) = passwd_on_a_terminal(&["first-try", "second-try"]);
+    assert_eq!(code, 1, "{screen}");
+    assert!(
+        screen.contains("the two passwords differ; nothing was written"),
+        "{screen}"
+    );
+    assert!(!screen.contains("$argon2"), "a hash was printed: {screen}");
+}
+
+#[test]
+fn passwd_reads_a_piped_password_without_prompting() {
+    let out = perch_with_stdin(&["passwd"], "piped-secret\n");
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.starts_with("$argon2id$") && stdout.lines().count() == 1,
+        "{stdout}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "no prompt on a pipe: {:?}",
+        out.stderr
+    );
+}

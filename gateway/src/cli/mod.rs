@@ -76,7 +76,8 @@ pub enum Command {
     /// Print the default config or check a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Hash a password for [[broker.users]].password_hash (reads it from stdin).
+    /// Hash a password for [[broker.users]].password_hash: on a terminal it
+    /// asks twice without echo; from a pipe it reads one line.
     Passwd,
     /// Deploy, roll back, remove and inspect functions on a running gateway
     /// (over MQTT).
