@@ -413,15 +413,26 @@ pub struct RunArgs {
 pub enum ConfigCommand {
     /// Print the annotated default config.
     Default,
-    /// Check a config file; print every problem and exit non-zero if any.
+    /// Check a config file; print every problem (file:line:column, key,
+    /// what was expected) and exit 2 if there is any.
     Check {
         /// The file to check.
         file: PathBuf,
+        /// Print the problems as a JSON array (`[]` when there are none):
+        /// file, line, column, key, message, expected, did_you_mean.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 /// Exit code for a config that was refused.
 const EXIT_BAD_CONFIG: u8 = 2;
+
+/// A failure the command has already reported in full (as JSON on
+/// stdout): `main` exits with its code and prints nothing more.
+#[derive(Debug, thiserror::Error)]
+#[error("exit code {0}")]
+struct Reported(u8);
 
 /// Runs the command line; returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
@@ -437,6 +448,9 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Reported>().is_some() => {
+            ExitCode::from(e.downcast_ref::<Reported>().map_or(1, |r| r.0))
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<ConfigError>().is_some() {
