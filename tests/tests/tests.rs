@@ -20,6 +20,7 @@ mod hostile;
 mod hostile_control;
 mod hostile_input;
 mod house;
+mod json_output;
 mod lifecycle;
 mod load;
 mod mqtt5;

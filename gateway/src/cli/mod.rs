@@ -11,7 +11,8 @@
 //!   (`invoke.rs`), `replay` (`replay.rs`), `logs` (`logs.rs`),
 //!   `list|status` (`list.rs`);
 //! - the function author's loop without a gateway: `perch fn
-//!   new|build|test|sign` (`author.rs`, over [`devkit`] and [`keys`]), and
+//!   new|build|test|sign` (`author.rs`, over [`devkit`], `fn_test.rs` and
+//!   [`keys`]), and
 //!   signing keys, `perch key` ([`keys`]).
 
 mod author;
@@ -20,6 +21,7 @@ mod config;
 pub mod demo;
 mod deploy;
 pub mod devkit;
+mod fn_test;
 mod invoke;
 pub mod keys;
 mod list;
@@ -295,6 +297,10 @@ pub enum FnCommand {
         /// The project (default: the current directory).
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Print what was built as JSON on stdout: name, version, wasm,
+        /// manifest, bytes, sha256, seconds (progress stays on stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Build the project, then run it on sample events in the real runtime,
     /// locally, and print what it publishes, emits and forwards. Exits 1 if
@@ -309,6 +315,10 @@ pub enum FnCommand {
         /// Run the module at this path instead of building.
         #[arg(long)]
         wasm: Option<PathBuf>,
+        /// Print one JSON object: "events" (each with its topic, payload,
+        /// outputs and error) and "summary" (the counts).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -342,7 +352,14 @@ pub struct FnTarget {
 #[derive(Debug, Subcommand)]
 pub enum BufferCommand {
     /// Records waiting for upstream: count, bytes, oldest.
-    Stats(DataDirArgs),
+    Stats {
+        #[command(flatten)]
+        dir: DataDirArgs,
+        /// Print {"buffer", "records", "bytes", "oldest_ms", "oldest_age_s"}
+        /// as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The newest records, oldest first.
     Tail {
         #[command(flatten)]
@@ -350,11 +367,28 @@ pub enum BufferCommand {
         /// How many records.
         #[arg(short = 'n', long, default_value_t = 10)]
         count: usize,
+        /// Print a JSON array of {"seq", "stream", "kind", "created_ms",
+        /// "payload"}.
+        #[arg(long)]
+        json: bool,
     },
     /// Records the upstream refused for good (HTTP 4xx), with its answer.
-    Dead(DataDirArgs),
+    Dead {
+        #[command(flatten)]
+        dir: DataDirArgs,
+        /// Print a JSON array of the records, each with "status",
+        /// "response" and "failed_ms".
+        #[arg(long)]
+        json: bool,
+    },
     /// Put every dead letter back in the queue to be sent again.
-    Replay(DataDirArgs),
+    Replay {
+        #[command(flatten)]
+        dir: DataDirArgs,
+        /// Print {"requeued": N} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -467,14 +501,19 @@ pub fn main(cli: Cli) -> ExitCode {
 fn fn_command(command: FnCommand) -> anyhow::Result<()> {
     match command {
         FnCommand::New { name, lang, dir } => return author::new(&name, lang, dir.as_deref()),
-        FnCommand::Build { dir } => return author::build(&dir),
+        FnCommand::Build { dir, json } => return author::build(&dir, json),
         FnCommand::Sign {
             wasm,
             manifest,
             key,
             out,
         } => return author::sign(&wasm, &manifest, &key, out),
-        FnCommand::Test { dir, events, wasm } => return author::test(&dir, events, wasm),
+        FnCommand::Test {
+            dir,
+            events,
+            wasm,
+            json,
+        } => return author::test(&dir, events, wasm, json),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
