@@ -107,8 +107,8 @@ pub enum ConfigError {
     #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        /// Not `source`: the message above already says it, and a chain
-        /// printed with `{:#}` would say it twice.
+        /// Not `source`: the message above already says it, so it is not
+        /// a cause to print again.
         error: std::io::Error,
     },
     /// The file is not valid TOML, does not match the schema, or its values

@@ -297,3 +297,51 @@ fn passwd_reads_a_piped_password_without_prompting() {
         out.stderr
     );
 }
+
+/// How often `needle` appears in `haystack`.
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn each_error_is_printed_once() {
+    // A config file that does not exist.
+    for args in [
+        vec!["config", "check", "/nonexistent/perch.toml"],
+        vec!["run", "--config", "/nonexistent/perch.toml"],
+    ] {
+        let out = perch(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(
+            count(&err, "No such file or directory"),
+            1,
+            "{args:?}: {err}"
+        );
+        assert_eq!(count(&err, "/nonexistent/perch.toml"), 1, "{args:?}: {err}");
+    }
+
+    // A data directory that cannot be created: under a regular file (so
+    // it fails for root too).
+    let (_dir, file) = temp_file("not-a-dir", "");
+    let data = file.join("data");
+    let out = perch(&[
+        "run",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot use data directory"), "{err}");
+    assert_eq!(count(&err, "Not a directory (os error 20)"), 1, "{err}");
+
+    // A key file that does not exist.
+    let out = perch(&["key", "public", "/nonexistent/key.pem"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(count(&err, "No such file or directory"), 1, "{err}");
+}

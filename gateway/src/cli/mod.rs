@@ -486,7 +486,7 @@ pub fn main(cli: Cli) -> ExitCode {
             ExitCode::from(e.downcast_ref::<Reported>().map_or(1, |r| r.0))
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             if e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(EXIT_BAD_CONFIG)
             } else {
@@ -494,6 +494,22 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes joined with `: `, as `{:#}` prints them, but
+/// each message once: a cause whose text is already there is left out
+/// (many of perch's messages embed their source, "cannot read X: {source}",
+/// and would otherwise print an OS error twice).
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// `perch fn ...`: the author's commands run here; the others talk to a
