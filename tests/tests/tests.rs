@@ -12,6 +12,7 @@ mod control;
 mod demo;
 mod devkit;
 mod docs;
+mod docs_figures;
 mod durable;
 mod faults;
 mod flags;
