@@ -118,3 +118,54 @@ fn status_says_who_was_refused_too() {
         "{err}"
     );
 }
+
+/// `perch fn deploy` refused: the login it tried, the admin it needs and
+/// the flags; with the admin's login the same deploy goes through.
+#[test]
+fn a_refused_deploy_says_what_is_missing() {
+    let (gw, dir) = gateway();
+    let module = crate::util::functions::wasm_file(dir.path(), "echo");
+    let manifest = crate::util::functions::file(
+        dir.path(),
+        "echo.toml",
+        "name = \"echo\"\nversion = \"1.0.0\"\n[triggers]\ntopics = [\"tests/in/#\"]\n\
+         [publish]\nallow = [\"out/#\"]\n",
+    );
+    let port = gw.addr().port().to_string();
+    let deploy = |login: &[&str]| {
+        let mut args = vec![
+            "fn",
+            "deploy",
+            module.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--gateway",
+            "locked",
+            "-p",
+            &port,
+            "--timeout-ms",
+            "10000",
+        ];
+        args.extend_from_slice(login);
+        perch(&args)
+    };
+    let out = deploy(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("anonymously (no --user)"), "{err}");
+    assert!(err.contains("take an admin login"), "{err}");
+    assert!(err.contains("--user NAME --password PASSWORD"), "{err}");
+
+    let out = deploy(&["--user", "viewer", "--password", "viewer-secret"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("as user \"viewer\" but refused"), "{err}");
+
+    let out = deploy(&["--user", "ops", "--password", "ops-secret"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
