@@ -99,30 +99,50 @@ fn valid_id(id: &str) -> bool {
 /// stage's config check can report with it without importing this module).
 pub use crate::kit::Problem;
 
+mod check;
+
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        /// Not `source`: the message above already says it, so it is not
+        /// a cause to print again.
+        error: std::io::Error,
     },
-    /// The file is not valid TOML or does not match the schema. The message
-    /// from the TOML parser names the line, the key and what was expected.
-    #[error("{origin} is not a valid perch config:\n{message}")]
-    Parse { origin: String, message: String },
-    /// The file parsed but its values do not make a gateway.
-    #[error("{origin} is not a valid perch config:\n{}", list(.problems))]
+    /// The file is not valid TOML, does not match the schema, or its values
+    /// do not make a gateway: every problem found, each with its key and,
+    /// from a file, its line and column.
+    #[error("{origin} is not a valid perch config:\n{}", list(.origin, .problems))]
     Invalid {
         origin: String,
         problems: Vec<Problem>,
     },
 }
 
-fn list(problems: &[Problem]) -> String {
+impl ConfigError {
+    /// The problems, for `perch config check --json`: a file that cannot be
+    /// read is one problem with no key.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Read { path, error } => vec![Problem::new(
+                "",
+                format!("cannot read config file {}: {error}", path.display()),
+            )],
+            ConfigError::Invalid { problems, .. } => problems.clone(),
+        }
+    }
+}
+
+/// One line per problem: `  origin:line:column: key: message`.
+fn list(origin: &str, problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("  - {p}"))
+        .map(|p| match (p.line, p.column) {
+            (Some(line), Some(column)) => format!("  {origin}:{line}:{column}: {p}"),
+            _ => format!("  {origin}: {p}"),
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -141,21 +161,20 @@ impl Config {
 
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Config::from_toml(&text, &path.display().to_string())
     }
 
-    /// Parses and validates config text; `origin` names it in errors.
+    /// Parses and validates config text; `origin` names it in errors,
+    /// which list every problem found, each at its line and column.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        check::parse(text).map_err(|problems| ConfigError::Invalid {
             origin: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        config.validate(origin)?;
-        Ok(config)
+            problems,
+        })
     }
 
     /// Checks what the schema alone cannot: values that are in range one by
@@ -240,9 +259,12 @@ mod tests {
         let err = Config::from_toml("[gateway]\nid = \"a\"\ndata_dri = \"/x\"\n", "t.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 3"), "{err}");
-        assert!(err.contains("data_dri"), "{err}");
-        assert!(err.contains("data_dir"), "names the expected keys: {err}");
+        assert!(
+            err.contains("t.toml:3:1: gateway.data_dri: unknown field"),
+            "{err}"
+        );
+        assert!(err.contains("expected one of `id`, `data_dir`"), "{err}");
+        assert!(err.contains("did you mean `data_dir`?"), "{err}");
     }
 
     #[test]
@@ -250,8 +272,10 @@ mod tests {
         let err = Config::from_toml("[gateway]\nshutdown_timeout_ms = \"soon\"\n", "t.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 2"), "{err}");
-        assert!(err.contains("shutdown_timeout_ms"), "{err}");
+        assert!(
+            err.contains("t.toml:2:23: gateway.shutdown_timeout_ms"),
+            "{err}"
+        );
     }
 
     #[test]

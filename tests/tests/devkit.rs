@@ -481,3 +481,32 @@ fn an_assemblyscript_project_needs_npm_and_a_pinned_compiler() {
     assert!(!project.join("node_modules").exists());
     assert!(!project.join("build/as-probe.wasm").exists());
 }
+
+/// A new project of any language builds and tests with the installed
+/// `perch` alone: nothing in it sends its reader to the perch repository
+/// (`cargo run -p perch`).
+#[test]
+fn new_projects_name_only_the_perch_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    for lang in ["rust", "c", "assemblyscript"] {
+        let name = format!("new-{lang}");
+        let out = perch_in(tmp.path(), &["fn", "new", &name, "--lang", lang]);
+        assert!(out.status.success(), "{}", text(&out));
+        let mut files = vec![tmp.path().join(&name)];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            for bad in ["cargo run", "-p perch"] {
+                assert!(!content.contains(bad), "{} says {bad:?}", path.display());
+            }
+        }
+        let readme = std::fs::read_to_string(tmp.path().join(&name).join("README.md")).unwrap();
+        assert!(
+            readme.contains("perch fn build") && readme.contains("perch fn test"),
+            "{readme}"
+        );
+    }
+}

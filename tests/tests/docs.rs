@@ -439,3 +439,29 @@ fn every_test_security_md_names_exists() {
         "SECURITY.md names tests that do not exist: {missing:?}"
     );
 }
+
+/// The quickstart builds perch once and runs it by name: README.md and
+/// docs/getting-started.md install it with `cargo install`, and no shell
+/// line in the README or docs/ runs perch through `cargo run` (a second,
+/// debug build and a minute of compiling on every command).
+#[test]
+fn the_docs_run_one_installed_perch_not_cargo_run() {
+    let root = crate::util::workspace_root();
+    for page in ["README.md", "docs/getting-started.md"] {
+        let text = std::fs::read_to_string(root.join(page)).unwrap();
+        assert!(
+            text.contains("cargo install --path gateway --locked"),
+            "{page} does not install perch with `cargo install --path gateway --locked`"
+        );
+    }
+    let through_cargo: Vec<String> = documented_perch_commands()
+        .into_iter()
+        .filter(|c| c.line.starts_with("cargo"))
+        .map(|c| format!("{}: {}", c.place, c.line))
+        .collect();
+    assert!(
+        through_cargo.is_empty(),
+        "run the installed `perch` instead:\n{}",
+        through_cargo.join("\n")
+    );
+}

@@ -138,7 +138,11 @@ impl Gateway {
             args.push("--data-dir".into());
             args.push(data_dir.path().display().to_string());
         }
-        if !extra.contains(&"--config") && !extra.contains(&"--listen") {
+        // `-p`/`--port` sets the port of the default listener itself.
+        let listen_given = ["--config", "--listen", "-p", "--port"]
+            .iter()
+            .any(|flag| extra.contains(flag));
+        if !listen_given {
             args.push("--listen".into());
             args.push("127.0.0.1:0".into());
         }

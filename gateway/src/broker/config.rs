@@ -216,6 +216,7 @@ impl BrokerConfig {
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
         self.validate_limits(problems);
         self.validate_listeners(problems);
+        self.validate_overlaps(problems);
         self.validate_users(problems);
     }
 
@@ -314,6 +315,37 @@ impl BrokerConfig {
     /// The listeners: at least one, unique names and addresses, no
     /// anonymous or unauthenticated clients from the network, TLS files that
     /// load.
+    /// A wildcard address (`0.0.0.0`, `::`) takes its port on every address
+    /// of its family, so another listener of that family on the same port
+    /// (`127.0.0.1:1883` beside `0.0.0.0:1883`) cannot bind: perch would
+    /// pass the check and fail at start.
+    fn validate_overlaps(&self, problems: &mut Vec<Problem>) {
+        for (i, a) in self.listeners.iter().enumerate() {
+            let overlapping = self.listeners[..i].iter().find(|b| {
+                a.listen.port() != 0
+                    && a.listen.port() == b.listen.port()
+                    && a.listen.is_ipv4() == b.listen.is_ipv4()
+                    && a.listen.ip() != b.listen.ip()
+                    && (a.listen.ip().is_unspecified() || b.listen.ip().is_unspecified())
+            });
+            if let Some(b) = overlapping {
+                problems.push(Problem::new(
+                    format!("broker.listeners[{i}].listen"),
+                    format!(
+                        "{} overlaps listener {:?} on {}: a wildcard address takes the port on \
+                         every address, so one of the two would not bind; give one another \
+                         port, or listen on the board's own address (e.g. 192.168.1.20:{}) \
+                         instead of the wildcard",
+                        a.listen,
+                        b.name,
+                        b.listen,
+                        a.listen.port()
+                    ),
+                ));
+            }
+        }
+    }
+
     fn validate_listeners(&self, problems: &mut Vec<Problem>) {
         if self.listeners.is_empty() {
             problems.push(Problem::new(
@@ -501,5 +533,30 @@ mod tests {
         );
         assert!(err.contains("broker.listeners[1].name"), "{err}");
         assert!(err.contains("broker.listeners[1].listen"), "{err}");
+    }
+
+    #[test]
+    fn a_wildcard_listener_beside_another_on_its_port_is_refused() {
+        let users = "[[broker.users]]\nname = \"u\"\n\
+            password_hash = \"$argon2id$v=19$m=9216,t=4,p=1$c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo\"\n";
+        let err = problems(&format!(
+            "[[broker.listeners]]\nname = \"local\"\nlisten = \"127.0.0.1:1883\"\n\
+             [[broker.listeners]]\nname = \"lan\"\nlisten = \"0.0.0.0:1883\"\n\
+             allow_anonymous = false\n{users}"
+        ));
+        assert!(
+            err.contains("broker.listeners[1].listen: 0.0.0.0:1883 overlaps listener \"local\""),
+            "{err}"
+        );
+        // Another port, or the board's own address, is fine.
+        for lan in ["0.0.0.0:1884", "192.168.1.20:1883"] {
+            let text = format!(
+                "[[broker.listeners]]\nname = \"local\"\nlisten = \"127.0.0.1:1883\"\n\
+                 [[broker.listeners]]\nname = \"lan\"\nlisten = \"{lan}\"\n\
+                 allow_anonymous = false\n{users}"
+            );
+            crate::config::Config::from_toml(&text, "t.toml")
+                .unwrap_or_else(|e| panic!("{lan}: {e}"));
+        }
     }
 }

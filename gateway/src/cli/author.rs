@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::{devkit, keys};
+use std::io::Write as _;
+
+use super::{devkit, fn_test, keys};
 use crate::telemetry::{self, LogFormat};
 
 /// `perch fn new`: a new function project.
@@ -19,9 +21,13 @@ pub(super) fn new(name: &str, lang: devkit::Lang, dir: Option<&Path>) -> anyhow:
     Ok(())
 }
 
-/// `perch fn build`: the project's module, checked against the runtime.
-pub(super) fn build(dir: &Path) -> anyhow::Result<()> {
-    devkit::build(dir)?;
+/// `perch fn build`: the project's module, checked against the runtime;
+/// with `json`, what was built on stdout (progress stays on stderr).
+pub(super) fn build(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let built = devkit::build(dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&built)?);
+    }
     Ok(())
 }
 
@@ -42,21 +48,49 @@ pub(super) fn sign(
     Ok(())
 }
 
-/// `perch fn test`: the project run on sample events in the real runtime.
+/// `perch fn test`: the project run on sample events in the real runtime,
+/// printed event by event, or with `json` as one JSON object: `events`
+/// (each with its outputs and error) and `summary`.
 pub(super) fn test(
     dir: &Path,
     events: Option<PathBuf>,
     wasm: Option<PathBuf>,
+    json: bool,
 ) -> anyhow::Result<()> {
     telemetry::init(LogFormat::Human);
     let (module, manifest) = match wasm {
         Some(path) => (path, devkit::read_manifest(dir)?),
-        None => devkit::build(dir)?,
+        None => {
+            let built = devkit::build(dir)?;
+            (built.wasm, built.parsed)
+        }
     };
     let wasm =
         std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
     let events = events.unwrap_or_else(|| dir.join("events.jsonl"));
-    let report = devkit::test(manifest, &wasm, &events, &mut std::io::stdout().lock())?;
+    let mut runs = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    let report = fn_test::run(manifest, &wasm, &events, |run| {
+        if json {
+            runs.push(serde_json::to_value(run).map_err(std::io::Error::other)?);
+            Ok(())
+        } else {
+            fn_test::print(&mut stdout, run)
+        }
+    })?;
+    if json {
+        let all = serde_json::json!({ "events": runs, "summary": report });
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&all)?)?;
+        if report.failures > 0 {
+            return Err(super::Reported(1).into());
+        }
+        return Ok(());
+    }
+    writeln!(
+        stdout,
+        "{} events, {} failed; {} publishes, {} emits, {} forwards",
+        report.events, report.failures, report.publishes, report.emits, report.forwards
+    )?;
     anyhow::ensure!(
         report.failures == 0,
         "{} of {} events failed (see FAILED above)",

@@ -1,16 +1,19 @@
 //! `perch buffer stats|tail|dead|replay`: a look into the store-and-forward
-//! buffer, through a read-only connection (works while perch runs).
+//! buffer, through a read-only connection (works while perch runs), as text
+//! or, with `--json`, as JSON.
 
 use anyhow::Context;
+use serde_json::json;
 
 use super::BufferCommand;
+use crate::buffer::StoredRecord;
 
 pub(super) fn buffer(command: BufferCommand) -> anyhow::Result<()> {
     let dir = match &command {
-        BufferCommand::Stats(d)
-        | BufferCommand::Tail { dir: d, .. }
-        | BufferCommand::Dead(d)
-        | BufferCommand::Replay(d) => d.resolve()?,
+        BufferCommand::Stats { dir, .. }
+        | BufferCommand::Tail { dir, .. }
+        | BufferCommand::Dead { dir, .. }
+        | BufferCommand::Replay { dir, .. } => dir.resolve()?,
     };
     let path = dir.join(crate::buffer::FILE_NAME);
     anyhow::ensure!(
@@ -19,17 +22,24 @@ pub(super) fn buffer(command: BufferCommand) -> anyhow::Result<()> {
         path.display()
     );
     let reader = crate::buffer::Reader::open(&path)?;
-    let kind_name = |kind| match kind {
-        crate::buffer::KIND_AGGREGATE => "aggregate",
-        crate::buffer::KIND_SUMMARY => "summary",
-        crate::buffer::KIND_MIRROR => "mirror",
-        _ => "record",
-    };
+    let reading = || format!("reading {}", path.display());
     match command {
-        BufferCommand::Dead(_) => {
-            let dead = reader
-                .dead_letters()
-                .with_context(|| format!("reading {}", path.display()))?;
+        BufferCommand::Dead { json, .. } => {
+            let dead = reader.dead_letters().with_context(reading)?;
+            if json {
+                let rows: Vec<_> = dead
+                    .iter()
+                    .map(|d| {
+                        let mut row = record_json(&d.record);
+                        row["status"] = json!(d.status);
+                        row["response"] = json!(d.response);
+                        row["failed_ms"] = json!(d.failed_ms);
+                        row
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
             if dead.is_empty() {
                 println!("no dead letters");
             }
@@ -49,36 +59,75 @@ pub(super) fn buffer(command: BufferCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        BufferCommand::Replay(_) => {
+        BufferCommand::Replay { json, .. } => {
             let n = crate::buffer::replay_dead_letters(&path)?;
-            println!("{n} dead letters queued again");
+            if json {
+                println!("{}", json!({ "requeued": n }));
+            } else {
+                println!("{n} dead letters queued again");
+            }
         }
-        BufferCommand::Stats(_) => {
-            let (records, bytes, oldest) = reader
-                .totals()
-                .with_context(|| format!("reading {}", path.display()))?;
+        BufferCommand::Stats { json, .. } => {
+            let (records, bytes, oldest) = reader.totals().with_context(reading)?;
+            let age_s = oldest.map(|ms| (crate::kit::clock::now_ms() - ms).max(0) as f64 / 1000.0);
+            if json {
+                let stats = json!({
+                    "buffer": path.display().to_string(),
+                    "records": records,
+                    "bytes": bytes,
+                    "oldest_ms": oldest,
+                    "oldest_age_s": age_s,
+                });
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+                return Ok(());
+            }
             println!("buffer:  {}", path.display());
             println!("records: {records}");
             println!("bytes:   {bytes}");
-            match oldest {
-                Some(ms) => {
-                    let age_s = (crate::kit::clock::now_ms() - ms).max(0) as f64 / 1000.0;
-                    println!("oldest:  {age_s:.1} s ago");
-                }
+            match age_s {
+                Some(age_s) => println!("oldest:  {age_s:.1} s ago"),
                 None => println!("oldest:  -"),
             }
         }
-        BufferCommand::Tail { count, .. } => {
-            let rows = reader
-                .tail(count)
-                .with_context(|| format!("reading {}", path.display()))?;
+        BufferCommand::Tail { count, json, .. } => {
+            let rows = reader.tail(count).with_context(reading)?;
+            if json {
+                let rows: Vec<_> = rows.iter().map(record_json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
             for r in rows {
-                let kind = kind_name(r.kind);
                 let text = String::from_utf8_lossy(&r.payload);
                 let text: String = text.chars().take(200).collect();
-                println!("{:>8}  {:<24} {:<9} {}", r.seq, r.stream, kind, text);
+                println!(
+                    "{:>8}  {:<24} {:<9} {}",
+                    r.seq,
+                    r.stream,
+                    kind_name(r.kind),
+                    text
+                );
             }
         }
     }
     Ok(())
+}
+
+fn kind_name(kind: i64) -> &'static str {
+    match kind {
+        crate::buffer::KIND_AGGREGATE => "aggregate",
+        crate::buffer::KIND_SUMMARY => "summary",
+        crate::buffer::KIND_MIRROR => "mirror",
+        _ => "record",
+    }
+}
+
+/// A record as JSON; the payload as text (invalid UTF-8 replaced), whole.
+fn record_json(r: &StoredRecord) -> serde_json::Value {
+    json!({
+        "seq": r.seq,
+        "stream": r.stream,
+        "kind": kind_name(r.kind),
+        "created_ms": r.created_ms,
+        "payload": String::from_utf8_lossy(&r.payload),
+    })
 }

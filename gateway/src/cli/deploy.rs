@@ -26,7 +26,7 @@ pub(super) fn deploy(
     progress.step(&uploading);
     let ticker = progress.ticker(uploading, bundle.len());
     let started = std::time::Instant::now();
-    let endpoint = super::endpoint(target);
+    let endpoint = super::endpoint(target)?;
     let mut ticker = Some(ticker);
     let reply = runtime.block_on(control::deploy_with_progress(
         &endpoint,

@@ -18,7 +18,6 @@
 //! compiles, then checks the module in the real runtime.
 
 use std::fmt::Write as _;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -26,8 +25,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 
 use crate::functions::manifest::Manifest;
-use crate::functions::runtime::{Failure, Runtime, Seed};
-use crate::functions::Output;
+use crate::functions::runtime::{Runtime, Seed};
 
 /// The languages `perch fn new` can start a function in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -305,9 +303,27 @@ fn seconds(since: Instant) -> String {
     format!("{:.1} s", since.elapsed().as_secs_f64())
 }
 
+/// What `perch fn build` made (`--json` prints it).
+#[derive(Debug, serde::Serialize)]
+pub struct Built {
+    /// The function's name and version, from its manifest.
+    pub name: String,
+    pub version: String,
+    /// `build/NAME.wasm`, the module checked in the runtime (absolute).
+    pub wasm: PathBuf,
+    pub manifest: PathBuf,
+    pub bytes: usize,
+    /// SHA-256 of the module, as the gateway reports it once deployed.
+    pub sha256: String,
+    /// How long the whole build took.
+    pub seconds: f64,
+    #[serde(skip)]
+    pub parsed: Manifest,
+}
+
 /// Builds the project in `dir` to `dir/build/<name>.wasm` and checks it
-/// against the runtime. Returns the module's path and its manifest.
-pub fn build(dir: &Path) -> anyhow::Result<(PathBuf, Manifest)> {
+/// against the runtime.
+pub fn build(dir: &Path) -> anyhow::Result<Built> {
     let progress = Progress::new();
     let manifest = read_manifest(dir)?;
     let out_dir = dir.join("build");
@@ -344,7 +360,17 @@ pub fn build(dir: &Path) -> anyhow::Result<(PathBuf, Manifest)> {
         out.display(),
         dir.join("manifest.toml").display()
     );
-    Ok((out, manifest))
+    Ok(Built {
+        name: manifest.name.clone(),
+        version: manifest.version.to_string(),
+        // Absolute: a script reading the JSON may run elsewhere.
+        wasm: std::path::absolute(&out).unwrap_or(out),
+        manifest: std::path::absolute(dir.join("manifest.toml"))?,
+        bytes: wasm.len(),
+        sha256: compiled.sha256.clone(),
+        seconds: progress.start.elapsed().as_secs_f64(),
+        parsed: manifest,
+    })
 }
 
 /// Loads the module at `partial` into the real runtime and, once it
@@ -447,6 +473,9 @@ fn build_rust(progress: &Progress, dir: &Path, out: &Path) -> anyhow::Result<()>
                 .arg("--manifest-path")
                 .arg(dir.join("Cargo.toml"))
                 .env("CARGO_TARGET_DIR", &target_dir)
+                // Tools' output is progress: stderr, so stdout carries only
+                // what perch prints (the JSON of --json).
+                .stdout(std::io::stderr())
                 .status()
                 .context("cannot run cargo: is Rust installed (https://rustup.rs)?")?;
             anyhow::ensure!(
@@ -482,6 +511,7 @@ fn ensure_wasm_target(progress: &Progress) -> anyhow::Result<()> {
             || {
                 let status = Command::new("rustup")
                     .args(["target", "add", "wasm32-unknown-unknown"])
+                    .stdout(std::io::stderr())
                     .status()?;
                 anyhow::ensure!(
                     status.success(),
@@ -526,6 +556,7 @@ fn build_assemblyscript(progress: &Progress, dir: &Path, out: &Path) -> anyhow::
                     .args(["install", "--no-save", "--no-audit", "--no-fund"])
                     .arg(format!("assemblyscript@{version}"))
                     .current_dir(dir)
+                    .stdout(std::io::stderr())
                     .status()
                     .context("cannot run npm")?;
                 anyhow::ensure!(
@@ -548,6 +579,7 @@ fn build_assemblyscript(progress: &Progress, dir: &Path, out: &Path) -> anyhow::
                 .args(["--config", "asconfig.json", "--outFile"])
                 .arg(std::path::absolute(out)?)
                 .current_dir(dir)
+                .stdout(std::io::stderr())
                 .status()
                 .context(
                     "cannot run node: install Node.js 18 or newer (on Debian: sudo apt-get \
@@ -622,6 +654,7 @@ fn build_c(progress: &Progress, source: &Path, out: &Path) -> anyhow::Result<()>
                 ])
                 .arg(out)
                 .arg(source)
+                .stdout(std::io::stderr())
                 .status()
                 .context("cannot run clang")?;
             anyhow::ensure!(
@@ -632,140 +665,6 @@ fn build_c(progress: &Progress, source: &Path, out: &Path) -> anyhow::Result<()>
             Ok(())
         },
     )
-}
-
-/// One line of an events file.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SampleEvent {
-    topic: String,
-    payload: serde_json::Value,
-    #[serde(default)]
-    timestamp_ms: Option<i64>,
-}
-
-/// What `perch fn test` saw.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct TestReport {
-    pub events: usize,
-    pub failures: usize,
-    pub publishes: usize,
-    pub emits: usize,
-    pub forwards: usize,
-}
-
-/// Runs the module over the events in `events` (JSON lines), printing each
-/// event and what it produced to `out`.
-pub fn test(
-    manifest: Manifest,
-    wasm: &[u8],
-    events: &Path,
-    out: &mut impl std::io::Write,
-) -> anyhow::Result<TestReport> {
-    let file = std::fs::File::open(events).with_context(|| {
-        format!(
-            "cannot read the events file {}; write one event a line: \
-             {{\"topic\":\"sensors/t1/temperature\",\"payload\":{{\"temperature\":21.5}}}}",
-            events.display()
-        )
-    })?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-    let runtime = Runtime::new(tx);
-    let filters = manifest.triggers.topics.clone();
-    let compiled = runtime.compile(manifest, wasm)?;
-    let mut instance = runtime
-        .instantiate(&compiled, Seed::default())
-        .map_err(|(e, _)| e)?;
-    let mut report = TestReport::default();
-    let start_ms = crate::kit::clock::now_ms();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let event: SampleEvent = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{} line {}: not an event; expected {{\"topic\": ..., \"payload\": ...}}",
-                events.display(),
-                n + 1
-            )
-        })?;
-        let payload = match &event.payload {
-            serde_json::Value::String(s) => s.clone().into_bytes(),
-            other => serde_json::to_vec(other)?,
-        };
-        report.events += 1;
-        writeln!(
-            out,
-            "event {}  {}  {}",
-            report.events,
-            event.topic,
-            String::from_utf8_lossy(&payload)
-        )?;
-        if !crate::kit::topic::matches_any(&filters, &event.topic) {
-            writeln!(
-                out,
-                "  note: no trigger of the manifest matches this topic; a gateway would not \
-                 deliver it"
-            )?;
-        }
-        let ts = event.timestamp_ms.unwrap_or(start_ms + n as i64);
-        let result = instance.on_event(event.topic.as_bytes(), &payload, ts);
-        instance.release(|topic, payload| {
-            report.publishes += 1;
-            let _ = writeln!(
-                out,
-                "  publish  {}  {}",
-                String::from_utf8_lossy(&topic),
-                String::from_utf8_lossy(&payload)
-            );
-        });
-        while let Ok(output) = rx.try_recv() {
-            match output {
-                Output::Metric {
-                    metric, key, value, ..
-                } => {
-                    report.emits += 1;
-                    let key = if key.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" [{key}]")
-                    };
-                    writeln!(out, "  emit     {metric}{key} = {value}")?;
-                }
-                // `perch fn test` keeps no trigger events.
-                Output::Event(_) => {}
-                Output::Record { stream, record, .. } => {
-                    report.forwards += 1;
-                    writeln!(
-                        out,
-                        "  forward  {stream}  {}",
-                        String::from_utf8_lossy(&record)
-                    )?;
-                }
-            }
-        }
-        if let Err(failure) = result {
-            report.failures += 1;
-            writeln!(out, "  FAILED   {}", describe(&failure))?;
-        }
-    }
-    writeln!(
-        out,
-        "{} events, {} failed; {} publishes, {} emits, {} forwards",
-        report.events, report.failures, report.publishes, report.emits, report.forwards
-    )?;
-    Ok(report)
-}
-
-fn describe(failure: &Failure) -> String {
-    match failure {
-        Failure::Returned(code) => format!(
-            "the handler returned {}",
-            crate::functions::failure::describe_handler_code(*code)
-        ),
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub(super) fn invoke(
         payload,
         request_id: None,
     };
-    let reply = runtime.block_on(control::invoke(&super::endpoint(target), request))?;
+    let reply = runtime.block_on(control::invoke(&super::endpoint(target)?, request))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
     } else if reply.error.is_none() {

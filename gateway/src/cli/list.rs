@@ -8,7 +8,7 @@ use crate::functions::control;
 
 /// `perch fn list`: every function, as a table or JSON.
 pub(super) fn list(runtime: &Runtime, json: bool, target: FnTarget) -> anyhow::Result<()> {
-    let functions = runtime.block_on(control::list(&super::endpoint(target)))?;
+    let functions = runtime.block_on(control::list(&super::endpoint(target)?))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&functions)?);
     } else {
@@ -24,7 +24,7 @@ pub(super) fn status(
     json: bool,
     target: FnTarget,
 ) -> anyhow::Result<()> {
-    let f = runtime.block_on(control::status(&super::endpoint(target), name))?;
+    let f = runtime.block_on(control::status(&super::endpoint(target)?, name))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&f)?);
     } else {

@@ -13,7 +13,7 @@ pub(super) fn logs(
     json: bool,
     target: FnTarget,
 ) -> anyhow::Result<()> {
-    let endpoint = super::endpoint(target);
+    let endpoint = super::endpoint(target)?;
     let timeout = endpoint.timeout;
     let until = async move {
         if follow {

@@ -11,7 +11,8 @@
 //!   (`invoke.rs`), `replay` (`replay.rs`), `logs` (`logs.rs`),
 //!   `list|status` (`list.rs`);
 //! - the function author's loop without a gateway: `perch fn
-//!   new|build|test|sign` (`author.rs`, over [`devkit`] and [`keys`]), and
+//!   new|build|test|sign` (`author.rs`, over [`devkit`], `fn_test.rs` and
+//!   [`keys`]), and
 //!   signing keys, `perch key` ([`keys`]).
 
 mod author;
@@ -20,6 +21,7 @@ mod config;
 pub mod demo;
 mod deploy;
 pub mod devkit;
+mod fn_test;
 mod invoke;
 pub mod keys;
 mod list;
@@ -44,11 +46,26 @@ use crate::telemetry::LogFormat;
 
 /// Serverless functions at the edge: an MQTT broker, sandboxed WebAssembly
 /// functions and store-and-forward, in one binary.
+///
+/// `-h` is `--host` on the commands that talk to a gateway (as in
+/// `mosquitto_sub -h HOST`), so help is `--help` on every command; a bare
+/// `perch -h` still prints this help.
 #[derive(Debug, Parser)]
-#[command(name = "perch", version, propagate_version = true)]
+#[command(
+    name = "perch",
+    version,
+    propagate_version = true,
+    disable_help_flag = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Print help (`--help` on every command; `-h` only here).
+    #[arg(short = 'h', action = clap::ArgAction::Help)]
+    short_help: Option<bool>,
+    /// Print help.
+    #[arg(long, global = true, action = clap::ArgAction::Help)]
+    help: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,7 +78,8 @@ pub enum Command {
     /// Print the default config or check a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Hash a password for [[broker.users]].password_hash (reads it from stdin).
+    /// Hash a password for [[broker.users]].password_hash: on a terminal it
+    /// asks twice without echo; from a pipe it reads one line.
     Passwd,
     /// Deploy, roll back, remove and inspect functions on a running gateway
     /// (over MQTT).
@@ -279,6 +297,10 @@ pub enum FnCommand {
         /// The project (default: the current directory).
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Print what was built as JSON on stdout: name, version, wasm,
+        /// manifest, bytes, sha256, seconds (progress stays on stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Build the project, then run it on sample events in the real runtime,
     /// locally, and print what it publishes, emits and forwards. Exits 1 if
@@ -293,23 +315,34 @@ pub enum FnCommand {
         /// Run the module at this path instead of building.
         #[arg(long)]
         wasm: Option<PathBuf>,
+        /// Print one JSON object: "events" (each with its topic, payload,
+        /// outputs and error) and "summary" (the counts).
+        #[arg(long)]
+        json: bool,
     },
 }
 
-/// Which gateway `perch fn` talks to.
+/// Which gateway `perch fn` and `perch status` talk to. The short flags are
+/// mosquitto_sub's: `-h HOST`, `-p PORT`, `-u USER`, `-P PASSWORD`.
 #[derive(Debug, clap::Args)]
 pub struct FnTarget {
     /// The gateway's MQTT broker, host:port.
     #[arg(long, default_value = "127.0.0.1:1883", env = "PERCH_BROKER")]
     pub broker: String,
+    /// The broker's host; replaces the host of --broker.
+    #[arg(short = 'h', long)]
+    pub host: Option<String>,
+    /// The broker's port; replaces the port of --broker.
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
     /// The gateway's id (gateway.id; the gateway's host name when unset).
     #[arg(long, env = "PERCH_GATEWAY")]
     pub gateway: Option<String>,
     /// MQTT username, for listeners that require a login.
-    #[arg(long, visible_alias = "user", env = "PERCH_USERNAME")]
+    #[arg(long, short = 'u', visible_alias = "user", env = "PERCH_USERNAME")]
     pub username: Option<String>,
     /// MQTT password (prefer the environment variable).
-    #[arg(long, env = "PERCH_PASSWORD", hide_env_values = true)]
+    #[arg(long, short = 'P', env = "PERCH_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// How long to wait for the gateway's reply.
     #[arg(long, default_value_t = 10_000)]
@@ -319,7 +352,14 @@ pub struct FnTarget {
 #[derive(Debug, Subcommand)]
 pub enum BufferCommand {
     /// Records waiting for upstream: count, bytes, oldest.
-    Stats(DataDirArgs),
+    Stats {
+        #[command(flatten)]
+        dir: DataDirArgs,
+        /// Print {"buffer", "records", "bytes", "oldest_ms", "oldest_age_s"}
+        /// as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The newest records, oldest first.
     Tail {
         #[command(flatten)]
@@ -327,11 +367,28 @@ pub enum BufferCommand {
         /// How many records.
         #[arg(short = 'n', long, default_value_t = 10)]
         count: usize,
+        /// Print a JSON array of {"seq", "stream", "kind", "created_ms",
+        /// "payload"}.
+        #[arg(long)]
+        json: bool,
     },
     /// Records the upstream refused for good (HTTP 4xx), with its answer.
-    Dead(DataDirArgs),
+    Dead {
+        #[command(flatten)]
+        dir: DataDirArgs,
+        /// Print a JSON array of the records, each with "status",
+        /// "response" and "failed_ms".
+        #[arg(long)]
+        json: bool,
+    },
     /// Put every dead letter back in the queue to be sent again.
-    Replay(DataDirArgs),
+    Replay {
+        #[command(flatten)]
+        dir: DataDirArgs,
+        /// Print {"requeued": N} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -370,6 +427,13 @@ pub struct RunArgs {
     /// [[broker.listeners]] entry. Port 0 picks a free port.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Port of the main MQTT listener (as `mosquitto -p`): the first
+    /// [[broker.listeners]] entry keeps its address and takes this port.
+    #[arg(short = 'p', long, conflicts_with = "listen")]
+    pub port: Option<u16>,
+    /// Debug logging from perch (added to RUST_LOG or the default filter).
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
     /// Address of the admin HTTP listener (metrics, health, status page);
     /// overrides admin.listen. Port 0 picks a free port.
     #[arg(long)]
@@ -383,15 +447,26 @@ pub struct RunArgs {
 pub enum ConfigCommand {
     /// Print the annotated default config.
     Default,
-    /// Check a config file; print every problem and exit non-zero if any.
+    /// Check a config file; print every problem (file:line:column, key,
+    /// what was expected) and exit 2 if there is any.
     Check {
         /// The file to check.
         file: PathBuf,
+        /// Print the problems as a JSON array (`[]` when there are none):
+        /// file, line, column, key, message, expected, did_you_mean.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 /// Exit code for a config that was refused.
 const EXIT_BAD_CONFIG: u8 = 2;
+
+/// A failure the command has already reported in full (as JSON on
+/// stdout): `main` exits with its code and prints nothing more.
+#[derive(Debug, thiserror::Error)]
+#[error("exit code {0}")]
+struct Reported(u8);
 
 /// Runs the command line; returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
@@ -407,8 +482,11 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Reported>().is_some() => {
+            ExitCode::from(e.downcast_ref::<Reported>().map_or(1, |r| r.0))
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             if e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(EXIT_BAD_CONFIG)
             } else {
@@ -418,19 +496,40 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// The error and its causes joined with `: `, as `{:#}` prints them, but
+/// each message once: a cause whose text is already there is left out
+/// (many of perch's messages embed their source, "cannot read X: {source}",
+/// and would otherwise print an OS error twice).
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// `perch fn ...`: the author's commands run here; the others talk to a
 /// gateway over MQTT, on a runtime of their own.
 fn fn_command(command: FnCommand) -> anyhow::Result<()> {
     match command {
         FnCommand::New { name, lang, dir } => return author::new(&name, lang, dir.as_deref()),
-        FnCommand::Build { dir } => return author::build(&dir),
+        FnCommand::Build { dir, json } => return author::build(&dir, json),
         FnCommand::Sign {
             wasm,
             manifest,
             key,
             out,
         } => return author::sign(&wasm, &manifest, &key, out),
-        FnCommand::Test { dir, events, wasm } => return author::test(&dir, events, wasm),
+        FnCommand::Test {
+            dir,
+            events,
+            wasm,
+            json,
+        } => return author::test(&dir, events, wasm, json),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -498,15 +597,49 @@ fn fn_command(command: FnCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The gateway `perch fn` and `perch status` talk to.
-fn endpoint(t: FnTarget) -> control::Endpoint {
-    control::Endpoint {
-        broker: t.broker,
+/// The gateway `perch fn` and `perch status` talk to: `--broker`, its host
+/// or port replaced by `--host` / `--port`.
+fn endpoint(t: FnTarget) -> anyhow::Result<control::Endpoint> {
+    let (host, port) = split_broker(&t.broker)?;
+    let host = t.host.unwrap_or(host);
+    anyhow::ensure!(
+        !host.is_empty(),
+        "--host is empty: give the gateway's host name or address, e.g. -h 192.168.1.20"
+    );
+    let port = t.port.unwrap_or(port);
+    anyhow::ensure!(
+        t.password.is_none() || t.username.is_some(),
+        "a password was given (--password or PERCH_PASSWORD) but no user name: give it with \
+         --user NAME (-u, or PERCH_USERNAME)"
+    );
+    let broker = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(control::Endpoint {
+        broker,
         gateway: t
             .gateway
             .unwrap_or_else(|| crate::config::GatewayConfig::default().resolved_id()),
         username: t.username,
         password: t.password,
         timeout: Duration::from_millis(t.timeout_ms),
-    }
+    })
+}
+
+/// `host:port` (`[v6]:port` for IPv6) into its parts; a bad port is an
+/// error rather than a silent 1883.
+fn split_broker(broker: &str) -> anyhow::Result<(String, u16)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--broker {broker:?} (or PERCH_BROKER) is not host:port: write it as \
+             127.0.0.1:1883 or [::1]:1883, or give -h HOST and -p PORT"
+        )
+    };
+    let (host, port) = broker.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    let host = host.strip_prefix('[').unwrap_or(host);
+    let host = host.strip_suffix(']').unwrap_or(host);
+    Ok((host.to_owned(), port))
 }

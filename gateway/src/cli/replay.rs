@@ -21,7 +21,7 @@ pub(super) fn replay(
         version,
         request_id: None,
     };
-    let reply = runtime.block_on(control::replay(&super::endpoint(target), request))?;
+    let reply = runtime.block_on(control::replay(&super::endpoint(target)?, request))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
     } else if reply.error.is_none() {

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::telemetry;
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format);
+    telemetry::init_verbose(args.log_format, args.verbose);
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -23,6 +23,12 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
             None => config.broker.listeners.push(Default::default()),
         }
         config.broker.listeners[0].listen = addr;
+    }
+    if let Some(port) = args.port {
+        if config.broker.listeners.is_empty() {
+            config.broker.listeners.push(Default::default());
+        }
+        config.broker.listeners[0].listen.set_port(port);
     }
     if let Some(addr) = args.admin_listen {
         config.admin.listen = addr;

@@ -10,9 +10,8 @@ pub(super) fn status(target: FnTarget, json: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let summary = runtime.block_on(crate::telemetry::admin::status::fetch(&super::endpoint(
-        target,
-    )))?;
+    let endpoint = super::endpoint(target)?;
+    let summary = runtime.block_on(crate::telemetry::admin::status::fetch(&endpoint))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

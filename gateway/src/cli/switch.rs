@@ -16,7 +16,7 @@ pub(super) fn switch(
     json: bool,
     target: FnTarget,
 ) -> anyhow::Result<()> {
-    let endpoint = super::endpoint(target);
+    let endpoint = super::endpoint(target)?;
     let started = std::time::Instant::now();
     let reply = runtime.block_on(control::command(&endpoint, command, name))?;
     let elapsed = started.elapsed().as_millis();

@@ -72,10 +72,26 @@ pub fn init(format: LogFormat) {
     init_with_default_filter(format, DEFAULT_FILTER);
 }
 
+/// [`init`], with perch's own debug lines on top of `RUST_LOG` (or the
+/// default filter) when `verbose` (`perch run -v`).
+pub fn init_verbose(format: LogFormat, verbose: bool) {
+    init_filtered(format, DEFAULT_FILTER, verbose);
+    if verbose {
+        tracing::debug!("verbose: perch logs at debug level");
+    }
+}
+
 /// [`init`], with another filter for when `RUST_LOG` is not set.
 pub fn init_with_default_filter(format: LogFormat, default_filter: &str) {
-    let filter =
+    init_filtered(format, default_filter, false);
+}
+
+fn init_filtered(format: LogFormat, default_filter: &str, verbose: bool) {
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    if verbose {
+        filter = filter.add_directive("perch=debug".parse().expect("a valid directive"));
+    }
     let journal = under_journald();
     let colour = !journal
         && std::io::stderr().is_terminal()

@@ -345,6 +345,9 @@ pub enum FetchError {
         gateway: String,
         timeout: Duration,
     },
+    /// The broker refused the login: who, what it needs, which flags.
+    #[error("{0}")]
+    Refused(String),
     #[error("the status on {topic} is not a perch summary: {message}")]
     Unreadable { topic: String, message: String },
 }
@@ -356,19 +359,9 @@ const REFRESH_WAIT: Duration = Duration::from_secs(1);
 /// Reads the summary of a gateway from its broker: the one it asks the
 /// gateway for on [`refresh_topic`], or else the retained one.
 pub async fn fetch(endpoint: &crate::functions::control::Endpoint) -> Result<Summary, FetchError> {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet as P, QoS};
+    use rumqttc::{AsyncClient, Event, Packet as P, QoS};
     let topic = topic(&endpoint.gateway);
-    let (host, port) = match endpoint.broker.rsplit_once(':') {
-        Some((h, p)) => (h.trim_matches(['[', ']']), p.parse().unwrap_or(1883)),
-        None => (endpoint.broker.as_str(), 1883),
-    };
-    let client_id = format!("perch-cli-{:016x}", rand::random::<u64>());
-    let mut options = MqttOptions::new(client_id, host, port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_max_packet_size(4 * 1024 * 1024, 64 * 1024);
-    if let (Some(u), Some(p)) = (&endpoint.username, &endpoint.password) {
-        options.set_credentials(u, p);
-    }
+    let options = endpoint.mqtt_options(4 * 1024 * 1024, 64 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     let connect_err = |message: String| FetchError::Connect {
         addr: endpoint.broker.clone(),
@@ -425,6 +418,13 @@ pub async fn fetch(endpoint: &crate::functions::control::Endpoint) -> Result<Sum
                     }
                 }
                 Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                    let needs =
+                        format!("reading {topic} takes a login whose subscribe list covers it");
+                    return Err(FetchError::Refused(crate::functions::control::refusal(
+                        endpoint, code, &needs,
+                    )));
+                }
                 Err(e) => return Err(connect_err(e.to_string())),
             }
         }
