@@ -462,22 +462,7 @@ fn a_configured_login_is_required() {
 fn status_json(gw: &Gateway, id: &str, function: &str) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let out = perch(&[
-            "status",
-            "--json",
-            "--broker",
-            &gw.addr().to_string(),
-            "--gateway",
-            id,
-            "--timeout-ms",
-            "10000",
-        ]);
-        assert!(
-            out.status.success(),
-            "perch status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = status_once(gw, id);
         let listed = v["functions"]
             .as_array()
             .unwrap()

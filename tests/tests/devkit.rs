@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::util::functions::Gateway;
-use crate::util::perch_bin;
+use crate::util::{output_text as text, perch_bin};
 
 /// One cargo target directory for every scaffolded Rust project of the run,
 /// so their dependencies build once.
@@ -21,14 +21,6 @@ fn perch_in(dir: &Path, args: &[&str]) -> Output {
         .env("CARGO_TARGET_DIR", target_dir())
         .output()
         .expect("running perch")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -2,17 +2,7 @@
 //! `-h HOST -p PORT -u USER -P PASSWORD` on the commands that talk to a
 //! gateway, and no command that exits 0 on a flag it did not use.
 
-use std::process::Output;
-
-use crate::util::{free_port, perch, Gateway};
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use crate::util::{free_port, output_text as text, perch, Gateway};
 
 #[test]
 fn run_takes_the_listener_port_with_p_and_debug_logging_with_v() {

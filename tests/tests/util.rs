@@ -62,6 +62,16 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// A finished command's stdout then stderr, as text (for messages and
+/// `contains` checks).
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `perch ARGS` to completion (for the one-shot subcommands).
 pub fn perch(args: &[&str]) -> Output {
     perch_with_stdin(args, "")
