@@ -158,7 +158,13 @@ pub fn capture(
                             continue; // a codec kept it already
                         }
                         let topic = String::from_utf8_lossy(&f.publish.topic);
-                        if crate::kit::topic::matches_any(&filters[..i], &topic) {
+                        if !routes.keeps(&topic) {
+                            continue; // perch/... under a wildcard (mirror::captures)
+                        }
+                        if filters[..i]
+                            .iter()
+                            .any(|f| super::mirror::captures(f, &topic))
+                        {
                             continue; // an earlier filter's link forwards it
                         }
                         match routes.keep(&intake, &topic, &f.publish.payload, None) {

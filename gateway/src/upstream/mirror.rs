@@ -84,6 +84,21 @@ pub(super) fn validate(rules: &[MirrorRule], http: bool, problems: &mut Vec<Prob
     }
 }
 
+/// Whether `filter`, from `forward_topics` or a mirror rule, captures a
+/// message on `topic`. As MQTT keeps topics starting with `$` out of
+/// filters starting with a wildcard (MQTT-4.7.2-1), the gateway's own
+/// namespace stays out of them too: a topic under `perch/` (deploy bundles,
+/// control requests and replies, statuses, function logs) is captured only
+/// by a filter that names `perch/` itself, never by `#` or `+/...`.
+pub fn captures(filter: &str, topic: &str) -> bool {
+    let wildcard_first = filter.starts_with('#') || filter.starts_with('+');
+    !(wildcard_first && topic.starts_with("perch/")) && topic::matches(filter, topic)
+}
+
+fn captures_any(filters: &[String], topic: &str) -> bool {
+    filters.iter().any(|f| captures(f, topic))
+}
+
 /// Where the messages on forwarded and mirrored topics go: the buffer, as
 /// enveloped records (`forward_topics`), as mirrored messages
 /// (`[[upstream.mirror]]`), or both.
@@ -118,14 +133,12 @@ impl Routes {
 
     /// Whether a message on `topic` goes upstream at all.
     pub fn keeps(&self, topic: &str) -> bool {
-        topic::matches_any(&self.forward, topic) || self.mirror_rule(topic).is_some()
+        captures_any(&self.forward, topic) || self.mirror_rule(topic).is_some()
     }
 
     /// The first mirror rule one of whose filters matches `topic`.
     fn mirror_rule(&self, topic: &str) -> Option<&MirrorRule> {
-        self.mirror
-            .iter()
-            .find(|r| topic::matches_any(&r.topics, topic))
+        self.mirror.iter().find(|r| captures_any(&r.topics, topic))
     }
 
     /// Hands one message to the buffer as what its topic asks for. With a
@@ -139,7 +152,7 @@ impl Routes {
         payload: &[u8],
         ticket: Option<Ticket>,
     ) -> Result<(), BufferError> {
-        let forward = topic::matches_any(&self.forward, topic);
+        let forward = captures_any(&self.forward, topic);
         let Some(rule) = self.mirror_rule(topic) else {
             return match forward {
                 true => intake.forward_kept(topic, payload, ticket),
@@ -188,6 +201,28 @@ mod tests {
             topics: topics.iter().map(|s| s.to_string()).collect(),
             prefix: prefix.to_owned(),
         }
+    }
+
+    #[test]
+    fn the_gateways_own_topics_stay_out_of_wildcard_filters() {
+        let routes = Routes::new(&["#".to_owned()], &[rule(&["+/gw/#"], "site1/")]);
+        assert!(routes.keeps("sensors/t1"));
+        assert!(routes.keeps("x/gw/y"));
+        for own in [
+            "perch/gw/fn/deploy",
+            "perch/gw/status",
+            "perch/fleet/lab/deploy/f",
+        ] {
+            assert!(!routes.keeps(own), "{own}");
+        }
+        // Named, they are captured.
+        let routes = Routes::new(
+            &["perch/gw/status".to_owned()],
+            &[rule(&["perch/+/fn/#"], "")],
+        );
+        assert!(routes.keeps("perch/gw/status"));
+        assert!(routes.keeps("perch/gw/fn/echo/log"));
+        assert!(!routes.keeps("perch/gw/other"));
     }
 
     #[test]
