@@ -10,31 +10,17 @@
 //! (against Mosquitto just the same). That client bug was last session's
 //! "burst loss"; see docs/store-and-forward.md.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
-use crate::admin::get;
+use crate::admin::metrics;
 use crate::util::{mqtt, perch, temp_file, Gateway};
 
 /// How long a whole burst may take end to end on a loaded 2-core machine
 /// (it takes 10-20 s when the machine is quiet).
 const DEADLINE: Duration = Duration::from_secs(240);
-
-/// `/metrics` parsed: "name{labels}" -> value.
-fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
-    let (status, body) = get(addr, "/metrics", None);
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
 
 fn capture_config(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     temp_file(

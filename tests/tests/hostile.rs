@@ -8,10 +8,10 @@
 //! and bounded generously; the figure is in docs/performance.md).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::admin::metrics;
 use crate::util::functions::{file, wasm_file, Client, Gateway};
 
 /// The exports every module here shares: ABI version 1, an event buffer at
@@ -280,19 +280,6 @@ fn deploy_file(gw: &Gateway, wasm: &Path, manifest: &Path) -> (bool, String) {
 
 fn write_wasm(dir: &Path, name: &str, wasm: &[u8]) -> PathBuf {
     file(dir, &format!("{name}.wasm"), wasm)
-}
-
-/// `/metrics`: "name{labels}" -> value.
-fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
-    let (status, body) = crate::admin::get(admin, "/metrics", None);
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 fn sample(m: &HashMap<String, f64>, name: &str, function: &str, extra: &str) -> f64 {

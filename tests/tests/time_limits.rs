@@ -5,10 +5,9 @@
 //! for more time or more failures in a row than the gateway's caps is
 //! refused at deploy, naming the cap and the config key.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 
+use crate::admin::metrics;
 use crate::util::functions::{file, wasm_file, Client, Gateway};
 
 /// The well-behaved function: tests/wat/echo.wat, each event's payload to
@@ -44,19 +43,6 @@ fn deploy(gw: &Gateway, wasm: &Path, manifest: &Path) -> (bool, String) {
         "--manifest",
         manifest.to_str().unwrap(),
     ])
-}
-
-/// `/metrics`: "name{labels}" -> value.
-fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
-    let (status, body) = crate::admin::get(admin, "/metrics", None);
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
