@@ -22,7 +22,6 @@ const MAX_LINES: usize = 800;
 /// entry, or remove it once the file is within the limit (the check asks
 /// for that).
 const OVERSIZED: &[(&str, usize)] = &[
-    ("broker/codec.rs", 1534),
     ("buffer/store.rs", 911),
     ("functions/dispatch.rs", 1155),
     ("functions/mod.rs", 1544),
@@ -37,8 +36,6 @@ const MAX_FN_LINES: usize = 120;
 /// ceiling). Most are in files other work was changing when this list was
 /// made; `Broker::start_in` wires every listener in one loop.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("broker/codec.rs", "police", 200),
-    ("broker/codec.rs", "read_connect", 194),
     ("broker/mod.rs", "start_in", 174),
     ("buffer/store.rs", "commit", 191),
     ("functions/runtime.rs", "define_imports", 124),
