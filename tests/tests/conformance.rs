@@ -1342,8 +1342,16 @@ async fn v5_maximum_packet_size() {
     // of headroom over functions.max_bundle_bytes).
     let (_dir, gw) =
         gateway_with("max_packet_size_bytes = 131072\n\n[functions]\nmax_bundle_bytes = 65536");
-    // Server side: a 200 KiB publish is refused by closing that connection.
-    let (mut raw, _) = Raw::connect(gw.addr(), &Connect::v5("big")).await;
+    // The CONNACK tells the limit (Maximum Packet Size, property 0x27).
+    let (mut raw, ack) = Raw::connect(gw.addr(), &Connect::v5("big")).await;
+    let props = &ack.1[3..];
+    let told = [0x27, 0, 2, 0, 0];
+    assert!(
+        props.windows(5).any(|w| w == told),
+        "Maximum Packet Size 131072 in the CONNACK's properties {props:?}"
+    );
+    // A 200 KiB publish ends that connection, with DISCONNECT 0x95 (Packet
+    // too large) first.
     raw.send(&publish(
         true,
         "big/x",
@@ -1353,8 +1361,50 @@ async fn v5_maximum_packet_size() {
         &vec![b'x'; 200 * 1024],
     ))
     .await;
-    raw.until_closed(mqtt::WAIT).await;
+    let seen = raw.until_closed(mqtt::WAIT).await;
+    assert!(
+        seen.iter()
+            .any(|p| p.0 == 0xe0 && p.1.first() == Some(&0x95)),
+        "DISCONNECT 0x95 before the close; saw {seen:?}"
+    );
+    // 3.1.1 has no DISCONNECT from the server: the connection just closes.
+    let (mut raw, ack) = Raw::connect(gw.addr(), &Connect::v4("big4")).await;
+    assert_eq!(ack.1.len(), 2, "a 3.1.1 CONNACK has no properties");
+    raw.send(&publish(
+        false,
+        "big/y",
+        0,
+        0,
+        false,
+        &vec![b'x'; 200 * 1024],
+    ))
+    .await;
+    let seen = raw.until_closed(mqtt::WAIT).await;
+    assert!(seen.iter().all(|p| p.0 != 0xe0), "saw {seen:?}");
     bystanders_still_served(gw.addr()).await;
+}
+
+/// 5.0 §4.13.1: a 5.0 client that sends a malformed packet is sent
+/// DISCONNECT 0x81 (Malformed Packet) before the connection closes, and
+/// its will is published (the connection did not end with its DISCONNECT).
+#[tokio::test]
+async fn v5_a_malformed_packet_gets_disconnect_0x81_and_the_will_goes_out() {
+    let gw = Gateway::start(&[]);
+    let (_s, mut sub_el) = subscriber(gw.addr(), "mal-watch", "status/#").await;
+    let c = Connect::v5("mal").will("status/mal", b"gone", 1, false);
+    let (mut raw, _) = Raw::connect(gw.addr(), &c).await;
+    // PINGREQ with a flag set: the fixed header's reserved bits are wrong.
+    raw.send(&[0xc1, 0]).await;
+    let seen = raw.until_closed(mqtt::WAIT).await;
+    assert!(
+        seen.iter()
+            .any(|p| p.0 == 0xe0 && p.1.first() == Some(&0x81)),
+        "DISCONNECT 0x81 before the close; saw {seen:?}"
+    );
+    let got = next_publish(&mut sub_el, mqtt::WAIT)
+        .await
+        .expect("the will");
+    assert_eq!(got.topic, "status/mal");
 }
 
 /// 5.0 §3.1.2.11.4 (MQTT-3.1.2-24/25): the server does not send a client
@@ -1433,6 +1483,60 @@ async fn v5_server_keep_alive() {
         props.windows(3).any(|w| w == [0x13, 0xff, 0xff]),
         "Server Keep Alive 65535 in {props:?}"
     );
+}
+
+/// `broker.max_keep_alive_s`: a 5.0 client asking for more (or for 0) is
+/// told the maximum in Server Keep Alive (5.0 §3.2.2.3.14) and held to it:
+/// silent past 1.5 times it, it is dropped and its will published. A 3.1.1
+/// client cannot be told, so one asking for more or for 0 is refused with
+/// CONNACK 2, as Mosquitto's `max_keepalive` does; one within it connects.
+#[tokio::test]
+async fn max_keep_alive_is_told_to_5_0_clients_and_refused_to_3_1_1_ones() {
+    let (_dir, gw) = gateway_with("max_keep_alive_s = 2");
+    let ska = |ack: &RawPacket| {
+        let props = &ack.1[3..];
+        props
+            .windows(3)
+            .find(|w| w[0] == 0x13)
+            .map(|w| u16::from_be_bytes([w[1], w[2]]))
+    };
+    let (_a, ack) = Raw::connect(gw.addr(), &Connect::v5("ka-long").keep_alive(60)).await;
+    assert_eq!((ack.1[1], ska(&ack)), (0, Some(2)), "{ack:?}");
+    let (_b, ack) = Raw::connect(gw.addr(), &Connect::v5("ka-short").keep_alive(1)).await;
+    assert_eq!(
+        (ack.1[1], ska(&ack)),
+        (0, None),
+        "within the maximum: {ack:?}"
+    );
+    let (_c, ack) = Raw::connect(gw.addr(), &Connect::v4("ka-v4").keep_alive(60)).await;
+    assert_eq!(
+        ack.1,
+        vec![0, 2],
+        "3.1.1 over the maximum: identifier rejected"
+    );
+    let (_d, ack) = Raw::connect(gw.addr(), &Connect::v4("ka-v4-0").keep_alive(0)).await;
+    assert_eq!(
+        ack.1,
+        vec![0, 2],
+        "3.1.1 asking for none: identifier rejected"
+    );
+    let (_e, ack) = Raw::connect(gw.addr(), &Connect::v4("ka-v4-ok").keep_alive(2)).await;
+    assert_eq!(ack.1, vec![0, 0], "3.1.1 within the maximum connects");
+    // Held to it: a 5.0 client that asked for none and stays silent is
+    // dropped after 1.5 × 2 s, and its will goes out.
+    let mut watch = mqtt::options("ka-watch", gw.addr());
+    watch.set_keep_alive(Duration::from_secs(2));
+    let (s, mut sub_el) = connect(watch).await.unwrap();
+    subscribe(&s, &mut sub_el, "status/#").await;
+    let c = Connect::v5("ka-mute")
+        .keep_alive(0)
+        .will("status/ka-mute", b"gone", 1, false);
+    let (_mute, ack) = Raw::connect(gw.addr(), &c).await;
+    assert_eq!(ska(&ack), Some(2));
+    let got = next_publish(&mut sub_el, Duration::from_secs(15))
+        .await
+        .expect("the silent client's will");
+    assert_eq!(got.topic, "status/ka-mute");
 }
 
 /// 5.0 §3.1.2.11.3 and §4.9 (MQTT-3.3.4-9): the server never has more

@@ -34,9 +34,8 @@ const MAX_FN_LINES: usize = 120;
 
 /// Functions over [`MAX_FN_LINES`] today, as (file, name, line count as a
 /// ceiling). Most are in files other work was changing when this list was
-/// made; `Broker::start_in` wires every listener in one loop.
+/// made.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("broker/mod.rs", "start_in", 174),
     ("buffer/store.rs", "commit", 191),
     ("functions/runtime.rs", "define_imports", 124),
     ("upstream/mod.rs", "session", 125),

@@ -179,6 +179,9 @@ pub enum Refusal {
     /// A 5.0 CONNECT asks for enhanced authentication (an Authentication
     /// Method), which perch does not offer (0x8C, MQTT-4.12.0-1).
     BadAuthenticationMethod,
+    /// A 3.1.1 keep-alive of 0 or over `broker.max_keep_alive_s` (3.1.1:
+    /// 2); a 5.0 client is told the maximum instead.
+    KeepAliveTooLong,
 }
 
 /// Failed logins allowed: a token bucket holding at most a minute's worth,

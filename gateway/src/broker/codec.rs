@@ -18,8 +18,11 @@
 //!   own links (`perch-internal-*`), so no client can take over their
 //!   sessions;
 //! - accepts keep-alive 0 ("off", allowed by both specs; rumqttd refuses it)
-//!   and enforces the largest keep-alive instead, which a 5.0 client is told
-//!   in the CONNACK's Server Keep Alive;
+//!   and enforces `broker.max_keep_alive_s` instead (the largest keep-alive
+//!   by default), which a 5.0 client is told in the CONNACK's Server Keep
+//!   Alive, as it is told `max_packet_size_bytes` (Maximum Packet Size);
+//! - sends a 5.0 client that breaks the protocol a DISCONNECT with the
+//!   reason (0x81, 0x82, 0x95 Packet too large) before closing;
 //! - enforces the client's ACL on PUBLISH and SUBSCRIBE;
 //! - hands what changes the retained set (retained publishes, empty
 //!   payloads) to the retained store ([`super::retained`]), so it survives
@@ -109,10 +112,6 @@ mod write;
 use delivery::Subscriptions;
 use flow::{Flow, Inject};
 
-/// Keep-alive used for clients that ask for none (0 = off): the largest the
-/// protocol can express, 18.2 h, which rumqttd enforces at 1.5x.
-pub const KEEP_ALIVE_OFF_S: u16 = u16::MAX;
-
 /// How long a CONNECT waits for an earlier connection of its client id to
 /// end before rumqttd takes that one over (see `Sessions::wait_until_gone`):
 /// long enough for a just-dropped connection's task to notice on a loaded
@@ -124,6 +123,10 @@ pub struct Policy {
     pub users: Arc<Users>,
     /// Whether this listener lets clients in without a username.
     pub allow_anonymous: bool,
+    /// `broker.max_packet_size_bytes`, told to 5.0 clients in the CONNACK.
+    pub max_packet_size: usize,
+    /// `broker.max_keep_alive_s`.
+    pub max_keep_alive_s: u16,
     /// Where retained publishes go to be persisted; `None` keeps them in
     /// memory only.
     pub retained: Option<Capture>,
@@ -331,9 +334,9 @@ pub struct Codec {
     /// The Session Expiry Interval of the 5.0 CONNECT (0 when absent, and
     /// for 3.1.1): a DISCONNECT may change it, but not from 0 (§3.14.2.2.2).
     connect_expiry: u32,
-    /// A 5.0 client asked for keep-alive 0, which rumqttd cannot do: its
-    /// CONNACK carries the keep-alive enforced instead (Server Keep Alive,
-    /// 5.0 §3.2.2.3.14).
+    /// A 5.0 client asked for keep-alive 0, which rumqttd cannot do, or for
+    /// more than `broker.max_keep_alive_s`: its CONNACK carries the
+    /// keep-alive enforced instead (Server Keep Alive, 5.0 §3.2.2.3.14).
     server_keep_alive: bool,
     /// The client id and whether its session outlives the connection.
     client_id: String,
@@ -555,6 +558,21 @@ impl Codec {
                 }
             });
         }
+        let read = self.read_next(stream, max_size, version);
+        match read {
+            Err(e) if version == Version::V5 => self.closed_on_error(e, stream),
+            read => read,
+        }
+    }
+
+    /// The next packet from the client, past the ACL and the checks
+    /// rumqttd does not make.
+    fn read_next(
+        &mut self,
+        stream: &mut BytesMut,
+        max_size: usize,
+        version: Version,
+    ) -> Result<Packet, protocol::Error> {
         loop {
             if let Some(&first) = stream.first() {
                 check_fixed_header(first, version)?;

@@ -24,6 +24,13 @@ pub struct BrokerConfig {
     pub max_packet_size_bytes: usize,
     /// Unacknowledged QoS 1/2 messages in flight per client.
     pub max_inflight_count: usize,
+    /// The longest keep-alive a client may ask for, in seconds (65535, the
+    /// default, lets any through). A 5.0 client asking for more, or for 0
+    /// (off), is told this one in the CONNACK's Server Keep Alive and held
+    /// to it; a 3.1.1 client, which cannot be told, is refused (CONNACK 2,
+    /// identifier rejected), as Mosquitto's `max_keepalive` does. A lower
+    /// value finds dead clients (and publishes their wills) sooner.
+    pub max_keep_alive_s: u16,
     /// How long a new connection may take to send its whole CONNECT,
     /// however it trickles in; then it is closed (slowloris).
     pub connection_timeout_ms: u16,
@@ -88,6 +95,7 @@ impl Default for BrokerConfig {
             max_connections: 1_024,
             max_packet_size_bytes: 5 * 1024 * 1024,
             max_inflight_count: 100,
+            max_keep_alive_s: u16::MAX,
             connection_timeout_ms: 5_000,
             max_pending_connections: 256,
             max_failed_logins_per_minute: 60,
@@ -222,7 +230,8 @@ impl BrokerConfig {
 
     /// The numeric limits: positive, and within what rumqttd and MQTT can do.
     fn validate_limits(&self, problems: &mut Vec<Problem>) {
-        let positive: [(&str, u64); 16] = [
+        let positive: [(&str, u64); 17] = [
+            ("broker.max_keep_alive_s", u64::from(self.max_keep_alive_s)),
             ("broker.max_message_log_bytes", self.max_message_log_bytes),
             ("broker.max_filters", self.max_filters as u64),
             (
@@ -492,6 +501,11 @@ mod tests {
         assert!(err.contains("broker.connection_timeout_ms"), "{err}");
         let err = problems("[broker]\nmax_failed_logins_per_minute = 0\n");
         assert!(err.contains("broker.max_failed_logins_per_minute"), "{err}");
+        let err = problems("[broker]\nmax_keep_alive_s = 0\n");
+        assert!(
+            err.contains("broker.max_keep_alive_s: must be greater than 0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -61,7 +61,7 @@ use tokio::task::JoinHandle;
 
 use self::auth::Users;
 use self::codec::{Codec, Connecting, Filters, Policy};
-pub use self::codec::{Refusals, Traffic, KEEP_ALIVE_OFF_S};
+pub use self::codec::{Refusals, Traffic};
 pub use self::config::{AclConfig, BrokerConfig, ListenerConfig, TlsConfig, UserConfig};
 
 /// Why the broker could not start or serve a request.
@@ -171,22 +171,27 @@ impl Broker {
         let refusals = Arc::new(Refusals::default());
         let traffic = Arc::new(Traffic::default());
 
+        // Every in-process link has dynamic filters: without them the router
+        // *disconnects* a link that publishes to a topic nobody has
+        // subscribed to yet (`NoMatchingFilters`), and the link's later sends
+        // go to a dead connection id. Remote clients get the same setting
+        // from `ConnectionSettings`.
+        let opener: Arc<session::Opener> = Arc::new({
+            let router_tx = router_tx.clone();
+            move |id: &str, clean: bool| {
+                LinkBuilder::new(id, router_tx.clone())
+                    .clean_session(clean)
+                    .dynamic_filters(true)
+                    .build()
+                    .map(|(tx, rx, _ack)| (tx, rx))
+                    .map_err(Box::new)
+            }
+        });
         let mut broker = Broker {
             links: Links {
                 linker: Arc::new({
-                    let router_tx = router_tx.clone();
-                    // Dynamic filters: without them the router *disconnects*
-                    // a local link that publishes to a topic nobody has
-                    // subscribed to yet (`NoMatchingFilters`), and the link's
-                    // later sends go to a dead connection id. Remote clients
-                    // get the same setting from `ConnectionSettings`.
-                    move |id: &str| {
-                        LinkBuilder::new(id, router_tx.clone())
-                            .dynamic_filters(true)
-                            .build()
-                            .map(|(tx, rx, _ack)| (tx, rx))
-                            .map_err(Box::new)
-                    }
+                    let opener = opener.clone();
+                    move |id: &str| opener(id, true)
                 }),
             },
             listening: Vec::new(),
@@ -199,36 +204,9 @@ impl Broker {
         if let Some(dir) = data_dir {
             broker.open_retained(config, dir)?;
         }
-        let opener: Arc<session::Opener> = Arc::new({
-            let router_tx = router_tx.clone();
-            move |id: &str, clean: bool| {
-                LinkBuilder::new(id, router_tx.clone())
-                    .clean_session(clean)
-                    .dynamic_filters(true)
-                    .build()
-                    .map(|(tx, rx, _ack)| (tx, rx))
-                    .map_err(Box::new)
-            }
-        });
         // After the retained messages: a restored subscription is sent the
         // matching ones when its client comes back, as any new one is.
-        let sessions = match data_dir {
-            Some(dir) => {
-                let bounds = session::Bounds {
-                    max_sessions: config.max_persistent_sessions,
-                    max_subscriptions: config.max_subscriptions_per_session,
-                };
-                let (sessions, stored) = session::open(dir, bounds, opener)?;
-                let sessions = Arc::new(sessions);
-                if !stored.is_empty() {
-                    let n = stored.len();
-                    sessions.restore(stored);
-                    tracing::info!(sessions = n, "persistent sessions restored");
-                }
-                sessions
-            }
-            None => Arc::new(session::Sessions::in_memory(opener)),
-        };
+        let sessions = open_sessions(config, data_dir, opener)?;
         broker.sessions = Some(sessions.clone());
         let capture = broker.retained.as_ref().map(retained::Store::capture);
         let (will_tx, will_rx) = broker.links.open("wills")?;
@@ -249,18 +227,7 @@ impl Broker {
             };
             // A TLS listener: perch accepts and terminates TLS on the public
             // address (see `tls`), rumqttd serves the plain side on loopback.
-            let front = match &l.tls {
-                Some(t) => {
-                    let tls_config = tls::server_config(t)
-                        .map_err(|e| bind_err(l.listen, std::io::Error::other(e)))?;
-                    let public = std::net::TcpListener::bind(l.listen)
-                        .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                        .and_then(tokio::net::TcpListener::from_std)
-                        .map_err(|e| bind_err(l.listen, e))?;
-                    Some((public, tls_config))
-                }
-                None => None,
-            };
+            let front = tls_front(l)?;
             let addr = match &front {
                 Some(_) => resolve_port(&ListenerConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -268,23 +235,12 @@ impl Broker {
                 })?,
                 None => resolve_port(l)?,
             };
-            let settings = ServerSettings {
-                name: l.name.clone(),
-                listen: addr,
-                tls: None,
-                next_connection_delay_ms: 0,
-                connections: ConnectionSettings {
-                    connection_timeout_ms: config.connection_timeout_ms,
-                    max_payload_size: config.max_packet_size_bytes,
-                    max_inflight_count: config.max_inflight_count,
-                    auth: None,
-                    external_auth: None,
-                    dynamic_filters: true,
-                },
-            };
+            let settings = server_settings(config, l, addr);
             let policy = Arc::new(Policy {
                 users: users.clone(),
                 allow_anonymous: l.allow_anonymous,
+                max_packet_size: config.max_packet_size_bytes,
+                max_keep_alive_s: config.max_keep_alive_s,
                 retained: capture.clone(),
                 keeper: keeper.clone(),
                 wills: wills.clone(),
@@ -307,24 +263,41 @@ impl Broker {
             .map_err(|source| bind_err(addr, source))?;
             broker.tasks.push(task);
             no_delay_for_accepted(addr);
-            let public = match front {
-                Some((listener, tls_config)) => {
-                    let public = listener.local_addr().map_err(|e| bind_err(l.listen, e))?;
-                    let timeout = Duration::from_millis(config.tls_handshake_timeout_ms);
-                    broker
-                        .tasks
-                        .push(tls::serve(listener, tls_config, addr, timeout));
-                    public
-                }
-                None => addr,
-            };
-            broker.listening.push(Listening {
-                name: l.name.clone(),
-                addr: public,
-                tls: l.tls.is_some(),
-            });
+            broker.expose(l, front, addr, config)?;
         }
         Ok(broker)
+    }
+
+    /// Makes a started listener reachable: a TLS listener's public side
+    /// starts terminating TLS towards `addr`; the address clients use is
+    /// recorded either way.
+    fn expose(
+        &mut self,
+        l: &ListenerConfig,
+        front: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
+        addr: SocketAddr,
+        config: &BrokerConfig,
+    ) -> Result<(), BrokerError> {
+        let public = match front {
+            Some((listener, tls_config)) => {
+                let public = listener.local_addr().map_err(|source| BrokerError::Bind {
+                    name: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                })?;
+                let timeout = Duration::from_millis(config.tls_handshake_timeout_ms);
+                self.tasks
+                    .push(tls::serve(listener, tls_config, addr, timeout));
+                public
+            }
+            None => addr,
+        };
+        self.listening.push(Listening {
+            name: l.name.clone(),
+            addr: public,
+            tls: l.tls.is_some(),
+        });
+        Ok(())
     }
 
     /// Opens the retained-message store in `dir` and publishes what it
@@ -401,6 +374,70 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop_listening();
     }
+}
+/// What rumqttd's server for listener `l` is told; it serves on `addr`
+/// (the listener's own, or the loopback side of a TLS listener).
+fn server_settings(config: &BrokerConfig, l: &ListenerConfig, addr: SocketAddr) -> ServerSettings {
+    ServerSettings {
+        name: l.name.clone(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: config.connection_timeout_ms,
+            max_payload_size: config.max_packet_size_bytes,
+            max_inflight_count: config.max_inflight_count,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    }
+}
+
+/// Opens the persistent sessions (`<data_dir>/sessions.db`) and restores
+/// what they hold, or keeps them in memory without a data directory.
+fn open_sessions(
+    config: &BrokerConfig,
+    data_dir: Option<&Path>,
+    opener: Arc<session::Opener>,
+) -> Result<Arc<session::Sessions>, BrokerError> {
+    let Some(dir) = data_dir else {
+        return Ok(Arc::new(session::Sessions::in_memory(opener)));
+    };
+    let bounds = session::Bounds {
+        max_sessions: config.max_persistent_sessions,
+        max_subscriptions: config.max_subscriptions_per_session,
+    };
+    let (sessions, stored) = session::open(dir, bounds, opener)?;
+    let sessions = Arc::new(sessions);
+    if !stored.is_empty() {
+        let n = stored.len();
+        sessions.restore(stored);
+        tracing::info!(sessions = n, "persistent sessions restored");
+    }
+    Ok(sessions)
+}
+
+/// A TLS listener's public side: perch accepts and terminates TLS on the
+/// listener's address (see `tls`), rumqttd serves the plain side on
+/// loopback. `None` for a plain listener.
+fn tls_front(
+    l: &ListenerConfig,
+) -> Result<Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>, BrokerError> {
+    let Some(t) = &l.tls else {
+        return Ok(None);
+    };
+    let bind_err = |source| BrokerError::Bind {
+        name: l.name.clone(),
+        addr: l.listen,
+        source,
+    };
+    let tls_config = tls::server_config(t).map_err(|e| bind_err(std::io::Error::other(e)))?;
+    let public = std::net::TcpListener::bind(l.listen)
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(bind_err)?;
+    Ok(Some((public, tls_config)))
 }
 
 /// Publishes the stored retained messages through `link`, before any

@@ -11,9 +11,7 @@ use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, ConnectReturnCode, Packet, Protocol};
 
 use super::refusal::{connack_code, throwaway_connect};
-use super::{
-    dollar, remaining_length, Codec, Subscriptions, Version, KEEP_ALIVE_OFF_S, TAKEOVER_WAIT,
-};
+use super::{dollar, remaining_length, Codec, Subscriptions, Version, TAKEOVER_WAIT};
 use crate::broker::auth::{Acl, Refusal};
 use crate::broker::will::{self, Will};
 impl Codec {
@@ -64,7 +62,9 @@ impl Codec {
         {
             return Err(protocol::Error::IncorrectPacketFormat);
         }
-        let outcome = self.login_outcome(&connect, props.as_ref(), will.as_ref(), login.as_ref());
+        let outcome = self.keep_alive_refused(version, &connect).and_then(|()| {
+            self.login_outcome(&connect, props.as_ref(), will.as_ref(), login.as_ref())
+        });
         Ok(match outcome {
             Ok(acl) => self.accept(version, acl, connect, props, will, will_props, login),
             Err(refusal) => self.refuse_connect(refusal, version, &connect, login.as_ref()),
@@ -102,6 +102,22 @@ impl Codec {
             }
             _ => Ok(acl),
         })
+    }
+
+    /// A 3.1.1 client cannot be told a Server Keep Alive: one asking for
+    /// 0 (off) or more than a configured `broker.max_keep_alive_s` is
+    /// refused, as Mosquitto refuses it, rather than dropped later for
+    /// being silent as long as it said it could be.
+    fn keep_alive_refused(
+        &self,
+        version: Version,
+        connect: &protocol::Connect,
+    ) -> Result<(), Refusal> {
+        let (max, asked) = (self.policy.max_keep_alive_s, connect.keep_alive);
+        if version == Version::V4 && max < u16::MAX && (asked == 0 || asked > max) {
+            return Err(Refusal::KeepAliveTooLong);
+        }
+        Ok(())
     }
 
     /// Lets a judged CONNECT in: the session, the will and flow control
@@ -208,8 +224,11 @@ impl Codec {
             self.session = Some((generation, persistence));
         }
         let (will, will_props) = (None, None);
-        if connect.keep_alive == 0 {
-            connect.keep_alive = KEEP_ALIVE_OFF_S;
+        let max = self.policy.max_keep_alive_s;
+        if connect.keep_alive == 0 || connect.keep_alive > max {
+            // A 3.1.1 client gets here only when max is 65535 (see
+            // `keep_alive_refused`): its keep-alive 0 becomes the largest.
+            connect.keep_alive = max;
             self.server_keep_alive = version == Version::V5;
         }
         Packet::Connect(connect, props, will, will_props, login)

@@ -88,6 +88,42 @@ impl Codec {
         }
     }
 
+    /// A 5.0 client sent what ends its connection: a packet past
+    /// `broker.max_packet_size_bytes` (0x95, Packet too large) or a
+    /// malformed one (0x81) or one breaking the protocol (0x82). It is sent
+    /// a DISCONNECT with that reason before the connection closes (5.0
+    /// §4.13.1), rather than a bare close; its will is published. What the
+    /// codec returns to end a connection on purpose (`InvalidProtocol`) and
+    /// a packet cut short pass through.
+    pub(super) fn closed_on_error(
+        &mut self,
+        error: protocol::Error,
+        stream: &mut BytesMut,
+    ) -> Result<Packet, protocol::Error> {
+        use protocol::Error as E;
+        let reason = match error {
+            E::InvalidProtocol | E::InsufficientBytes(_) => return Err(error),
+            E::PayloadSizeLimitExceeded(_) => PACKET_TOO_LARGE,
+            E::PacketIdZero
+            | E::EmptySubscription
+            | E::SubscriptionIdZero
+            | E::InvalidQoS(_)
+            | E::InvalidPacketType(_) => PROTOCOL_ERROR,
+            _ => MALFORMED_PACKET,
+        };
+        tracing::debug!(
+            client_id = self.client_id,
+            %error,
+            reason = format_args!("{reason:#04x}"),
+            "client sent a packet that ends its connection: DISCONNECT sent"
+        );
+        // The rest of what was read belongs to the bad packet or follows it;
+        // nothing of it is read any more.
+        stream.clear();
+        self.closing = true;
+        Ok(self.answer(vec![0xe0, 1, reason]))
+    }
+
     /// Whether an answer of ours waits for its PINGRESP.
     pub(super) fn answer_pending(&mut self) -> bool {
         let pending = self.pending.get_mut().expect("codec lock");
@@ -95,8 +131,10 @@ impl Codec {
     }
 }
 
-/// 5.0 reason code 0x82.
+/// 5.0 reason codes of a DISCONNECT the server sends.
+const MALFORMED_PACKET: u8 = 0x81;
 const PROTOCOL_ERROR: u8 = 0x82;
+const PACKET_TOO_LARGE: u8 = 0x95;
 
 /// The Session Expiry Interval in a 5.0 DISCONNECT's properties (`props`:
 /// everything after the reason code), if it sets one. Properties a

@@ -17,7 +17,9 @@ pub(super) fn connack_code(refusal: Refusal, version: Version) -> ConnectReturnC
     match refusal {
         Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
         Refusal::NotAuthorized | Refusal::WillNotAllowed => ConnectReturnCode::NotAuthorized,
-        Refusal::ReservedClientId => ConnectReturnCode::ClientIdentifierNotValid,
+        Refusal::ReservedClientId | Refusal::KeepAliveTooLong => {
+            ConnectReturnCode::ClientIdentifierNotValid
+        }
         Refusal::BadAuthenticationMethod => ConnectReturnCode::BadAuthenticationMethod,
         Refusal::TooManyFailures if version == Version::V5 => {
             ConnectReturnCode::ConnectionRateExceeded

@@ -11,7 +11,7 @@ use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, Packet, Protocol};
 
 use super::refusal::encode_refusal;
-use super::{peek, Codec, Pending, Version, KEEP_ALIVE_OFF_S, NOT_AUTHORIZED};
+use super::{peek, Codec, Pending, Version, NOT_AUTHORIZED};
 impl Codec {
     pub(super) fn write_packet(
         &self,
@@ -84,10 +84,14 @@ impl Codec {
                 Ok(n)
             }
             Packet::PubAck(..) | Packet::PubRec(..) => self.write_kept_ack(packet, write),
-            Packet::ConnAck(ack, mut props) if self.server_keep_alive => {
-                props.get_or_insert_with(Default::default).server_keep_alive =
-                    Some(KEEP_ALIVE_OFF_S);
-                self.inner_write(Packet::ConnAck(ack, props), write)
+            Packet::ConnAck(ack, props) if version == Version::V5 => {
+                let mut props = props.unwrap_or_default();
+                // 5.0 §3.2.2.3.6: larger packets end the connection (0x95).
+                props.max_packet_size = u32::try_from(self.policy.max_packet_size).ok();
+                if self.server_keep_alive {
+                    props.server_keep_alive = Some(self.policy.max_keep_alive_s);
+                }
+                self.inner_write(Packet::ConnAck(ack, Some(props)), write)
             }
             packet => self.inner_write(packet, write),
         }
