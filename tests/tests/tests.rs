@@ -27,6 +27,7 @@ mod lifecycle;
 mod load;
 mod mirror;
 mod mqtt5;
+mod peer;
 mod readers;
 mod refused;
 mod rollout;
