@@ -279,30 +279,39 @@ impl Gateway {
 
 /// Feeds what functions emit and forward into the buffer. Ends when every
 /// function is gone (the channel closes).
+///
+/// A function was told its output was accepted when it took a place in
+/// the output channel, so nothing is dropped here for want of room: while
+/// `buffer.max_pending_records` wait for the disk, this waits, the channel
+/// fills, and the functions' next `emit`/`forward` get `FULL` (which they
+/// are told). What the buffer refuses for another reason (it stopped) is
+/// counted by the buffer and logged here.
 async fn outputs_to_buffer(mut outputs: mpsc::Receiver<Output>, intake: crate::buffer::Intake) {
     let mut refused = 0u64;
+    let mut waits = 0u64;
     while let Some(output) = outputs.recv().await {
-        let (function, result) = match output {
-            Output::Record {
-                function,
-                stream,
-                record,
-                ..
-            } => {
-                let r = intake.forward(&stream, &record);
-                (function, r)
+        let (function, result) = loop {
+            if !intake.has_room() {
+                // Once and then every 1000th time, so a slow disk cannot
+                // flood the log.
+                if waits.is_multiple_of(1000) {
+                    tracing::info!(
+                        waits,
+                        "function outputs wait for the buffer: buffer.max_pending_records \
+                         records wait for the disk"
+                    );
+                }
+                waits += 1;
+                while !intake.has_room() {
+                    tokio::time::sleep(ROOM_POLL).await;
+                }
             }
-            Output::Event(event) => (event.function.clone(), intake.keep_event(event)),
-            Output::Metric {
-                function,
-                metric,
-                key,
-                value,
-                timestamp_ms,
-            } => (
-                function,
-                intake.emit_named(metric, key, value, timestamp_ms),
-            ),
+            match to_buffer(&intake, &output) {
+                // Another producer (a client's kept publish) took the room
+                // first: wait again.
+                (_, Err(crate::buffer::BufferError::Backlog(_))) => continue,
+                handed => break handed,
+            }
         };
         if let Err(e) = result {
             // The buffer counts every refusal; the log names the function,
@@ -312,6 +321,37 @@ async fn outputs_to_buffer(mut outputs: mpsc::Receiver<Output>, intake: crate::b
             }
             refused += 1;
         }
+    }
+}
+
+/// How often a function output waiting for room in the buffer looks again.
+const ROOM_POLL: Duration = Duration::from_millis(2);
+
+/// Hands one function output to the buffer: the function's name and the
+/// outcome. Copies only what the buffer keeps (a record's bytes); an event
+/// and a metric's names are shared or inline.
+fn to_buffer(
+    intake: &crate::buffer::Intake,
+    output: &Output,
+) -> (std::sync::Arc<str>, Result<(), crate::buffer::BufferError>) {
+    match output {
+        Output::Record {
+            function,
+            stream,
+            record,
+            ..
+        } => (function.clone(), intake.forward(stream, record)),
+        Output::Event(event) => (event.function.clone(), intake.keep_event(event.clone())),
+        Output::Metric {
+            function,
+            metric,
+            key,
+            value,
+            timestamp_ms,
+        } => (
+            function.clone(),
+            intake.emit_named(metric.clone(), key.clone(), *value, *timestamp_ms),
+        ),
     }
 }
 

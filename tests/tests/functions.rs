@@ -2,7 +2,7 @@
 //! readings published with an MQTT client, outputs received by another.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::functions::{file, wasm_file, Client, Gateway};
 
@@ -409,4 +409,66 @@ pub fn build_examples() -> std::path::PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     out
+}
+
+/// A function's `forward` that returned success is committed, even when
+/// the buffer's writer lags behind and `buffer.max_pending_records` wait
+/// for the disk: the outputs wait for room (and the function is told
+/// `FULL` once its output channel is full) instead of being dropped at the
+/// buffer's intake after the function was told they were accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_forward_a_function_was_told_was_accepted_is_committed_while_the_buffer_lags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // At most 5 records wait for the disk; the writer commits once a second.
+    let gw = Gateway::start_with(
+        "e2e-lag",
+        d,
+        "\n[buffer]\nmax_pending_records = 5\ncommit_interval_ms = 1000\ncommit_batch = 100000\n",
+    );
+    let manifest = r#"
+name = "fw"
+version = "0.1.0"
+
+[triggers]
+topics = ["fw/#"]
+"#;
+    deploy(&gw, d, "forward", "fw.toml", manifest);
+    const SENT: u64 = 60;
+    let client = Client::connect(gw.addr, "fw-sensor", &[]).await;
+    for i in 0..SENT {
+        client.publish("fw/r", &format!("{i}")).await;
+    }
+    // Every event is handled: its forward either committed or refused to
+    // the function (a handler error).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (committed, told_refused, backlog) = loop {
+        let m = crate::admin::metrics(gw.admin());
+        let sum = |prefix: &str| -> f64 {
+            m.iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        let committed = sum("perch_buffer_committed_records_total");
+        let refused = sum("perch_function_errors_total{function=\"fw\"");
+        let invocations = sum("perch_function_invocations_total{function=\"fw\"");
+        let backlog = sum("perch_buffer_dropped_records_total{reason=\"backlog\"}");
+        if invocations >= SENT as f64 && committed + refused + backlog >= SENT as f64 {
+            break (committed, refused, backlog);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{invocations} invocations, {committed} committed, {refused} refused, \
+             {backlog} dropped at intake of {SENT}\nlog:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        backlog, 0.0,
+        "forwards the function was told were accepted were dropped at the buffer's intake \
+         ({committed} committed, {told_refused} refused to the function)"
+    );
+    assert_eq!(committed + told_refused, SENT as f64);
 }

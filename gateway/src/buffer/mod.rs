@@ -5,7 +5,8 @@
 //!
 //! One writer thread owns the write connection. Producers hand it records
 //! through [`Intake`] (never blocking: when more than `max_pending_records`
-//! wait, new ones are refused and counted). The thread collects them and
+//! wait, new ones are refused and counted; a producer that must not drop
+//! what it accepted, the function outputs, waits for [`Intake::has_room`]). The thread collects them and
 //! commits **one transaction per batch**: when `commit_batch` records wait or
 //! `commit_interval_ms` has passed since the last commit, whichever comes
 //! first. Upstream reads committed records through its own read-only
@@ -373,6 +374,13 @@ impl Intake {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Whether a record would be taken now: fewer than
+    /// `max_pending_records` wait for the disk. For producers that wait
+    /// for room rather than be refused.
+    pub fn has_room(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) < self.max_pending
     }
 
     fn reserve(&self) -> Result<(), BufferError> {
