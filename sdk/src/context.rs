@@ -178,6 +178,27 @@ impl Context {
         Error::check(sys::emit(metric.as_bytes(), key.as_bytes(), value))
     }
 
+    /// Like [`Context::emit_keyed`], with the reading's own time
+    /// (`timestamp_ms`, Unix milliseconds, read from the reading): the value
+    /// counts in the window of that time (event time), even when the
+    /// reading arrives late or out of order, as long as the window's grace
+    /// (`aggregate.grace_ms`) has not passed. A value whose window was
+    /// already written is counted as late, not merged.
+    pub fn emit_at(
+        &self,
+        metric: &str,
+        key: &str,
+        value: f64,
+        timestamp_ms: i64,
+    ) -> Result<(), Error> {
+        Error::check(sys::emit_at(
+            metric.as_bytes(),
+            key.as_bytes(),
+            value,
+            timestamp_ms,
+        ))
+    }
+
     /// Appends `record` to the store-and-forward buffer for upstream, in
     /// order within `stream`.
     pub fn forward(&self, stream: &str, record: &[u8]) -> Result<(), Error> {

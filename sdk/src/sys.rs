@@ -26,6 +26,14 @@ mod imports {
             key_len: usize,
             value: f64,
         ) -> i32;
+        pub fn emit_at(
+            metric_ptr: *const u8,
+            metric_len: usize,
+            key_ptr: *const u8,
+            key_len: usize,
+            value: f64,
+            timestamp_ms: i64,
+        ) -> i32;
         pub fn forward(
             stream_ptr: *const u8,
             stream_len: usize,
@@ -81,6 +89,19 @@ mod calls {
         }
     }
 
+    pub fn emit_at(metric: &[u8], key: &[u8], value: f64, timestamp_ms: i64) -> i32 {
+        unsafe {
+            imports::emit_at(
+                metric.as_ptr(),
+                metric.len(),
+                key.as_ptr(),
+                key.len(),
+                value,
+                timestamp_ms,
+            )
+        }
+    }
+
     pub fn forward(stream: &[u8], record: &[u8]) -> i32 {
         unsafe { imports::forward(stream.as_ptr(), stream.len(), record.as_ptr(), record.len()) }
     }
@@ -131,7 +152,11 @@ mod calls {
     }
 
     pub fn emit(metric: &[u8], key: &[u8], value: f64) -> i32 {
-        with_host(|h| h.emit(metric, key, value))
+        with_host(|h| h.emit(metric, key, value, None))
+    }
+
+    pub fn emit_at(metric: &[u8], key: &[u8], value: f64, timestamp_ms: i64) -> i32 {
+        with_host(|h| h.emit(metric, key, value, Some(timestamp_ms)))
     }
 
     pub fn forward(stream: &[u8], record: &[u8]) -> i32 {

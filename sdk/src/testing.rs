@@ -84,6 +84,9 @@ pub struct Emitted {
     pub key: Option<String>,
     /// The value.
     pub value: f64,
+    /// The reading's own time, if the handler used `emit_at` (event time);
+    /// `None`: the gateway's clock at `emit`.
+    pub at_ms: Option<i64>,
 }
 
 /// A line a handler logged.
@@ -391,7 +394,13 @@ impl TestHost {
         0
     }
 
-    pub(crate) fn emit(&mut self, metric: &[u8], key: &[u8], value: f64) -> i32 {
+    pub(crate) fn emit(
+        &mut self,
+        metric: &[u8],
+        key: &[u8],
+        value: f64,
+        at_ms: Option<i64>,
+    ) -> i32 {
         let (Ok(metric), Ok(key)) = (std::str::from_utf8(metric), std::str::from_utf8(key)) else {
             return Error::Invalid.code();
         };
@@ -402,6 +411,7 @@ impl TestHost {
             metric: metric.to_owned(),
             key: (!key.is_empty()).then(|| key.to_owned()),
             value,
+            at_ms,
         });
         0
     }
@@ -689,6 +699,7 @@ mod tests {
             ctx.log(Level::Error, "bad");
             ctx.emit("m", 1.0).unwrap();
             ctx.emit_keyed("m", "k", 2.0).unwrap();
+            ctx.emit_at("m", "k", 3.0, 1_700_000_000_000).unwrap();
             assert_eq!(ctx.emit("", 1.0), Err(Error::Invalid));
             assert_eq!(ctx.now_ms(), 42);
         });
@@ -707,6 +718,8 @@ mod tests {
         );
         assert_eq!(host.emitted()[0].key, None);
         assert_eq!(host.emitted()[1].key.as_deref(), Some("k"));
+        assert_eq!(host.emitted()[1].at_ms, None);
+        assert_eq!(host.emitted()[2].at_ms, Some(1_700_000_000_000));
     }
 
     #[test]

@@ -472,3 +472,92 @@ topics = ["fw/#"]
     );
     assert_eq!(committed + told_refused, SENT as f64);
 }
+
+/// Event-time windows (`emit_at`, `aggregate.grace_ms`): readings that
+/// arrive out of order, up to the grace late, each count in the window of
+/// their own time, exactly; a reading whose window's grace has passed is
+/// counted as late (`after_grace`), one far ahead of the gateway's clock as
+/// `ahead`, and neither is merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_count_in_the_window_of_their_own_time_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start_with(
+        "e2e-event-time",
+        d,
+        "\n[aggregate]\nwindow_s = 2\ngrace_ms = 10000\n",
+    );
+    let manifest = r#"
+name = "event-time"
+version = "0.1.0"
+
+[triggers]
+topics = ["readings/#"]
+"#;
+    deploy(&gw, d, "event_time", "et.toml", manifest);
+    // Two windows that ended before now: `previous` and `last`. Their grace
+    // (10 s) ends 8–10 s and 10–12 s from now, so the readings below, sent
+    // at once, are all within it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let last = now - now.rem_euclid(2_000) - 2_000;
+    let previous = last - 2_000;
+    let readings = [
+        last + 100,
+        previous + 500,
+        previous - 30_000, // its window's grace ended 18 s ago: late
+        last + 1_900,
+        now + 120_000, // two minutes ahead of the gateway's clock
+        previous + 10,
+    ];
+    let client = Client::connect(gw.addr, "et-sensor", &[]).await;
+    for t in readings {
+        client.publish("readings/a", &t.to_string()).await;
+    }
+    // Both windows are written once their grace ends.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let windows = loop {
+        let tail = crate::util::perch(&[
+            "buffer",
+            "tail",
+            "-n",
+            "100",
+            "--json",
+            "--data-dir",
+            gw.data_dir.to_str().unwrap(),
+        ]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&tail.stdout).unwrap_or_default();
+        let windows: Vec<(i64, u64)> = rows
+            .iter()
+            .filter(|r| r["stream"] == "aggregates")
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(r["payload"].as_str()?).ok())
+            .filter(|a| a["metric"] == "readings")
+            .map(|a| {
+                (
+                    a["window_start_ms"].as_i64().unwrap(),
+                    a["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        if windows.len() >= 2 {
+            break windows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the windows were not written: {rows:?}\nlog:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(windows, vec![(previous, 2), (last, 2)]);
+    let m = crate::admin::metrics(gw.admin());
+    let late = |reason: &str| {
+        crate::admin::metric(
+            &m,
+            &format!("perch_aggregate_late_events_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!((late("after_grace"), late("ahead")), (1.0, 1.0));
+}

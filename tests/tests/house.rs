@@ -25,7 +25,7 @@ const OVERSIZED: &[(&str, usize)] = &[
     ("buffer/store.rs", 911),
     ("functions/dispatch.rs", 1155),
     ("functions/mod.rs", 1544),
-    ("functions/runtime.rs", 1393),
+    ("functions/runtime.rs", 1231),
 ];
 
 /// The longest a function in `gateway/src` may be, from its `fn` line to
@@ -37,7 +37,6 @@ const MAX_FN_LINES: usize = 120;
 /// made.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("buffer/store.rs", "commit", 191),
-    ("functions/runtime.rs", "define_imports", 124),
     ("upstream/mod.rs", "session", 125),
 ];
 

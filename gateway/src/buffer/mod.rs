@@ -198,7 +198,11 @@ pub struct Stats {
     pub refused_backlog: AtomicU64,
     pub write_errors: AtomicU64,
     pub aggregates: AtomicU64,
+    /// Emitted values for a window already written or past its grace.
     pub late_events: AtomicU64,
+    /// Emitted values whose time was more than `aggregate.max_ahead_ms`
+    /// ahead of the gateway's clock.
+    pub ahead_events: AtomicU64,
     pub refused_emits: AtomicU64,
     pub open_windows: AtomicU64,
     /// Trigger events kept for `perch fn replay` ([`events`]), and those

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use super::config::{BufferConfig, Synchronous, WhenFull};
 use super::events::{self, EventBounds, KeptEvent, NewEvent};
 use super::{BufferError, Stats};
-use crate::aggregate::{Aggregator, Window};
+use crate::aggregate::{self, Aggregator};
 use crate::kit::sqlite::{self, IfNotWal, OpenError};
 
 /// Kinds of rows in `records`.
@@ -391,8 +391,8 @@ impl Store {
         let mut n = 0;
         for row in rows {
             let (metric, key, closed_until, open) = row?;
-            let window = open.and_then(|json| serde_json::from_str::<Window>(&json).ok());
-            agg.restore(window, &metric, &key, closed_until);
+            let windows = open.map(|json| aggregate::open_from_json(&json));
+            agg.restore(windows.unwrap_or_default(), &metric, &key, closed_until);
             n += 1;
         }
         Ok(n)
@@ -529,7 +529,7 @@ impl Store {
             )?;
             let mut failed = None;
             agg.drain_dirty(|metric, key, open, closed_until| {
-                let open = open.map(|w| serde_json::to_string(w).expect("windows serialise"));
+                let open = aggregate::open_to_json(open);
                 if let Err(e) = save.execute(params![metric, key, closed_until, open]) {
                     failed.get_or_insert(e);
                 }

@@ -361,21 +361,30 @@ fn intake_refuses_beyond_the_pending_bound() {
 fn open_windows_survive_a_restart_and_close_complete() {
     let dir = tempfile::tempdir().unwrap();
     let now = now_ms();
-    let start = now - now.rem_euclid(10_000) + 3_600_000; // an hour ahead: stays open
+    // Two windows of a series open at once (event time, within the grace):
+    // w1 a minute back, whose grace ends 4 s from now, and w2 after it.
+    let w1 = now - 60_000 - (now - 60_000).rem_euclid(10_000);
+    let w2 = w1 + 10_000;
+    let aggregate = AggregateConfig {
+        grace_ms: (now + 4_000 - (w1 + 10_000)) as u64,
+        ..AggregateConfig::default()
+    };
+    let open = |dir: &Path| Buffer::open(&config(), &aggregate, dir).unwrap();
     {
-        let buffer = open(dir.path(), &config());
+        let buffer = open(dir.path());
         let intake = buffer.intake();
-        intake.emit("temp", "t1", 10.0, start + 1).unwrap();
-        intake.emit("temp", "t1", 20.0, start + 2).unwrap();
+        intake.emit("temp", "t1", 10.0, w1 + 1).unwrap();
+        intake.emit("temp", "t1", 5.0, w2 + 1).unwrap();
+        intake.emit("temp", "t1", 20.0, w1 + 2).unwrap();
         intake.flush().unwrap();
         buffer.close();
     }
-    let buffer = open(dir.path(), &config());
-    assert_eq!(buffer.stats().open_windows.load(Relaxed), 1);
+    let buffer = open(dir.path());
+    assert_eq!(buffer.stats().open_windows.load(Relaxed), 2);
     let intake = buffer.intake();
-    intake.emit("temp", "t1", 30.0, start + 3).unwrap();
-    // The next window closes this one.
-    intake.emit("temp", "t1", 99.0, start + 10_000).unwrap();
+    intake.emit("temp", "t1", 30.0, w1 + 3).unwrap();
+    // w1's grace ends: the next commit writes it, w2 stays open.
+    std::thread::sleep(Duration::from_millis((now + 4_500 - now_ms()).max(0) as u64));
     intake.flush().unwrap();
     let rows = buffer.reader().unwrap().after(0, 10).unwrap();
     assert_eq!(rows.len(), 1);
@@ -383,10 +392,12 @@ fn open_windows_survive_a_restart_and_close_complete() {
     assert_eq!(rows[0].stream, "aggregates");
     let agg: serde_json::Value = serde_json::from_slice(&rows[0].payload).unwrap();
     assert_eq!(
-        agg["count"], 3,
+        (agg["window_start_ms"].as_i64(), agg["count"].as_u64()),
+        (Some(w1), Some(3)),
         "values from before and after the restart: {agg}"
     );
     assert_eq!(agg["mean"], 20.0);
+    assert_eq!(buffer.stats().open_windows.load(Relaxed), 1);
 }
 
 #[test]

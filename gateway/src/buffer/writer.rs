@@ -155,10 +155,14 @@ impl Writer {
             } => {
                 self.taken += 1;
                 self.emitted = true;
-                match self.agg.emit(&metric, &key, value, ts_ms, &mut self.closed) {
+                let now = now_ms();
+                match (self.agg).emit(&metric, &key, value, ts_ms, now, &mut self.closed) {
                     Emitted::Merged => {}
                     Emitted::Late => {
                         self.stats.late_events.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Emitted::Ahead => {
+                        self.stats.ahead_events.fetch_add(1, Ordering::Relaxed);
                     }
                     Emitted::TooManySeries | Emitted::NotFinite => {
                         self.stats.refused_emits.fetch_add(1, Ordering::Relaxed);

@@ -131,7 +131,7 @@ fn unknown_imports_and_wrong_signatures_are_named() {
         err.contains("imports `wasi_snapshot_preview1.fd_write` (func (i32, i32, i32, i32) -> i32), which perch does not offer"),
         "{err}"
     );
-    assert!(err.contains("publish, emit, forward"), "{err}");
+    assert!(err.contains("publish, emit, emit_at, forward"), "{err}");
     let err = deploy_error(
         &GOOD_WAT.replace(
             "(import \"perch\" \"now_ms\" (func $now_ms (result i64)))",

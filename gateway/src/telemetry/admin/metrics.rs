@@ -18,6 +18,7 @@ pub fn render(sources: &Sources, functions: &[Arc<FunctionHandle>], drain_rate: 
     broker(&mut m, sources);
     for_functions(&mut m, functions);
     buffer(&mut m, sources);
+    aggregate(&mut m, sources);
     upstream(&mut m, sources, drain_rate);
     process(&mut m, sources);
     m.0
@@ -399,6 +400,12 @@ fn buffer(m: &mut Metrics, s: &Sources) {
         "1 while the buffer is full because the disk is at buffer.min_free_bytes.",
         u8::from(b.disk_full.load(Ordering::Relaxed)),
     );
+}
+
+/// The aggregate windows the buffer's writer hosts.
+fn aggregate(m: &mut Metrics, s: &Sources) {
+    let b = s.buffer.stats();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     m.single(
         "perch_aggregate_windows_open",
         "gauge",
@@ -411,12 +418,20 @@ fn buffer(m: &mut Metrics, s: &Sources) {
         "Aggregate windows closed and written to the buffer.",
         get(&b.aggregates),
     );
-    m.single(
+    m.family(
         "perch_aggregate_late_events_total",
         "counter",
-        "Emitted metrics for a window that had already closed (counted, not merged).",
-        get(&b.late_events),
+        "Emitted values counted, not merged, by reason: after_grace (their window was \
+         written, or its end plus aggregate.grace_ms has passed) or ahead (their time was \
+         more than aggregate.max_ahead_ms ahead of the gateway's clock).",
     );
+    for (reason, v) in [("after_grace", &b.late_events), ("ahead", &b.ahead_events)] {
+        m.value(
+            "perch_aggregate_late_events_total",
+            &format!("reason=\"{reason}\""),
+            get(v),
+        );
+    }
     m.single(
         "perch_aggregate_refused_total",
         "counter",

@@ -8,7 +8,8 @@
 //!   publishes the payload to `probe/echo`, publishes
 //!   `{"count":N,"greeting":G,"now_ms":T,"timestamp_ms":E,"topic":"..."}` to
 //!   `probe/info` (`G` = config `greeting`, default `hello`), emits
-//!   `probe.events` = 1 and `probe.bytes` (keyed by topic) = payload length,
+//!   `probe.events` = 1, `probe.bytes` (keyed by topic) = payload length,
+//!   and `probe.at` = 1 at the event's own timestamp (`emit_at`),
 //!   forwards the payload to stream `probe`, and logs at debug.
 //! - `perch_on_timer`: publishes `{"timestamp_ms":T}` to `probe/tick`.
 // Tests run natively with std; the module itself never links it.
@@ -66,6 +67,7 @@ pub fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
     )?;
     ctx.emit("probe.events", 1.0)?;
     ctx.emit_keyed("probe.bytes", event.topic, event.payload.len() as f64)?;
+    ctx.emit_at("probe.at", "", 1.0, event.timestamp_ms)?;
     ctx.forward("probe", event.payload)?;
     perch_sdk::debug!(ctx, "abi-probe: event {} on {}", count, event.topic);
     Ok(())
@@ -108,9 +110,10 @@ mod tests {
                 r#"{"count":2,"greeting":"hi there","now_ms":7,"timestamp_ms":6,"topic":"probe/in/a"}"#
             )
         );
-        assert_eq!(host.emitted().len(), 4);
+        assert_eq!(host.emitted().len(), 6);
         assert_eq!(host.emitted()[1].key.as_deref(), Some("probe/in/a"));
         assert_eq!(host.emitted()[1].value, 2.0);
+        assert_eq!(host.emitted()[2].at_ms, Some(5));
         assert_eq!(host.forwarded()[1].text(), "xyz");
         assert_eq!(host.logs()[0].message, "abi-probe: init");
         assert_eq!(host.logs()[2].message, "abi-probe: event 2 on probe/in/a");
