@@ -111,11 +111,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use wasmi::{
-    Caller, CompilationMode, Config, CustomFuelCosts, EnforcedLimits, Engine, Extern, ExternType,
-    Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TrapCode, TypedFunc,
-    TypedResumableCall, ValType, WasmParams, WasmResults,
+    Caller, CompilationMode, Config, CustomFuelCosts, EnforcedLimits, Engine, Extern, Linker,
+    Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TrapCode, TypedFunc,
+    TypedResumableCall, WasmParams, WasmResults,
 };
 
+use super::abi::{check_exports, check_imports};
 use super::failure::trap_kind;
 pub use super::failure::Failure;
 use super::manifest::{Manifest, DEFAULT_TIMEOUT_MS, PAGE_BYTES};
@@ -280,52 +281,6 @@ pub struct OutputCounters {
 pub struct Seed {
     pub state: StateCache,
     pub counters: Arc<OutputCounters>,
-}
-
-/// The imports perch offers, in module `perch`, with their signatures.
-const IMPORTS: &[(&str, &[ValType], &[ValType])] = {
-    use ValType::{F64, I32, I64};
-    &[
-        ("publish", &[I32, I32, I32, I32], &[I32]),
-        ("emit", &[I32, I32, I32, I32, F64], &[I32]),
-        ("forward", &[I32, I32, I32, I32], &[I32]),
-        ("state_get", &[I32, I32, I32, I32], &[I32]),
-        ("state_set", &[I32, I32, I32, I32], &[I32]),
-        ("state_delete", &[I32, I32], &[I32]),
-        ("config_get", &[I32, I32, I32, I32], &[I32]),
-        ("log", &[I32, I32, I32], &[]),
-        ("now_ms", &[], &[I64]),
-    ]
-};
-
-fn signature(params: &[ValType], results: &[ValType]) -> String {
-    let names = |tys: &[ValType]| {
-        tys.iter()
-            .map(|t| match t {
-                ValType::I32 => "i32",
-                ValType::I64 => "i64",
-                ValType::F32 => "f32",
-                ValType::F64 => "f64",
-                ValType::V128 => "v128",
-                ValType::FuncRef => "funcref",
-                ValType::ExternRef => "externref",
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match results {
-        [] => format!("func ({})", names(params)),
-        _ => format!("func ({}) -> {}", names(params), names(results)),
-    }
-}
-
-fn extern_type(ty: &ExternType) -> String {
-    match ty {
-        ExternType::Func(f) => signature(f.params(), f.results()),
-        ExternType::Memory(_) => "memory".into(),
-        ExternType::Table(_) => "table".into(),
-        ExternType::Global(_) => "global".into(),
-    }
 }
 
 /// One config value: key and value as text (UTF-8 bytes).
@@ -678,111 +633,6 @@ struct Parts {
     on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
     on_timer: Option<TypedFunc<i64, i32>>,
     init: Option<TypedFunc<(), i32>>,
-}
-
-fn check_imports(module: &Module) -> Result<(), RuntimeError> {
-    for import in module.imports() {
-        let offered = || {
-            IMPORTS
-                .iter()
-                .map(|(n, _, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let known = (import.module() == "perch")
-            .then(|| IMPORTS.iter().find(|(n, _, _)| *n == import.name()))
-            .flatten();
-        let Some((name, params, results)) = known else {
-            return Err(RuntimeError::UnknownImport {
-                module: import.module().to_owned(),
-                name: import.name().to_owned(),
-                ty: extern_type(import.ty()),
-                offered: offered(),
-            });
-        };
-        let matches = import
-            .ty()
-            .func()
-            .is_some_and(|f| f.params() == *params && f.results() == *results);
-        if !matches {
-            return Err(RuntimeError::ImportSignature {
-                name: (*name).to_owned(),
-                found: extern_type(import.ty()),
-                expected: signature(params, results),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn check_exports(module: &Module, manifest: &Manifest) -> Result<(), RuntimeError> {
-    use ValType::{I32, I64};
-    match module.get_export("memory") {
-        Some(ExternType::Memory(ty)) => {
-            let limit = manifest.limits.memory_pages;
-            if ty.minimum() > u64::from(limit) {
-                return Err(RuntimeError::MemoryTooLarge {
-                    initial: ty.minimum(),
-                    limit,
-                });
-            }
-        }
-        Some(other) => {
-            return Err(RuntimeError::WrongExport {
-                name: "memory",
-                expected: "memory",
-                found: extern_type(&other),
-            })
-        }
-        None => {
-            return Err(RuntimeError::MissingExport {
-                name: "memory",
-                signature: "memory",
-                why: "",
-            })
-        }
-    }
-    let funcs: [(&'static str, &[ValType], bool, &'static str, &'static str); 6] = [
-        ("perch_abi_version", &[], true, "func () -> i32", ""),
-        ("perch_event_buffer", &[], true, "func () -> i32", ""),
-        ("perch_event_buffer_len", &[], true, "func () -> i32", ""),
-        ("perch_init", &[], false, "func () -> i32", ""),
-        (
-            "perch_on_event",
-            &[I32, I32, I64],
-            !manifest.triggers.topics.is_empty(),
-            "func (i32, i32, i64) -> i32",
-            " because the manifest has triggers.topics",
-        ),
-        (
-            "perch_on_timer",
-            &[I64],
-            manifest.triggers.every_ms > 0,
-            "func (i64) -> i32",
-            " because the manifest has triggers.every_ms",
-        ),
-    ];
-    for (name, params, required, sig, why) in funcs {
-        match module.get_export(name) {
-            Some(ExternType::Func(f)) if f.params() == params && f.results() == [I32] => {}
-            Some(other) => {
-                return Err(RuntimeError::WrongExport {
-                    name,
-                    expected: sig,
-                    found: extern_type(&other),
-                })
-            }
-            None if required => {
-                return Err(RuntimeError::MissingExport {
-                    name,
-                    signature: sig,
-                    why,
-                })
-            }
-            None => {}
-        }
-    }
-    Ok(())
 }
 
 /// One live instance of a function version. Reused across events.
