@@ -52,6 +52,7 @@ pub mod manifest;
 mod plane;
 pub mod registry;
 pub mod rollout;
+pub mod snapshot;
 pub mod runtime;
 pub mod state;
 pub mod triggers;
