@@ -208,6 +208,7 @@ mod tests {
             replaced: Some("1.1.0".into()),
             error: None,
             warning: None,
+            state: None,
         };
         let plain = DeployOptions::default();
         assert_eq!(

@@ -115,11 +115,12 @@ pub(super) fn check_exports(module: &Module, manifest: &Manifest) -> Result<(), 
             })
         }
     }
-    let funcs: [(&'static str, &[ValType], bool, &'static str, &'static str); 6] = [
+    let funcs: [(&'static str, &[ValType], bool, &'static str, &'static str); 7] = [
         ("perch_abi_version", &[], true, "func () -> i32", ""),
         ("perch_event_buffer", &[], true, "func () -> i32", ""),
         ("perch_event_buffer_len", &[], true, "func () -> i32", ""),
         ("perch_init", &[], false, "func () -> i32", ""),
+        ("perch_migrate", &[I32], false, "func (i32) -> i32", ""),
         (
             "perch_on_event",
             &[I32, I32, I64],

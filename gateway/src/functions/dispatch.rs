@@ -51,6 +51,7 @@ use super::runtime::{
     now_ms, Compiled, Failure, Instance, OutputCounters, Runtime, RuntimeError, Seed,
 };
 use super::state::StateCache;
+use super::upgrade::{EventSource, Plan, Since, StateNote};
 use crate::kit::metrics::Histogram;
 
 /// How long a worker waits for the deploy to be committed to the registry
@@ -164,6 +165,8 @@ pub struct FunctionHandle {
     /// The canary or shadow beside the live version, if any
     /// ([`rollout`]); its counters are updated by the worker.
     pub rollout: Mutex<Option<RolloutInfo>>,
+    /// What the last upgrade did to the state (status `state_upgrade`).
+    pub state_note: Mutex<Option<StateNote>>,
 }
 
 struct Inbox {
@@ -187,7 +190,12 @@ pub struct Deploy {
     /// event and its status shows it): the reply to a deploy, rollback or
     /// promote waits for this, so no event sent after the reply can reach
     /// the old version and the status published with the reply is current.
-    pub switched: sync_mpsc::SyncSender<()>,
+    /// Carries what happened to the state, or why the takeover's
+    /// transaction failed (then nothing switched).
+    pub switched: sync_mpsc::SyncSender<Result<Option<StateNote>, String>>,
+    /// How the version takes over and what to store: `None` when the
+    /// gateway starts a version the registry has active.
+    pub takeover: Option<Plan>,
 }
 
 /// A one-off run of the live version for `perch fn invoke`: on a copy of
@@ -253,8 +261,9 @@ enum Command {
     Replay(Box<Replay>),
     /// Start a canary or shadow beside the live version.
     Rollout(Box<rollout::Start>),
-    /// End the canary or shadow; the live version stays. Answers when done.
-    EndRollout(sync_mpsc::SyncSender<()>),
+    /// End the canary or shadow; the live version stays. Answers when done,
+    /// with what happened to the state.
+    EndRollout(sync_mpsc::SyncSender<Option<StateNote>>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -284,6 +293,7 @@ impl FunctionHandle {
                 last_error: None,
             }),
             rollout: Mutex::new(None),
+            state_note: Mutex::new(None),
         })
     }
 
@@ -344,7 +354,7 @@ impl FunctionHandle {
     }
 
     /// Asks the worker to end the canary or shadow; `done` hears when it has.
-    pub fn end_rollout(&self, done: sync_mpsc::SyncSender<()>) {
+    pub fn end_rollout(&self, done: sync_mpsc::SyncSender<Option<StateNote>>) {
         lock(&self.inbox)
             .commands
             .push_back(Command::EndRollout(done));
@@ -400,6 +410,7 @@ pub fn spawn_worker(
     publisher: (LinkTx, LinkRx),
     state: StateCache,
     flush_every: Duration,
+    source: EventSource,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let (publisher, publisher_rx) = publisher;
     let worker = Worker {
@@ -419,6 +430,8 @@ pub fn spawn_worker(
         flush_every,
         next_flush: Instant::now() + flush_every,
         next_tick: None,
+        source,
+        since: Since::new(now_ms()),
     };
     std::thread::Builder::new()
         .name(format!("fn-{}", worker.handle.name))
@@ -447,6 +460,10 @@ struct Worker {
     flush_every: Duration,
     next_flush: Instant,
     next_tick: Option<Instant>,
+    /// Kept trigger events, for re-runs after a rollback (`upgrade.rs`).
+    source: EventSource,
+    /// The events handled since the live version took over.
+    since: Since,
 }
 
 enum Job {
@@ -520,9 +537,9 @@ impl Worker {
                     let _ = job.reply.send(result);
                 }
                 Job::Command(Command::EndRollout(done)) => {
-                    self.candidate = None;
+                    let note = self.end_canary();
                     *lock(&self.handle.rollout) = None;
-                    let _ = done.send(());
+                    let _ = done.send(note);
                 }
                 Job::Event(event) => self.on_event(event),
                 Job::Tick => self.on_tick(),
@@ -550,17 +567,18 @@ impl Worker {
         self.flush();
     }
 
-    fn deploy(&mut self, d: Deploy) {
-        let name = self.handle.name.clone();
-        // The old instance keeps running until the new one is committed; the
-        // state moves to the new one for its perch_init and moves back if the
-        // deploy does not go through.
+    fn deploy(&mut self, mut d: Deploy) {
+        if let Some(plan) = d.takeover.take() {
+            return self.take_over(d, plan);
+        }
+        // A version the registry has active, at start: the state moves to
+        // it for its perch_init and moves back if it does not go through.
         let state = std::mem::take(self.state());
         let seed = Seed {
             state,
             counters: self.handle.counters.outputs.clone(),
         };
-        let mut new = match self.runtime.instantiate(&d.compiled, seed) {
+        let new = match self.runtime.instantiate(&d.compiled, seed) {
             Ok(new) => new,
             Err((e, seed)) => {
                 *self.state() = seed.state;
@@ -573,11 +591,18 @@ impl Worker {
             *self.state() = new.into_seed().state;
             return;
         }
+        self.switch_to(new, d.compiled);
+        let _ = d.switched.send(Ok(None));
+    }
+
+    /// Makes `new` (of `compiled`) the live instance, between two events.
+    fn switch_to(&mut self, mut new: Instance, compiled: Arc<Compiled>) {
+        let name = self.handle.name.clone();
         let publisher = &mut self.publisher;
         new.release(|topic, payload| publish(publisher, &name, topic, payload));
         self.instance = Some(new);
         self.seed = None;
-        let manifest = &d.compiled.manifest;
+        let manifest = &compiled.manifest;
         {
             let mut inbox = lock(&self.handle.inbox);
             inbox.capacity = manifest.limits.queue_len;
@@ -593,7 +618,7 @@ impl Worker {
         {
             let mut status = lock(&self.handle.status);
             status.version = manifest.version.clone();
-            status.sha256 = d.compiled.sha256.clone();
+            status.sha256 = compiled.sha256.clone();
             status.deployed_at_ms = self.deployed_at_ms;
             status.state = RunState::Running;
             status.last_error = None;
@@ -602,12 +627,11 @@ impl Worker {
             .counters
             .consecutive_failures
             .store(0, Ordering::Relaxed);
-        self.compiled = Some(d.compiled);
+        self.compiled = Some(compiled);
         // A deploy (or the promotion of the candidate) replaces both.
         self.candidate = None;
         *lock(&self.handle.rollout) = None;
         self.handle.accepting.store(true, Ordering::Relaxed);
-        let _ = d.switched.send(());
     }
 
     /// Runs the live version once on `event` in an instance of its own,
@@ -740,11 +764,13 @@ impl Worker {
 
     fn start_rollout(&mut self, start: rollout::Start) {
         let started = {
+            let version = self.compiled.as_ref().map(|c| c.manifest.version.clone());
             let state = match &mut self.instance {
                 Some(i) => i.state_mut(),
                 None => &mut self.seed.get_or_insert_with(Seed::default).state,
             };
-            Candidate::start(&self.runtime, &start, state, &self.handle.rollout)
+            let live = (&*state, version.as_deref());
+            Candidate::start(&self.runtime, &start, live, &self.handle.rollout)
         };
         match started {
             Ok(candidate) => {
@@ -766,7 +792,7 @@ impl Worker {
     /// Ends the candidate for `reason` (its status keeps the reason).
     fn end_candidate(&mut self, reason: String) {
         tracing::warn!(function = %self.handle.name, "{reason}");
-        self.candidate = None;
+        self.end_canary();
         lock(&self.handle.status).last_error = Some(reason);
     }
 
@@ -801,19 +827,24 @@ impl Worker {
     fn on_event(&mut self, event: Event) {
         // `[replay] keep_events_s`: the buffer keeps the event (refcounted
         // handles to the broker's buffers; nothing is copied here).
-        if let Some(keep_s) = self
+        let kept = self
             .compiled
             .as_ref()
             .map(|c| c.manifest.replay.keep_events_s)
             .filter(|&s| s > 0)
-        {
-            self.runtime.keep_event(crate::buffer::NewEvent {
-                function: self.handle.name.clone(),
-                topic: event.topic.clone(),
-                payload: event.payload.clone(),
-                created_ms: event.timestamp_ms,
-                expires_ms: event.timestamp_ms + keep_s as i64 * 1000,
+            .map(|keep_s| {
+                self.runtime.keep_event(crate::buffer::NewEvent {
+                    function: self.handle.name.clone(),
+                    topic: event.topic.clone(),
+                    payload: event.payload.clone(),
+                    created_ms: event.timestamp_ms,
+                    expires_ms: event.timestamp_ms + keep_s as i64 * 1000,
+                })
             });
+        // Which events a rollback or a canary's end re-runs (`upgrade.rs`).
+        self.since.record(&event, kept);
+        if let Some(fork) = self.candidate.as_mut().and_then(|c| c.fork.as_mut()) {
+            fork.since.record(&event, kept);
         }
         let route = self
             .candidate
@@ -842,20 +873,16 @@ impl Worker {
         }
     }
 
-    /// A canary's share of the events: run on the live state, outputs
+    /// A canary's share of the events: run on its own state, outputs
     /// delivered. Returns whether the live version must take the event
     /// (the canary failed on it without effect, or is gone).
     fn on_canary_event(&mut self, event: &Event) -> bool {
         let Some(canary) = self.candidate.as_mut() else {
             return true;
         };
-        let state = match &mut self.instance {
-            Some(i) => i.state_mut(),
-            None => &mut self.seed.get_or_insert_with(Seed::default).state,
-        };
         let (publisher, name) = (&mut self.publisher, &self.handle.name);
         let (verdict, without_effect) =
-            canary.canary_event(&self.runtime, state, event, &self.handle.rollout, |t, p| {
+            canary.canary_event(&self.runtime, event, &self.handle.rollout, |t, p| {
                 publish(publisher, name, t, p)
             });
         if let Some(reason) = verdict {
@@ -983,6 +1010,8 @@ impl Worker {
         }
     }
 }
+
+mod takeover;
 
 fn publish(publisher: &mut LinkTx, function: &str, topic: Bytes, payload: Bytes) {
     if let Err(e) = publisher.publish(topic, payload) {

@@ -52,10 +52,11 @@ pub mod manifest;
 mod plane;
 pub mod registry;
 pub mod rollout;
-pub mod snapshot;
 pub mod runtime;
+pub mod snapshot;
 pub mod state;
 pub mod triggers;
+pub mod upgrade;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -205,6 +206,9 @@ pub enum DeployError {
     /// An invoke that could not run; the message says why and what to do.
     #[error("{0}")]
     Invoke(String),
+    /// The worker could not store a takeover; nothing switched.
+    #[error("{0}")]
+    Takeover(String),
     #[error(
         "the deploy options are not valid: {0}; give \"canary\" as a share of the events from 1 \
          to 99 percent, or \"shadow\": true, not both"
@@ -249,6 +253,8 @@ struct Entry {
     every_ms: u64,
     /// The versions kept in the registry, in deploy order (for status).
     versions: Vec<String>,
+    /// The state snapshots kept (for status), refreshed by each command.
+    snapshots: Vec<snapshot::SnapshotInfo>,
     /// The canary or shadow the worker runs beside the live version,
     /// as `promote` installs it (never in the registry until then).
     candidate: Option<(Arc<runtime::Compiled>, StoredVersion)>,
@@ -260,8 +266,8 @@ struct HandedOver {
     ready: Result<(), RuntimeError>,
     /// `true` commits the switch; `false` or dropping it abandons it.
     commit: sync_mpsc::SyncSender<bool>,
-    /// Hears when the worker has switched.
-    switched: sync_mpsc::Receiver<()>,
+    /// Hears when the worker has switched, or why it could not.
+    switched: sync_mpsc::Receiver<Result<Option<upgrade::StateNote>, String>>,
 }
 
 /// What [`Inner::install`] did.
@@ -271,6 +277,8 @@ struct Installed {
     replaced: Option<String>,
     /// Set when the worker did not confirm the switch in time.
     warning: Option<String>,
+    /// What the takeover did to the state.
+    state: Option<upgrade::StateNote>,
 }
 
 /// What a rollback, promote or remove did: the version replaced, the one
@@ -279,6 +287,7 @@ struct Done {
     replaced: Option<String>,
     version: Option<String>,
     warning: Option<String>,
+    state: Option<upgrade::StateNote>,
 }
 
 impl Done {
@@ -287,6 +296,7 @@ impl Done {
             replaced: installed.replaced,
             version: Some(version),
             warning: installed.warning,
+            state: installed.state,
         }
     }
 }
@@ -381,6 +391,7 @@ impl Functions {
                 replaced: None,
                 error: Some(format!("the deploy failed: {e}")),
                 warning: None,
+                state: None,
             });
         self.inner.changed.notify_one();
         reply
@@ -520,6 +531,10 @@ impl Inner {
 
     /// Starts every active version in the registry.
     fn restore(&self) -> Result<(), FunctionsError> {
+        let bounds = self.config.snapshot_bounds();
+        if let Err(e) = self.registry.bound_snapshots(bounds, runtime::now_ms()) {
+            tracing::error!(error = %e, "cannot apply the snapshot bounds");
+        }
         let mut table = self.lock();
         for stored in self.registry.active()? {
             let name = stored.name.clone();
@@ -548,7 +563,7 @@ impl Inner {
             handle.set_stopped(&compiled, stored.deployed_at_ms, reason);
             return Ok(());
         }
-        let HandedOver { ready, commit, .. } = self.hand_over(&handle, compiled.clone())?;
+        let HandedOver { ready, commit, .. } = self.hand_over(&handle, compiled.clone(), None)?;
         match ready {
             Ok(()) => {
                 let _ = commit.send(true);
@@ -562,6 +577,26 @@ impl Inner {
                 Err(e.into())
             }
         }
+    }
+
+    /// Where a worker reads the kept trigger events it re-runs after a
+    /// rollback or a canary's end (`upgrade.rs`): `buffer.db`, read-only.
+    fn event_source(&self) -> upgrade::EventSource {
+        let path = self.buffer_path.clone();
+        Arc::new(move |name: &str, since_ms: i64| {
+            let reader = crate::buffer::Reader::open(&path).map_err(|e| e.to_string())?;
+            let (events, _) = reader
+                .events_since(name, since_ms, runtime::now_ms(), MAX_REPLAY_EVENTS)
+                .map_err(|e| format!("cannot read the kept events: {e}"))?;
+            Ok(events
+                .into_iter()
+                .map(|e| dispatch::Event {
+                    topic: Bytes::from(e.topic),
+                    payload: Bytes::from(e.payload),
+                    timestamp_ms: e.created_ms,
+                })
+                .collect())
+        })
     }
 
     /// Creates the handle, link and worker of a function name.
@@ -596,6 +631,7 @@ impl Inner {
             publisher,
             state,
             Duration::from_millis(self.config.state_commit_interval_ms),
+            self.event_source(),
         )
         .map_err(|source| FunctionsError::Thread {
             name: name.clone(),
@@ -609,6 +645,7 @@ impl Inner {
                 filters: compiled.manifest.trigger_filters().into(),
                 every_ms: compiled.manifest.triggers.every_ms,
                 versions: self.registry.version_names(name).unwrap_or_default(),
+                snapshots: self.registry.snapshots(name).unwrap_or_default(),
                 candidate: None,
             },
         );
@@ -622,6 +659,7 @@ impl Inner {
         &self,
         handle: &FunctionHandle,
         compiled: Arc<runtime::Compiled>,
+        takeover: Option<upgrade::Plan>,
     ) -> Result<HandedOver, DeployError> {
         let (ready_tx, ready_rx) = sync_mpsc::sync_channel(1);
         let (commit_tx, commit_rx) = sync_mpsc::sync_channel(1);
@@ -631,6 +669,7 @@ impl Inner {
             ready: ready_tx,
             commit: commit_rx,
             switched: switched_tx,
+            takeover,
         });
         let ready = ready_rx
             .recv_timeout(READY_TIMEOUT)
@@ -665,7 +704,14 @@ impl Inner {
         };
         let bundle_sha256 = control::sha256_hex(bundle);
         match result {
-            Ok((compiled, Installed { replaced, warning })) => {
+            Ok((
+                compiled,
+                Installed {
+                    replaced,
+                    warning,
+                    state,
+                },
+            )) => {
                 tracing::info!(
                     function = %compiled.manifest.name,
                     version = %compiled.manifest.version,
@@ -682,6 +728,7 @@ impl Inner {
                     replaced,
                     error: None,
                     warning,
+                    state,
                 }
             }
             Err(e) => {
@@ -696,6 +743,7 @@ impl Inner {
                     replaced: None,
                     error: Some(e.to_string()),
                     warning: None,
+                    state: None,
                 }
             }
         }
@@ -764,7 +812,7 @@ impl Inner {
             self.start_rollout(&mut table, &compiled, stored, mode)?;
             return Ok((compiled, Installed::default()));
         }
-        let installed = self.install(&mut table, &compiled, &stored, None)?;
+        let installed = self.install(&mut table, &compiled, &stored, upgrade::Kind::Deploy)?;
         Ok((compiled, installed))
     }
 
@@ -818,7 +866,7 @@ impl Inner {
             deployed_at_ms: runtime::now_ms(),
             ..stored
         };
-        match self.install(&mut table, &compiled, &stored, None) {
+        match self.install(&mut table, &compiled, &stored, upgrade::Kind::Promote) {
             Ok(installed) => Ok(Done::switched(installed, stored.version)),
             Err(e) => {
                 // The rollout goes on: the candidate is still the worker's.
@@ -832,7 +880,12 @@ impl Inner {
 
     /// Ends a canary or shadow that is running; returns its version, or
     /// None when there was none.
-    fn end_rollout(&self, table: &mut Table, name: &str) -> Result<Option<String>, DeployError> {
+    #[allow(clippy::type_complexity)]
+    fn end_rollout(
+        &self,
+        table: &mut Table,
+        name: &str,
+    ) -> Result<Option<(String, Option<upgrade::StateNote>)>, DeployError> {
         let Some(entry) = table.functions.get_mut(name) else {
             return Ok(None);
         };
@@ -842,10 +895,11 @@ impl Inner {
         };
         let (done_tx, done_rx) = sync_mpsc::sync_channel(1);
         entry.handle.end_rollout(done_tx);
-        done_rx
+        let note = done_rx
             .recv_timeout(READY_TIMEOUT)
             .map_err(|_| DeployError::Timeout(name.to_owned()))?;
-        Ok(candidate.map(|(_, s)| s.version).or(Some(info.version)))
+        let version = candidate.map_or(info.version, |(_, s)| s.version);
+        Ok(Some((version, note)))
     }
 
     /// Switches a function to `compiled` (stored as `stored`): the worker
@@ -857,9 +911,14 @@ impl Inner {
         table: &mut Table,
         compiled: &Arc<runtime::Compiled>,
         stored: &StoredVersion,
-        rollback_to: Option<i64>,
+        kind: upgrade::Kind,
     ) -> Result<Installed, DeployError> {
         let name = stored.name.clone();
+        let plan = upgrade::Plan {
+            stored: stored.clone(),
+            kind,
+            bounds: self.config.snapshot_bounds(),
+        };
         let existed = table.functions.contains_key(&name);
         let handle = self.create(table, compiled)?;
         let previous = handle.status();
@@ -878,7 +937,7 @@ impl Inner {
             ready,
             commit,
             switched,
-        } = match self.hand_over(&handle, compiled.clone()) {
+        } = match self.hand_over(&handle, compiled.clone(), Some(plan)) {
             Ok(r) => r,
             Err(e) => {
                 forget(table);
@@ -889,39 +948,46 @@ impl Inner {
             forget(table);
             return Err(e.into());
         }
-        let activated = match rollback_to {
-            Some(seq) => self.registry.activate_rollback(stored, seq),
-            None => self.registry.activate(stored),
-        };
-        if let Err(e) = activated {
-            let _ = commit.send(false);
-            forget(table);
-            return Err(e.into());
-        }
+        // The worker stores the version, the snapshot and the state in one
+        // transaction, then switches.
         let _ = commit.send(true);
         // The reply waits for the worker's switch (bounded): a client that
         // sends an event after the reply reaches the new version.
-        let warning = switched.recv_timeout(SWITCH_TIMEOUT).err().map(|_| {
-            format!(
-                "version {} of {name:?} is committed, but its worker had not confirmed the \
-                 switch within {SWITCH_TIMEOUT:?} (the machine may be overloaded); it switches \
-                 by itself, `perch fn status {name}` shows when",
-                stored.version
-            )
-        });
+        let (state, warning) = match switched.recv_timeout(SWITCH_TIMEOUT) {
+            Ok(Ok(note)) => (note, None),
+            Ok(Err(e)) => {
+                forget(table);
+                return Err(DeployError::Takeover(e));
+            }
+            Err(_) => (
+                None,
+                Some(format!(
+                    "version {} of {name:?} was handed to its worker, which had not confirmed \
+                     the switch within {SWITCH_TIMEOUT:?} (the machine may be overloaded); it \
+                     switches by itself, `perch fn status {name}` shows when",
+                    stored.version
+                )),
+            ),
+        };
         if let Err(e) = self.registry.prune(&name, self.config.keep_versions) {
             tracing::error!(function = %name, error = %e, "cannot prune old versions");
         }
         let versions = self.registry.version_names(&name).unwrap_or_default();
+        let snapshots = self.registry.snapshots(&name).unwrap_or_default();
         if let Some(entry) = table.functions.get_mut(&name) {
             entry.filters = compiled.manifest.trigger_filters().into();
             entry.every_ms = compiled.manifest.triggers.every_ms;
             entry.versions = versions;
+            entry.snapshots = snapshots;
             // The worker dropped any canary or shadow with the switch.
             entry.candidate = None;
         }
         self.update_triggers(table).map_err(FunctionsError::from)?;
-        Ok(Installed { replaced, warning })
+        Ok(Installed {
+            replaced,
+            warning,
+            state,
+        })
     }
 
     /// Handles a rollback or remove request; always answers.
@@ -943,11 +1009,13 @@ impl Inner {
                 replaced,
                 version,
                 warning,
+                state,
             }) => {
                 tracing::info!(function = %request.name, ?replaced, ?version, "{command} done");
                 reply.replaced = replaced;
                 reply.version = version;
                 reply.warning = warning;
+                reply.state = state;
             }
             Err(e) => {
                 tracing::warn!(function = %request.name, "{command} refused: {e}");
@@ -1174,12 +1242,13 @@ impl Inner {
         {
             // During a canary or shadow, a rollback ends it and nothing else.
             let mut table = self.lock();
-            if let Some(ended) = self.end_rollout(&mut table, name)? {
+            if let Some((ended, state)) = self.end_rollout(&mut table, name)? {
                 let running = table.functions.get(name).map(|e| e.handle.status().version);
                 return Ok(Done {
                     replaced: Some(ended),
                     version: running,
                     warning: None,
+                    state,
                 });
             }
         }
@@ -1211,7 +1280,12 @@ impl Inner {
             ..stored
         };
         let mut table = self.lock();
-        let installed = self.install(&mut table, &compiled, &stored, Some(seq))?;
+        let installed = self.install(
+            &mut table,
+            &compiled,
+            &stored,
+            upgrade::Kind::Rollback { seq },
+        )?;
         Ok(Done::switched(installed, stored.version))
     }
 
@@ -1240,6 +1314,7 @@ impl Inner {
             replaced: version,
             version: None,
             warning: None,
+            state: None,
         })
     }
 
@@ -1279,6 +1354,12 @@ impl Inner {
                     versions: e.versions.clone(),
                     canary: rollout.clone().filter(|_| canary),
                     shadow: rollout.filter(|_| !canary),
+                    state_upgrade: h
+                        .state_note
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                    snapshots: e.snapshots.clone(),
                 }
             })
             .collect()

@@ -394,65 +394,65 @@ pub(super) fn activate_in(
     v: &StoredVersion,
     rollback_to: Option<i64>,
 ) -> Result<(), RegistryError> {
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT sha256 FROM function_versions WHERE name = ?1 AND version = ?2",
-                params![v.name, v.version],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(existing) = existing {
-            if existing != v.sha256 {
-                return Err(RegistryError::VersionConflict {
-                    name: v.name.clone(),
-                    version: v.version.clone(),
-                    existing,
-                });
-            }
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT sha256 FROM function_versions WHERE name = ?1 AND version = ?2",
+            params![v.name, v.version],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(existing) = existing {
+        if existing != v.sha256 {
+            return Err(RegistryError::VersionConflict {
+                name: v.name.clone(),
+                version: v.version.clone(),
+                existing,
+            });
         }
-        tx.execute(
-            "UPDATE function_versions SET active = 0 WHERE name = ?1 AND active = 1",
-            params![v.name],
-        )?;
-        tx.execute(
-            "INSERT INTO function_versions
+    }
+    tx.execute(
+        "UPDATE function_versions SET active = 0 WHERE name = ?1 AND active = 1",
+        params![v.name],
+    )?;
+    tx.execute(
+        "INSERT INTO function_versions
                  (name, version, manifest, wasm, sha256, deployed_at_ms, active, stopped_reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, NULL)
              ON CONFLICT (name, version) DO UPDATE SET
                  active = 1, stopped_reason = NULL, deployed_at_ms = excluded.deployed_at_ms",
-            params![
-                v.name,
-                v.version,
-                v.manifest,
-                v.wasm,
-                v.sha256,
-                v.deployed_at_ms
-            ],
-        )?;
-        match rollback_to {
-            Some(seq) => {
-        tx.execute(
-                    "DELETE FROM function_history WHERE name = ?1 AND seq > ?2",
-                    params![v.name, seq],
+        params![
+            v.name,
+            v.version,
+            v.manifest,
+            v.wasm,
+            v.sha256,
+            v.deployed_at_ms
+        ],
+    )?;
+    match rollback_to {
+        Some(seq) => {
+            tx.execute(
+                "DELETE FROM function_history WHERE name = ?1 AND seq > ?2",
+                params![v.name, seq],
+            )?;
+        }
+        None => {
+            let top: Option<String> = tx
+                .query_row(
+                    "SELECT version FROM function_history WHERE name = ?1
+                         ORDER BY seq DESC LIMIT 1",
+                    params![v.name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if top.as_deref() != Some(v.version.as_str()) {
+                tx.execute(
+                    "INSERT INTO function_history (name, version) VALUES (?1, ?2)",
+                    params![v.name, v.version],
                 )?;
             }
-            None => {
-                let top: Option<String> = tx
-                    .query_row(
-                        "SELECT version FROM function_history WHERE name = ?1
-                         ORDER BY seq DESC LIMIT 1",
-                        params![v.name],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if top.as_deref() != Some(v.version.as_str()) {
-                    tx.execute(
-                        "INSERT INTO function_history (name, version) VALUES (?1, ?2)",
-                        params![v.name, v.version],
-                    )?;
-                }
-            }
         }
+    }
     super::snapshot::gc(tx, &v.name)?;
     Ok(())
 }

@@ -257,6 +257,15 @@ pub enum RuntimeError {
         export: &'static str,
         failure: Failure,
     },
+    #[error(
+        "`perch_migrate` failed on the state version {from} left: {failure}; nothing was \
+         switched and the state is unchanged: fix the migration (it must return 0), or deploy \
+         a version without perch_migrate"
+    )]
+    Migrate { from: String, failure: Failure },
+    /// The state could not be prepared for the takeover; says why.
+    #[error("{0}")]
+    Upgrade(String),
 }
 
 /// Counters of outputs the host refused, shared by every instance of one
@@ -501,6 +510,7 @@ impl Runtime {
             buf_len: parts.buf_len,
             on_event: parts.on_event,
             on_timer: parts.on_timer,
+            migrate: parts.migrate,
             poisoned: false,
         };
         if let Some(init) = parts.init {
@@ -570,6 +580,7 @@ impl Runtime {
             on_event: instance.get_typed_func(&*store, "perch_on_event").ok(),
             on_timer: instance.get_typed_func(&*store, "perch_on_timer").ok(),
             init: instance.get_typed_func(&*store, "perch_init").ok(),
+            migrate: instance.get_typed_func(&*store, "perch_migrate").ok(),
         })
     }
 }
@@ -633,6 +644,7 @@ struct Parts {
     on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
     on_timer: Option<TypedFunc<i64, i32>>,
     init: Option<TypedFunc<(), i32>>,
+    migrate: Option<TypedFunc<i32, i32>>,
 }
 
 /// One live instance of a function version. Reused across events.
@@ -643,6 +655,7 @@ pub struct Instance {
     buf_len: usize,
     on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
     on_timer: Option<TypedFunc<i64, i32>>,
+    migrate: Option<TypedFunc<i32, i32>>,
     /// Set by a trap: the guest's memory may be half-updated.
     poisoned: bool,
 }
@@ -678,6 +691,22 @@ impl Instance {
             return Err(Failure::Trap("host_error"));
         };
         self.invoke(|store| run(store, &handler, ts_ms))
+    }
+
+    /// Runs `perch_migrate` with the version whose state this is (its text
+    /// at the start of the event buffer, its length the argument), under
+    /// the handlers' limits. The caller runs it on a copy of the state and
+    /// throws the copy away unless it returns 0. `Ok(false)` when the module does not export it.
+    pub fn migrate(&mut self, from: &str) -> Result<bool, Failure> {
+        let Some(migrate) = self.migrate else {
+            return Ok(false);
+        };
+        let from = &from.as_bytes()[..from.len().min(self.buf_len)];
+        let data = self.memory.data_mut(&mut self.store);
+        data[self.buf_ptr..self.buf_ptr + from.len()].copy_from_slice(from);
+        let len = from.len() as i32;
+        self.invoke(|store| run(store, &migrate, len))
+            .map(|()| true)
     }
 
     fn invoke(

@@ -262,6 +262,6 @@ mod tests {
                 (b"new".to_vec(), Some(b"4".to_vec())),
             ]
         );
-        assert_eq!(s.total_bytes, 10);
+        assert_eq!(s.total_bytes, 9);
     }
 }

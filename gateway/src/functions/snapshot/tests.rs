@@ -41,13 +41,20 @@ fn deploy(r: &Registry, v: &str, left: Option<&StateCache>, n: u8, bounds: Bound
 fn a_takeover_keeps_what_the_version_before_left_and_a_rollback_consumes_it() {
     let dir = tempfile::tempdir().unwrap();
     let r = Registry::open(&dir.path().join("f.db")).unwrap();
-    assert_eq!(deploy(&r, "1.0.0", Some(&state(0)), 1, LOOSE), None, "no version before");
+    assert_eq!(
+        deploy(&r, "1.0.0", Some(&state(0)), 1, LOOSE),
+        None,
+        "no version before"
+    );
     let s1 = deploy(&r, "2.0.0", Some(&state(7)), 8, LOOSE).unwrap();
     assert_eq!(r.load_state("f").unwrap(), vec![(b"n".to_vec(), vec![8])]);
     let (target, seq) = r.rollback_target("f").unwrap().unwrap();
     assert_eq!(target.version, "1.0.0");
     let (info, rows) = r.snapshot_of(seq, LOOSE, 200).unwrap().unwrap();
-    assert_eq!((info.id, info.version.as_str(), info.keys), (s1, "1.0.0", 1));
+    assert_eq!(
+        (info.id, info.version.as_str(), info.keys),
+        (s1, "1.0.0", 1)
+    );
     assert_eq!(rows, vec![(b"n".to_vec(), vec![7])]);
     // Expired: never restored.
     let strict = Bounds {
@@ -82,10 +89,20 @@ fn snapshots_are_bounded_and_go_with_their_versions() {
     for (i, v) in ["2.0.0", "3.0.0", "4.0.0", "5.0.0"].iter().enumerate() {
         deploy(&r, v, Some(&state(i as u8)), i as u8 + 1, two);
     }
-    let kept: Vec<String> = r.snapshots("f").unwrap().into_iter().map(|s| s.version).collect();
+    let kept: Vec<String> = r
+        .snapshots("f")
+        .unwrap()
+        .into_iter()
+        .map(|s| s.version)
+        .collect();
     assert_eq!(kept, ["3.0.0", "4.0.0"], "the newest two");
     r.prune("f", 2).unwrap();
-    let kept: Vec<String> = r.snapshots("f").unwrap().into_iter().map(|s| s.version).collect();
+    let kept: Vec<String> = r
+        .snapshots("f")
+        .unwrap()
+        .into_iter()
+        .map(|s| s.version)
+        .collect();
     assert_eq!(kept, ["4.0.0"], "3.0.0 was pruned with its snapshot");
     r.bound_snapshots(
         Bounds {
