@@ -142,6 +142,33 @@ async fn a_canary_that_corrupts_state_leaves_exactly_what_the_live_version_alone
     assert_eq!(snapshots[0].version, "1.0.0", "the state v1 left");
 }
 
+/// A clean stop during a canary ends it as a rollback does: the canary's
+/// share of the events is in the live state the restarted gateway runs on,
+/// without the canary's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_during_a_canary_keeps_its_share_in_the_live_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start("e2e-upgrade-stop", d);
+    let sensor = Client::connect(gw.addr, "sensor", &[]).await;
+    assert!(deploy(&gw, d, "count_v2", "1.0.0", &[], &[]).0);
+    feed(&gw, &sensor, 2, 2).await;
+    // 2.0.0 adds 1000 per event, healthy-looking: it stays a canary.
+    let (ok, _, out) = deploy(&gw, d, "count_v2", "2.0.0", &["bad"], &["--canary", "50"]);
+    assert!(ok, "{out}");
+    feed(&gw, &sensor, 4, 4).await;
+    let f = gw.wait_for_function("counter", |f| f["canary"]["invocations"] == 2);
+    assert_eq!(f["canary"]["state"], "running", "{f:#}");
+    drop(sensor);
+    let mut gw = gw.restart();
+    let f = gw.wait_for_function("counter", |f| f["state"] == "running");
+    assert_eq!(f["version"], "1.0.0", "{f:#}");
+    assert!(f["canary"].is_null(), "{f:#}");
+    gw.terminate();
+    // 2 + the 2 live events + the canary's 2, through 1.0.0.
+    assert_eq!(stored_state(d), count(6));
+}
+
 /// A `perch_migrate` that traps refuses the deploy with a reply that says
 /// so; the old version keeps running on its state, untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,7 @@
 //! larger than the broker's packet limit closes the sender's connection
 //! (MQTT has no other answer to an oversized packet).
 
+pub use super::upgrade::StateNote;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};

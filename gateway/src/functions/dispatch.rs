@@ -564,6 +564,9 @@ impl Worker {
                 .fetch_add(left as u64, Ordering::Relaxed);
             tracing::info!(function = %self.handle.name, dropped = left, "shutdown: queued events dropped");
         }
+        // A canary is never stored: its share goes into the live state
+        // before the last flush (the buffer stops after the functions).
+        self.end_canary();
         self.flush();
     }
 

@@ -53,7 +53,8 @@
 //! - Any plain deploy of the function replaces both.
 //! - A restart resolves it: a candidate is never written to the registry,
 //!   so the gateway comes back with the live version only (deploy the
-//!   canary again to resume it).
+//!   canary again to resume it). A clean stop first ends a canary as a
+//!   rollback does, so its share of the events is in the live state.
 //!
 //! The `perch_init` (and `perch_migrate`) of a candidate runs on a copy of
 //! the state and its outputs are discarded.
