@@ -142,6 +142,39 @@ async fn a_canary_that_corrupts_state_leaves_exactly_what_the_live_version_alone
     assert_eq!(snapshots[0].version, "1.0.0", "the state v1 left");
 }
 
+/// A promoted canary's state is rebuilt through it from the canary's start
+/// (migrated, then every event since, both versions' shares); rolling the
+/// promotion back rebuilds it through the old version from the same point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_canary_owns_every_event_since_it_started_and_its_rollback_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start("e2e-upgrade-promote", d);
+    let sensor = Client::connect(gw.addr, "sensor", &[]).await;
+    assert!(deploy(&gw, d, "count_v1", "1.0.0", &[], &[]).0);
+    feed(&gw, &sensor, 3, 3).await;
+    let (ok, _, out) = deploy(&gw, d, "count_v2", "2.0.0", &[], &["--canary", "50"]);
+    assert!(ok, "{out}");
+    feed(&gw, &sensor, 4, 5).await;
+    gw.wait_for_function("counter", |f| f["canary"]["invocations"] == 2);
+    let (ok, out) = gw.perch_fn(&["promote", "counter", "--json"]);
+    assert!(ok, "{out}");
+    let reply: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(reply["state"]["migrated_from"], "1.0.0", "{reply:#}");
+    assert_eq!(reply["state"]["events_rerun"], 4, "{reply:#}");
+    feed(&gw, &sensor, 2, 7).await;
+
+    // Back to 1.0.0: the state at the canary's start, and the 6 events
+    // since, counted in 1.0.0's format.
+    let (ok, out) = gw.perch_fn(&["rollback", "counter", "--json"]);
+    assert!(ok, "{out}");
+    let reply: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(reply["state"]["events_rerun"], 6, "{reply:#}");
+    let mut gw = gw;
+    gw.terminate();
+    assert_eq!(stored_state(d), old_count(9));
+}
+
 /// A clean stop during a canary ends it as a rollback does: the canary's
 /// share of the events is in the live state the restarted gateway runs on,
 /// without the canary's writes.
