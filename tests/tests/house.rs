@@ -23,7 +23,7 @@ const MAX_LINES: usize = 800;
 /// for that).
 const OVERSIZED: &[(&str, usize)] = &[
     ("buffer/store.rs", 911),
-    ("functions/dispatch.rs", 1020),
+    ("functions/dispatch.rs", 984),
     ("functions/mod.rs", 1402),
     ("functions/runtime.rs", 1272),
 ];

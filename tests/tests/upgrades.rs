@@ -56,8 +56,22 @@ fn deploy(
     ];
     args.extend_from_slice(extra);
     let (ok, out) = gw.perch_fn(&args);
-    let json = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
+    let json = if ok {
+        json_reply(&out)
+    } else {
+        serde_json::Value::Null
+    };
     (ok, json, out)
+}
+
+/// The JSON reply `perch fn ... --json` printed, before any `warning:`
+/// line it wrote to stderr.
+fn json_reply(out: &str) -> serde_json::Value {
+    serde_json::Deserializer::from_str(out)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no JSON reply in {out}"))
 }
 
 /// Publishes `n` events and waits until the live version has run
@@ -159,7 +173,7 @@ async fn a_promoted_canary_owns_every_event_since_it_started_and_its_rollback_to
     gw.wait_for_function("counter", |f| f["canary"]["invocations"] == 2);
     let (ok, out) = gw.perch_fn(&["promote", "counter", "--json"]);
     assert!(ok, "{out}");
-    let reply: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let reply = json_reply(&out);
     assert_eq!(reply["state"]["migrated_from"], "1.0.0", "{reply:#}");
     assert_eq!(reply["state"]["events_rerun"], 4, "{reply:#}");
     feed(&gw, &sensor, 2, 7).await;
@@ -168,7 +182,7 @@ async fn a_promoted_canary_owns_every_event_since_it_started_and_its_rollback_to
     // since, counted in 1.0.0's format.
     let (ok, out) = gw.perch_fn(&["rollback", "counter", "--json"]);
     assert!(ok, "{out}");
-    let reply: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let reply = json_reply(&out);
     assert_eq!(reply["state"]["events_rerun"], 6, "{reply:#}");
     let mut gw = gw;
     gw.terminate();
@@ -337,7 +351,7 @@ async fn a_rollback_restores_the_snapshot_and_reruns_the_kept_events() {
     feed(&gw, &sensor, 3, 8).await;
     let (ok, out) = gw.perch_fn(&["rollback", "counter", "--json"]);
     assert!(ok, "{out}");
-    let reply: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let reply = json_reply(&out);
     assert_eq!(reply["version"], "2.0.0", "{reply:#}");
     assert!(reply["state"]["snapshot_restored"].is_i64(), "{reply:#}");
     assert_eq!(reply["state"]["events_rerun"], 3, "{reply:#}");
@@ -349,7 +363,7 @@ async fn a_rollback_restores_the_snapshot_and_reruns_the_kept_events() {
     feed(&gw, &sensor, 2, 12).await;
     let (ok, out) = gw.perch_fn(&["rollback", "counter", "--json"]);
     assert!(ok, "{out}");
-    let reply: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let reply = json_reply(&out);
     let why = reply["state"]["events_not_rerun"]
         .as_str()
         .unwrap_or_default();

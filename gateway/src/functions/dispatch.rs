@@ -598,45 +598,6 @@ impl Worker {
         let _ = d.switched.send(Ok(None));
     }
 
-    /// Makes `new` (of `compiled`) the live instance, between two events.
-    fn switch_to(&mut self, mut new: Instance, compiled: Arc<Compiled>) {
-        let name = self.handle.name.clone();
-        let publisher = &mut self.publisher;
-        new.release(|topic, payload| publish(publisher, &name, topic, payload));
-        self.instance = Some(new);
-        self.seed = None;
-        let manifest = &compiled.manifest;
-        {
-            let mut inbox = lock(&self.handle.inbox);
-            inbox.capacity = manifest.limits.queue_len;
-            inbox.policy = manifest.limits.queue_policy;
-            let excess = inbox.events.len().saturating_sub(inbox.capacity);
-            inbox.events.drain(..excess);
-            let extra = inbox.capacity.saturating_sub(inbox.events.capacity());
-            inbox.events.reserve_exact(extra);
-        }
-        self.next_tick = (manifest.triggers.every_ms > 0)
-            .then(|| Instant::now() + Duration::from_millis(manifest.triggers.every_ms));
-        self.deployed_at_ms = now_ms();
-        {
-            let mut status = lock(&self.handle.status);
-            status.version = manifest.version.clone();
-            status.sha256 = compiled.sha256.clone();
-            status.deployed_at_ms = self.deployed_at_ms;
-            status.state = RunState::Running;
-            status.last_error = None;
-        }
-        self.handle
-            .counters
-            .consecutive_failures
-            .store(0, Ordering::Relaxed);
-        self.compiled = Some(compiled);
-        // A deploy (or the promotion of the candidate) replaces both.
-        self.candidate = None;
-        *lock(&self.handle.rollout) = None;
-        self.handle.accepting.store(true, Ordering::Relaxed);
-    }
-
     /// Runs the live version once on `event` in an instance of its own,
     /// seeded with a copy of the state: the live instance, its state and
     /// its counters are untouched, and nothing it outputs is delivered.

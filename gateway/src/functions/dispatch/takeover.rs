@@ -1,11 +1,16 @@
 //! The worker's side of a stateful upgrade (the model is in `upgrade.rs`):
 //! preparing the new version on the right state while the old one keeps
-//! its own, committing the switch in one transaction, and rebuilding the
-//! live state when a canary ends.
+//! its own, committing the switch in one transaction, switching between
+//! two events, and rebuilding the live state when a canary ends.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::{lock, now_ms, Compiled, Deploy, Instance, RuntimeError, Seed, Worker, COMMIT_TIMEOUT};
+use super::{
+    lock, now_ms, publish, Compiled, Deploy, Instance, RunState, RuntimeError, Seed, Worker,
+    COMMIT_TIMEOUT,
+};
 use crate::functions::snapshot::Takeover;
 use crate::functions::state::StateCache;
 use crate::functions::upgrade::{self, Kind, Plan, Since, StateNote};
@@ -74,6 +79,45 @@ impl Worker {
         self.switch_to(instance, d.compiled);
         *lock(&self.handle.state_note) = Some(note.clone());
         let _ = d.switched.send(Ok(Some(note)));
+    }
+
+    /// Makes `new` (of `compiled`) the live instance, between two events.
+    pub(super) fn switch_to(&mut self, mut new: Instance, compiled: Arc<Compiled>) {
+        let name = self.handle.name.clone();
+        let publisher = &mut self.publisher;
+        new.release(|topic, payload| publish(publisher, &name, topic, payload));
+        self.instance = Some(new);
+        self.seed = None;
+        let manifest = &compiled.manifest;
+        {
+            let mut inbox = lock(&self.handle.inbox);
+            inbox.capacity = manifest.limits.queue_len;
+            inbox.policy = manifest.limits.queue_policy;
+            let excess = inbox.events.len().saturating_sub(inbox.capacity);
+            inbox.events.drain(..excess);
+            let extra = inbox.capacity.saturating_sub(inbox.events.capacity());
+            inbox.events.reserve_exact(extra);
+        }
+        self.next_tick = (manifest.triggers.every_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(manifest.triggers.every_ms));
+        self.deployed_at_ms = now_ms();
+        {
+            let mut status = lock(&self.handle.status);
+            status.version = manifest.version.clone();
+            status.sha256 = compiled.sha256.clone();
+            status.deployed_at_ms = self.deployed_at_ms;
+            status.state = RunState::Running;
+            status.last_error = None;
+        }
+        self.handle
+            .counters
+            .consecutive_failures
+            .store(0, Ordering::Relaxed);
+        self.compiled = Some(compiled);
+        // A deploy (or the promotion of the candidate) replaces both.
+        self.candidate = None;
+        *lock(&self.handle.rollout) = None;
+        self.handle.accepting.store(true, Ordering::Relaxed);
     }
 
     fn prepare(&mut self, compiled: &Arc<Compiled>, plan: &Plan) -> Result<Prepared, RuntimeError> {
