@@ -16,7 +16,7 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 out="${PERCH_EXAMPLES_OUT:-$target_dir/perch-examples}"
 
 # The Rust examples: one crate each, also workspace members (native tests).
-rust_examples=(threshold-alert unit-convert moving-average anomaly-zscore abi-probe window-sample)
+rust_examples=(threshold-alert unit-convert moving-average anomaly-zscore abi-probe window-sample event-stats)
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   if ! command -v rustup >/dev/null 2>&1; then

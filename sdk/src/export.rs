@@ -134,6 +134,32 @@ where
     status(handler(&Context::new(), timestamp_ms))
 }
 
+/// Body of `perch_migrate`: the version whose state it is lies at the
+/// start of `buf` (`from_len` bytes); calls `handler` with it. A length past
+/// the buffer or a version that is not UTF-8 (a host bug) is
+/// [`Error::BadEvent`]: the handler is not called and the migration fails.
+///
+/// # Safety
+/// Nothing may write to `buf` until this returns (true on wasm32: the host
+/// writes only between calls).
+pub unsafe fn dispatch_migrate<const N: usize, F>(
+    buf: &EventBuffer<N>,
+    from_len: i32,
+    handler: F,
+) -> i32
+where
+    F: FnOnce(&Context, &str) -> Result<(), Error>,
+{
+    let len = match usize::try_from(from_len) {
+        Ok(len) if len <= N => len,
+        _ => return Error::BadEvent.code(),
+    };
+    let Some(from) = utf8(unsafe { buf.bytes(len) }) else {
+        return Error::BadEvent.code();
+    };
+    status(handler(&Context::new(), from))
+}
+
 /// Body of `perch_init`.
 pub fn dispatch_init<F>(handler: F) -> i32
 where
@@ -170,10 +196,12 @@ pub fn status(result: Result<(), Error>) -> i32 {
 /// # fn on_event(_: &Context, _: &Event) -> Result<(), Error> { Ok(()) }
 /// # fn on_tick(_: &Context, _: i64) -> Result<(), Error> { Ok(()) }
 /// # fn setup(_: &Context) -> Result<(), Error> { Ok(()) }
+/// # fn upgrade(_: &Context, _: &str) -> Result<(), Error> { Ok(()) }
 /// perch_sdk::function! {
 ///     on_event: on_event,      // fn(&Context, &Event) -> Result<(), Error>
 ///     on_timer: on_tick,       // fn(&Context, timestamp_ms: i64) -> Result<(), Error>
 ///     init: setup,             // fn(&Context) -> Result<(), Error>, once per instance
+///     migrate: upgrade,        // fn(&Context, from_version: &str) -> Result<(), Error>
 ///     event_buffer: 4096,      // bytes for topic + payload [16 KiB]
 /// }
 /// # fn main() {}
@@ -181,52 +209,58 @@ pub fn status(result: Result<(), Error>) -> i32 {
 ///
 /// It expands to `perch_abi_version`, `perch_event_buffer`,
 /// `perch_event_buffer_len` and one `perch_on_event` / `perch_on_timer` /
-/// `perch_init` per named handler, plus the static event buffer. Use it once
+/// `perch_init` / `perch_migrate` per named handler, plus the static event
+/// buffer. `migrate` runs once when the version takes over state another
+/// version wrote, with that version's number (ABI.md, `perch_migrate`). Use it once
 /// per crate. Off wasm32 it only checks the handlers' signatures.
 #[macro_export]
 macro_rules! function {
     ($($key:ident : $value:expr),+ $(,)?) => {
-        $crate::__function! { @parse [] [] [] [] $($key: $value,)+ }
+        $crate::__function! { @parse [] [] [] [] [] $($key: $value,)+ }
     };
     ($on_event:path $(,)?) => {
-        $crate::__function! { @parse [] [] [] [] on_event: $on_event, }
+        $crate::__function! { @parse [] [] [] [] [] on_event: $on_event, }
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __function {
-    // Collect `key: value,` pairs in any order into four slots.
-    (@parse $e:tt $t:tt $i:tt $l:tt on_event: $v:expr, $($rest:tt)*) => {
-        $crate::__function! { @parse [$v] $t $i $l $($rest)* }
+    // Collect `key: value,` pairs in any order into five slots.
+    (@parse $e:tt $t:tt $i:tt $l:tt $m:tt on_event: $v:expr, $($rest:tt)*) => {
+        $crate::__function! { @parse [$v] $t $i $l $m $($rest)* }
     };
-    (@parse $e:tt $t:tt $i:tt $l:tt on_timer: $v:expr, $($rest:tt)*) => {
-        $crate::__function! { @parse $e [$v] $i $l $($rest)* }
+    (@parse $e:tt $t:tt $i:tt $l:tt $m:tt on_timer: $v:expr, $($rest:tt)*) => {
+        $crate::__function! { @parse $e [$v] $i $l $m $($rest)* }
     };
-    (@parse $e:tt $t:tt $i:tt $l:tt init: $v:expr, $($rest:tt)*) => {
-        $crate::__function! { @parse $e $t [$v] $l $($rest)* }
+    (@parse $e:tt $t:tt $i:tt $l:tt $m:tt init: $v:expr, $($rest:tt)*) => {
+        $crate::__function! { @parse $e $t [$v] $l $m $($rest)* }
     };
-    (@parse $e:tt $t:tt $i:tt $l:tt event_buffer: $v:expr, $($rest:tt)*) => {
-        $crate::__function! { @parse $e $t $i [$v] $($rest)* }
+    (@parse $e:tt $t:tt $i:tt $l:tt $m:tt event_buffer: $v:expr, $($rest:tt)*) => {
+        $crate::__function! { @parse $e $t $i [$v] $m $($rest)* }
     };
-    (@parse $e:tt $t:tt $i:tt $l:tt $key:ident: $v:expr, $($rest:tt)*) => {
+    (@parse $e:tt $t:tt $i:tt $l:tt $m:tt migrate: $v:expr, $($rest:tt)*) => {
+        $crate::__function! { @parse $e $t $i $l [$v] $($rest)* }
+    };
+    (@parse $e:tt $t:tt $i:tt $l:tt $m:tt $key:ident: $v:expr, $($rest:tt)*) => {
         ::core::compile_error!(::core::concat!(
             "perch_sdk::function!: unknown key `", ::core::stringify!($key),
-            "`; expected on_event, on_timer, init or event_buffer",
+            "`; expected on_event, on_timer, init, migrate or event_buffer",
         ));
     };
-    (@parse $e:tt $t:tt $i:tt []) => {
-        $crate::__function! { @emit $e $t $i [$crate::export::DEFAULT_EVENT_BUFFER] }
+    (@parse $e:tt $t:tt $i:tt [] $m:tt) => {
+        $crate::__function! { @emit $e $t $i [$crate::export::DEFAULT_EVENT_BUFFER] $m }
     };
-    (@parse $e:tt $t:tt $i:tt [$len:expr]) => {
-        $crate::__function! { @emit $e $t $i [$len] }
+    (@parse $e:tt $t:tt $i:tt [$len:expr] $m:tt) => {
+        $crate::__function! { @emit $e $t $i [$len] $m }
     };
-    (@emit [$($on_event:expr)?] [$($on_timer:expr)?] [$($init:expr)?] [$len:expr]) => {
+    (@emit [$($on_event:expr)?] [$($on_timer:expr)?] [$($init:expr)?] [$len:expr] [$($migrate:expr)?]) => {
         const _: () = {
             // Handlers must have exactly these types, on every target.
             $(const _: fn(&$crate::Context, &$crate::Event<'_>) -> ::core::result::Result<(), $crate::Error> = $on_event;)?
             $(const _: fn(&$crate::Context, i64) -> ::core::result::Result<(), $crate::Error> = $on_timer;)?
             $(const _: fn(&$crate::Context) -> ::core::result::Result<(), $crate::Error> = $init;)?
+            $(const _: fn(&$crate::Context, &str) -> ::core::result::Result<(), $crate::Error> = $migrate;)?
             const _: () = ::core::assert!(
                 $len > 0 && $len <= i32::MAX as usize,
                 "perch_sdk::function!: event_buffer must be between 1 and i32::MAX bytes",
@@ -278,6 +312,15 @@ macro_rules! __function {
                 #[unsafe(no_mangle)]
                 extern "C" fn perch_init() -> i32 {
                     $crate::export::dispatch_init($init)
+                }
+            )?
+
+            $(
+                #[cfg(target_arch = "wasm32")]
+                #[unsafe(no_mangle)]
+                extern "C" fn perch_migrate(from_len: i32) -> i32 {
+                    // SAFETY: as for perch_on_event.
+                    unsafe { $crate::export::dispatch_migrate(&EVENT_BUFFER, from_len, $migrate) }
                 }
             )?
         };

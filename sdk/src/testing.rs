@@ -348,6 +348,23 @@ impl TestHost {
         Error::check(self.run(|_| export::dispatch_timer(timestamp_ms, handler)))
     }
 
+    /// Runs a migration as the gateway does when this version takes over
+    /// the state version `from` left (set that state first with
+    /// [`TestHost::set_state`]).
+    pub fn migrate<F>(&mut self, handler: F, from: &str) -> Result<(), Error>
+    where
+        F: FnOnce(&Context, &str) -> Result<(), Error>,
+    {
+        let buf: export::EventBuffer<256> = export::EventBuffer::new();
+        // SAFETY: `buf` is local and nothing else refers to it.
+        if unsafe { buf.write(from.as_bytes(), b"") }.is_err() {
+            return Err(Error::BadEvent);
+        }
+        let len = from.len() as i32;
+        // SAFETY: nothing writes to `buf` while the handler runs.
+        Error::check(self.run(|_| unsafe { export::dispatch_migrate(&buf, len, handler) }))
+    }
+
     /// Runs an init handler as the gateway does after instantiation.
     pub fn init<F>(&mut self, handler: F) -> Result<(), Error>
     where

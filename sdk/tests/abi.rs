@@ -187,7 +187,14 @@ fn abi_md_is_read_as_written() {
     );
     assert_eq!(abi.imports["log"], FuncType::new([ValType::I32; 3], []));
     assert_eq!(abi.imports["now_ms"], FuncType::new([], [ValType::I64]));
-    assert_eq!(abi.exports.len(), 7, "{:?}", abi.exports.keys());
+    assert_eq!(abi.exports.len(), 8, "{:?}", abi.exports.keys());
+    assert_eq!(
+        abi.exports["perch_migrate"],
+        (
+            Some(FuncType::new([ValType::I32], [ValType::I32])),
+            Required::No
+        )
+    );
     assert_eq!(abi.exports["memory"], (None, Required::Yes));
     assert_eq!(
         abi.exports["perch_on_event"],
@@ -499,6 +506,15 @@ fn abi_probe_has_every_import_and_export() {
         shape.constants["perch_event_buffer_len"],
         16 * 1024,
         "the SDK's default event buffer"
+    );
+}
+
+#[test]
+fn event_stats_matches_the_abi() {
+    let shape = check("event-stats");
+    assert!(
+        shape.exports.contains_key("perch_migrate"),
+        "set by `migrate: migrate`"
     );
 }
 

@@ -23,9 +23,9 @@ const MAX_LINES: usize = 800;
 /// for that).
 const OVERSIZED: &[(&str, usize)] = &[
     ("buffer/store.rs", 911),
-    ("functions/dispatch.rs", 1155),
-    ("functions/mod.rs", 1544),
-    ("functions/runtime.rs", 1231),
+    ("functions/dispatch.rs", 984),
+    ("functions/mod.rs", 1402),
+    ("functions/runtime.rs", 1125),
 ];
 
 /// The longest a function in `gateway/src` may be, from its `fn` line to

@@ -36,4 +36,5 @@ mod spec_fixes;
 mod startup;
 mod store_forward;
 mod time_limits;
+mod upgrades;
 mod upstream;

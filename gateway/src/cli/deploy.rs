@@ -62,6 +62,7 @@ pub(super) fn deploy(
     if let Some(warning) = &reply.warning {
         eprintln!("warning: {warning}");
     }
+    super::switch::warn_events_not_rerun(reply.state.as_ref());
     match reply.error {
         None if reply.ok => Ok(()),
         error => anyhow::bail!(
@@ -161,7 +162,8 @@ fn deploy_summary(
         (None, false, Some(was)) => format!(" (was {was})"),
         (None, false, None) => String::new(),
     };
-    format!("deployed {name} {version}{how} on {gateway} in {elapsed_ms} ms")
+    let state = super::switch::state_summary(reply.state.as_ref());
+    format!("deployed {name} {version}{how} on {gateway} in {elapsed_ms} ms{state}")
 }
 
 /// Bundles from this size on get a ticker while they upload.
@@ -208,6 +210,7 @@ mod tests {
             replaced: Some("1.1.0".into()),
             error: None,
             warning: None,
+            state: None,
         };
         let plain = DeployOptions::default();
         assert_eq!(

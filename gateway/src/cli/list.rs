@@ -34,6 +34,23 @@ pub(super) fn status(
             println!("timer:     every {} ms", f.every_ms);
         }
         println!("versions:  {}", f.versions.join(", "));
+        if !f.snapshots.is_empty() {
+            let kept: Vec<String> = f
+                .snapshots
+                .iter()
+                .map(|s| format!("{} (state {} left)", s.id, s.version))
+                .collect();
+            println!("snapshots: {}", kept.join(", "));
+        }
+        if let Some(note) = &f.state_upgrade {
+            let said = super::switch::state_summary(Some(note));
+            let said = said.trim_start_matches("; ");
+            let said = if said.is_empty() { "kept" } else { said };
+            println!("state:     {said} ({})", note.kind);
+            if let Some(why) = &note.events_not_rerun {
+                println!("           not re-run: {why}");
+            }
+        }
         println!("sha256:    {}", f.sha256);
         if let Some(reason) = &f.reason {
             println!("stopped:   {reason}");

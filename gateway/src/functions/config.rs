@@ -71,6 +71,13 @@ pub struct FunctionsConfig {
     /// with `max_timeout_ms` this bounds how long a function that fails
     /// every event keeps a core busy before the circuit breaker stops it.
     pub max_consecutive_failures: u32,
+    /// State snapshots each function keeps (newest first): one is taken
+    /// when a version takes over (deploy, promote) and restored when that
+    /// takeover is rolled back, so this bounds how many rollbacks in a row
+    /// restore state. At least 1.
+    pub snapshots_keep: usize,
+    /// Snapshots older than this are deleted and never restored.
+    pub snapshots_max_age_s: u64,
 }
 
 /// A manifest limit over the gateway's cap on it.
@@ -95,6 +102,9 @@ impl std::fmt::Display for OverCap {
     }
 }
 
+/// The most snapshots `functions.snapshots_keep` may ask for per function.
+pub const MAX_SNAPSHOTS: usize = 100;
+
 /// Room in a deploy packet for the topic, the MQTT header and the deploy
 /// options line in front of the bundle.
 pub const BUNDLE_HEADROOM_BYTES: usize = 64 * 1024;
@@ -117,11 +127,21 @@ impl Default for FunctionsConfig {
             default_timeout_ms: manifest::DEFAULT_TIMEOUT_MS,
             max_timeout_ms: 3_000,
             max_consecutive_failures: 20,
+            snapshots_keep: 5,
+            snapshots_max_age_s: 7 * 24 * 3600,
         }
     }
 }
 
 impl FunctionsConfig {
+    /// The snapshot bounds, as the registry applies them.
+    pub fn snapshot_bounds(&self) -> super::snapshot::Bounds {
+        super::snapshot::Bounds {
+            keep: self.snapshots_keep,
+            max_age_ms: (self.snapshots_max_age_s as i64).saturating_mul(1000),
+        }
+    }
+
     /// The limits of `limits` over this gateway's caps, each with the cap and
     /// the key that raises it; empty when all fit.
     pub fn over_caps(&self, limits: &Limits) -> Vec<OverCap> {
@@ -229,6 +249,26 @@ impl FunctionsConfig {
             problems.push(Problem::new(
                 "functions.state_commit_interval_ms",
                 "must be greater than 0: a commit per write is what this interval avoids",
+            ));
+        }
+        if !(1..=MAX_SNAPSHOTS).contains(&self.snapshots_keep) {
+            problems.push(Problem::new(
+                "functions.snapshots_keep",
+                format!(
+                    "{} is out of range: give 1 to {MAX_SNAPSHOTS} (each is a copy of a \
+                     function's state, up to 1 MiB, kept to restore it on rollback)",
+                    self.snapshots_keep
+                ),
+            ));
+        }
+        if self.snapshots_max_age_s < 60 {
+            problems.push(Problem::new(
+                "functions.snapshots_max_age_s",
+                format!(
+                    "{} s is too short to roll back in: give at least 60 (the default keeps \
+                     snapshots for 604800 s, a week)",
+                    self.snapshots_max_age_s
+                ),
             ));
         }
         if self.canary_window_events == 0 {
@@ -346,6 +386,26 @@ impl FunctionsConfig {
 mod tests {
     use super::{FunctionsConfig, Limits};
     use crate::config::Config;
+
+    #[test]
+    fn snapshot_bounds_out_of_range_are_refused_with_the_range() {
+        let err = Config::from_toml(
+            "[functions]\nsnapshots_keep = 0\nsnapshots_max_age_s = 5\n",
+            "test.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("functions.snapshots_keep: 0 is out of range: give 1 to 100"),
+            "{err}"
+        );
+        assert!(
+            err.contains("functions.snapshots_max_age_s: 5 s is too short to roll back in"),
+            "{err}"
+        );
+        let ok = Config::from_toml("[functions]\nsnapshots_keep = 2\n", "test.toml").unwrap();
+        assert_eq!(ok.functions.snapshot_bounds().keep, 2);
+    }
 
     #[test]
     fn a_bundle_limit_the_broker_cannot_carry_is_refused_with_the_fix() {

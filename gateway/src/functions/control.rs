@@ -73,6 +73,7 @@
 //! larger than the broker's packet limit closes the sender's connection
 //! (MQTT has no other answer to an oversized packet).
 
+pub use super::upgrade::StateNote;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -241,6 +242,10 @@ pub struct CommandReply {
     /// (the worker did not confirm the switch in time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// What the command did to the function's state (a rollback's restored
+    /// snapshot and re-run events, or why they were not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<super::upgrade::StateNote>,
 }
 
 /// An `invoke` request: run function `name` once on one event, its outputs
@@ -459,7 +464,7 @@ pub fn status_topic(gateway: &str, name: &str) -> String {
 }
 
 /// The answer to a deploy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployReply {
     /// Whether the new version is live.
     pub ok: bool,
@@ -484,6 +489,10 @@ pub struct DeployReply {
     /// (the worker did not confirm the switch in time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// What the deploy did to the function's state: the snapshot taken of
+    /// what the version before left, `perch_migrate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<super::upgrade::StateNote>,
 }
 
 /// One function in `perch fn list`.
@@ -527,6 +536,13 @@ pub struct FunctionInfo {
     /// A shadow beside the running version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<super::rollout::RolloutInfo>,
+    /// What the last upgrade did to the state (deploy, promote, rollback,
+    /// a canary's end), until the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_upgrade: Option<super::upgrade::StateNote>,
+    /// The state snapshots kept, oldest first (`functions::snapshot`).
+    #[serde(default)]
+    pub snapshots: Vec<super::snapshot::SnapshotInfo>,
 }
 
 #[cfg(test)]

@@ -36,17 +36,13 @@
 //! ticks, publishes outputs through the function's own broker link, and
 //! flushes state to SQLite at most once per `state_commit_interval_ms`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc as sync_mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
-use rumqttd::Notification;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::manifest::QueuePolicy;
 use super::registry::Registry;
@@ -55,9 +51,8 @@ use super::runtime::{
     now_ms, Compiled, Failure, Instance, OutputCounters, Runtime, RuntimeError, Seed,
 };
 use super::state::StateCache;
-use crate::broker::{BrokerError, Links};
+use super::upgrade::{EventSource, Plan, Since, StateNote};
 use crate::kit::metrics::Histogram;
-use crate::kit::topic;
 
 /// How long a worker waits for the deploy to be committed to the registry
 /// before it keeps the old version.
@@ -170,6 +165,8 @@ pub struct FunctionHandle {
     /// The canary or shadow beside the live version, if any
     /// ([`rollout`]); its counters are updated by the worker.
     pub rollout: Mutex<Option<RolloutInfo>>,
+    /// What the last upgrade did to the state (status `state_upgrade`).
+    pub state_note: Mutex<Option<StateNote>>,
 }
 
 struct Inbox {
@@ -193,7 +190,12 @@ pub struct Deploy {
     /// event and its status shows it): the reply to a deploy, rollback or
     /// promote waits for this, so no event sent after the reply can reach
     /// the old version and the status published with the reply is current.
-    pub switched: sync_mpsc::SyncSender<()>,
+    /// Carries what happened to the state, or why the takeover's
+    /// transaction failed (then nothing switched).
+    pub switched: sync_mpsc::SyncSender<Result<Option<StateNote>, String>>,
+    /// How the version takes over and what to store: `None` when the
+    /// gateway starts a version the registry has active.
+    pub takeover: Option<Plan>,
 }
 
 /// A one-off run of the live version for `perch fn invoke`: on a copy of
@@ -259,8 +261,9 @@ enum Command {
     Replay(Box<Replay>),
     /// Start a canary or shadow beside the live version.
     Rollout(Box<rollout::Start>),
-    /// End the canary or shadow; the live version stays. Answers when done.
-    EndRollout(sync_mpsc::SyncSender<()>),
+    /// End the canary or shadow; the live version stays. Answers when done,
+    /// with what happened to the state.
+    EndRollout(sync_mpsc::SyncSender<Option<StateNote>>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -290,6 +293,7 @@ impl FunctionHandle {
                 last_error: None,
             }),
             rollout: Mutex::new(None),
+            state_note: Mutex::new(None),
         })
     }
 
@@ -350,7 +354,7 @@ impl FunctionHandle {
     }
 
     /// Asks the worker to end the canary or shadow; `done` hears when it has.
-    pub fn end_rollout(&self, done: sync_mpsc::SyncSender<()>) {
+    pub fn end_rollout(&self, done: sync_mpsc::SyncSender<Option<StateNote>>) {
         lock(&self.inbox)
             .commands
             .push_back(Command::EndRollout(done));
@@ -406,6 +410,7 @@ pub fn spawn_worker(
     publisher: (LinkTx, LinkRx),
     state: StateCache,
     flush_every: Duration,
+    source: EventSource,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let (publisher, publisher_rx) = publisher;
     let worker = Worker {
@@ -425,6 +430,8 @@ pub fn spawn_worker(
         flush_every,
         next_flush: Instant::now() + flush_every,
         next_tick: None,
+        source,
+        since: Since::new(now_ms()),
     };
     std::thread::Builder::new()
         .name(format!("fn-{}", worker.handle.name))
@@ -453,6 +460,10 @@ struct Worker {
     flush_every: Duration,
     next_flush: Instant,
     next_tick: Option<Instant>,
+    /// Kept trigger events, for re-runs after a rollback (`upgrade.rs`).
+    source: EventSource,
+    /// The events handled since the live version took over.
+    since: Since,
 }
 
 enum Job {
@@ -526,9 +537,9 @@ impl Worker {
                     let _ = job.reply.send(result);
                 }
                 Job::Command(Command::EndRollout(done)) => {
-                    self.candidate = None;
+                    let note = self.end_canary();
                     *lock(&self.handle.rollout) = None;
-                    let _ = done.send(());
+                    let _ = done.send(note);
                 }
                 Job::Event(event) => self.on_event(event),
                 Job::Tick => self.on_tick(),
@@ -553,20 +564,24 @@ impl Worker {
                 .fetch_add(left as u64, Ordering::Relaxed);
             tracing::info!(function = %self.handle.name, dropped = left, "shutdown: queued events dropped");
         }
+        // A canary is never stored: its share goes into the live state
+        // before the last flush (the buffer stops after the functions).
+        self.end_canary();
         self.flush();
     }
 
-    fn deploy(&mut self, d: Deploy) {
-        let name = self.handle.name.clone();
-        // The old instance keeps running until the new one is committed; the
-        // state moves to the new one for its perch_init and moves back if the
-        // deploy does not go through.
+    fn deploy(&mut self, mut d: Deploy) {
+        if let Some(plan) = d.takeover.take() {
+            return self.take_over(d, plan);
+        }
+        // A version the registry has active, at start: the state moves to
+        // it for its perch_init and moves back if it does not go through.
         let state = std::mem::take(self.state());
         let seed = Seed {
             state,
             counters: self.handle.counters.outputs.clone(),
         };
-        let mut new = match self.runtime.instantiate(&d.compiled, seed) {
+        let new = match self.runtime.instantiate(&d.compiled, seed) {
             Ok(new) => new,
             Err((e, seed)) => {
                 *self.state() = seed.state;
@@ -579,41 +594,8 @@ impl Worker {
             *self.state() = new.into_seed().state;
             return;
         }
-        let publisher = &mut self.publisher;
-        new.release(|topic, payload| publish(publisher, &name, topic, payload));
-        self.instance = Some(new);
-        self.seed = None;
-        let manifest = &d.compiled.manifest;
-        {
-            let mut inbox = lock(&self.handle.inbox);
-            inbox.capacity = manifest.limits.queue_len;
-            inbox.policy = manifest.limits.queue_policy;
-            let excess = inbox.events.len().saturating_sub(inbox.capacity);
-            inbox.events.drain(..excess);
-            let extra = inbox.capacity.saturating_sub(inbox.events.capacity());
-            inbox.events.reserve_exact(extra);
-        }
-        self.next_tick = (manifest.triggers.every_ms > 0)
-            .then(|| Instant::now() + Duration::from_millis(manifest.triggers.every_ms));
-        self.deployed_at_ms = now_ms();
-        {
-            let mut status = lock(&self.handle.status);
-            status.version = manifest.version.clone();
-            status.sha256 = d.compiled.sha256.clone();
-            status.deployed_at_ms = self.deployed_at_ms;
-            status.state = RunState::Running;
-            status.last_error = None;
-        }
-        self.handle
-            .counters
-            .consecutive_failures
-            .store(0, Ordering::Relaxed);
-        self.compiled = Some(d.compiled);
-        // A deploy (or the promotion of the candidate) replaces both.
-        self.candidate = None;
-        *lock(&self.handle.rollout) = None;
-        self.handle.accepting.store(true, Ordering::Relaxed);
-        let _ = d.switched.send(());
+        self.switch_to(new, d.compiled);
+        let _ = d.switched.send(Ok(None));
     }
 
     /// Runs the live version once on `event` in an instance of its own,
@@ -746,11 +728,13 @@ impl Worker {
 
     fn start_rollout(&mut self, start: rollout::Start) {
         let started = {
+            let version = self.compiled.as_ref().map(|c| c.manifest.version.clone());
             let state = match &mut self.instance {
                 Some(i) => i.state_mut(),
                 None => &mut self.seed.get_or_insert_with(Seed::default).state,
             };
-            Candidate::start(&self.runtime, &start, state, &self.handle.rollout)
+            let live = (&*state, version.as_deref());
+            Candidate::start(&self.runtime, &start, live, &self.handle.rollout)
         };
         match started {
             Ok(candidate) => {
@@ -772,7 +756,7 @@ impl Worker {
     /// Ends the candidate for `reason` (its status keeps the reason).
     fn end_candidate(&mut self, reason: String) {
         tracing::warn!(function = %self.handle.name, "{reason}");
-        self.candidate = None;
+        self.end_canary();
         lock(&self.handle.status).last_error = Some(reason);
     }
 
@@ -807,19 +791,24 @@ impl Worker {
     fn on_event(&mut self, event: Event) {
         // `[replay] keep_events_s`: the buffer keeps the event (refcounted
         // handles to the broker's buffers; nothing is copied here).
-        if let Some(keep_s) = self
+        let kept = self
             .compiled
             .as_ref()
             .map(|c| c.manifest.replay.keep_events_s)
             .filter(|&s| s > 0)
-        {
-            self.runtime.keep_event(crate::buffer::NewEvent {
-                function: self.handle.name.clone(),
-                topic: event.topic.clone(),
-                payload: event.payload.clone(),
-                created_ms: event.timestamp_ms,
-                expires_ms: event.timestamp_ms + keep_s as i64 * 1000,
+            .map(|keep_s| {
+                self.runtime.keep_event(crate::buffer::NewEvent {
+                    function: self.handle.name.clone(),
+                    topic: event.topic.clone(),
+                    payload: event.payload.clone(),
+                    created_ms: event.timestamp_ms,
+                    expires_ms: event.timestamp_ms + keep_s as i64 * 1000,
+                })
             });
+        // Which events a rollback or a canary's end re-runs (`upgrade.rs`).
+        self.since.record(&event, kept);
+        if let Some(fork) = self.candidate.as_mut().and_then(|c| c.fork.as_mut()) {
+            fork.since.record(&event, kept);
         }
         let route = self
             .candidate
@@ -848,20 +837,16 @@ impl Worker {
         }
     }
 
-    /// A canary's share of the events: run on the live state, outputs
+    /// A canary's share of the events: run on its own state, outputs
     /// delivered. Returns whether the live version must take the event
     /// (the canary failed on it without effect, or is gone).
     fn on_canary_event(&mut self, event: &Event) -> bool {
         let Some(canary) = self.candidate.as_mut() else {
             return true;
         };
-        let state = match &mut self.instance {
-            Some(i) => i.state_mut(),
-            None => &mut self.seed.get_or_insert_with(Seed::default).state,
-        };
         let (publisher, name) = (&mut self.publisher, &self.handle.name);
         let (verdict, without_effect) =
-            canary.canary_event(&self.runtime, state, event, &self.handle.rollout, |t, p| {
+            canary.canary_event(&self.runtime, event, &self.handle.rollout, |t, p| {
                 publish(publisher, name, t, p)
             });
         if let Some(reason) = verdict {
@@ -990,166 +975,10 @@ impl Worker {
     }
 }
 
+mod takeover;
+
 fn publish(publisher: &mut LinkTx, function: &str, topic: Bytes, payload: Bytes) {
     if let Err(e) = publisher.publish(topic, payload) {
         tracing::error!(function, error = %e, "cannot publish to the broker");
-    }
-}
-
-/// A trigger filter's subscriber: a function, with all its filters so the
-/// link can tell whether this filter is the one that delivers to it.
-#[derive(Clone)]
-pub struct Subscriber {
-    pub handle: Arc<FunctionHandle>,
-    pub filters: Arc<[String]>,
-}
-
-/// The trigger links: one broker link per distinct trigger filter.
-pub struct Triggers {
-    links: Links,
-    filters: HashMap<String, TriggerLink>,
-    next_id: u64,
-}
-
-struct TriggerLink {
-    subscribers: watch::Sender<Arc<[Subscriber]>>,
-    tx: LinkTx,
-    task: JoinHandle<()>,
-}
-
-impl Triggers {
-    pub fn new(links: Links) -> Triggers {
-        Triggers {
-            links,
-            filters: HashMap::new(),
-            next_id: 0,
-        }
-    }
-
-    /// Makes the links match the functions' filters: subscribes new filters,
-    /// closes unused ones, updates the subscribers of the rest. Runs on a
-    /// blocking thread inside the runtime (it opens links, which waits for
-    /// the router).
-    pub fn update(&mut self, functions: &[Subscriber]) -> Result<(), BrokerError> {
-        let mut wanted: HashMap<&str, Vec<Subscriber>> = HashMap::new();
-        for s in functions {
-            for f in s.filters.iter() {
-                wanted.entry(f.as_str()).or_default().push(s.clone());
-            }
-        }
-        let unused: Vec<String> = self
-            .filters
-            .keys()
-            .filter(|f| !wanted.contains_key(f.as_str()))
-            .cloned()
-            .collect();
-        for filter in unused {
-            if let Some(link) = self.filters.remove(&filter) {
-                close(link);
-            }
-        }
-        for (filter, subscribers) in wanted {
-            let subscribers: Arc<[Subscriber]> = subscribers.into();
-            if let Some(link) = self.filters.get(filter) {
-                link.subscribers.send_replace(subscribers);
-                continue;
-            }
-            self.next_id += 1;
-            let (mut tx, rx) = self.links.open(&format!("trigger-{}", self.next_id))?;
-            // Subscribing is asynchronous (the SubAck comes later), but the
-            // router handles its events in order: anything published after
-            // this call returns is routed with the subscription in place.
-            tx.subscribe(filter).map_err(|source| BrokerError::Link {
-                client_id: format!("trigger-{}", self.next_id),
-                source: Box::new(source),
-            })?;
-            let (subs_tx, subs_rx) = watch::channel(subscribers);
-            let task = tokio::spawn(run_trigger_link(filter.to_owned(), rx, subs_rx));
-            self.filters.insert(
-                filter.to_owned(),
-                TriggerLink {
-                    subscribers: subs_tx,
-                    tx,
-                    task,
-                },
-            );
-        }
-        Ok(())
-    }
-
-    /// Closes every link.
-    pub fn close_all(&mut self) {
-        for (_, link) in self.filters.drain() {
-            close(link);
-        }
-    }
-
-    /// The filters currently subscribed.
-    pub fn filters(&self) -> impl Iterator<Item = &str> {
-        self.filters.keys().map(String::as_str)
-    }
-}
-
-fn close(mut link: TriggerLink) {
-    link.task.abort();
-    // Disconnecting frees the link's place in the router. `send` is async in
-    // signature only (it does not await), so one poll completes it.
-    let packet = Packet::Disconnect(
-        Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
-        },
-        None,
-    );
-    let mut send = std::pin::pin!(link.tx.send(packet));
-    let _ = send
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-}
-
-use std::future::Future;
-
-/// Receives the publishes of one trigger filter and queues them for the
-/// functions it serves.
-async fn run_trigger_link(
-    filter: String,
-    mut rx: LinkRx,
-    subscribers: watch::Receiver<Arc<[Subscriber]>>,
-) {
-    loop {
-        match rx.next().await {
-            Ok(Some(Notification::Forward(forward))) => {
-                let publish = forward.publish;
-                let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-                    continue;
-                };
-                let timestamp_ms = now_ms();
-                // The borrow is a read lock, held for this synchronous loop
-                // only (never across an await).
-                let subscribers = subscribers.borrow();
-                for s in subscribers.iter() {
-                    let first = s.filters.iter().find(|f| topic::matches(f, topic));
-                    if first.is_some_and(|f| *f == filter) {
-                        s.handle.push(Event {
-                            topic: publish.topic.clone(),
-                            payload: publish.payload.clone(),
-                            timestamp_ms,
-                        });
-                    }
-                }
-            }
-            // The router paused this link because notifications piled up;
-            // it must be told we are ready or it never resumes.
-            Ok(Some(Notification::Unschedule)) => {
-                if rx.wake().await.is_err() {
-                    break;
-                }
-            }
-            Ok(Some(Notification::Disconnect(..))) => break,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(filter, error = %e, "trigger link closed");
-                break;
-            }
-        }
     }
 }

@@ -42,37 +42,41 @@
 //!   `perch/<id>/fn/<name>/status` when it changes, at most about once a
 //!   second plus once after each command: never per event.
 
+mod abi;
 pub mod bundle;
 pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod failure;
 pub mod manifest;
+mod plane;
 pub mod registry;
 pub mod rollout;
 pub mod runtime;
+pub mod snapshot;
 pub mod state;
+pub mod triggers;
+pub mod upgrade;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc as sync_mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Publish, PublishProperties};
-use rumqttd::Notification;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 pub use self::config::FunctionsConfig;
 use self::control::{CommandReply, CommandRequest, ControlError, DeployReply, FunctionInfo};
-use self::dispatch::{FunctionHandle, RunState, Subscriber, Triggers};
+use self::dispatch::{FunctionHandle, RunState};
 use self::manifest::{Manifest, ManifestError};
+use self::plane::{run_control, run_publisher, run_status, OUTGOING_QUEUE};
 use self::registry::{Registry, RegistryError, StoredVersion};
 use self::runtime::{Runtime, RuntimeError};
 use self::state::StateCache;
+use self::triggers::{Subscriber, Triggers};
 use crate::broker::{BrokerError, Links};
 
 /// How long a deploy waits for the function's worker to instantiate the new
@@ -202,6 +206,9 @@ pub enum DeployError {
     /// An invoke that could not run; the message says why and what to do.
     #[error("{0}")]
     Invoke(String),
+    /// The worker could not store a takeover; nothing switched.
+    #[error("{0}")]
+    Takeover(String),
     #[error(
         "the deploy options are not valid: {0}; give \"canary\" as a share of the events from 1 \
          to 99 percent, or \"shadow\": true, not both"
@@ -246,6 +253,8 @@ struct Entry {
     every_ms: u64,
     /// The versions kept in the registry, in deploy order (for status).
     versions: Vec<String>,
+    /// The state snapshots kept (for status), refreshed by each command.
+    snapshots: Vec<snapshot::SnapshotInfo>,
     /// The canary or shadow the worker runs beside the live version,
     /// as `promote` installs it (never in the registry until then).
     candidate: Option<(Arc<runtime::Compiled>, StoredVersion)>,
@@ -257,8 +266,8 @@ struct HandedOver {
     ready: Result<(), RuntimeError>,
     /// `true` commits the switch; `false` or dropping it abandons it.
     commit: sync_mpsc::SyncSender<bool>,
-    /// Hears when the worker has switched.
-    switched: sync_mpsc::Receiver<()>,
+    /// Hears when the worker has switched, or why it could not.
+    switched: sync_mpsc::Receiver<Result<Option<upgrade::StateNote>, String>>,
 }
 
 /// What [`Inner::install`] did.
@@ -268,6 +277,8 @@ struct Installed {
     replaced: Option<String>,
     /// Set when the worker did not confirm the switch in time.
     warning: Option<String>,
+    /// What the takeover did to the state.
+    state: Option<upgrade::StateNote>,
 }
 
 /// What a rollback, promote or remove did: the version replaced, the one
@@ -276,6 +287,7 @@ struct Done {
     replaced: Option<String>,
     version: Option<String>,
     warning: Option<String>,
+    state: Option<upgrade::StateNote>,
 }
 
 impl Done {
@@ -284,6 +296,7 @@ impl Done {
             replaced: installed.replaced,
             version: Some(version),
             warning: installed.warning,
+            state: installed.state,
         }
     }
 }
@@ -303,26 +316,6 @@ impl Drop for Busy<'_> {
             .remove(&self.name);
     }
 }
-
-/// A publish of the control plane: a reply or a retained status.
-struct Outgoing {
-    topic: String,
-    payload: Vec<u8>,
-    retain: bool,
-    /// MQTT 5 correlation data of the request this answers.
-    correlation: Option<Bytes>,
-}
-
-/// Replies and statuses waiting for the control link.
-const OUTGOING_QUEUE: usize = 64;
-
-/// How often the retained status of each function is compared with what
-/// was published, and republished if it changed.
-const STATUS_INTERVAL: Duration = Duration::from_secs(1);
-/// The same while a function is still starting (see `run_status`), for
-/// at most `STATUS_FAST_FOR`.
-const STATUS_WHILE_STARTING: Duration = Duration::from_millis(20);
-const STATUS_FAST_FOR: Duration = Duration::from_secs(5);
 
 impl Functions {
     /// Opens the registry under `data_dir`, starts every active function and
@@ -398,6 +391,7 @@ impl Functions {
                 replaced: None,
                 error: Some(format!("the deploy failed: {e}")),
                 warning: None,
+                state: None,
             });
         self.inner.changed.notify_one();
         reply
@@ -477,7 +471,7 @@ impl Functions {
 }
 
 /// The command topics the control link subscribes to.
-const COMMANDS: [&str; 7] = [
+pub(crate) const COMMANDS: [&str; 7] = [
     "deploy", "rollback", "remove", "list", "promote", "invoke", "replay",
 ];
 
@@ -537,6 +531,10 @@ impl Inner {
 
     /// Starts every active version in the registry.
     fn restore(&self) -> Result<(), FunctionsError> {
+        let bounds = self.config.snapshot_bounds();
+        if let Err(e) = self.registry.bound_snapshots(bounds, runtime::now_ms()) {
+            tracing::error!(error = %e, "cannot apply the snapshot bounds");
+        }
         let mut table = self.lock();
         for stored in self.registry.active()? {
             let name = stored.name.clone();
@@ -565,7 +563,7 @@ impl Inner {
             handle.set_stopped(&compiled, stored.deployed_at_ms, reason);
             return Ok(());
         }
-        let HandedOver { ready, commit, .. } = self.hand_over(&handle, compiled.clone())?;
+        let HandedOver { ready, commit, .. } = self.hand_over(&handle, compiled.clone(), None)?;
         match ready {
             Ok(()) => {
                 let _ = commit.send(true);
@@ -579,6 +577,26 @@ impl Inner {
                 Err(e.into())
             }
         }
+    }
+
+    /// Where a worker reads the kept trigger events it re-runs after a
+    /// rollback or a canary's end (`upgrade.rs`): `buffer.db`, read-only.
+    fn event_source(&self) -> upgrade::EventSource {
+        let path = self.buffer_path.clone();
+        Arc::new(move |name: &str, since_ms: i64| {
+            let reader = crate::buffer::Reader::open(&path).map_err(|e| e.to_string())?;
+            let (events, _) = reader
+                .events_since(name, since_ms, runtime::now_ms(), MAX_REPLAY_EVENTS)
+                .map_err(|e| format!("cannot read the kept events: {e}"))?;
+            Ok(events
+                .into_iter()
+                .map(|e| dispatch::Event {
+                    topic: Bytes::from(e.topic),
+                    payload: Bytes::from(e.payload),
+                    timestamp_ms: e.created_ms,
+                })
+                .collect())
+        })
     }
 
     /// Creates the handle, link and worker of a function name.
@@ -613,6 +631,7 @@ impl Inner {
             publisher,
             state,
             Duration::from_millis(self.config.state_commit_interval_ms),
+            self.event_source(),
         )
         .map_err(|source| FunctionsError::Thread {
             name: name.clone(),
@@ -626,6 +645,7 @@ impl Inner {
                 filters: compiled.manifest.trigger_filters().into(),
                 every_ms: compiled.manifest.triggers.every_ms,
                 versions: self.registry.version_names(name).unwrap_or_default(),
+                snapshots: self.registry.snapshots(name).unwrap_or_default(),
                 candidate: None,
             },
         );
@@ -639,6 +659,7 @@ impl Inner {
         &self,
         handle: &FunctionHandle,
         compiled: Arc<runtime::Compiled>,
+        takeover: Option<upgrade::Plan>,
     ) -> Result<HandedOver, DeployError> {
         let (ready_tx, ready_rx) = sync_mpsc::sync_channel(1);
         let (commit_tx, commit_rx) = sync_mpsc::sync_channel(1);
@@ -648,6 +669,7 @@ impl Inner {
             ready: ready_tx,
             commit: commit_rx,
             switched: switched_tx,
+            takeover,
         });
         let ready = ready_rx
             .recv_timeout(READY_TIMEOUT)
@@ -682,7 +704,14 @@ impl Inner {
         };
         let bundle_sha256 = control::sha256_hex(bundle);
         match result {
-            Ok((compiled, Installed { replaced, warning })) => {
+            Ok((
+                compiled,
+                Installed {
+                    replaced,
+                    warning,
+                    state,
+                },
+            )) => {
                 tracing::info!(
                     function = %compiled.manifest.name,
                     version = %compiled.manifest.version,
@@ -699,6 +728,7 @@ impl Inner {
                     replaced,
                     error: None,
                     warning,
+                    state,
                 }
             }
             Err(e) => {
@@ -713,6 +743,7 @@ impl Inner {
                     replaced: None,
                     error: Some(e.to_string()),
                     warning: None,
+                    state: None,
                 }
             }
         }
@@ -781,7 +812,7 @@ impl Inner {
             self.start_rollout(&mut table, &compiled, stored, mode)?;
             return Ok((compiled, Installed::default()));
         }
-        let installed = self.install(&mut table, &compiled, &stored, None)?;
+        let installed = self.install(&mut table, &compiled, &stored, upgrade::Kind::Deploy)?;
         Ok((compiled, installed))
     }
 
@@ -835,7 +866,7 @@ impl Inner {
             deployed_at_ms: runtime::now_ms(),
             ..stored
         };
-        match self.install(&mut table, &compiled, &stored, None) {
+        match self.install(&mut table, &compiled, &stored, upgrade::Kind::Promote) {
             Ok(installed) => Ok(Done::switched(installed, stored.version)),
             Err(e) => {
                 // The rollout goes on: the candidate is still the worker's.
@@ -849,7 +880,12 @@ impl Inner {
 
     /// Ends a canary or shadow that is running; returns its version, or
     /// None when there was none.
-    fn end_rollout(&self, table: &mut Table, name: &str) -> Result<Option<String>, DeployError> {
+    #[allow(clippy::type_complexity)]
+    fn end_rollout(
+        &self,
+        table: &mut Table,
+        name: &str,
+    ) -> Result<Option<(String, Option<upgrade::StateNote>)>, DeployError> {
         let Some(entry) = table.functions.get_mut(name) else {
             return Ok(None);
         };
@@ -859,10 +895,11 @@ impl Inner {
         };
         let (done_tx, done_rx) = sync_mpsc::sync_channel(1);
         entry.handle.end_rollout(done_tx);
-        done_rx
+        let note = done_rx
             .recv_timeout(READY_TIMEOUT)
             .map_err(|_| DeployError::Timeout(name.to_owned()))?;
-        Ok(candidate.map(|(_, s)| s.version).or(Some(info.version)))
+        let version = candidate.map_or(info.version, |(_, s)| s.version);
+        Ok(Some((version, note)))
     }
 
     /// Switches a function to `compiled` (stored as `stored`): the worker
@@ -874,9 +911,14 @@ impl Inner {
         table: &mut Table,
         compiled: &Arc<runtime::Compiled>,
         stored: &StoredVersion,
-        rollback_to: Option<i64>,
+        kind: upgrade::Kind,
     ) -> Result<Installed, DeployError> {
         let name = stored.name.clone();
+        let plan = upgrade::Plan {
+            stored: stored.clone(),
+            kind,
+            bounds: self.config.snapshot_bounds(),
+        };
         let existed = table.functions.contains_key(&name);
         let handle = self.create(table, compiled)?;
         let previous = handle.status();
@@ -895,7 +937,7 @@ impl Inner {
             ready,
             commit,
             switched,
-        } = match self.hand_over(&handle, compiled.clone()) {
+        } = match self.hand_over(&handle, compiled.clone(), Some(plan)) {
             Ok(r) => r,
             Err(e) => {
                 forget(table);
@@ -906,39 +948,46 @@ impl Inner {
             forget(table);
             return Err(e.into());
         }
-        let activated = match rollback_to {
-            Some(seq) => self.registry.activate_rollback(stored, seq),
-            None => self.registry.activate(stored),
-        };
-        if let Err(e) = activated {
-            let _ = commit.send(false);
-            forget(table);
-            return Err(e.into());
-        }
+        // The worker stores the version, the snapshot and the state in one
+        // transaction, then switches.
         let _ = commit.send(true);
         // The reply waits for the worker's switch (bounded): a client that
         // sends an event after the reply reaches the new version.
-        let warning = switched.recv_timeout(SWITCH_TIMEOUT).err().map(|_| {
-            format!(
-                "version {} of {name:?} is committed, but its worker had not confirmed the \
-                 switch within {SWITCH_TIMEOUT:?} (the machine may be overloaded); it switches \
-                 by itself, `perch fn status {name}` shows when",
-                stored.version
-            )
-        });
+        let (state, warning) = match switched.recv_timeout(SWITCH_TIMEOUT) {
+            Ok(Ok(note)) => (note, None),
+            Ok(Err(e)) => {
+                forget(table);
+                return Err(DeployError::Takeover(e));
+            }
+            Err(_) => (
+                None,
+                Some(format!(
+                    "version {} of {name:?} was handed to its worker, which had not confirmed \
+                     the switch within {SWITCH_TIMEOUT:?} (the machine may be overloaded); it \
+                     switches by itself, `perch fn status {name}` shows when",
+                    stored.version
+                )),
+            ),
+        };
         if let Err(e) = self.registry.prune(&name, self.config.keep_versions) {
             tracing::error!(function = %name, error = %e, "cannot prune old versions");
         }
         let versions = self.registry.version_names(&name).unwrap_or_default();
+        let snapshots = self.registry.snapshots(&name).unwrap_or_default();
         if let Some(entry) = table.functions.get_mut(&name) {
             entry.filters = compiled.manifest.trigger_filters().into();
             entry.every_ms = compiled.manifest.triggers.every_ms;
             entry.versions = versions;
+            entry.snapshots = snapshots;
             // The worker dropped any canary or shadow with the switch.
             entry.candidate = None;
         }
         self.update_triggers(table).map_err(FunctionsError::from)?;
-        Ok(Installed { replaced, warning })
+        Ok(Installed {
+            replaced,
+            warning,
+            state,
+        })
     }
 
     /// Handles a rollback or remove request; always answers.
@@ -960,11 +1009,13 @@ impl Inner {
                 replaced,
                 version,
                 warning,
+                state,
             }) => {
                 tracing::info!(function = %request.name, ?replaced, ?version, "{command} done");
                 reply.replaced = replaced;
                 reply.version = version;
                 reply.warning = warning;
+                reply.state = state;
             }
             Err(e) => {
                 tracing::warn!(function = %request.name, "{command} refused: {e}");
@@ -1191,12 +1242,13 @@ impl Inner {
         {
             // During a canary or shadow, a rollback ends it and nothing else.
             let mut table = self.lock();
-            if let Some(ended) = self.end_rollout(&mut table, name)? {
+            if let Some((ended, state)) = self.end_rollout(&mut table, name)? {
                 let running = table.functions.get(name).map(|e| e.handle.status().version);
                 return Ok(Done {
                     replaced: Some(ended),
                     version: running,
                     warning: None,
+                    state,
                 });
             }
         }
@@ -1228,7 +1280,12 @@ impl Inner {
             ..stored
         };
         let mut table = self.lock();
-        let installed = self.install(&mut table, &compiled, &stored, Some(seq))?;
+        let installed = self.install(
+            &mut table,
+            &compiled,
+            &stored,
+            upgrade::Kind::Rollback { seq },
+        )?;
         Ok(Done::switched(installed, stored.version))
     }
 
@@ -1257,6 +1314,7 @@ impl Inner {
             replaced: version,
             version: None,
             warning: None,
+            state: None,
         })
     }
 
@@ -1296,6 +1354,12 @@ impl Inner {
                     versions: e.versions.clone(),
                     canary: rollout.clone().filter(|_| canary),
                     shadow: rollout.filter(|_| !canary),
+                    state_upgrade: h
+                        .state_note
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                    snapshots: e.snapshots.clone(),
                 }
             })
             .collect()
@@ -1331,212 +1395,6 @@ fn is_older(new: &str, running: &str) -> bool {
     match (semver::Version::parse(new), semver::Version::parse(running)) {
         (Ok(new), Ok(running)) => new < running,
         _ => false,
-    }
-}
-
-/// How long a reply waits for the status publisher to have queued the
-/// statuses the command changed (they go out before the reply).
-const STATUS_BEFORE_REPLY: Duration = Duration::from_secs(2);
-
-/// Reads the command topics; each command runs in its own task (on a
-/// blocking thread), so a slow deploy does not hold up `list` or commands
-/// for other functions. After a command that changes a function, the
-/// statuses are republished before the reply (`status_now`), so a client
-/// that reads the retained status after the reply sees the change.
-async fn run_control(
-    inner: Arc<Inner>,
-    mut rx: LinkRx,
-    out: mpsc::Sender<Outgoing>,
-    status_now: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
-) {
-    let topics: Vec<(String, &'static str)> = COMMANDS
-        .iter()
-        .map(|c| (control::command_topic(&inner.gateway_id, c), *c))
-        .collect();
-    loop {
-        match rx.next().await {
-            Ok(Some(Notification::Forward(forward))) => {
-                let publish = forward.publish;
-                let Some(&(_, command)) =
-                    topics.iter().find(|(t, _)| publish.topic == t.as_bytes())
-                else {
-                    continue;
-                };
-                // An MQTT 5 request names where its answer goes.
-                let (response_topic, correlation) = match forward.properties {
-                    Some(p) => (p.response_topic, p.correlation_data),
-                    None => (None, None),
-                };
-                let topic = response_topic
-                    .unwrap_or_else(|| control::reply_topic(&inner.gateway_id, command));
-                let inner = inner.clone();
-                let out = out.clone();
-                let status_now = status_now.clone();
-                tokio::spawn(async move {
-                    let worker = inner.clone();
-                    let payload = publish.payload;
-                    let reply = tokio::task::spawn_blocking(move || match command {
-                        "deploy" => serde_json::to_vec(&worker.deploy(&payload)),
-                        "list" => serde_json::to_vec(&worker.list()),
-                        "invoke" => serde_json::to_vec(&worker.invoke(&payload)),
-                        "replay" => serde_json::to_vec(&worker.replay(&payload)),
-                        _ => {
-                            let reply = match CommandRequest::decode(command, &payload) {
-                                Ok(request) => worker.command(command, request),
-                                Err(e) => CommandReply {
-                                    command: command.into(),
-                                    error: Some(e.to_string()),
-                                    ..CommandReply::default()
-                                },
-                            };
-                            serde_json::to_vec(&reply)
-                        }
-                    })
-                    .await;
-                    if matches!(command, "list" | "invoke" | "replay") {
-                        // Changes nothing, but whoever asks may read the
-                        // statuses next: bring them up to date, unhurried.
-                        inner.changed.notify_one();
-                    } else {
-                        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-                        if status_now.send(done_tx).await.is_ok() {
-                            let _ = tokio::time::timeout(STATUS_BEFORE_REPLY, done_rx).await;
-                        }
-                    }
-                    match reply {
-                        Ok(Ok(payload)) => {
-                            let _ = out
-                                .send(Outgoing {
-                                    topic,
-                                    payload,
-                                    retain: false,
-                                    correlation,
-                                })
-                                .await;
-                        }
-                        Ok(Err(e)) => tracing::error!(error = %e, "cannot encode a control reply"),
-                        Err(e) => tracing::error!(error = %e, "a control command failed"),
-                    }
-                });
-            }
-            Ok(Some(Notification::Unschedule)) => {
-                if rx.wake().await.is_err() {
-                    break;
-                }
-            }
-            Ok(Some(Notification::Disconnect(..))) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    tracing::warn!("functions control plane stopped");
-}
-
-/// Publishes replies and statuses through the control link.
-async fn run_publisher(mut tx: LinkTx, mut out: mpsc::Receiver<Outgoing>) {
-    while let Some(o) = out.recv().await {
-        let properties = o.correlation.map(|c| PublishProperties {
-            correlation_data: Some(c),
-            ..PublishProperties::default()
-        });
-        let publish = Publish::new(Bytes::from(o.topic), Bytes::from(o.payload), o.retain);
-        if let Err(e) = tx.send(Packet::Publish(publish, properties)).await {
-            tracing::error!(error = %e, "cannot publish a control reply or status");
-        }
-    }
-}
-
-/// Keeps `perch/<id>/fn/<name>/status` (retained) up to date: compares
-/// each function's status with what was last published once a second, and
-/// right after a command; publishes only what changed; clears the topic of
-/// a removed function (an empty retained message). A request on `now`
-/// makes it compare at once and answer once what changed is queued.
-async fn run_status(
-    inner: Arc<Inner>,
-    out: mpsc::Sender<Outgoing>,
-    mut now: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
-) {
-    let mut published: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
-    let mut fast_until = None;
-    loop {
-        let snapshot = {
-            let inner = inner.clone();
-            match tokio::task::spawn_blocking(move || inner.list()).await {
-                Ok(s) => s,
-                Err(_) => return,
-            }
-        };
-        let mut seen = HashSet::new();
-        // A function whose worker has not switched to its version yet (at
-        // start, after a restore) is looked at again soon, so the retained
-        // status says "running" within milliseconds of it, not a second;
-        // for a few seconds at most, should one never leave "starting".
-        let starting = snapshot.iter().any(|info| info.state == "starting");
-        let fast = match (starting, fast_until) {
-            (false, _) => {
-                fast_until = None;
-                false
-            }
-            (true, None) => {
-                fast_until = Some(tokio::time::Instant::now() + STATUS_FAST_FOR);
-                true
-            }
-            (true, Some(until)) => tokio::time::Instant::now() < until,
-        };
-        for info in snapshot {
-            seen.insert(info.name.clone());
-            let Ok(payload) = serde_json::to_vec(&info) else {
-                continue;
-            };
-            if published.get(&info.name) == Some(&payload) {
-                continue;
-            }
-            published.insert(info.name.clone(), payload.clone());
-            let topic = control::status_topic(&inner.gateway_id, &info.name);
-            if out
-                .send(Outgoing {
-                    topic,
-                    payload,
-                    retain: true,
-                    correlation: None,
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let gone: Vec<String> = published
-            .keys()
-            .filter(|n| !seen.contains(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            published.remove(&name);
-            let topic = control::status_topic(&inner.gateway_id, &name);
-            let clear = Outgoing {
-                topic,
-                payload: Vec::new(),
-                retain: true,
-                correlation: None,
-            };
-            if out.send(clear).await.is_err() {
-                return;
-            }
-        }
-        for done in waiting.drain(..) {
-            let _ = done.send(());
-        }
-        let next = if fast {
-            STATUS_WHILE_STARTING
-        } else {
-            STATUS_INTERVAL
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(next) => {}
-            _ = inner.changed.notified() => {}
-            Some(done) = now.recv() => waiting.push(done),
-        }
     }
 }
 

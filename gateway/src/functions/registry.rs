@@ -3,14 +3,16 @@
 //! (`<data_dir>/functions.db`, WAL mode, `synchronous = FULL`: a deploy that
 //! was acknowledged survives a power cut).
 //!
-//! # Schema (version 2, in `PRAGMA user_version`)
+//! # Schema (version 3, in `PRAGMA user_version`)
 //!
 //! ```sql
 //! function_versions(id, name, version, manifest TEXT, wasm BLOB, sha256,
 //!                   deployed_at_ms, active, stopped_reason)
 //!   -- UNIQUE(name, version); at most one active row per name
 //! function_state(name, key BLOB, value BLOB)  -- PRIMARY KEY(name, key)
-//! function_history(seq, name, version)         -- what ran, newest last
+//! function_history(seq, name, version, snapshot_id)  -- what ran, newest last
+//! state_snapshots(id, name, version, taken_at_ms)   -- see functions/snapshot.rs
+//! state_snapshot_rows(snapshot_id, key BLOB, value BLOB)
 //! ```
 //!
 //! `function_history` is the undo stack of each name: a deploy pushes the
@@ -36,7 +38,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Why the registry failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,15 +146,41 @@ impl Registry {
              INSERT INTO function_history (name, version)
                  SELECT name, version FROM function_versions
                  WHERE active = 1 AND name NOT IN (SELECT name FROM function_history);
-             PRAGMA user_version = 2;",
+             CREATE TABLE IF NOT EXISTS state_snapshots (
+                 id INTEGER PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 version TEXT NOT NULL,
+                 taken_at_ms INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS state_snapshot_rows (
+                 snapshot_id INTEGER NOT NULL,
+                 key BLOB NOT NULL,
+                 value BLOB NOT NULL,
+                 PRIMARY KEY (snapshot_id, key)
+             ) WITHOUT ROWID;",
         )
         .map_err(open_err)?;
+        // Version 2 databases get the history's snapshot column.
+        let has_column: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('function_history') \
+                 WHERE name = 'snapshot_id'",
+                [],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )
+            .map_err(open_err)?;
+        if !has_column {
+            conn.execute_batch("ALTER TABLE function_history ADD COLUMN snapshot_id INTEGER;")
+                .map_err(open_err)?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(open_err)?;
         Ok(Registry {
             conn: Mutex::new(conn),
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent
         // (transactions roll back on drop), so a poisoned lock is usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -230,65 +258,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT sha256 FROM function_versions WHERE name = ?1 AND version = ?2",
-                params![v.name, v.version],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(existing) = existing {
-            if existing != v.sha256 {
-                return Err(RegistryError::VersionConflict {
-                    name: v.name.clone(),
-                    version: v.version.clone(),
-                    existing,
-                });
-            }
-        }
-        tx.execute(
-            "UPDATE function_versions SET active = 0 WHERE name = ?1 AND active = 1",
-            params![v.name],
-        )?;
-        tx.execute(
-            "INSERT INTO function_versions
-                 (name, version, manifest, wasm, sha256, deployed_at_ms, active, stopped_reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, NULL)
-             ON CONFLICT (name, version) DO UPDATE SET
-                 active = 1, stopped_reason = NULL, deployed_at_ms = excluded.deployed_at_ms",
-            params![
-                v.name,
-                v.version,
-                v.manifest,
-                v.wasm,
-                v.sha256,
-                v.deployed_at_ms
-            ],
-        )?;
-        match rollback_to {
-            Some(seq) => {
-                tx.execute(
-                    "DELETE FROM function_history WHERE name = ?1 AND seq > ?2",
-                    params![v.name, seq],
-                )?;
-            }
-            None => {
-                let top: Option<String> = tx
-                    .query_row(
-                        "SELECT version FROM function_history WHERE name = ?1
-                         ORDER BY seq DESC LIMIT 1",
-                        params![v.name],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if top.as_deref() != Some(v.version.as_str()) {
-                    tx.execute(
-                        "INSERT INTO function_history (name, version) VALUES (?1, ?2)",
-                        params![v.name, v.version],
-                    )?;
-                }
-            }
-        }
+        activate_in(&tx, v, rollback_to)?;
         tx.commit()?;
         Ok(())
     }
@@ -329,6 +299,7 @@ impl Registry {
              AND version NOT IN (SELECT version FROM function_versions WHERE name = ?1)",
             params![name],
         )?;
+        super::snapshot::gc(&tx, name)?;
         tx.commit()?;
         Ok(deleted)
     }
@@ -347,6 +318,7 @@ impl Registry {
             "DELETE FROM function_history WHERE name = ?1",
             params![name],
         )?;
+        super::snapshot::gc(&tx, name)?;
         tx.commit()?;
         Ok(n > 0)
     }
@@ -411,6 +383,78 @@ impl Registry {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Makes `v` the active version of its name inside `tx` (see
+/// [`Registry::activate`]); with `rollback_to`, pops the history down to
+/// that entry instead of pushing one, and drops the snapshots of the
+/// entries popped.
+pub(super) fn activate_in(
+    tx: &rusqlite::Transaction<'_>,
+    v: &StoredVersion,
+    rollback_to: Option<i64>,
+) -> Result<(), RegistryError> {
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT sha256 FROM function_versions WHERE name = ?1 AND version = ?2",
+            params![v.name, v.version],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(existing) = existing {
+        if existing != v.sha256 {
+            return Err(RegistryError::VersionConflict {
+                name: v.name.clone(),
+                version: v.version.clone(),
+                existing,
+            });
+        }
+    }
+    tx.execute(
+        "UPDATE function_versions SET active = 0 WHERE name = ?1 AND active = 1",
+        params![v.name],
+    )?;
+    tx.execute(
+        "INSERT INTO function_versions
+                 (name, version, manifest, wasm, sha256, deployed_at_ms, active, stopped_reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, NULL)
+             ON CONFLICT (name, version) DO UPDATE SET
+                 active = 1, stopped_reason = NULL, deployed_at_ms = excluded.deployed_at_ms",
+        params![
+            v.name,
+            v.version,
+            v.manifest,
+            v.wasm,
+            v.sha256,
+            v.deployed_at_ms
+        ],
+    )?;
+    match rollback_to {
+        Some(seq) => {
+            tx.execute(
+                "DELETE FROM function_history WHERE name = ?1 AND seq > ?2",
+                params![v.name, seq],
+            )?;
+        }
+        None => {
+            let top: Option<String> = tx
+                .query_row(
+                    "SELECT version FROM function_history WHERE name = ?1
+                         ORDER BY seq DESC LIMIT 1",
+                    params![v.name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if top.as_deref() != Some(v.version.as_str()) {
+                tx.execute(
+                    "INSERT INTO function_history (name, version) VALUES (?1, ?2)",
+                    params![v.name, v.version],
+                )?;
+            }
+        }
+    }
+    super::snapshot::gc(tx, &v.name)?;
+    Ok(())
 }
 
 fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredVersion> {

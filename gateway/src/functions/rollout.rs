@@ -15,11 +15,14 @@
 //! so no event's output is lost to a broken canary; an event on which the
 //! canary's handler *returned* an error is not (its outputs and state
 //! writes stand, as for any version, and running the live version too would
-//! apply the event twice). The canary works on the live state: before
-//! each of its invocations the worker moves the function's state into the
-//! canary's instance and back after it (a move, never a copy), so both
-//! versions see each other's writes and the state is flushed as usual. Its
-//! publishes, emits and forwards are delivered like the live version's.
+//! apply the event twice). The canary works on a fork of the state: a copy
+//! of the live state taken when it started, on which its `perch_migrate`
+//! runs; its writes stay there and never reach the live state, which only
+//! the live version writes. When the canary ends (rolled back by itself or
+//! by `rollback`, or replaced by a deploy), the live state is rebuilt from
+//! the fork point with every event since run through the live version; a
+//! promote rebuilds it through the canary version instead (`upgrade.rs`).
+//! Its publishes, emits and forwards are delivered like the live version's.
 //!
 //! It is judged over windows of `functions.canary_window_events` of its own
 //! invocations: as soon as more than `functions.canary_max_error_percent`
@@ -42,16 +45,19 @@
 //! # How a rollout ends
 //!
 //! - `promote` makes the candidate the live version through the ordinary
-//!   deploy switch: it is instantiated afresh on the live state, stored in
-//!   the registry, and takes over between two events.
-//! - `rollback` during a rollout ends the rollout; the live version stays.
+//!   takeover: instantiated afresh, stored in the registry, switched between
+//!   two events; a canary's state is rebuilt from its fork point through it
+//!   (a shadow's takes over the live state, migrated).
+//! - `rollback` during a rollout ends the rollout; the live version stays
+//!   (after a canary, on the rebuilt state).
 //! - Any plain deploy of the function replaces both.
 //! - A restart resolves it: a candidate is never written to the registry,
 //!   so the gateway comes back with the live version only (deploy the
-//!   canary again to resume it).
+//!   canary again to resume it). A clean stop first ends a canary as a
+//!   rollback does, so its share of the events is in the live state.
 //!
-//! The `perch_init` of a candidate runs on a copy of the state and its
-//! outputs are discarded.
+//! The `perch_init` (and `perch_migrate`) of a candidate runs on a copy of
+//! the state and its outputs are discarded.
 
 use std::sync::{mpsc as sync_mpsc, Arc, Mutex};
 
@@ -63,6 +69,7 @@ use super::runtime::{
     now_ms, Compiled, Failure, Instance, OutputCounters, Runtime, RuntimeError, Seed,
 };
 use super::state::StateCache;
+use super::upgrade::{self, Fork, Since, StateNote};
 
 /// How a candidate shares the traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +148,8 @@ pub struct Candidate {
     seed: Option<Seed>,
     /// The canary split's accumulator (percent points).
     acc: u32,
+    /// A canary's fork point (a shadow has none: it never owns state).
+    pub fork: Option<Fork>,
 }
 
 impl Candidate {
@@ -149,9 +158,10 @@ impl Candidate {
     pub fn start(
         runtime: &Runtime,
         start: &Start,
-        live_state: &StateCache,
+        live: (&StateCache, Option<&str>),
         status: &Mutex<Option<RolloutInfo>>,
     ) -> Result<Candidate, RuntimeError> {
+        let (live_state, live_version) = live;
         let seed = Seed {
             state: live_state.snapshot(),
             counters: Arc::new(OutputCounters::default()),
@@ -160,9 +170,16 @@ impl Candidate {
             .instantiate(&start.compiled, seed)
             .map_err(|(e, _)| e)?;
         instance.discard();
+        let mut fork = None;
         if matches!(start.mode, Mode::Canary { .. }) {
-            // A canary works on the live state, moved in per invocation.
-            drop(std::mem::take(instance.state_mut()));
+            // A canary owns a fork of the state, in its own format.
+            let own = start.compiled.manifest.version.as_str();
+            let mut note = StateNote::default();
+            upgrade::migrate(&mut instance, own, live_version, &mut note)?;
+            fork = Some(Fork {
+                base: live_state.snapshot(),
+                since: Since::new(now_ms()),
+            });
         }
         *lock(status) = Some(RolloutInfo {
             version: start.compiled.manifest.version.clone(),
@@ -182,6 +199,7 @@ impl Candidate {
             instance: Some(instance),
             seed: None,
             acc: 0,
+            fork,
         })
     }
 
@@ -195,7 +213,7 @@ impl Candidate {
         }
     }
 
-    /// Runs a canary's share of an event on the live state; its outputs go
+    /// Runs a canary's share of an event on its own state; its outputs go
     /// to `publish` and the output channel like the live version's. Returns
     /// why the canary must be rolled back, if it must, and whether the event
     /// had no effect (the canary trapped, timed out, could not take it or
@@ -203,7 +221,6 @@ impl Candidate {
     pub fn canary_event(
         &mut self,
         runtime: &Runtime,
-        live_state: &mut StateCache,
         event: &Event,
         status: &Mutex<Option<RolloutInfo>>,
         publish: impl FnMut(Bytes, Bytes),
@@ -212,20 +229,15 @@ impl Candidate {
             self.seed = self.instance.take().map(Instance::into_seed);
         }
         let instance = match self.instance.take() {
-            Some(mut instance) => {
-                std::mem::swap(live_state, instance.state_mut());
-                instance
-            }
+            Some(instance) => instance,
             None => {
-                let mut seed = self.seed.take().unwrap_or_default();
-                std::mem::swap(live_state, &mut seed.state);
+                let seed = self.seed.take().unwrap_or_default();
                 match runtime.instantiate(&self.compiled, seed) {
                     Ok(mut instance) => {
                         instance.discard();
                         instance
                     }
-                    Err((e, mut seed)) => {
-                        std::mem::swap(live_state, &mut seed.state);
+                    Err((e, seed)) => {
                         self.seed = Some(seed);
                         let why = format!("could not be restarted after a trap: {e}");
                         return (self.ended(status, why), true);
@@ -235,7 +247,6 @@ impl Candidate {
         };
         let instance = self.instance.insert(instance);
         let result = instance.on_event(&event.topic, &event.payload, event.timestamp_ms);
-        std::mem::swap(live_state, instance.state_mut());
         instance.release(publish);
         // A trapped or stopped invocation staged nothing and undid its
         // state writes; an event too large never reached the guest.

@@ -111,11 +111,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use wasmi::{
-    CompilationMode, Config, CustomFuelCosts, EnforcedLimits, Engine, ExternType, Linker, Memory,
-    Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc, TypedResumableCall, ValType,
-    WasmParams, WasmResults,
+    CompilationMode, Config, CustomFuelCosts, EnforcedLimits, Engine, Linker, Memory, Module,
+    Store, StoreLimits, StoreLimitsBuilder, TypedFunc, TypedResumableCall, WasmParams, WasmResults,
 };
 
+use super::abi::{check_exports, check_imports};
 use super::failure::trap_kind;
 
 mod imports;
@@ -125,7 +125,7 @@ use super::state::StateCache;
 use super::Output;
 use crate::kit::digest::sha256_hex;
 use crate::kit::topic;
-use imports::{define_imports, IMPORTS};
+use imports::define_imports;
 
 /// The host ABI version this gateway speaks.
 pub const ABI_VERSION: i32 = 1;
@@ -259,6 +259,15 @@ pub enum RuntimeError {
         export: &'static str,
         failure: Failure,
     },
+    #[error(
+        "`perch_migrate` failed on the state version {from} left: {failure}; nothing was \
+         switched and the state is unchanged: fix the migration (it must return 0), or deploy \
+         a version without perch_migrate"
+    )]
+    Migrate { from: String, failure: Failure },
+    /// The state could not be prepared for the takeover; says why.
+    #[error("{0}")]
+    Upgrade(String),
 }
 
 /// Counters of outputs the host refused, shared by every instance of one
@@ -283,36 +292,6 @@ pub struct OutputCounters {
 pub struct Seed {
     pub state: StateCache,
     pub counters: Arc<OutputCounters>,
-}
-
-fn signature(params: &[ValType], results: &[ValType]) -> String {
-    let names = |tys: &[ValType]| {
-        tys.iter()
-            .map(|t| match t {
-                ValType::I32 => "i32",
-                ValType::I64 => "i64",
-                ValType::F32 => "f32",
-                ValType::F64 => "f64",
-                ValType::V128 => "v128",
-                ValType::FuncRef => "funcref",
-                ValType::ExternRef => "externref",
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match results {
-        [] => format!("func ({})", names(params)),
-        _ => format!("func ({}) -> {}", names(params), names(results)),
-    }
-}
-
-fn extern_type(ty: &ExternType) -> String {
-    match ty {
-        ExternType::Func(f) => signature(f.params(), f.results()),
-        ExternType::Memory(_) => "memory".into(),
-        ExternType::Table(_) => "table".into(),
-        ExternType::Global(_) => "global".into(),
-    }
 }
 
 /// One config value: key and value as text (UTF-8 bytes).
@@ -533,6 +512,7 @@ impl Runtime {
             buf_len: parts.buf_len,
             on_event: parts.on_event,
             on_timer: parts.on_timer,
+            migrate: parts.migrate,
             poisoned: false,
         };
         if let Some(init) = parts.init {
@@ -602,6 +582,7 @@ impl Runtime {
             on_event: instance.get_typed_func(&*store, "perch_on_event").ok(),
             on_timer: instance.get_typed_func(&*store, "perch_on_timer").ok(),
             init: instance.get_typed_func(&*store, "perch_init").ok(),
+            migrate: instance.get_typed_func(&*store, "perch_migrate").ok(),
         })
     }
 }
@@ -665,111 +646,7 @@ struct Parts {
     on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
     on_timer: Option<TypedFunc<i64, i32>>,
     init: Option<TypedFunc<(), i32>>,
-}
-
-fn check_imports(module: &Module) -> Result<(), RuntimeError> {
-    for import in module.imports() {
-        let offered = || {
-            IMPORTS
-                .iter()
-                .map(|(n, _, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let known = (import.module() == "perch")
-            .then(|| IMPORTS.iter().find(|(n, _, _)| *n == import.name()))
-            .flatten();
-        let Some((name, params, results)) = known else {
-            return Err(RuntimeError::UnknownImport {
-                module: import.module().to_owned(),
-                name: import.name().to_owned(),
-                ty: extern_type(import.ty()),
-                offered: offered(),
-            });
-        };
-        let matches = import
-            .ty()
-            .func()
-            .is_some_and(|f| f.params() == *params && f.results() == *results);
-        if !matches {
-            return Err(RuntimeError::ImportSignature {
-                name: (*name).to_owned(),
-                found: extern_type(import.ty()),
-                expected: signature(params, results),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn check_exports(module: &Module, manifest: &Manifest) -> Result<(), RuntimeError> {
-    use ValType::{I32, I64};
-    match module.get_export("memory") {
-        Some(ExternType::Memory(ty)) => {
-            let limit = manifest.limits.memory_pages;
-            if ty.minimum() > u64::from(limit) {
-                return Err(RuntimeError::MemoryTooLarge {
-                    initial: ty.minimum(),
-                    limit,
-                });
-            }
-        }
-        Some(other) => {
-            return Err(RuntimeError::WrongExport {
-                name: "memory",
-                expected: "memory",
-                found: extern_type(&other),
-            })
-        }
-        None => {
-            return Err(RuntimeError::MissingExport {
-                name: "memory",
-                signature: "memory",
-                why: "",
-            })
-        }
-    }
-    let funcs: [(&'static str, &[ValType], bool, &'static str, &'static str); 6] = [
-        ("perch_abi_version", &[], true, "func () -> i32", ""),
-        ("perch_event_buffer", &[], true, "func () -> i32", ""),
-        ("perch_event_buffer_len", &[], true, "func () -> i32", ""),
-        ("perch_init", &[], false, "func () -> i32", ""),
-        (
-            "perch_on_event",
-            &[I32, I32, I64],
-            !manifest.triggers.topics.is_empty(),
-            "func (i32, i32, i64) -> i32",
-            " because the manifest has triggers.topics",
-        ),
-        (
-            "perch_on_timer",
-            &[I64],
-            manifest.triggers.every_ms > 0,
-            "func (i64) -> i32",
-            " because the manifest has triggers.every_ms",
-        ),
-    ];
-    for (name, params, required, sig, why) in funcs {
-        match module.get_export(name) {
-            Some(ExternType::Func(f)) if f.params() == params && f.results() == [I32] => {}
-            Some(other) => {
-                return Err(RuntimeError::WrongExport {
-                    name,
-                    expected: sig,
-                    found: extern_type(&other),
-                })
-            }
-            None if required => {
-                return Err(RuntimeError::MissingExport {
-                    name,
-                    signature: sig,
-                    why,
-                })
-            }
-            None => {}
-        }
-    }
-    Ok(())
+    migrate: Option<TypedFunc<i32, i32>>,
 }
 
 /// One live instance of a function version. Reused across events.
@@ -780,6 +657,7 @@ pub struct Instance {
     buf_len: usize,
     on_event: Option<TypedFunc<(i32, i32, i64), i32>>,
     on_timer: Option<TypedFunc<i64, i32>>,
+    migrate: Option<TypedFunc<i32, i32>>,
     /// Set by a trap: the guest's memory may be half-updated.
     poisoned: bool,
 }
@@ -815,6 +693,22 @@ impl Instance {
             return Err(Failure::Trap("host_error"));
         };
         self.invoke(|store| run(store, &handler, ts_ms))
+    }
+
+    /// Runs `perch_migrate` with the version whose state this is (its text
+    /// at the start of the event buffer, its length the argument), under
+    /// the handlers' limits. The caller runs it on a copy of the state and
+    /// throws the copy away unless it returns 0. `Ok(false)` when the module does not export it.
+    pub fn migrate(&mut self, from: &str) -> Result<bool, Failure> {
+        let Some(migrate) = self.migrate else {
+            return Ok(false);
+        };
+        let from = &from.as_bytes()[..from.len().min(self.buf_len)];
+        let data = self.memory.data_mut(&mut self.store);
+        data[self.buf_ptr..self.buf_ptr + from.len()].copy_from_slice(from);
+        let len = from.len() as i32;
+        self.invoke(|store| run(store, &migrate, len))
+            .map(|()| true)
     }
 
     fn invoke(

@@ -70,6 +70,26 @@ impl StateCache {
         }
     }
 
+    /// Every entry, in no particular order (for snapshots and takeovers).
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// Replaces every entry with `other`'s, as a flush will write it: each
+    /// key of either is marked changed, so the next flush stores exactly
+    /// `other` (a restored or rebuilt state).
+    pub fn replace_with(&mut self, other: StateCache) {
+        let old = std::mem::take(&mut self.entries);
+        for key in old.into_keys().chain(other.entries.keys().cloned()) {
+            self.dirty.insert(key);
+        }
+        self.entries = other.entries;
+        self.total_bytes = other.total_bytes;
+        self.undo.clear();
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.entries.get(key).map(Vec::as_slice)
     }
@@ -216,5 +236,32 @@ mod tests {
             Err(StateError::Full)
         );
         assert_eq!(s.delete(b"absent"), Err(StateError::NotFound));
+    }
+
+    #[test]
+    fn a_replaced_state_is_flushed_whole_deleted_keys_included() {
+        let mut s = StateCache::from_rows(vec![
+            (b"gone".to_vec(), b"1".to_vec()),
+            (b"kept".to_vec(), b"2".to_vec()),
+        ]);
+        let other = StateCache::from_rows(vec![
+            (b"kept".to_vec(), b"3".to_vec()),
+            (b"new".to_vec(), b"4".to_vec()),
+        ]);
+        s.replace_with(other);
+        let mut changes: Vec<_> = s
+            .changes()
+            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
+        changes.sort();
+        assert_eq!(
+            changes,
+            vec![
+                (b"gone".to_vec(), None),
+                (b"kept".to_vec(), Some(b"3".to_vec())),
+                (b"new".to_vec(), Some(b"4".to_vec())),
+            ]
+        );
+        assert_eq!(s.total_bytes, 9);
     }
 }

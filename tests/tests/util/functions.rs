@@ -35,14 +35,20 @@ impl Gateway {
         Gateway::start_with(id, data_dir, "")
     }
 
-    /// Like [`Gateway::start`], with more `[functions]` keys (TOML lines).
+    /// Like [`Gateway::start`], with more `[functions]` keys (TOML lines);
+    /// `state_commit_interval_ms` is 100 unless they set it.
     pub fn start_with(id: &str, data_dir: &Path, functions_toml: &str) -> Gateway {
         let config = data_dir.join("perch.toml");
+        let interval = if functions_toml.contains("state_commit_interval_ms") {
+            ""
+        } else {
+            "state_commit_interval_ms = 100\n"
+        };
         std::fs::write(
             &config,
             format!(
                 "[gateway]\nid = \"{id}\"\nshutdown_timeout_ms = 5000\n\n\
-                 [functions]\nstate_commit_interval_ms = 100\n{functions_toml}\n"
+                 [functions]\n{interval}{functions_toml}\n"
             ),
         )
         .unwrap();
@@ -80,6 +86,22 @@ impl Gateway {
     /// it again on the same data directory.
     pub fn restart(mut self) -> Gateway {
         self.terminate();
+        let (id, dir, config) = (self.id.clone(), self.data_dir.clone(), self.config.clone());
+        let admin = self.admin.take();
+        Gateway {
+            admin,
+            ..Gateway::spawn(&id, &dir, config)
+        }
+    }
+
+    /// SIGKILL (no shutdown at all: what a crash or power cut leaves on
+    /// disk), then starts it again on the same data directory.
+    pub fn kill_and_restart(mut self) -> Gateway {
+        self.process.signal("KILL");
+        assert!(
+            self.process.wait(DEADLINE).is_some(),
+            "perch did not die of SIGKILL"
+        );
         let (id, dir, config) = (self.id.clone(), self.data_dir.clone(), self.config.clone());
         let admin = self.admin.take();
         Gateway {

@@ -236,6 +236,7 @@ pub async fn deploy_with_progress(
             request_id: None,
             error: Some("unreadable reply".into()),
             warning: None,
+            state: None,
         }),
     )
 }

@@ -1,28 +1,11 @@
 //! The host functions a function's module imports from `perch` (the ABI
-//! in sdk/ABI.md): their signatures, checked before instantiation, and the
+//! in sdk/ABI.md; their signatures are checked in `functions/abi.rs`): the
 //! glue from the guest's memory to [`Host`].
 
-use wasmi::{Caller, Extern, Linker, Memory, TrapCode, ValType};
+use wasmi::{Caller, Extern, Linker, Memory, TrapCode};
 
 use super::{code, now_ms, Host};
 use crate::functions::state::StateError;
-
-/// The imports perch offers, in module `perch`, with their signatures.
-pub(super) const IMPORTS: &[(&str, &[ValType], &[ValType])] = {
-    use ValType::{F64, I32, I64};
-    &[
-        ("publish", &[I32, I32, I32, I32], &[I32]),
-        ("emit", &[I32, I32, I32, I32, F64], &[I32]),
-        ("emit_at", &[I32, I32, I32, I32, F64, I64], &[I32]),
-        ("forward", &[I32, I32, I32, I32], &[I32]),
-        ("state_get", &[I32, I32, I32, I32], &[I32]),
-        ("state_set", &[I32, I32, I32, I32], &[I32]),
-        ("state_delete", &[I32, I32], &[I32]),
-        ("config_get", &[I32, I32, I32, I32], &[I32]),
-        ("log", &[I32, I32, I32], &[]),
-        ("now_ms", &[], &[I64]),
-    ]
-};
 
 /// The guest's memory: known after instantiation; during a start function
 /// it is looked up by name.

@@ -12,6 +12,8 @@
 //!   and `probe.at` = 1 at the event's own timestamp (`emit_at`),
 //!   forwards the payload to stream `probe`, and logs at debug.
 //! - `perch_on_timer`: publishes `{"timestamp_ms":T}` to `probe/tick`.
+//! - `perch_migrate`: logs `abi-probe: migrate from <version>` at info and
+//!   keeps the state as it is (its `count` is in every version's format).
 // Tests run natively with std; the module itself never links it.
 #![cfg_attr(not(test), no_std)]
 
@@ -74,6 +76,14 @@ pub fn on_event(ctx: &Context, event: &Event) -> Result<(), Error> {
 }
 
 /// Publishes the tick's timestamp.
+pub fn migrate(ctx: &Context, from_version: &str) -> Result<(), Error> {
+    ctx.log_fmt(
+        Level::Info,
+        format_args!("abi-probe: migrate from {from_version}"),
+    );
+    Ok(())
+}
+
 pub fn on_timer(ctx: &Context, timestamp_ms: i64) -> Result<(), Error> {
     ctx.publish_json("probe/tick", &Tick { timestamp_ms })
 }
@@ -82,6 +92,7 @@ perch_sdk::function! {
     on_event: on_event,
     on_timer: on_timer,
     init: init,
+    migrate: migrate,
 }
 
 #[cfg(test)]
