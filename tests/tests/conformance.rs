@@ -1084,6 +1084,73 @@ async fn subscriptions_denied_by_the_acl_get_failure_codes() {
     assert_eq!(codes, vec![v5::SubscribeReasonCode::NotAuthorized]);
 }
 
+/// 5.0 §3.2.2.3.9, §3.4.2.2.2, §3.9.2.1.2, §3.14.2.2.3: each refusal
+/// tells a 5.0 client why in a Reason String — a refused login's CONNACK, a
+/// publish or subscription outside the ACL, a DISCONNECT for a malformed
+/// packet — except, on acknowledgements, to a client that set Request
+/// Problem Information to 0 (§3.1.2.11.7, MQTT-3.1.2-29).
+#[tokio::test]
+async fn v5_refusals_say_why_in_a_reason_string() {
+    let (_dir, config) = crate::broker::auth_config();
+    let gw = Gateway::start(&["--config", config.to_str().unwrap()]);
+    let with_login = |c: Connect, user: &[u8], pass: &[u8]| {
+        let mut c = c.encode();
+        let mut body = c.split_off(2);
+        body[7] |= 0xc0;
+        string(&mut body, user);
+        string(&mut body, pass);
+        frame(0x10, &body)
+    };
+    let says = |packet: &RawPacket, text: &str| String::from_utf8_lossy(&packet.1).contains(text);
+    // A refused login.
+    let mut raw = Raw::open(gw.addr()).await;
+    raw.send(&with_login(Connect::v5("rs1"), b"admin", b"wrong"))
+        .await;
+    let seen = raw.until_closed(mqtt::WAIT).await;
+    assert!(
+        seen[0].1[1] == 0x86 && says(&seen[0], "unknown user name or wrong password"),
+        "{seen:?}"
+    );
+    // A publish and a subscription outside the ACL.
+    let (mut raw, ack) = Raw::connect(
+        gw.addr(),
+        &with_login(Connect::v5("rs2"), b"sensor", b"s3cret"),
+    )
+    .await;
+    assert_eq!(ack.1[1], 0, "{ack:?}");
+    raw.send(&publish(true, "secrets/x", 1, 7, false, b"x"))
+        .await;
+    let puback = raw.read(mqtt::WAIT).await.unwrap();
+    assert!(
+        puback.0 == 0x40
+            && puback.1[2] == 0x87
+            && says(&puback, "outside this client's publish ACL"),
+        "{puback:?}"
+    );
+    raw.send(&subscribe_packet(true, 8, "secrets/#", 1, &[]))
+        .await;
+    let suback = raw.read(mqtt::WAIT).await.unwrap();
+    assert!(
+        suback.0 == 0x90 && says(&suback, "outside this client's subscribe ACL"),
+        "{suback:?}"
+    );
+    // Request Problem Information 0 (property 0x17): no Reason String on
+    // the PUBACK, still on the DISCONNECT.
+    let quiet = Connect::v5("rs3").props(&[0x17, 0]);
+    let (mut raw, _) = Raw::connect(gw.addr(), &with_login(quiet, b"sensor", b"s3cret")).await;
+    raw.send(&publish(true, "secrets/x", 1, 9, false, b"x"))
+        .await;
+    let puback = raw.read(mqtt::WAIT).await.unwrap();
+    assert_eq!(puback, (0x40, vec![0, 9, 0x87]), "no Reason String");
+    raw.send(&[0xc1, 0]).await;
+    let seen = raw.until_closed(mqtt::WAIT).await;
+    assert!(
+        seen.iter()
+            .any(|p| p.0 == 0xe0 && says(p, "malformed packet")),
+        "{seen:?}"
+    );
+}
+
 // ---------------------------------------------------------------- QoS 2
 
 /// 3.1.1 §4.3.3, 5.0 §4.3.3: a QoS 2 message is delivered exactly once,

@@ -777,7 +777,12 @@ async fn v5_a_disconnect_setting_an_expiry_after_none_is_a_protocol_error() {
     let mut raw = connect_and_subscribe(addr, &c).await;
     raw.send(&disconnect_with_expiry(5)).await;
     let seen = raw.closed_within(WAIT).await.expect("closed");
-    assert_eq!(seen, vec![(0xe0, vec![0x82])], "DISCONNECT 0x82 first");
+    assert_eq!(seen.len(), 1, "DISCONNECT 0x82 first: {seen:?}");
+    assert_eq!((seen[0].0, seen[0].1[0]), (0xe0, 0x82), "{seen:?}");
+    assert!(
+        String::from_utf8_lossy(&seen[0].1).ends_with("protocol error"),
+        "with its Reason String: {seen:?}"
+    );
     assert_eq!(
         watch.collect(1).await,
         vec![("sxw/none".to_owned(), 1, false)],

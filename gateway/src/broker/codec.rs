@@ -106,6 +106,7 @@ mod disconnect;
 mod dollar;
 mod flow;
 mod police;
+mod reason;
 mod refusal;
 mod write;
 
@@ -313,6 +314,8 @@ pub struct Codec {
     /// Set when the CONNECT was refused: the CONNACK to send instead of
     /// rumqttd's, after which nothing else is read or written.
     refused: Option<ConnectReturnCode>,
+    /// Why, for the refusal CONNACK's Reason String (5.0).
+    refused_reason: Option<&'static str>,
     /// `write` takes `&self`, so the answers it pops sit behind a lock. One
     /// task uses the codec, so the lock is never contended nor held across
     /// an await.
@@ -389,6 +392,7 @@ impl Codec {
             version: None,
             acl: None,
             refused: None,
+            refused_reason: None,
             pending: Mutex::new(VecDeque::new()),
             partial_subacks: Mutex::new(HashMap::new()),
             denied_qos2: HashSet::new(),

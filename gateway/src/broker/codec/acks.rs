@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use rumqttd::protocol::{self, Packet};
 
-use super::{Codec, Peeked, Version};
+use super::{reason, Codec, Peeked, Version};
 use crate::kit::durable::{self, Outcome};
 
 impl Codec {
@@ -41,8 +41,22 @@ impl Codec {
             return Err(protocol::Error::InvalidProtocol);
         }
         let timed_out = outcome == Outcome::TimedOut;
+        let why = if timed_out {
+            reason::NOT_KEPT_IN_TIME
+        } else {
+            reason::NOT_KEPT
+        };
+        // Fixed header, packet id, code, property length, the property.
+        let fits = 5 + 2 + 1 + 2 + 3 + why.len() <= self.reason_room;
         let packet = match packet {
-            Packet::PubAck(mut a, props) => {
+            Packet::PubAck(mut a, mut props) => {
+                if fits {
+                    let p = props.get_or_insert_with(|| protocol::PubAckProperties {
+                        reason_string: None,
+                        user_properties: Vec::new(),
+                    });
+                    p.reason_string = Some(why.to_owned());
+                }
                 a.reason = if timed_out {
                     protocol::PubAckReason::UnspecifiedError
                 } else {
@@ -50,7 +64,14 @@ impl Codec {
                 };
                 Packet::PubAck(a, props)
             }
-            Packet::PubRec(mut r, props) => {
+            Packet::PubRec(mut r, mut props) => {
+                if fits {
+                    let p = props.get_or_insert_with(|| protocol::PubRecProperties {
+                        reason_string: None,
+                        user_properties: Vec::new(),
+                    });
+                    p.reason_string = Some(why.to_owned());
+                }
                 r.reason = if timed_out {
                     protocol::PubRecReason::UnspecifiedError
                 } else {
@@ -71,8 +92,14 @@ impl Codec {
         let pkid = peeked.pkid.unwrap_or(0);
         if self.version == Some(Version::V5) {
             let kind = if peeked.qos == 2 { 0x50 } else { 0x40 };
-            let [hi, lo] = pkid.to_be_bytes();
-            return Some(self.answer(vec![kind, 3, hi, lo, QUOTA_EXCEEDED]));
+            let answer = reason::ack(
+                kind,
+                pkid,
+                QUOTA_EXCEEDED,
+                reason::NOT_KEPT,
+                self.reason_room,
+            );
+            return Some(self.answer(answer));
         }
         self.closing = true;
         None

@@ -10,6 +10,7 @@ use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{self, ConnectReturnCode, Packet, Protocol};
 
+use super::reason;
 use super::refusal::{connack_code, throwaway_connect};
 use super::{dollar, remaining_length, Codec, Subscriptions, Version, TAKEOVER_WAIT};
 use crate::broker::auth::{Acl, Refusal};
@@ -256,6 +257,7 @@ impl Codec {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.refused = Some(connack_code(refusal, version));
+        self.refused_reason = Some(reason::connack(refusal));
         throwaway_connect()
     }
 

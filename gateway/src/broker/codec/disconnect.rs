@@ -7,7 +7,7 @@
 use bytes::BytesMut;
 use rumqttd::protocol::{self, Packet};
 
-use super::{remaining_length, Codec, Pending, Version};
+use super::{reason, remaining_length, Codec, Pending, Version};
 
 impl Codec {
     /// A DISCONNECT: decoded here because rumqttd's 5.0 codec cannot read
@@ -69,7 +69,16 @@ impl Codec {
             "DISCONNECT set a session expiry after a CONNECT with none: protocol error"
         );
         self.closing = true;
-        self.answer(vec![0xe0, 1, PROTOCOL_ERROR])
+        let answer = reason::disconnect_packet(PROTOCOL_ERROR, self.packet_room());
+        self.answer(answer)
+    }
+
+    /// The largest packet the client takes (its Maximum Packet Size).
+    fn packet_room(&mut self) -> usize {
+        match self.flow.get_mut().expect("codec lock").max_packet {
+            0 => usize::MAX,
+            max => max,
+        }
     }
 
     /// A 5.0 DISCONNECT set the Session Expiry Interval (§3.14.2.2.2): the
@@ -121,7 +130,8 @@ impl Codec {
         // nothing of it is read any more.
         stream.clear();
         self.closing = true;
-        Ok(self.answer(vec![0xe0, 1, reason]))
+        let answer = reason::disconnect_packet(reason, self.packet_room());
+        Ok(self.answer(answer))
     }
 
     /// Whether an answer of ours waits for its PINGRESP.

@@ -60,16 +60,22 @@ pub(super) fn reason_room(request_problem_info: Option<u8>, max_packet: usize) -
 }
 
 /// The SUBACK of a SUBSCRIBE whose filters were all refused: 0x80 each
-/// (5.0: 0x87). A 5.0 one carries [`REASON`] when one of them was a
-/// `$`-filter and the packet fits in `room` bytes (see [`reason_room`]).
+/// (5.0: 0x87). A 5.0 one carries a Reason String, if the packet fits in
+/// `room` bytes (see [`reason_room`]): [`REASON`] when one of them was a
+/// `$`-filter, else that they are outside the ACL.
 pub(super) fn all_failed_suback(subscribe: &protocol::Subscribe, v5: bool, room: usize) -> Vec<u8> {
     let (pkid, n) = (subscribe.pkid, subscribe.filters.len());
     let dollar = subscribe.filters.iter().any(|f| is_dollar(&f.path));
+    let why = if dollar {
+        REASON
+    } else {
+        super::reason::SUBSCRIBE_DENIED
+    };
     let mut props = BytesMut::new();
-    if v5 && dollar {
+    if v5 {
         props.put_u8(REASON_STRING);
-        props.put_u16(REASON.len() as u16);
-        props.put_slice(REASON.as_bytes());
+        props.put_u16(why.len() as u16);
+        props.put_slice(why.as_bytes());
         // Fixed header (at most 5) + packet id + property length (1-2).
         if 5 + 2 + 2 + props.len() + n > room {
             props.clear();
@@ -150,8 +156,15 @@ mod tests {
         assert_eq!(reason_room(None, 300), 300);
         let refused = |path| refused(&subscribe(1, path, 1).filters[0], "c");
         assert!(refused("$SYS/#") && !refused("$share/g/a") && !refused("a/$b"));
-        // Not a `$`-filter: no Reason String, whatever the room.
-        let plain = all_failed_suback(&subscribe(7, "a", 1), true, usize::MAX);
+        // Not a `$`-filter: outside the ACL, said when there is room.
+        match read_v5(all_failed_suback(&subscribe(7, "a", 1), true, usize::MAX)) {
+            Packet::SubAck(_, Some(props)) => assert_eq!(
+                props.reason_string.as_deref(),
+                Some(crate::broker::codec::reason::SUBSCRIBE_DENIED)
+            ),
+            other => panic!("{other:?}"),
+        }
+        let plain = all_failed_suback(&subscribe(7, "a", 1), true, 0);
         assert_eq!(plain, vec![0x90, 4, 0, 7, 0, 0x87]);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use rumqttd::protocol::{self, Packet, PingReq};
 
-use super::{delivery, dollar, Codec, Peeked, Pending, Version, NOT_AUTHORIZED};
+use super::{delivery, dollar, reason, Codec, Peeked, Pending, Version, NOT_AUTHORIZED};
 use crate::broker::will::Will;
 
 impl Codec {
@@ -142,13 +142,24 @@ impl Codec {
         self.refusals.publishes.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(topic, "publish outside the client's ACL not delivered");
         let v5 = self.version == Some(Version::V5);
+        let denied = |kind, pkid| match v5 {
+            true => reason::ack(
+                kind,
+                pkid,
+                NOT_AUTHORIZED,
+                reason::PUBLISH_DENIED,
+                self.reason_room,
+            ),
+            false => ack(kind, pkid, false),
+        };
         match (peeked.qos, peeked.pkid) {
-            (1, Some(pkid)) => Some(self.answer(ack(0x40, pkid, v5))),
+            (1, Some(pkid)) => Some(self.answer(denied(0x40, pkid))),
             (2, Some(pkid)) => {
+                let answer = denied(0x50, pkid);
                 if !v5 {
                     self.denied_qos2.insert(pkid);
                 }
-                Some(self.answer(ack(0x50, pkid, v5)))
+                Some(self.answer(answer))
             }
             _ => None,
         }

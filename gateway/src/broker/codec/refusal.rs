@@ -44,9 +44,11 @@ pub(super) fn throwaway_connect() -> Packet {
     Packet::Connect(connect, None, None, None, None)
 }
 
+/// The refusal CONNACK; a 5.0 one says `reason` in its Reason String.
 pub(super) fn encode_refusal(
     version: Version,
     code: ConnectReturnCode,
+    reason: Option<&str>,
     write: &mut BytesMut,
 ) -> usize {
     let ack = ConnAck {
@@ -55,7 +57,13 @@ pub(super) fn encode_refusal(
     };
     let result = match version {
         Version::V4 => V4.write(Packet::ConnAck(ack, None), write),
-        Version::V5 => V5.write(Packet::ConnAck(ack, None), write),
+        Version::V5 => {
+            let props = reason.map(|r| protocol::ConnAckProperties {
+                reason_string: Some(r.to_owned()),
+                ..Default::default()
+            });
+            V5.write(Packet::ConnAck(ack, props), write)
+        }
     };
     result.unwrap_or(0)
 }

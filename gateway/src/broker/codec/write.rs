@@ -21,7 +21,7 @@ impl Codec {
         let version = self.version.unwrap_or(Version::V4);
         if let Some(code) = self.refused {
             return Ok(match packet {
-                Packet::ConnAck(..) => encode_refusal(version, code, write),
+                Packet::ConnAck(..) => encode_refusal(version, code, self.refused_reason, write),
                 _ => 0,
             });
         }
