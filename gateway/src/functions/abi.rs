@@ -159,3 +159,36 @@ pub(super) fn check_exports(module: &Module, manifest: &Manifest) -> Result<(), 
     }
     Ok(())
 }
+
+/// The declared size of a code section that declares zero function bodies
+/// but more bytes than that count takes, if `wasm` has one. Such a module is
+/// invalid, but wasmi 2.0's parser divides the section's size by its count
+/// before it notices (a division by zero: a panic, and with `panic = "abort"`
+/// the whole gateway), so it is refused before wasmi sees it. Found by the
+/// `bundle` fuzz target.
+pub(super) fn empty_code_section_with_bytes(wasm: &[u8]) -> Option<u32> {
+    /// An unsigned LEB128 u32 at `at`: its value and its length.
+    fn leb(wasm: &[u8], at: usize) -> Option<(u32, usize)> {
+        let mut value = 0u32;
+        for i in 0..5 {
+            let byte = *wasm.get(at + i)?;
+            value |= u32::from(byte & 0x7f).checked_shl(7 * i as u32)?;
+            if byte & 0x80 == 0 {
+                return Some((value, i + 1));
+            }
+        }
+        None
+    }
+    let mut at = 8;
+    while at < wasm.len() {
+        let id = wasm[at];
+        let (size, n) = leb(wasm, at + 1)?;
+        let payload = at + 1 + n;
+        if id == 10 {
+            let (count, n) = leb(wasm, payload)?;
+            return (count == 0 && size as usize > n).then_some(size);
+        }
+        at = payload.checked_add(size as usize)?;
+    }
+    None
+}

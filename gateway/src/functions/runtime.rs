@@ -118,6 +118,8 @@ use wasmi::{
 use super::abi::{check_exports, check_imports};
 use super::failure::trap_kind;
 
+mod error;
+mod host;
 mod imports;
 pub use super::failure::Failure;
 use super::manifest::{Manifest, DEFAULT_TIMEOUT_MS, PAGE_BYTES};
@@ -125,6 +127,9 @@ use super::state::StateCache;
 use super::Output;
 use crate::kit::digest::sha256_hex;
 use crate::kit::topic;
+pub use error::RuntimeError;
+use host::Staged;
+pub use host::{Host, RESERVED_PREFIX};
 use imports::define_imports;
 
 /// The host ABI version this gateway speaks.
@@ -183,92 +188,6 @@ const TRANSLATION_FUEL_COSTS: CustomFuelCosts = CustomFuelCosts {
     fuel_per_bytes_translated: 0,
     fuel_per_bytes_validated: 0,
 };
-
-/// Why a module could not be deployed or instantiated. Each says what is
-/// wrong with the module and, where it helps, what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error(
-        "not a WebAssembly module: the file starts with {found} instead of the wasm magic \
-         00 61 73 6d (\"\\0asm\"); deploy the .wasm file your toolchain built, not source, \
-         text (.wat) or an archive"
-    )]
-    NotWasm { found: String },
-    #[error(
-        "this is a WebAssembly component (or another wasm binary version), not a core module; \
-         perch runs core modules: build for wasm32-unknown-unknown (or wasm32-wasip1 as a reactor)"
-    )]
-    NotCoreModule,
-    #[error("the module is not valid WebAssembly for perch: {0}")]
-    Invalid(String),
-    #[error(
-        "the module does not export `{name}` ({signature}), which the perch ABI requires{why}; \
-         see sdk/ABI.md"
-    )]
-    MissingExport {
-        name: &'static str,
-        signature: &'static str,
-        why: &'static str,
-    },
-    #[error(
-        "the module exports `{name}` as {found}, but the perch ABI needs {expected}; see sdk/ABI.md"
-    )]
-    WrongExport {
-        name: &'static str,
-        expected: &'static str,
-        found: String,
-    },
-    #[error(
-        "the module imports `{module}.{name}` ({ty}), which perch does not offer; a function may \
-         import only these, from module `perch`: {offered}"
-    )]
-    UnknownImport {
-        module: String,
-        name: String,
-        ty: String,
-        offered: String,
-    },
-    #[error(
-        "the module imports `perch.{name}` as {found}, but perch offers it as {expected}; \
-         rebuild it against perch ABI version {ABI_VERSION}"
-    )]
-    ImportSignature {
-        name: String,
-        found: String,
-        expected: String,
-    },
-    #[error(
-        "the module speaks perch ABI version {found}, but this gateway speaks version \
-         {ABI_VERSION}; rebuild it with an SDK for ABI version {ABI_VERSION}"
-    )]
-    AbiVersion { found: i32 },
-    #[error(
-        "the module's memory starts at {initial} pages of 64 KiB, more than the manifest's \
-         limits.memory_pages = {limit}; raise the limit or make the module's memory smaller"
-    )]
-    MemoryTooLarge { initial: u64, limit: u32 },
-    #[error(
-        "the event buffer (perch_event_buffer() = {ptr}, perch_event_buffer_len() = {len}) does \
-         not lie inside the module's memory of {memory} bytes"
-    )]
-    EventBuffer { ptr: i32, len: i32, memory: usize },
-    #[error("the module could not be instantiated: {0}")]
-    Instantiate(String),
-    #[error("calling `{export}` failed while starting the module: {failure}")]
-    Start {
-        export: &'static str,
-        failure: Failure,
-    },
-    #[error(
-        "`perch_migrate` failed on the state version {from} left: {failure}; nothing was \
-         switched and the state is unchanged: fix the migration (it must return 0), or deploy \
-         a version without perch_migrate"
-    )]
-    Migrate { from: String, failure: Failure },
-    /// The state could not be prepared for the takeover; says why.
-    #[error("{0}")]
-    Upgrade(String),
-}
 
 /// Counters of outputs the host refused, shared by every instance of one
 /// function so they survive instance re-creation.
@@ -411,7 +330,7 @@ impl Runtime {
         if wasm[4..8] != [1, 0, 0, 0] {
             return Err(RuntimeError::NotCoreModule);
         }
-        if let Some(size) = empty_code_section_with_bytes(wasm) {
+        if let Some(size) = super::abi::empty_code_section_with_bytes(wasm) {
             return Err(RuntimeError::Invalid(format!(
                 "the code section declares no function bodies but {size} bytes; rebuild the \
                  module (a compiler never writes this)"
@@ -872,254 +791,5 @@ impl Instance {
     }
 }
 
-/// An output made during an invocation, released when it returns.
-enum Staged {
-    Publish {
-        topic: Bytes,
-        payload: Bytes,
-    },
-    /// The permit holds a place in the output channel, so `FULL` is decided
-    /// when the guest calls, and nothing is lost when the output is released.
-    Output(mpsc::OwnedPermit<Output>, Output),
-}
-
-/// Topics under this prefix are the gateway's: no function may publish
-/// there (refused with `DENIED`, counted like any other refusal).
-pub const RESERVED_PREFIX: &str = "perch/";
-
-/// The host's side of one store: what host imports may touch.
-pub struct Host {
-    limits: StoreLimits,
-    ctx: Arc<Context>,
-    outputs: mpsc::Sender<Output>,
-    memory: Option<Memory>,
-    state: StateCache,
-    counters: Arc<OutputCounters>,
-    /// Reused across invocations: cleared, never shrunk.
-    staged: Vec<Staged>,
-    output_bytes_left: usize,
-    log_lines_left: u32,
-    /// Whether an `emit`/`forward` of this invocation was refused because
-    /// the channel to the aggregator and buffer was full: back-pressure
-    /// from the gateway, not a fault of the function.
-    backpressure: bool,
-    /// Log lines of the last invocation for the logs topic (JSON), released
-    /// with its outputs but kept after a trap: a failing function's last
-    /// words are what its author needs. Rate-limited like the log itself.
-    logs: Vec<Bytes>,
-    /// Fuel the last call into the guest burnt, over all its slices.
-    fuel_used: u64,
-}
-
-impl Host {
-    fn begin(&mut self) {
-        self.staged.clear();
-        self.output_bytes_left = self.ctx.output_bytes;
-        self.log_lines_left = MAX_LOG_LINES_PER_INVOCATION;
-        self.backpressure = false;
-    }
-
-    fn refuse(&self, code: i32) -> i32 {
-        let counter = match code {
-            code::DENIED => &self.counters.denied,
-            code::LIMIT => &self.counters.limited,
-            code::FULL => &self.counters.full,
-            _ => return code,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        code
-    }
-
-    fn publish(&mut self, topic: &[u8], payload: &[u8]) -> i32 {
-        let Ok(topic) = std::str::from_utf8(topic) else {
-            return code::INVALID;
-        };
-        if topic::validate_name(topic).is_err() {
-            return code::INVALID;
-        }
-        // Everything under `perch/` is the gateway's own, whatever a
-        // manifest allows: its status, the control topics, function
-        // statuses and logs, fleet requests. A function must neither deploy
-        // functions nor fake what a gateway reports (its own or, once
-        // forwarded upstream, another's).
-        if topic.starts_with(RESERVED_PREFIX) || !topic::matches_any(&self.ctx.allow, topic) {
-            return self.refuse(code::DENIED);
-        }
-        if self.staged.len() >= MAX_OUTPUTS_PER_INVOCATION || payload.len() > self.output_bytes_left
-        {
-            return self.refuse(code::LIMIT);
-        }
-        self.output_bytes_left -= payload.len();
-        self.staged.push(Staged::Publish {
-            topic: Bytes::copy_from_slice(topic.as_bytes()),
-            payload: Bytes::copy_from_slice(payload),
-        });
-        code::OK
-    }
-
-    fn stage_output(&mut self, output: impl FnOnce(Arc<str>) -> Output) -> i32 {
-        if self.staged.len() >= MAX_OUTPUTS_PER_INVOCATION {
-            return self.refuse(code::LIMIT);
-        }
-        match self.outputs.clone().try_reserve_owned() {
-            Ok(permit) => {
-                let output = output(self.ctx.name.clone());
-                self.staged.push(Staged::Output(permit, output));
-                code::OK
-            }
-            Err(_) => {
-                self.backpressure = true;
-                self.refuse(code::FULL)
-            }
-        }
-    }
-
-    /// `emit`: the value's time is the gateway's clock (processing time).
-    fn emit(&mut self, metric: &[u8], key: &[u8], value: f64) -> i32 {
-        self.emit_at(metric, key, value, now_ms())
-    }
-
-    /// `emit_at`: the value's time is `timestamp_ms`, which the function
-    /// read from the reading (event time; Unix milliseconds).
-    fn emit_at(&mut self, metric: &[u8], key: &[u8], value: f64, timestamp_ms: i64) -> i32 {
-        let inline = |b: &[u8]| name_text(b).and_then(|s| crate::buffer::Name::try_from(s).ok());
-        let (Some(metric), Some(key)) = (inline(metric), inline(key)) else {
-            return code::INVALID;
-        };
-        if metric.is_empty() {
-            return code::INVALID;
-        }
-        self.stage_output(|function| Output::Metric {
-            function,
-            metric,
-            key,
-            value,
-            timestamp_ms,
-        })
-    }
-
-    fn forward(&mut self, stream: &[u8], record: &[u8]) -> i32 {
-        let Some(stream) = name_text(stream).filter(|s| !s.is_empty()) else {
-            return code::INVALID;
-        };
-        if record.len() > self.output_bytes_left {
-            return self.refuse(code::LIMIT);
-        }
-        let timestamp_ms = now_ms();
-        let code = self.stage_output(|function| Output::Record {
-            function,
-            stream: stream.to_owned(),
-            record: Bytes::copy_from_slice(record),
-            timestamp_ms,
-        });
-        if code == code::OK {
-            self.output_bytes_left -= record.len();
-        }
-        code
-    }
-
-    fn log(&mut self, level: i32, message: &[u8]) {
-        if self.log_lines_left == 0 {
-            // Over the per-invocation cap: counted with the rate limit's.
-            self.counters.log.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.log_lines_left -= 1;
-        let function = &*self.ctx.name;
-        let version = &*self.ctx.version;
-        let now = u64::try_from(now_ms()).unwrap_or(0);
-        match self.counters.log.take(now) {
-            None => return,
-            Some(0) => {}
-            Some(dropped) => tracing::warn!(
-                function,
-                version,
-                dropped,
-                "function log lines dropped by the rate limit ({} lines/s, bursts of {})",
-                crate::kit::metrics::LogLimiter::PER_SECOND,
-                crate::kit::metrics::LogLimiter::BURST
-            ),
-        }
-        let mut end = message.len().min(MAX_LOG_LINE_BYTES);
-        let text = loop {
-            // Cut at a character boundary; invalid UTF-8 is shown replaced.
-            match std::str::from_utf8(&message[..end]) {
-                Ok(t) => break std::borrow::Cow::Borrowed(t),
-                Err(e) if e.error_len().is_none() => end = e.valid_up_to(),
-                Err(_) => break String::from_utf8_lossy(&message[..end]),
-            }
-        };
-        if self.ctx.log_topic.is_some() {
-            let line = serde_json::json!({
-                "ts_ms": now_ms(),
-                "level": level_name(level),
-                "function": function,
-                "version": version,
-                "message": &*text,
-            });
-            self.logs.push(Bytes::from(line.to_string()));
-        }
-        match level {
-            0 => tracing::error!(function, version, "{text}"),
-            1 => tracing::warn!(function, version, "{text}"),
-            2 => tracing::info!(function, version, "{text}"),
-            3 => tracing::debug!(function, version, "{text}"),
-            _ => tracing::trace!(function, version, "{text}"),
-        }
-    }
-}
-
-/// The name of a `log` level, as the logs topic carries it.
-fn level_name(level: i32) -> &'static str {
-    match level {
-        0 => "error",
-        1 => "warn",
-        2 => "info",
-        3 => "debug",
-        _ => "trace",
-    }
-}
-
-/// A metric, key or stream name: UTF-8 and short.
-fn name_text(bytes: &[u8]) -> Option<&str> {
-    if bytes.len() > MAX_NAME_BYTES {
-        return None;
-    }
-    std::str::from_utf8(bytes).ok()
-}
-
 /// Milliseconds since the Unix epoch (one clock for the whole gateway).
 pub use crate::kit::clock::now_ms;
-
-/// The declared size of a code section that declares zero function bodies
-/// but more bytes than that count takes, if `wasm` has one. Such a module is
-/// invalid, but wasmi 2.0's parser divides the section's size by its count
-/// before it notices (a division by zero: a panic, and with `panic = "abort"`
-/// the whole gateway), so it is refused before wasmi sees it. Found by the
-/// `bundle` fuzz target.
-fn empty_code_section_with_bytes(wasm: &[u8]) -> Option<u32> {
-    /// An unsigned LEB128 u32 at `at`: its value and its length.
-    fn leb(wasm: &[u8], at: usize) -> Option<(u32, usize)> {
-        let mut value = 0u32;
-        for i in 0..5 {
-            let byte = *wasm.get(at + i)?;
-            value |= u32::from(byte & 0x7f).checked_shl(7 * i as u32)?;
-            if byte & 0x80 == 0 {
-                return Some((value, i + 1));
-            }
-        }
-        None
-    }
-    let mut at = 8;
-    while at < wasm.len() {
-        let id = wasm[at];
-        let (size, n) = leb(wasm, at + 1)?;
-        let payload = at + 1 + n;
-        if id == 10 {
-            let (count, n) = leb(wasm, payload)?;
-            return (count == 0 && size as usize > n).then_some(size);
-        }
-        at = payload.checked_add(size as usize)?;
-    }
-    None
-}
