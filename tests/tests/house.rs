@@ -69,6 +69,7 @@ const BACK_EDGES: &[(&str, &str)] = &[
     ("functions/dispatch.rs", "buffer"),
     ("functions/mod.rs", "buffer"),
     ("functions/runtime.rs", "buffer"),
+    ("functions/runtime/host.rs", "buffer"),
 ];
 
 fn gateway_src() -> PathBuf {
