@@ -21,10 +21,7 @@ const MAX_LINES: usize = 800;
 /// such a file may shrink, never grow past it. Split it, then lower its
 /// entry, or remove it once the file is within the limit (the check asks
 /// for that).
-const OVERSIZED: &[(&str, usize)] = &[
-    ("buffer/store.rs", 911),
-    ("functions/mod.rs", 1402),
-];
+const OVERSIZED: &[(&str, usize)] = &[("buffer/store.rs", 911)];
 
 /// The longest a function in `gateway/src` may be, from its `fn` line to
 /// its closing brace.
@@ -68,6 +65,7 @@ const BACK_EDGES: &[(&str, &str)] = &[
     ("functions/dispatch.rs", "buffer"),
     ("functions/dispatch/handle.rs", "buffer"),
     ("functions/mod.rs", "buffer"),
+    ("functions/invoke.rs", "buffer"),
     ("functions/runtime.rs", "buffer"),
     ("functions/runtime/host.rs", "buffer"),
 ];
