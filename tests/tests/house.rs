@@ -22,7 +22,7 @@ const MAX_LINES: usize = 800;
 /// entry, or remove it once the file is within the limit (the check asks
 /// for that).
 const OVERSIZED: &[(&str, usize)] = &[
-    ("buffer/store.rs", 911),
+    ("buffer/store.rs", 856),
     ("functions/dispatch.rs", 984),
     ("functions/mod.rs", 1402),
     ("functions/runtime.rs", 1125),
@@ -36,8 +36,7 @@ const MAX_FN_LINES: usize = 120;
 /// ceiling). Most are in files other work was changing when this list was
 /// made.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("buffer/store.rs", "commit", 191),
-    ("upstream/mod.rs", "session", 125),
+    ("buffer/store.rs", "commit", 185),
 ];
 
 /// The layers, lowest first: a module may import the modules of a lower

@@ -204,11 +204,17 @@ impl Writer {
         self.agg.close_due(now, &mut self.closed);
         self.move_closed();
         let added = !self.pending.records.is_empty();
-        if self.pending.is_empty() && !self.emitted && !self.store_needs_pass(now) {
+        if self.pending.is_empty()
+            && !self.emitted
+            && !self.stats.links.changed()
+            && !self.store_needs_pass(now)
+        {
             self.release();
             return true;
         }
         self.last_store_pass_ms = now;
+        // Link totals ride along with this commit: no transaction of their own.
+        self.stats.links.take_changed(&mut self.pending.totals);
         let disk = self.measure();
         let result = self.store.commit(
             &mut self.pending,
@@ -247,6 +253,12 @@ impl Writer {
             }
             other => other,
         };
+        if result.is_ok() {
+            self.stats.links.persisted(&self.pending.totals);
+        } else if !self.pending.totals.is_empty() {
+            self.stats.links.unwritten();
+        }
+        self.pending.totals.clear();
         match result {
             Ok(outcome) => {
                 self.note_disk(disk, outcome);
