@@ -28,6 +28,8 @@
 #      once the record is committed) vs Mosquitto (from memory); with
 #      PERCH_BENCH_BEFORE=<an older perch binary> that one runs the same
 #      steps beside it ("perch-before")
+#   7  live p99 latency while a backlog drains at its cap (live_first) vs
+#      with no backlog, side by side (and vs oldest_first in full runs)
 #
 # Installs what it needs when missing: the Debian package mosquitto
 # (apt-get), paho-mqtt into a venv under the work dir (pip), node-red and
@@ -55,7 +57,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || {
         echo "run.sh: --runs needs a positive number, e.g. --runs 5" >&2; exit 2; }
       runs="$2"; shift ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'; use --smoke, --perch-only, --runs N or --help" >&2; exit 2 ;;
   esac
   shift
@@ -83,6 +85,15 @@ else
 fi
 s5_rate=10000     # offered msgs/s, whatever the number of connections
 if [ "$smoke" = 1 ]; then s6_rates=(1000); s6_duration=1; else s6_rates=(1000 10000); s6_duration=3; fi
+# Scenario 7: a backlog of s7_fill_rate x s7_fill_s records drains at
+# s7_cap records/s, longer than the live load (s7_rate for s7_duration)
+# is measured; fifo's live records wait behind it (s7_drain_timeout).
+if [ "$smoke" = 1 ]; then
+  s7_fill_rate=4000; s7_fill_s=1; s7_cap=2000; s7_rate=200; s7_duration=1; s7_rounds=1
+else
+  s7_fill_rate=4000; s7_fill_s=5; s7_cap=2000; s7_rate=200; s7_duration=4; s7_rounds=3
+fi
+s7_drain_timeout=$((s7_fill_rate * s7_fill_s / s7_cap + 10))
 perch_before="${PERCH_BENCH_BEFORE:-}"
 if [ -n "$perch_before" ] && [ ! -x "$perch_before" ]; then
   echo "run.sh: PERCH_BENCH_BEFORE=$perch_before is not an executable perch binary" >&2; exit 2
@@ -540,6 +551,52 @@ s6() {
   done
 }
 
+# --- scenario 7: live latency while a backlog drains -------------------------
+# perch with `order = "live_first"` and a backlog cap. "idle": the upstream
+# is there from the start, no backlog; "drain": perch first buffers
+# s7_fill_rate x s7_fill_s records (topics backlog/...) while its upstream Mosquitto is
+# not running yet, then the upstream starts and the live load (sensors/...)
+# is measured while the backlog drains at its cap; "fifo" (full runs
+# only): the same with `order = "oldest_first"`, for comparison. Live
+# records travel one per message so the subscriber stamps each.
+s7_step() { # s7_step RUN MODE -> 0 if nothing was lost
+  local run="$1" mode="$2" lport uport out fill backlog=0 order=live_first pids_step=() i
+  lport="$(free_port)"; uport="$(free_port)"
+  [ "$mode" = fifo ] && order=oldest_first
+  printf '[gateway]\nid = "bench"\n\n[upstream]\nforward_topics = ["sensors/#", "backlog/#"]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n\n[upstream.mqtt]\nhost = "127.0.0.1"\nport = %s\nclient_id = "perch-bench-s7"\nmax_records_per_message = 1\n\n[upstream.mqtt.drain]\norder = "%s"\nbacklog_records_per_s = %s\n' \
+    "$uport" "$order" "$s7_cap" >"$work/perch-s7.toml"
+  if [ "$mode" = idle ]; then start_mosquitto "$uport"; pids_step=("$started"); fi
+  start_perch "$lport" "$work/perch-s7.toml"; pids_step=("$started" "${pids_step[@]+"${pids_step[@]}"}")
+  if [ "$mode" != idle ]; then
+    fill="$("$load" --broker "127.0.0.1:$lport" --publishers 1 --size "$size" --qos 1 \
+      --rate "$s7_fill_rate" --duration-s "$s7_fill_s" --topic-prefix backlog --no-subscriber \
+      --label "s7-fill")" || { stop "${pids_step[@]}"; return 1; }
+    backlog="$(field "$fill" sent)"
+    start_mosquitto "$uport"; pids_step+=("$started")
+  fi
+  for i in $(seq 1 100); do
+    grep -qs "upstream: connected" "$work/perch-$lport.log" && break
+    sleep 0.05
+  done
+  out="$("$load" --broker "127.0.0.1:$lport" --publishers 1 --size "$size" --qos 1 \
+    --rate "$s7_rate" --duration-s "$s7_duration" --drain-timeout-s "$s7_drain_timeout" \
+    --sub-broker "127.0.0.1:$uport" --sub-topic "perch/bench/up/sensors/+/temperature" \
+    --label "s7-$mode")" || { stop "${pids_step[@]}"; return 1; }
+  stop "${pids_step[@]}"
+  record "$out" scenario=7 system=perch run="$run" step="$mode" backlog="$backlog" cap="$s7_cap"
+  [ "$(field "$out" lost)" = 0 ]
+}
+
+s7() {
+  local round mode modes=(idle drain)
+  [ "$smoke" = 1 ] || modes+=(fifo)
+  for round in $(seq 1 "$s7_rounds"); do
+    for mode in "${modes[@]}"; do
+      s7_step "$1" "$mode" || smoke_check "s7 $mode"
+    done
+  done
+}
+
 # --- the runs, peers side by side -------------------------------------------
 started_at="$(date -u +%s)"
 load_start="$(cut -d' ' -f1 /proc/loadavg)"
@@ -551,6 +608,7 @@ for run in $(seq 1 "$runs"); do
   s3 "$run"
   s5 "$run"
   s6 "$run"
+  s7 "$run"
 done
 elapsed=$(( $(date -u +%s) - started_at ))
 

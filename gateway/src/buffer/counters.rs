@@ -298,10 +298,16 @@ pub(super) fn write(tx: &rusqlite::Transaction, rows: &[Row]) -> rusqlite::Resul
     if rows.is_empty() {
         return Ok(());
     }
+    // An update in place: the row keeps its rowid (the order rows are
+    // shown in) and its key, so only the table's page changes, not the
+    // key's index: one page less in the WAL per commit than a REPLACE.
     let mut upsert = tx.prepare_cached(
-        "INSERT OR REPLACE INTO link_totals (destination, stream, offered_records, \
-         offered_bytes, sent_records, sent_bytes, acked_records, acked_bytes) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO link_totals (destination, stream, offered_records, offered_bytes, \
+         sent_records, sent_bytes, acked_records, acked_bytes) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (destination, stream) DO UPDATE SET offered_records = ?3, \
+         offered_bytes = ?4, sent_records = ?5, sent_bytes = ?6, acked_records = ?7, \
+         acked_bytes = ?8",
     )?;
     for r in rows {
         let t = &r.totals;

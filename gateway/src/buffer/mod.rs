@@ -76,7 +76,9 @@
 //! Invariants:
 //! - `seq` grows with every insert and is never reused (AUTOINCREMENT keeps
 //!   the high-water mark even when the table empties), so `<gateway id>-<seq>`
-//!   is a stable, unique record id. Upstream sends in `seq` order, which is
+//!   is a stable, unique record id. Upstream reads in `seq` order (the
+//!   backlog and live records each in `seq` order when
+//!   `drain.order = "live_first"`: `crate::upstream::pacing`), which is
 //!   also the order within each stream.
 //! - `kind`: 0 a record a function forwarded, 1 an aggregate, 2 a summary that
 //!   replaced raw records under the `degrade` policy, 3 a mirrored message

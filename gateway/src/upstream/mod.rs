@@ -9,7 +9,11 @@
 //! own read-only buffer connection (`batch_size` rows per query, into a
 //! reusable batch; after a full batch the next query already runs while its
 //! messages go out), packs them into messages and publishes each at QoS 1
-//! to `<topic_prefix>/<stream>`.
+//! to `<topic_prefix>/<stream>`. What was committed when the connection
+//! came up is the backlog, read in a lane of its own and paced; live records
+//! go first or after it as `drain.order` says ([`pacing`], [`drain`]).
+//! Every message is counted per destination and stream when handed to the
+//! client, written and acknowledged ([`crate::buffer::LinkTotals`]).
 //!
 //! ## Wire format
 //!
@@ -27,8 +31,9 @@
 //! `max_message_bytes` of payload, all of one stream, as a JSON array of
 //! envelopes in `seq` order: `[{"id":"gw-7",...},{"id":"gw-8",...}]`. With
 //! `max_records_per_message = 1` the payload is the bare envelope instead.
-//! A stream's messages are published in order, so records arrive in order
-//! per stream; messages of different streams may interleave.
+//! A stream's messages are published in order within a lane, so records
+//! arrive in order per stream (within the backlog and within live records
+//! under `live_first`); messages of different streams may interleave.
 //!
 //! ## Acknowledgement
 //!
