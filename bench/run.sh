@@ -6,6 +6,10 @@
 #   bench/run.sh --smoke    one short step of each piece (~1.5 min): checks the
 #                           pieces work, writes no report into bench/results
 #   bench/run.sh --runs N   N runs instead of 3
+#   bench/run.sh --only 7   only the scenarios listed (repeat --only, or
+#                           "--only '6 7'"); with --perch-only it installs
+#                           no peer; the report goes to the work dir, not
+#                           bench/results
 #   PERCH_BENCH_PERCH=path  runs that perch binary instead of building one
 #   bench/run.sh --smoke --perch-only
 #                           the smoke run of perch's own pieces, without the
@@ -49,20 +53,25 @@ work="${PERCH_BENCH_WORK:-$root/target/bench-work}"
 runs=3
 smoke=0
 peers=1
+only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; runs=1 ;;
     --perch-only) peers=0 ;;
+    --only)
+      [ $# -ge 2 ] && [[ "$2" =~ ^[0-7\ ]+$ ]] || {
+        echo "run.sh: --only needs scenario numbers (0-7), e.g. --only 7" >&2; exit 2; }
+      only="$only $2"; shift ;;
     --runs)
       [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || {
         echo "run.sh: --runs needs a positive number, e.g. --runs 5" >&2; exit 2; }
       runs="$2"; shift ;;
-    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'; use --smoke, --perch-only, --runs N or --help" >&2; exit 2 ;;
   esac
   shift
 done
-if [ "$peers" = 0 ] && [ "$smoke" = 0 ]; then
+if [ "$peers" = 0 ] && [ "$smoke" = 0 ] && [ -z "$only" ]; then
   echo "run.sh: --perch-only is for the smoke run (--smoke --perch-only); the report compares perch with its peers" >&2
   exit 2
 fi
@@ -602,13 +611,9 @@ started_at="$(date -u +%s)"
 load_start="$(cut -d' ' -f1 /proc/loadavg)"
 for run in $(seq 1 "$runs"); do
   log "run $run of $runs"
-  s0 "$run"
-  s1 "$run"
-  s2 "$run"
-  s3 "$run"
-  s5 "$run"
-  s6 "$run"
-  s7 "$run"
+  for n in 0 1 2 3 5 6 7; do
+    if [ -z "$only" ] || [[ " $only " == *" $n "* ]]; then "s$n" "$run"; fi
+  done
 done
 elapsed=$(( $(date -u +%s) - started_at ))
 
@@ -627,6 +632,8 @@ fi
 
 if [ "$smoke" = 1 ]; then
   out="$work/smoke.md"
+elif [ -n "$only" ]; then
+  out="$work/only.md"
 else
   mkdir -p "$bench/results"
   out="$bench/results/$(date -u +%Y-%m-%d).md"
