@@ -348,3 +348,153 @@ fn bad_drain_values_are_refused_with_the_key_named() {
         "{text}"
     );
 }
+
+/// One POST as the HTTP endpoint answered it.
+struct Post {
+    at: Instant,
+    status: u16,
+    bytes: usize,
+    /// (subject, n) of each event.
+    events: Vec<(String, u64)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_live_batches_overtake_the_paced_backlog_and_every_body_byte_is_counted() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const BACKLOG: u64 = 400;
+    const LIVE: u64 = 15;
+    const CAP: f64 = 100.0;
+    let down = Arc::new(AtomicBool::new(true));
+    let posts: Arc<Mutex<Vec<Post>>> = Arc::default();
+    let endpoint = {
+        let (down, posts) = (down.clone(), posts.clone());
+        crate::upstream::Endpoint::start(move |_, body| {
+            let status = if down.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            };
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            let events = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let subject = e["subject"].as_str().unwrap().to_owned();
+                    (subject, e["data"]["n"].as_u64().unwrap())
+                })
+                .collect();
+            posts.lock().unwrap().push(Post {
+                at: Instant::now(),
+                status,
+                bytes: body.len(),
+                events,
+            });
+            status
+        })
+        .await
+    };
+    let url = format!("http://{}/ingest", endpoint.addr);
+    let (_dir, file) = temp_file(
+        "perch.toml",
+        &format!(
+            r#"
+[gateway]
+id = "gw-http-live"
+[[broker.listeners]]
+name = "local"
+listen = "127.0.0.1:0"
+allow_anonymous = true
+[upstream]
+forward_topics = ["alerts/#", "live/#"]
+backoff_initial_ms = 100
+backoff_max_ms = 300
+[upstream.http]
+url = "{url}"
+batch_size = 10
+[upstream.http.drain]
+order = "live_first"
+backlog_records_per_s = {CAP}
+"#
+        ),
+    );
+    let gw = Gateway::start(&["--config", file.to_str().unwrap()]);
+    let admin = gw.admin.unwrap();
+    publish(gw.addr(), 0..BACKLOG, 0).await;
+    wait_metric(admin, "perch_buffer_records", BACKLOG as f64).await;
+    down.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + DEADLINE;
+    while !posts.lock().unwrap().iter().any(|p| p.status == 200) {
+        assert!(Instant::now() < deadline, "no POST accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (sensor, mut el) = connect(mqtt::options("live-sensor", gw.addr()))
+        .await
+        .unwrap();
+    for n in 0..LIVE {
+        let payload = format!("{{\"n\":{}}}", 1_000_000 + n);
+        sensor
+            .publish("live/x", QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        wait_puback(&mut el).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let accepted = |posts: &[Post]| -> usize {
+        posts
+            .iter()
+            .filter(|p| p.status == 200)
+            .map(|p| p.events.len())
+            .sum()
+    };
+    while accepted(&posts.lock().unwrap()) < (BACKLOG + LIVE) as usize {
+        assert!(Instant::now() < deadline, "not everything was accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let posts = std::mem::take(&mut *posts.lock().unwrap());
+    let ok: Vec<&Post> = posts.iter().filter(|p| p.status == 200).collect();
+    let is_live = |p: &&Post| p.events.iter().any(|(s, _)| s == "live/x");
+    let backlog_at: Vec<Instant> = ok.iter().filter(|p| !is_live(p)).map(|p| p.at).collect();
+    let backlog_end = *backlog_at.iter().max().unwrap();
+    for p in ok.iter().filter(|p| is_live(p)) {
+        assert!(
+            p.at < backlog_end,
+            "a live batch came after the whole backlog"
+        );
+    }
+    let rate = (BACKLOG - 10) as f64 / (backlog_end - backlog_at[0]).as_secs_f64();
+    assert!(
+        rate > CAP * 0.5 && rate < CAP * 1.5,
+        "the backlog drained at {rate:.0} records/s against a cap of {CAP}"
+    );
+
+    // Every body byte the endpoint got is counted: sent (any answer),
+    // acked (2xx); nothing failed in transport, so offered = sent.
+    let m = tokio::task::spawn_blocking(move || metrics(admin))
+        .await
+        .unwrap();
+    let sum = |what: &str, stage: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| {
+                k.starts_with(&format!(
+                    "perch_upstream_link_{what}_total{{destination=\"{url}\","
+                )) && k.ends_with(&format!("stage=\"{stage}\"}}"))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let all_bytes: usize = posts.iter().map(|p| p.bytes).sum();
+    let ok_bytes: usize = ok.iter().map(|p| p.bytes).sum();
+    let all_records: usize = posts.iter().map(|p| p.events.len()).sum();
+    assert_eq!(sum("bytes", "sent"), all_bytes as f64);
+    assert_eq!(sum("bytes", "offered"), all_bytes as f64);
+    assert_eq!(sum("bytes", "acked"), ok_bytes as f64);
+    assert_eq!(sum("records", "sent"), all_records as f64);
+    assert_eq!(sum("records", "acked"), (BACKLOG + LIVE) as f64);
+    assert!(posts.iter().any(|p| p.status == 503), "the outage was seen");
+    eprintln!(
+        "http: backlog drained at {rate:.0} records/s (cap {CAP}); {} POSTs, {all_bytes} bytes sent, \
+         {ok_bytes} acked",
+        posts.len()
+    );
+}
