@@ -8,8 +8,10 @@
 //! per upstream message, never per record and never across an `.await`).
 //! The buffer's writer thread writes the rows that changed since its last
 //! commit in the same transaction as the records and acknowledgements of
-//! that commit: no transaction of its own, so counting costs no sync. At
-//! open the persisted totals are loaded and counting goes on from them.
+//! that commit: no transaction of its own, so counting costs no sync (the
+//! last commit of a clean stop, and an explicit flush, write them alone).
+//! While the disk is at its reserve they wait in memory. At open the
+//! persisted totals are loaded and counting goes on from them.
 //!
 //! A crash (kill -9, power cut) loses at most the counts of the last
 //! `commit_interval_ms`, as it would lose records not yet committed; an

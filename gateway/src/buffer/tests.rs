@@ -688,11 +688,27 @@ fn link_totals_ride_along_with_commits_and_survive_a_reopen() {
     links.add(a, Stage::Offered, 10, 1000);
     links.add(a, Stage::Sent, 10, 1000);
     links.add(a, Stage::Acked, 7, 700);
-    intake.flush().unwrap();
+    // Counts alone make no transaction: they wait for one that writes.
     let commits = buffer.stats().commits.load(Relaxed);
-    // Nothing changed since: an idle interval writes nothing.
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(buffer.stats().commits.load(Relaxed), commits);
+    intake.forward("alerts/a", b"{}").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while buffer.stats().commits.load(Relaxed) == commits {
+        assert!(std::time::Instant::now() < deadline, "no commit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reader = buffer.reader().unwrap();
+    let persisted: i64 = reader
+        .conn
+        .query_row(
+            "SELECT acked_records FROM link_totals WHERE stream = 'alerts/a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(persisted, 7, "the record's commit carried the counts");
+    // The last counts before close are written by the last commit.
     links.add(a, Stage::Acked, 3, 300);
     drop(intake);
     buffer.close();
