@@ -490,6 +490,32 @@ def main():
                 out.append(f"| {rate_fmt(rate)} | {name} | " + " | ".join(cells) + " |")
         out.append("")
 
+    # --- 7. live latency while a backlog drains
+    s7_modes = [(k, label) for k, label in
+                (("idle", "no backlog"), ("drain", "backlog draining, live_first"),
+                 ("fifo", "backlog draining, oldest_first"))
+                if any(r["scenario"] == "7" and r["step"] == k for r in rows)]
+    if s7_modes:
+        s7 = [r for r in rows if r["scenario"] == "7"]
+        out.append("## 7. Live latency while a backlog drains")
+        out.append("")
+        out.append(f"perch with `[upstream.mqtt.drain] backlog_records_per_s = {s7[0]['cap']}`: "
+                   "live readings (one publisher, QoS 1, one record per upstream message) "
+                   "measured event → upstream subscriber with no backlog, and while a backlog "
+                   "(buffered while the upstream was not there yet) drains at that cap. Each "
+                   "mode ran once per round, the rounds in turn; medians with (min–max).")
+        out.append("")
+        out.append("| measure | " + " | ".join(l for _, l in s7_modes) + " |")
+        out.append("|---|" + "---|" * len(s7_modes))
+        for name, key, fmt in (("live p50 (ms)", "p50_ms", ms_fmt),
+                               ("live p99 (ms)", "p99_ms", ms_fmt),
+                               ("live lost", "lost", rate_fmt),
+                               ("backlog records", "backlog", rate_fmt)):
+            cells = [spread([num(r.get(key)) for r in s7 if r["step"] == k], fmt)[0]
+                     for k, _ in s7_modes]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+
     out.append(f"Every step of the ladders (offered rate → result) is one JSON line in "
                f"`{a.out.rsplit('/', 1)[-1].removesuffix('.md')}.jsonl`, beside this report.")
     out.append("")

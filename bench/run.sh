@@ -6,6 +6,10 @@
 #   bench/run.sh --smoke    one short step of each piece (~1.5 min): checks the
 #                           pieces work, writes no report into bench/results
 #   bench/run.sh --runs N   N runs instead of 3
+#   bench/run.sh --only 7   only the scenarios listed (repeat --only, or
+#                           "--only '6 7'"); with --perch-only it installs
+#                           no peer; the report goes to the work dir, not
+#                           bench/results
 #   PERCH_BENCH_PERCH=path  runs that perch binary instead of building one
 #   bench/run.sh --smoke --perch-only
 #                           the smoke run of perch's own pieces, without the
@@ -28,6 +32,8 @@
 #      once the record is committed) vs Mosquitto (from memory); with
 #      PERCH_BENCH_BEFORE=<an older perch binary> that one runs the same
 #      steps beside it ("perch-before")
+#   7  live p99 latency while a backlog drains at its cap (live_first) vs
+#      with no backlog, side by side (and vs oldest_first in full runs)
 #
 # Installs what it needs when missing: the Debian package mosquitto
 # (apt-get), paho-mqtt into a venv under the work dir (pip), node-red and
@@ -47,20 +53,25 @@ work="${PERCH_BENCH_WORK:-$root/target/bench-work}"
 runs=3
 smoke=0
 peers=1
+only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; runs=1 ;;
     --perch-only) peers=0 ;;
+    --only)
+      [ $# -ge 2 ] && [[ "$2" =~ ^[0-7\ ]+$ ]] || {
+        echo "run.sh: --only needs scenario numbers (0-7), e.g. --only 7" >&2; exit 2; }
+      only="$only $2"; shift ;;
     --runs)
       [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || {
         echo "run.sh: --runs needs a positive number, e.g. --runs 5" >&2; exit 2; }
       runs="$2"; shift ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'; use --smoke, --perch-only, --runs N or --help" >&2; exit 2 ;;
   esac
   shift
 done
-if [ "$peers" = 0 ] && [ "$smoke" = 0 ]; then
+if [ "$peers" = 0 ] && [ "$smoke" = 0 ] && [ -z "$only" ]; then
   echo "run.sh: --perch-only is for the smoke run (--smoke --perch-only); the report compares perch with its peers" >&2
   exit 2
 fi
@@ -83,6 +94,15 @@ else
 fi
 s5_rate=10000     # offered msgs/s, whatever the number of connections
 if [ "$smoke" = 1 ]; then s6_rates=(1000); s6_duration=1; else s6_rates=(1000 10000); s6_duration=3; fi
+# Scenario 7: a backlog of s7_fill_rate x s7_fill_s records drains at
+# s7_cap records/s, longer than the live load (s7_rate for s7_duration)
+# is measured; fifo's live records wait behind it (s7_drain_timeout).
+if [ "$smoke" = 1 ]; then
+  s7_fill_rate=4000; s7_fill_s=1; s7_cap=2000; s7_rate=200; s7_duration=1; s7_rounds=1
+else
+  s7_fill_rate=4000; s7_fill_s=5; s7_cap=2000; s7_rate=200; s7_duration=4; s7_rounds=3
+fi
+s7_drain_timeout=$((s7_fill_rate * s7_fill_s / s7_cap + 10))
 perch_before="${PERCH_BENCH_BEFORE:-}"
 if [ -n "$perch_before" ] && [ ! -x "$perch_before" ]; then
   echo "run.sh: PERCH_BENCH_BEFORE=$perch_before is not an executable perch binary" >&2; exit 2
@@ -540,17 +560,60 @@ s6() {
   done
 }
 
+# --- scenario 7: live latency while a backlog drains -------------------------
+# perch with `order = "live_first"` and a backlog cap. "idle": the upstream
+# is there from the start, no backlog; "drain": perch first buffers
+# s7_fill_rate x s7_fill_s records (topics backlog/...) while its upstream Mosquitto is
+# not running yet, then the upstream starts and the live load (sensors/...)
+# is measured while the backlog drains at its cap; "fifo" (full runs
+# only): the same with `order = "oldest_first"`, for comparison. Live
+# records travel one per message so the subscriber stamps each.
+s7_step() { # s7_step RUN MODE -> 0 if nothing was lost
+  local run="$1" mode="$2" lport uport out fill backlog=0 order=live_first pids_step=() i
+  lport="$(free_port)"; uport="$(free_port)"
+  [ "$mode" = fifo ] && order=oldest_first
+  printf '[gateway]\nid = "bench"\n\n[upstream]\nforward_topics = ["sensors/#", "backlog/#"]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n\n[upstream.mqtt]\nhost = "127.0.0.1"\nport = %s\nclient_id = "perch-bench-s7"\nmax_records_per_message = 1\n\n[upstream.mqtt.drain]\norder = "%s"\nbacklog_records_per_s = %s\n' \
+    "$uport" "$order" "$s7_cap" >"$work/perch-s7.toml"
+  if [ "$mode" = idle ]; then start_mosquitto "$uport"; pids_step=("$started"); fi
+  start_perch "$lport" "$work/perch-s7.toml"; pids_step=("$started" "${pids_step[@]+"${pids_step[@]}"}")
+  if [ "$mode" != idle ]; then
+    fill="$("$load" --broker "127.0.0.1:$lport" --publishers 1 --size "$size" --qos 1 \
+      --rate "$s7_fill_rate" --duration-s "$s7_fill_s" --topic-prefix backlog --no-subscriber \
+      --label "s7-fill")" || { stop "${pids_step[@]}"; return 1; }
+    backlog="$(field "$fill" sent)"
+    start_mosquitto "$uport"; pids_step+=("$started")
+  fi
+  for i in $(seq 1 100); do
+    grep -qs "upstream: connected" "$work/perch-$lport.log" && break
+    sleep 0.05
+  done
+  out="$("$load" --broker "127.0.0.1:$lport" --publishers 1 --size "$size" --qos 1 \
+    --rate "$s7_rate" --duration-s "$s7_duration" --drain-timeout-s "$s7_drain_timeout" \
+    --sub-broker "127.0.0.1:$uport" --sub-topic "perch/bench/up/sensors/+/temperature" \
+    --label "s7-$mode")" || { stop "${pids_step[@]}"; return 1; }
+  stop "${pids_step[@]}"
+  record "$out" scenario=7 system=perch run="$run" step="$mode" backlog="$backlog" cap="$s7_cap"
+  [ "$(field "$out" lost)" = 0 ]
+}
+
+s7() {
+  local round mode modes=(idle drain)
+  [ "$smoke" = 1 ] || modes+=(fifo)
+  for round in $(seq 1 "$s7_rounds"); do
+    for mode in "${modes[@]}"; do
+      s7_step "$1" "$mode" || smoke_check "s7 $mode"
+    done
+  done
+}
+
 # --- the runs, peers side by side -------------------------------------------
 started_at="$(date -u +%s)"
 load_start="$(cut -d' ' -f1 /proc/loadavg)"
 for run in $(seq 1 "$runs"); do
   log "run $run of $runs"
-  s0 "$run"
-  s1 "$run"
-  s2 "$run"
-  s3 "$run"
-  s5 "$run"
-  s6 "$run"
+  for n in 0 1 2 3 5 6 7; do
+    if [ -z "$only" ] || [[ " $only " == *" $n "* ]]; then "s$n" "$run"; fi
+  done
 done
 elapsed=$(( $(date -u +%s) - started_at ))
 
@@ -569,6 +632,8 @@ fi
 
 if [ "$smoke" = 1 ]; then
   out="$work/smoke.md"
+elif [ -n "$only" ]; then
+  out="$work/only.md"
 else
   mkdir -p "$bench/results"
   out="$bench/results/$(date -u +%Y-%m-%d).md"

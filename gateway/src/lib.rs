@@ -18,10 +18,13 @@
 //!   per-function state, the deploy control plane, signed bundles.
 //! - [`aggregate`]: tumbling windows over the metrics functions emit.
 //! - [`buffer`]: the SQLite outbox (store-and-forward): batched commits,
-//!   bounds, the crash-loss window; hosts the aggregator.
+//!   bounds, the crash-loss window, the link totals per destination kept
+//!   across restarts; hosts the aggregator.
 //! - [`upstream`]: delivery of buffered records to an upstream MQTT broker
-//!   or HTTP(S) endpoint, acknowledged per record or batch; capture of local
-//!   topics into the buffer; the fleet's desired state (`upstream::fleet`).
+//!   or HTTP(S) endpoint, acknowledged per record or batch, live records
+//!   first and the backlog paced when asked ([`upstream::pacing`]); capture
+//!   of local topics into the buffer; the fleet's desired state
+//!   (`upstream::fleet`).
 //! - [`config`]: the TOML config file: parsing, validation, the annotated
 //!   default.
 //! - [`kit`]: the foundation below every stage, importing none of them: the

@@ -21,7 +21,7 @@ const MAX_LINES: usize = 800;
 /// such a file may shrink, never grow past it. Split it, then lower its
 /// entry, or remove it once the file is within the limit (the check asks
 /// for that).
-const OVERSIZED: &[(&str, usize)] = &[("buffer/store.rs", 911)];
+const OVERSIZED: &[(&str, usize)] = &[("buffer/store.rs", 856)];
 
 /// The longest a function in `gateway/src` may be, from its `fn` line to
 /// its closing brace.
@@ -30,10 +30,7 @@ const MAX_FN_LINES: usize = 120;
 /// Functions over [`MAX_FN_LINES`] today, as (file, name, line count as a
 /// ceiling). Most are in files other work was changing when this list was
 /// made.
-const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("buffer/store.rs", "commit", 191),
-    ("upstream/mod.rs", "session", 125),
-];
+const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[("buffer/store.rs", "commit", 185)];
 
 /// The layers, lowest first: a module may import the modules of a lower
 /// layer, never of a higher one. A new top-level module needs a place here

@@ -24,6 +24,7 @@ mod hostile_input;
 mod house;
 mod json_output;
 mod lifecycle;
+mod live_drain;
 mod load;
 mod mirror;
 mod mqtt5;

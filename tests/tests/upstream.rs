@@ -218,14 +218,16 @@ type Requests = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>, u16)>>>;
 
 /// A minimal HTTP/1.1 ingestion endpoint: records every POST and answers
 /// with the status `answer` picks for it.
-struct Endpoint {
-    addr: std::net::SocketAddr,
+pub(crate) struct Endpoint {
+    pub(crate) addr: std::net::SocketAddr,
     /// (authorization header, decoded body) of every request.
     requests: Requests,
 }
 
 impl Endpoint {
-    async fn start(answer: impl Fn(usize, &[u8]) -> u16 + Send + Sync + 'static) -> Endpoint {
+    pub(crate) async fn start(
+        answer: impl Fn(usize, &[u8]) -> u16 + Send + Sync + 'static,
+    ) -> Endpoint {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -80,6 +80,18 @@ pub(super) struct EventCounts {
     pub dropped: u64,
 }
 
+impl EventCounts {
+    /// Adds these counts to `stats`, with `bytes` the kept events' bytes now.
+    pub(super) fn apply(&self, stats: &super::Stats, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        stats.events_kept.fetch_add(self.kept, Relaxed);
+        stats
+            .events_dropped
+            .fetch_add(self.expired + self.dropped, Relaxed);
+        stats.event_bytes.store(bytes, Relaxed);
+    }
+}
+
 const SIZE: &str = "length(function) + length(topic) + length(payload)";
 
 /// Bytes of every kept event.

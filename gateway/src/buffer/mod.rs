@@ -70,12 +70,15 @@
 //!          PRIMARY KEY (metric, key))
 //! dead_letters (seq INTEGER PRIMARY KEY, stream, kind, created_ms, payload,
 //!               status INTEGER, response TEXT, failed_ms INTEGER)
+//! link_totals (destination, stream, offered/sent/acked records and bytes)
 //! ```
 //!
 //! Invariants:
 //! - `seq` grows with every insert and is never reused (AUTOINCREMENT keeps
 //!   the high-water mark even when the table empties), so `<gateway id>-<seq>`
-//!   is a stable, unique record id. Upstream sends in `seq` order, which is
+//!   is a stable, unique record id. Upstream reads in `seq` order (the
+//!   backlog and live records each in `seq` order when
+//!   `drain.order = "live_first"`: `crate::upstream::pacing`), which is
 //!   also the order within each stream.
 //! - `kind`: 0 a record a function forwarded, 1 an aggregate, 2 a summary that
 //!   replaced raw records under the `degrade` policy, 3 a mirrored message
@@ -121,8 +124,10 @@
 //! and recovers by itself when the disk does.
 
 mod config;
+mod counters;
 mod degrade;
 mod events;
+mod reads;
 mod store;
 mod writer;
 
@@ -133,10 +138,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub use self::config::{BufferConfig, Synchronous, WhenFull};
+pub use self::counters::{LinkTotals, Row as LinkRow, Slot, Stage, Totals, MAX_STREAMS, OTHER};
 pub use self::events::{max_event_bytes, KeptEvent, NewEvent};
+pub use self::reads::replay_dead_letters;
+pub use self::reads::DeadLetter;
 pub use self::store::{
-    replay_dead_letters, Batch, DeadLetter, Reader, RecordRef, StoredRecord, KIND_AGGREGATE,
-    KIND_RECORD, KIND_SUMMARY,
+    Batch, Reader, RecordRef, StoredRecord, KIND_AGGREGATE, KIND_RECORD, KIND_SUMMARY,
 };
 use self::store::{NewRecord, Store};
 use self::writer::{publish_gauges, FreeSpace, Writer};
@@ -223,6 +230,10 @@ pub struct Stats {
     /// or had to drop records to stay above it; cleared when one finds twice
     /// the reserve free (counting the free pages inside `buffer.db`).
     pub disk_full: std::sync::atomic::AtomicBool,
+    /// Records and bytes per upstream destination and stream, offered,
+    /// sent and acknowledged: counted by upstream, persisted by the writer
+    /// ([`counters`]).
+    pub links: LinkTotals,
 }
 
 enum Command {
@@ -448,7 +459,10 @@ impl Buffer {
                 path: path.clone(),
                 source,
             })?;
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats {
+            links: LinkTotals::load(&path, config.synchronous)?,
+            ..Stats::default()
+        });
         publish_gauges(&store, &agg, &stats);
         tracing::info!(
             records = store.records(),

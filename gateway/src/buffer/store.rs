@@ -71,6 +71,8 @@ pub struct Pending {
     pub dead: Vec<(Vec<i64>, u16, String)>,
     /// Trigger events to keep for replay ([`super::events`]).
     pub events: Vec<NewEvent>,
+    /// Link totals that changed ([`super::counters`]), written as they are.
+    pub totals: Vec<super::counters::Row>,
     /// Set by a commit: how many of `records` (the first ones) went in; the
     /// rest were refused by `drop_newest`.
     pub inserted: usize,
@@ -572,6 +574,7 @@ impl Store {
         }
         let (event_bounds, event_counts) =
             events::write(&tx, &pending.events, &self.events, now_ms, config.max_bytes)?;
+        super::counters::write(&tx, &pending.totals)?;
         tx.commit()?;
         self.bytes = bytes;
         self.records = records;
@@ -587,14 +590,7 @@ impl Store {
         }
         pending.events.clear();
         counts.apply(stats);
-        {
-            use std::sync::atomic::Ordering::Relaxed;
-            stats.events_kept.fetch_add(event_counts.kept, Relaxed);
-            stats
-                .events_dropped
-                .fetch_add(event_counts.expired + event_counts.dropped, Relaxed);
-            stats.event_bytes.store(self.events.bytes, Relaxed);
-        }
+        event_counts.apply(stats, self.events.bytes);
         Ok(outcome)
     }
 
@@ -752,7 +748,7 @@ impl Counts {
 
 /// A read-only view for upstream and the CLI.
 pub struct Reader {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 impl Reader {
@@ -790,14 +786,19 @@ impl Reader {
         rows.collect()
     }
 
-    /// Up to `limit` records with `seq > after`, in order, into `batch`
-    /// (emptied first): [`Reader::after`] without an allocation per row.
-    pub fn read_after(&self, after: i64, limit: usize, batch: &mut Batch) -> rusqlite::Result<()> {
+    /// Up to `limit` records with `after < seq <= until`, in order, into
+    /// `batch` (emptied first): [`Reader::after`] without an allocation per
+    /// row. `until = i64::MAX` reads to the newest record.
+    pub fn read_after(
+        &self,
+        after: i64,
+        until: i64,
+        limit: usize,
+        batch: &mut Batch,
+    ) -> rusqlite::Result<()> {
         batch.clear();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, stream, kind, created_ms, payload FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let mut rows = stmt.query(params![after, limit as i64])?;
+        let mut stmt = self.conn.prepare_cached("SELECT seq, stream, kind, created_ms, payload FROM records WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3")?;
+        let mut rows = stmt.query(params![after, until, limit as i64])?;
         while let Some(row) = rows.next()? {
             batch.push(row)?;
         }
@@ -852,60 +853,4 @@ impl Reader {
     pub fn event_totals(&self) -> rusqlite::Result<(u64, u64, Option<i64>)> {
         events::totals(&self.conn)
     }
-}
-
-/// A batch the upstream refused for good, kept for inspection and replay.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub record: StoredRecord,
-    pub status: u16,
-    pub response: String,
-    pub failed_ms: i64,
-}
-
-impl Reader {
-    /// Every dead letter, oldest first.
-    pub fn dead_letters(&self) -> rusqlite::Result<Vec<DeadLetter>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT seq, stream, kind, created_ms, payload, status, response, failed_ms \
-             FROM dead_letters ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(DeadLetter {
-                record: StoredRecord {
-                    seq: r.get(0)?,
-                    stream: r.get(1)?,
-                    kind: r.get(2)?,
-                    created_ms: r.get(3)?,
-                    payload: r.get(4)?,
-                },
-                status: r.get(5)?,
-                response: r.get(6)?,
-                failed_ms: r.get(7)?,
-            })
-        })?;
-        rows.collect()
-    }
-}
-
-/// Moves every dead letter back into `records` (with new seqs, so they are
-/// sent again after what waits now). Safe while perch runs: SQLite serialises
-/// this writer with the gateway's. Returns how many moved.
-pub fn replay_dead_letters(path: &Path) -> Result<usize, BufferError> {
-    let err = |source| BufferError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    let mut conn = open_connection(path, Synchronous::Full)?;
-    let tx = conn.transaction().map_err(err)?;
-    let n = tx
-        .execute(
-            "INSERT INTO records (stream, kind, created_ms, payload) \
-             SELECT stream, kind, created_ms, payload FROM dead_letters ORDER BY seq",
-            [],
-        )
-        .map_err(err)?;
-    tx.execute("DELETE FROM dead_letters", []).map_err(err)?;
-    tx.commit().map_err(err)?;
-    Ok(n)
 }

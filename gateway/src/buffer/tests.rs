@@ -63,17 +63,21 @@ fn a_batch_reads_what_after_reads_and_is_reused_without_leftovers() {
     let reader = buffer.reader().unwrap();
     let owned = reader.after(0, 100).unwrap();
     let mut batch = Batch::default();
-    reader.read_after(0, 100, &mut batch).unwrap();
+    reader.read_after(0, i64::MAX, 100, &mut batch).unwrap();
     assert_eq!(batch.len(), streams.len());
     let read: Vec<RecordRef<'_>> = batch.iter().collect();
     let want: Vec<RecordRef<'_>> = owned.iter().map(StoredRecord::as_ref).collect();
     assert_eq!(read, want);
     assert_eq!(batch.last_seq(), owned.last().map(|r| r.seq));
     // The next query replaces the rows; `limit` and `after` hold.
-    reader.read_after(owned[2].seq, 3, &mut batch).unwrap();
+    reader
+        .read_after(owned[2].seq, i64::MAX, 3, &mut batch)
+        .unwrap();
     let read: Vec<RecordRef<'_>> = batch.iter().collect();
     assert_eq!(read, want[3..6]);
-    reader.read_after(owned[8].seq, 3, &mut batch).unwrap();
+    reader
+        .read_after(owned[8].seq, i64::MAX, 3, &mut batch)
+        .unwrap();
     assert!(batch.is_empty());
     assert_eq!(batch.last_seq(), None);
 }
@@ -672,4 +676,56 @@ fn the_real_free_space_of_the_data_directory_is_measured() {
     let buffer = open(dir.path(), &config());
     forward_n(&buffer.intake(), 0..5);
     assert!(buffer.stats().disk_free.load(Relaxed) > 0);
+}
+
+#[test]
+fn link_totals_ride_along_with_commits_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = open(dir.path(), &config());
+    let intake = buffer.intake();
+    let links = &intake.stats().links;
+    let a = links.slot("mqtt://h:1883", "alerts/a");
+    links.add(a, Stage::Offered, 10, 1000);
+    links.add(a, Stage::Sent, 10, 1000);
+    links.add(a, Stage::Acked, 7, 700);
+    // Counts alone make no transaction: they wait for one that writes.
+    let commits = buffer.stats().commits.load(Relaxed);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(buffer.stats().commits.load(Relaxed), commits);
+    intake.forward("alerts/a", b"{}").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while buffer.stats().commits.load(Relaxed) == commits {
+        assert!(std::time::Instant::now() < deadline, "no commit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reader = buffer.reader().unwrap();
+    let persisted: i64 = reader
+        .conn
+        .query_row(
+            "SELECT acked_records FROM link_totals WHERE stream = 'alerts/a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(persisted, 7, "the record's commit carried the counts");
+    // The last counts before close are written by the last commit.
+    links.add(a, Stage::Acked, 3, 300);
+    drop(intake);
+    buffer.close();
+    let buffer = open(dir.path(), &config());
+    let rows = buffer.stats().links.snapshot();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].destination, "mqtt://h:1883");
+    assert_eq!(rows[0].stream, "alerts/a");
+    let t = rows[0].totals;
+    assert_eq!(
+        (
+            t.offered_records,
+            t.sent_bytes,
+            t.acked_records,
+            t.acked_bytes
+        ),
+        (10, 1000, 10, 1000),
+        "the last count before close is persisted too"
+    );
 }

@@ -104,7 +104,7 @@ impl Writer {
                 Ok(command) => self.take(command, &mut flush),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.commit();
+                    self.commit(true);
                     return;
                 }
             }
@@ -121,7 +121,7 @@ impl Writer {
                     .tickets_since
                     .is_some_and(|t| self.failures == 0 && now >= t + ack_interval);
             if flush.is_some() || due || self.pending.records.len() >= self.config.commit_batch {
-                if self.commit() {
+                if self.commit(flush.is_some()) {
                     retry_delay = interval;
                     next_commit = Instant::now() + interval;
                 } else {
@@ -198,17 +198,26 @@ impl Writer {
         }
     }
 
-    /// One transaction; returns whether it committed.
-    fn commit(&mut self) -> bool {
+    /// One transaction; returns whether it committed. The link totals
+    /// ride along with a transaction that writes anyway, never one of their
+    /// own (nor a sync of their own), except with `totals_alone`: the last
+    /// commit and an explicit flush. At the disk's reserve they wait in
+    /// memory: records come first.
+    fn commit(&mut self, totals_alone: bool) -> bool {
         let now = now_ms();
         self.agg.close_due(now, &mut self.closed);
         self.move_closed();
         let added = !self.pending.records.is_empty();
-        if self.pending.is_empty() && !self.emitted && !self.store_needs_pass(now) {
+        let totals_alone = totals_alone && self.stats.links.changed();
+        if self.pending.is_empty() && !self.emitted && !totals_alone && !self.store_needs_pass(now)
+        {
             self.release();
             return true;
         }
         self.last_store_pass_ms = now;
+        if totals_alone || !self.stats.disk_full.load(Ordering::Relaxed) {
+            self.stats.links.take_changed(&mut self.pending.totals);
+        }
         let disk = self.measure();
         let result = self.store.commit(
             &mut self.pending,
@@ -247,6 +256,12 @@ impl Writer {
             }
             other => other,
         };
+        if result.is_ok() {
+            self.stats.links.persisted(&self.pending.totals);
+        } else if !self.pending.totals.is_empty() {
+            self.stats.links.unwritten();
+        }
+        self.pending.totals.clear();
         match result {
             Ok(outcome) => {
                 self.note_disk(disk, outcome);

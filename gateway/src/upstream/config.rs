@@ -51,6 +51,10 @@ pub struct HttpUpstreamConfig {
     /// Extra CA and client certificate (mTLS).
     #[serde(default)]
     pub tls: Option<HttpTls>,
+    /// `[upstream.http.drain]`: live first, backlog paced
+    /// ([`super::pacing`]).
+    #[serde(default)]
+    pub drain: super::pacing::DrainConfig,
 }
 
 /// `[upstream.http.tls]`
@@ -139,6 +143,10 @@ pub struct MqttUpstreamConfig {
     /// broker (the fleet's desired state, see [`super::fleet`]).
     #[serde(default)]
     pub fleet_groups: Vec<String>,
+    /// `[upstream.mqtt.drain]`: live first, backlog paced
+    /// ([`super::pacing`]).
+    #[serde(default)]
+    pub drain: super::pacing::DrainConfig,
 }
 
 /// `[upstream.mqtt.tls]`
@@ -205,6 +213,18 @@ impl UpstreamConfig {
         })
     }
 
+    /// `[upstream.mqtt.drain]` and `[upstream.http.drain]`.
+    fn validate_drains(&self, problems: &mut Vec<Problem>) {
+        if let Some(m) = &self.mqtt {
+            let at = "upstream.mqtt.drain";
+            m.drain.validate(at, m.max_records_per_message, problems);
+        }
+        if let Some(h) = &self.http {
+            h.drain
+                .validate("upstream.http.drain", h.batch_size, problems);
+        }
+    }
+
     pub(crate) fn validate(&self, problems: &mut Vec<Problem>) {
         for (i, f) in self.forward_topics.iter().enumerate() {
             if let Err(e) = topic::validate_filter(f) {
@@ -215,6 +235,7 @@ impl UpstreamConfig {
             }
         }
         super::mirror::validate(&self.mirror, self.http.is_some(), problems);
+        self.validate_drains(problems);
         if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
             problems.push(Problem::new(
                 "upstream.backoff_initial_ms",

@@ -11,12 +11,13 @@
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::pacing::{Backlog, DrainOrder, Pacer};
 use super::{Source, UpstreamError};
-use crate::buffer::{StoredRecord, KIND_AGGREGATE, KIND_SUMMARY};
+use crate::buffer::{Slot, Stage, StoredRecord, KIND_AGGREGATE, KIND_SUMMARY};
 
 pub use super::config::HttpUpstreamConfig;
 
@@ -29,8 +30,13 @@ pub struct HttpDelivery {
 /// What became of one POST.
 enum Outcome {
     Accepted,
-    Retry(String),
-    Rejected { status: u16, body: String },
+    /// Not accepted now; `true` when an HTTP answer came (408, 429, 5xx),
+    /// `false` when the request did not get through.
+    Retry(String, bool),
+    Rejected {
+        status: u16,
+        body: String,
+    },
 }
 
 impl HttpDelivery {
@@ -84,26 +90,36 @@ impl HttpDelivery {
                 return;
             }
         };
-        let mut cursor = 0i64;
+        let mut link = Link::new(self.config.drain);
         let mut attempt = 0u32;
+        // Every record committed before the start is backlog, and so is
+        // every record committed while POSTs fail (the watermark is taken
+        // again before each retry).
+        let mut link_up = true;
         loop {
-            let reader = self.source.reader.clone();
-            let (after, limit) = (cursor, self.config.batch_size);
-            let rows = tokio::task::spawn_blocking(move || {
-                reader.lock().expect("reader").after(after, limit)
-            })
-            .await
-            .expect("reader task");
-            let rows = match rows {
-                Ok(rows) if rows.is_empty() => {
+            if link_up {
+                match self.read(Read::Newest).await {
+                    Ok(Got::Newest(watermark)) => {
+                        link.live = link.backlog.link_up(link.live, watermark);
+                        link_up = false;
+                    }
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            let (rows, from) = match self.next_batch(&mut link).await {
+                Ok(Next::Batch(rows, from)) => (rows, from),
+                Ok(Next::Wait(until)) => {
+                    let at = until.unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
                     tokio::select! {
                         _ = self.source.new_records.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
                         _ = shutdown.changed() => return,
                     }
                     continue;
                 }
-                Ok(rows) => rows,
                 Err(e) => {
                     tracing::error!(error = %e, "upstream http: cannot read the buffer");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -111,6 +127,12 @@ impl HttpDelivery {
                 }
             };
             let body = cloud_events(&self.source.gateway, &rows, self.config.gzip);
+            let counts = self.counts(&rows, body.len() as u64);
+            self.count(&counts, Stage::Offered);
+            if from == Lane::Backlog {
+                link.pacer
+                    .spent(Instant::now(), rows.len() as u64, body.len() as u64);
+            }
             let request = {
                 let agent = agent.clone();
                 let config = self.config.clone();
@@ -120,23 +142,22 @@ impl HttpDelivery {
                 o = request => o.expect("http task"),
                 _ = shutdown.changed() => return,
             };
+            if !matches!(outcome, Outcome::Retry(_, false)) {
+                self.count(&counts, Stage::Sent);
+            }
             let last = rows.last().expect("non-empty").seq;
+            let n = rows.len() as u64;
             match outcome {
                 Outcome::Accepted => {
+                    self.count(&counts, Stage::Acked);
                     attempt = 0;
                     self.source.stats.connected.store(1, Ordering::Relaxed);
                     self.source
                         .intake
                         .ack_many(rows.iter().map(|r| r.seq).collect());
-                    self.source
-                        .stats
-                        .sent
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                    self.source
-                        .stats
-                        .acked
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                    cursor = last;
+                    self.source.stats.sent.fetch_add(n, Ordering::Relaxed);
+                    self.source.stats.acked.fetch_add(n, Ordering::Relaxed);
+                    link.done(from, last, rows.len() < self.config.batch_size);
                 }
                 Outcome::Rejected { status, body } => {
                     tracing::warn!(
@@ -149,10 +170,13 @@ impl HttpDelivery {
                     self.source
                         .stats
                         .dead_lettered
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                    cursor = last;
+                        .fetch_add(n, Ordering::Relaxed);
+                    link.done(from, last, rows.len() < self.config.batch_size);
                 }
-                Outcome::Retry(why) => {
+                Outcome::Retry(why, _) => {
+                    // The link is down: what was committed until the next
+                    // attempt is backlog.
+                    link_up = true;
                     let wait = self.source.failed(&why, &mut attempt);
                     tracing::warn!(error = %why, retry_in = ?wait, "upstream http: batch not accepted");
                     tokio::select! {
@@ -163,6 +187,132 @@ impl HttpDelivery {
             }
         }
     }
+
+    /// The batch to POST next: live records first when the order says so,
+    /// else the backlog if its pace allows; or how long to wait.
+    async fn next_batch(&self, link: &mut Link) -> rusqlite::Result<Next> {
+        loop {
+            let backlog_left = !link.backlog.is_empty();
+            if link.order == DrainOrder::LiveFirst || !backlog_left {
+                if let Got::Rows(rows) = self.read(Read::Between(link.live, i64::MAX)).await? {
+                    if !rows.is_empty() {
+                        return Ok(Next::Batch(rows, Lane::Live));
+                    }
+                }
+            }
+            let Some(&range) = link.backlog.ranges.front() else {
+                return Ok(Next::Wait(None));
+            };
+            if let Some(at) = link.pacer.wait_until(Instant::now()) {
+                return Ok(Next::Wait(Some(at)));
+            }
+            if let Got::Rows(rows) = self.read(Read::Between(range.0, range.1)).await? {
+                if !rows.is_empty() {
+                    return Ok(Next::Batch(rows, Lane::Backlog));
+                }
+            }
+            link.backlog.read_up_to(None, true);
+        }
+    }
+
+    async fn read(&self, what: Read) -> rusqlite::Result<Got> {
+        let reader = self.source.reader.clone();
+        let limit = self.config.batch_size;
+        tokio::task::spawn_blocking(move || {
+            let reader = reader.lock().expect("reader");
+            match what {
+                Read::Newest => reader.newest_seq().map(Got::Newest),
+                Read::Between(after, until) => reader.between(after, until, limit).map(Got::Rows),
+            }
+        })
+        .await
+        .expect("reader task")
+    }
+
+    /// Records and body bytes of a batch per stream: bytes are shared out
+    /// by record count (the body is one, maybe gzipped, document).
+    fn counts(&self, rows: &[StoredRecord], body: u64) -> Vec<(Slot, u64, u64)> {
+        let totals = &self.source.intake.stats().links;
+        let mut per: Vec<(&str, u64)> = Vec::new();
+        for r in rows {
+            match per.iter_mut().find(|(s, _)| *s == r.stream) {
+                Some((_, n)) => *n += 1,
+                None => per.push((&r.stream, 1)),
+            }
+        }
+        let all = rows.len().max(1) as u64;
+        let mut out: Vec<(Slot, u64, u64)> = per
+            .iter()
+            .map(|&(stream, n)| {
+                let slot = totals.slot(&self.source.destination, stream);
+                (slot, n, body * n / all)
+            })
+            .collect();
+        let shared: u64 = out.iter().map(|c| c.2).sum();
+        if let Some(first) = out.first_mut() {
+            first.2 += body - shared;
+        }
+        out
+    }
+
+    fn count(&self, counts: &[(Slot, u64, u64)], stage: Stage) {
+        let totals = &self.source.intake.stats().links;
+        for &(slot, records, bytes) in counts {
+            totals.add(slot, stage, records, bytes);
+        }
+    }
+}
+
+/// Where the HTTP delivery is in the buffer.
+struct Link {
+    order: DrainOrder,
+    pacer: Pacer,
+    backlog: Backlog,
+    /// Live records up to here were delivered (or dead-lettered).
+    live: i64,
+}
+
+impl Link {
+    fn new(config: super::pacing::DrainConfig) -> Link {
+        Link {
+            order: config.order,
+            pacer: Pacer::new(&config),
+            backlog: Backlog::default(),
+            live: 0,
+        }
+    }
+
+    /// A batch of `lane` up to `last` is done with; `short`: the read came
+    /// back with less than a batch.
+    fn done(&mut self, lane: Lane, last: i64, short: bool) {
+        match lane {
+            Lane::Live => self.live = last,
+            Lane::Backlog => self.backlog.read_up_to(Some(last), short),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Live,
+    Backlog,
+}
+
+enum Next {
+    Batch(Vec<StoredRecord>, Lane),
+    /// Nothing to send now: wait for new records, or until the backlog's
+    /// pace allows the next batch.
+    Wait(Option<Instant>),
+}
+
+enum Read {
+    Newest,
+    Between(i64, i64),
+}
+
+enum Got {
+    Newest(i64),
+    Rows(Vec<StoredRecord>),
 }
 
 fn post(agent: &ureq::Agent, config: &HttpUpstreamConfig, body: Vec<u8>) -> Outcome {
@@ -176,7 +326,7 @@ fn post(agent: &ureq::Agent, config: &HttpUpstreamConfig, body: Vec<u8>) -> Outc
         request = request.header("Authorization", &format!("Bearer {}", config.bearer_token));
     }
     match request.send(&body[..]) {
-        Err(e) => Outcome::Retry(e.to_string()),
+        Err(e) => Outcome::Retry(e.to_string(), false),
         Ok(mut response) => {
             let status = response.status().as_u16();
             let text = response
@@ -187,7 +337,7 @@ fn post(agent: &ureq::Agent, config: &HttpUpstreamConfig, body: Vec<u8>) -> Outc
                 .unwrap_or_default();
             match status {
                 200..=299 => Outcome::Accepted,
-                408 | 429 | 500..=599 => Outcome::Retry(format!("HTTP {status}: {text}")),
+                408 | 429 | 500..=599 => Outcome::Retry(format!("HTTP {status}: {text}"), true),
                 _ => Outcome::Rejected { status, body: text },
             }
         }

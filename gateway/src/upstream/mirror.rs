@@ -186,6 +186,7 @@ pub(super) fn pack(
     }
     out.push_back(Message {
         topic: r.stream.to_owned(),
+        stream_at: 0,
         payload: r.payload.to_vec(),
         seqs: vec![r.seq],
     });

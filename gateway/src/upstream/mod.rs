@@ -9,7 +9,11 @@
 //! own read-only buffer connection (`batch_size` rows per query, into a
 //! reusable batch; after a full batch the next query already runs while its
 //! messages go out), packs them into messages and publishes each at QoS 1
-//! to `<topic_prefix>/<stream>`.
+//! to `<topic_prefix>/<stream>`. What was committed when the connection
+//! came up is the backlog, read in a lane of its own and paced; live records
+//! go first or after it as `drain.order` says ([`pacing`], [`drain`]).
+//! Every message is counted per destination and stream when handed to the
+//! client, written and acknowledged ([`crate::buffer::LinkTotals`]).
 //!
 //! ## Wire format
 //!
@@ -27,8 +31,9 @@
 //! `max_message_bytes` of payload, all of one stream, as a JSON array of
 //! envelopes in `seq` order: `[{"id":"gw-7",...},{"id":"gw-8",...}]`. With
 //! `max_records_per_message = 1` the payload is the bare envelope instead.
-//! A stream's messages are published in order, so records arrive in order
-//! per stream; messages of different streams may interleave.
+//! A stream's messages are published in order within a lane, so records
+//! arrive in order per stream (within the backlog and within live records
+//! under `live_first`); messages of different streams may interleave.
 //!
 //! ## Acknowledgement
 //!
@@ -56,15 +61,17 @@
 
 pub mod capture;
 mod config;
+mod drain;
 mod envelope;
 pub mod fleet;
 mod http;
 mod mirror;
+pub mod pacing;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
@@ -76,10 +83,11 @@ pub use self::capture::Forwarding;
 pub use self::config::{
     HttpTls, HttpUpstreamConfig, MqttUpstreamConfig, UpstreamConfig, UpstreamTls,
 };
+use self::drain::Drain;
 pub use self::envelope::envelope;
 pub use self::http::{cloud_events, HttpDelivery};
 pub use self::mirror::MirrorRule;
-use crate::buffer::{Batch, Buffer, Intake, Reader, RecordRef, KIND_MIRROR};
+use crate::buffer::{Buffer, Intake, Reader, RecordRef, Slot, Stage, KIND_MIRROR};
 
 /// Why upstream could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +141,9 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
 /// how it backs off.
 pub struct Source {
     pub gateway: String,
+    /// Where this delivery sends (`mqtt://host:port`, the HTTP endpoint
+    /// without credentials): the name its link totals are kept under.
+    pub destination: String,
     /// Its own read-only buffer connection; used on blocking threads.
     pub reader: Arc<Mutex<Reader>>,
     pub intake: Intake,
@@ -151,6 +162,7 @@ impl Source {
     ) -> Result<Source, UpstreamError> {
         Ok(Source {
             gateway: gateway.to_owned(),
+            destination: config.endpoint().unwrap_or_default(),
             reader: Arc::new(Mutex::new(buffer.reader()?)),
             intake: buffer.intake(),
             new_records: buffer.new_records(),
@@ -369,15 +381,13 @@ impl Delivery {
         self.source.stats.connected.store(1, Ordering::Relaxed);
         self.source.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(host = %self.config.host, port = self.config.port, "upstream: connected");
-
-        // Messages in the order they were handed to the client, waiting for
-        // their packet id; then packet id -> the seqs of its records until
-        // the PUBACK. An empty list marks perch's own status message.
-        let mut unassigned: VecDeque<Vec<i64>> = VecDeque::new();
-        let mut by_pkid: HashMap<u16, Vec<i64>> = HashMap::new();
-        let mut inflight = 0usize;
-        let mut cursor = 0i64;
-        let mut ready: VecDeque<Message> = VecDeque::new();
+        // What was committed before the link came up is the backlog.
+        let mut drain = Drain::new(
+            &self.config.drain,
+            drain::watermark(reader).await?,
+            self.config.batch_size,
+        );
+        let mut flights = Flights::default();
         let max_inflight = usize::from(self.config.max_inflight);
         let prefix = self
             .config
@@ -391,13 +401,7 @@ impl Delivery {
             max_packet: self.config.max_packet_size_bytes,
         };
         let mut too_big = Vec::new();
-        // Two batches in turn: while the messages of one go out, the next
-        // query reads into the other (started as soon as a query returns a
-        // full batch, so reading overlaps packing and sending). Their
-        // allocations serve every query.
-        let limit = self.config.batch_size;
-        let mut prefetch: Option<Read> = None;
-        let mut spare = Batch::default();
+        let totals = &self.source.intake.stats().links;
 
         client
             .try_publish(
@@ -407,89 +411,94 @@ impl Delivery {
                 "online",
             )
             .map_err(|e| e.to_string())?;
-        unassigned.push_back(Vec::new());
-        inflight += 1;
+        flights.unassigned.push_back(Flight::default());
 
         loop {
-            while inflight < max_inflight {
-                if ready.is_empty() {
-                    // A prefetch read after `cursor` too: it was started
-                    // when `cursor` last moved.
-                    let read = match prefetch.take() {
-                        Some(read) => read,
-                        None => start_read(reader, cursor, limit, std::mem::take(&mut spare)),
-                    };
-                    let (rows, result) = read.await.map_err(|e| e.to_string())?;
-                    result.map_err(|e| format!("reading the buffer: {e}"))?;
-                    let Some(last) = rows.last_seq() else {
-                        spare = rows;
-                        break;
-                    };
-                    cursor = last;
-                    if rows.len() >= limit {
-                        prefetch = Some(start_read(
-                            reader,
-                            cursor,
-                            limit,
-                            std::mem::take(&mut spare),
-                        ));
-                    }
-                    packing.pack(rows.iter(), &mut ready, &mut too_big);
-                    spare = rows;
-                    self.dead_letter_too_big(&mut too_big);
-                    if ready.is_empty() {
-                        continue;
-                    }
-                }
-                let message = ready.pop_front().expect("non-empty");
+            while flights.len() < max_inflight {
+                let next = drain.next(reader, &packing, &mut too_big).await?;
+                self.dead_letter_too_big(&mut too_big);
+                let Some((message, from)) = next else { break };
                 let records = message.seqs.len() as u64;
+                let bytes = message.payload.len() as u64;
+                let slot = totals.slot(&self.source.destination, message.stream());
                 client
                     .try_publish(message.topic, QoS::AtLeastOnce, false, message.payload)
                     .map_err(|e| e.to_string())?;
-                unassigned.push_back(message.seqs);
-                inflight += 1;
+                totals.add(slot, Stage::Offered, records, bytes);
+                if from == drain::From::Backlog {
+                    drain.spent(records, bytes);
+                }
+                flights.unassigned.push_back(Flight {
+                    seqs: message.seqs,
+                    slot: Some(slot),
+                    bytes,
+                });
                 self.source.stats.sent.fetch_add(records, Ordering::Relaxed);
             }
+            let room = flights.len() < max_inflight;
+            let paced = drain.paced_until().filter(|_| room);
             tokio::select! {
                 event = el.poll() => match event.map_err(|e| e.to_string())? {
-                    Event::Outgoing(Outgoing::Publish(pkid)) => {
-                        if let Some(seqs) = unassigned.pop_front() {
-                            by_pkid.insert(pkid, seqs);
-                        }
-                    }
+                    Event::Outgoing(Outgoing::Publish(pkid)) => flights.assigned(pkid, totals),
                     Event::Incoming(Packet::PubAck(ack)) => {
-                        if let Some(seqs) = by_pkid.remove(&ack.pkid) {
-                            inflight -= 1;
-                            let n = seqs.len() as u64;
-                            self.source.intake.ack_many(seqs);
+                        if let Some(f) = flights.by_pkid.remove(&ack.pkid) {
+                            let n = f.seqs.len() as u64;
+                            if let Some(slot) = f.slot {
+                                totals.add(slot, Stage::Acked, n, f.bytes);
+                            }
+                            self.source.intake.ack_many(f.seqs);
                             self.source.stats.acked.fetch_add(n, Ordering::Relaxed);
                         }
                     }
                     _ => {}
                 },
-                _ = self.source.new_records.notified(), if inflight < max_inflight => {}
+                _ = self.source.new_records.notified(), if room => drain.live_check = true,
                 // New records may have been committed while the window was
                 // full; look again now and then.
-                _ = tokio::time::sleep(Duration::from_millis(500)), if inflight < max_inflight => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)), if room => {
+                    drain.live_check = true;
+                }
+                _ = tokio::time::sleep_until(paced.unwrap_or_else(Instant::now).into()),
+                    if paced.is_some() => {}
             }
         }
     }
 }
 
-/// A query of the buffer running on a blocking thread: it hands back the
-/// batch it filled.
-type Read = tokio::task::JoinHandle<(Batch, rusqlite::Result<()>)>;
+/// One MQTT message between `try_publish` and its PUBACK: the records it
+/// carries (deleted from the buffer on the PUBACK) and what it counts as.
+/// No `slot`: perch's own status message.
+#[derive(Debug, Default)]
+struct Flight {
+    seqs: Vec<i64>,
+    slot: Option<Slot>,
+    bytes: u64,
+}
 
-/// Starts reading up to `limit` records after `after` into `batch`.
-fn start_read(reader: &Arc<Mutex<Reader>>, after: i64, limit: usize, mut batch: Batch) -> Read {
-    let reader = reader.clone();
-    tokio::task::spawn_blocking(move || {
-        let result = reader
-            .lock()
-            .expect("reader lock")
-            .read_after(after, limit, &mut batch);
-        (batch, result)
-    })
+/// The messages of one connection not acknowledged yet.
+#[derive(Debug, Default)]
+struct Flights {
+    /// In the order they were handed to the client, waiting for their
+    /// packet id.
+    unassigned: VecDeque<Flight>,
+    /// Packet id -> the message, until its PUBACK.
+    by_pkid: HashMap<u16, Flight>,
+}
+
+impl Flights {
+    fn len(&self) -> usize {
+        self.unassigned.len() + self.by_pkid.len()
+    }
+
+    /// The client wrote the next message's PUBLISH with packet id `pkid`.
+    fn assigned(&mut self, pkid: u16, totals: &crate::buffer::LinkTotals) {
+        if let Some(f) = self.unassigned.pop_front() {
+            if let Some(slot) = f.slot {
+                totals.add(slot, Stage::Sent, f.seqs.len() as u64, f.bytes);
+            }
+            self.by_pkid.insert(pkid, f);
+        }
+    }
 }
 
 /// One upstream MQTT message: its topic, its payload, and the records it
@@ -497,6 +506,9 @@ fn start_read(reader: &Arc<Mutex<Reader>>, after: i64, limit: usize, mut batch: 
 #[derive(Debug)]
 pub struct Message {
     pub topic: String,
+    /// Where the stream's name starts in `topic` (after `<topic_prefix>/`;
+    /// 0 for a mirrored message, whose topic is its stream).
+    pub stream_at: usize,
     pub payload: Vec<u8>,
     pub seqs: Vec<i64>,
 }
@@ -513,6 +525,13 @@ pub struct Packing<'a> {
     /// The largest packet the upstream link sends: a record whose envelope
     /// (with its topic) does not fit can never be delivered over MQTT.
     pub max_packet: usize,
+}
+
+impl Message {
+    /// The stream of the records it carries.
+    pub fn stream(&self) -> &str {
+        &self.topic[self.stream_at..]
+    }
 }
 
 impl Packing<'_> {
@@ -556,6 +575,7 @@ impl Packing<'_> {
                 None => {
                     open.push(Message {
                         topic: format!("{}/{}", self.prefix, r.stream),
+                        stream_at: self.prefix.len() + 1,
                         payload: Vec::new(),
                         seqs: Vec::with_capacity(self.max_records.min(n)),
                     });
@@ -595,6 +615,7 @@ impl Packing<'_> {
     fn take(&self, m: &mut Message) -> Message {
         let empty = Message {
             topic: m.topic.clone(),
+            stream_at: m.stream_at,
             payload: Vec::new(),
             seqs: Vec::with_capacity(self.max_records),
         };

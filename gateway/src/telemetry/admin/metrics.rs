@@ -492,6 +492,46 @@ fn upstream(m: &mut Metrics, s: &Sources, drain_rate: f64) {
         "Records acknowledged per second over the last sample (a few seconds).",
         drain_rate,
     );
+    link_totals(m, s);
+}
+
+/// Records and bytes per destination and stream: counters that go on from
+/// the totals persisted in `buffer.db`, so they do not reset at a restart.
+fn link_totals(m: &mut Metrics, s: &Sources) {
+    let rows = s.buffer.stats().links.snapshot();
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "destination=\"{}\",stream=\"{}\"",
+                escape(&r.destination),
+                escape(&r.stream)
+            )
+        })
+        .collect();
+    for (name, help, pick) in [
+        (
+            "perch_upstream_link_records_total",
+            "Records per upstream destination and stream: offered (handed to the link, resends \
+             included), sent (written to it), acked (acknowledged). Kept across restarts.",
+            (|t: &crate::buffer::Totals| [t.offered_records, t.sent_records, t.acked_records])
+                as fn(&crate::buffer::Totals) -> [u64; 3],
+        ),
+        (
+            "perch_upstream_link_bytes_total",
+            "Payload bytes (MQTT message payloads, HTTP request bodies as sent) per upstream \
+             destination and stream, by stage as perch_upstream_link_records_total. Kept across \
+             restarts.",
+            |t: &crate::buffer::Totals| [t.offered_bytes, t.sent_bytes, t.acked_bytes],
+        ),
+    ] {
+        m.family(name, "counter", help);
+        for (r, l) in rows.iter().zip(&labels) {
+            for (stage, v) in ["offered", "sent", "acked"].iter().zip(pick(&r.totals)) {
+                m.value(name, &format!("{l},stage=\"{stage}\""), v);
+            }
+        }
+    }
 }
 
 fn process(m: &mut Metrics, s: &Sources) {

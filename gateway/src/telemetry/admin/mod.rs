@@ -26,6 +26,7 @@
 
 pub mod config;
 pub mod http;
+pub mod links;
 pub mod metrics;
 pub mod status;
 

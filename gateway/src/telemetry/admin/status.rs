@@ -96,6 +96,10 @@ pub struct UpstreamSummary {
     pub acked: u64,
     /// Records acknowledged per second over the last sample period.
     pub drain_rate_per_s: f64,
+    /// Records and bytes offered, sent and acknowledged per destination
+    /// and stream, kept across restarts (absent from gateways before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<super::links::DestinationSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -222,6 +226,7 @@ pub fn summary(
             connected: u.connected.load(Ordering::Relaxed) == 1,
             acked: u.acked.load(Ordering::Relaxed),
             drain_rate_per_s: derived.drain_rate,
+            destinations: super::links::summarize(b.links.snapshot()),
             last_error: last(&u.last_error),
         },
         history: if with_history {
@@ -498,6 +503,7 @@ pub fn table(s: &Summary, now_ms: i64) -> String {
         "upstream  {state}; {} acked; {:.1} records/s",
         u.acked, u.drain_rate_per_s
     );
+    super::links::table(&mut out, &u.destinations);
     let _ = writeln!(out);
     if s.functions.is_empty() {
         let _ = writeln!(out, "no functions deployed");
