@@ -1030,3 +1030,41 @@ async fn v5_an_authentication_method_is_refused_with_0x8c() {
     assert_eq!(ack.1[1], 0x8c, "CONNACK reason: {ack:?}");
     assert!(raw.closed_within(WAIT).await.is_ok(), "closed");
 }
+
+/// Deviation from 3.1.1 and 5.0 §3.8.4 (MQTT-3.8.4-3): a SUBSCRIBE to a
+/// filter the client already has must replace that subscription, its QoS
+/// included. rumqttd keeps the subscription it has (its data request keeps
+/// the first QoS), so messages keep coming at the first QoS, lowered or
+/// raised, though the SUBACK grants the new one (the other subscription
+/// options do change). Subscribe at the QoS you need the first time, or
+/// unsubscribe first. The same holds for 3.1.1 clients.
+#[tokio::test]
+async fn deviation_a_repeated_subscribe_keeps_the_first_qos() {
+    let gw = Gateway::start(&[]);
+    let addr = gw.addr();
+    for (first, again) in [
+        (v5::QoS::AtLeastOnce, v5::QoS::AtMostOnce),
+        (v5::QoS::AtMostOnce, v5::QoS::AtLeastOnce),
+    ] {
+        let id = format!("rq{}", first as u8);
+        let (c, mut el, _) = v5::connect(v5::options(&id, addr)).await;
+        let filter = format!("{id}/#");
+        v5::subscribe(&c, &mut el, &filter, first, None).await;
+        let granted = v5::subscribe(&c, &mut el, &filter, again, None).await;
+        assert_eq!(granted, vec![v5::SubscribeReasonCode::Success(again)]);
+        publish(
+            true,
+            addr,
+            &format!("{id}-pub"),
+            &format!("{id}/x"),
+            1,
+            false,
+        )
+        .await;
+        let got = v5::next_publish(&mut el, WAIT).await.expect("delivered");
+        assert_eq!(
+            got.qos, first,
+            "the first QoS stays (the spec says {again:?})"
+        );
+    }
+}
