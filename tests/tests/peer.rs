@@ -34,6 +34,9 @@ const CHECKS: &[(&str, Check)] = &[
     ("delivery QoS is min(publish, subscription)", |a| {
         Box::pin(delivery_qos(a))
     }),
+    ("a repeated SUBSCRIBE replaces the QoS", |a| {
+        Box::pin(resubscribe_qos(a))
+    }),
     ("No Local", |a| Box::pin(no_local(a))),
     ("Retain As Published", |a| Box::pin(retain_as_published(a))),
     ("Retain Handling 0, new subscription", |a| {
@@ -76,7 +79,10 @@ const CHECKS: &[(&str, Check)] = &[
 
 /// Checks Mosquitto passes and perch does not, each a deviation documented
 /// in docs/broker.md with its reason.
-const PERCH_DEVIATIONS: &[&str] = &["Retain Handling 0, repeated subscription"];
+const PERCH_DEVIATIONS: &[&str] = &[
+    "Retain Handling 0, repeated subscription",
+    "a repeated SUBSCRIBE replaces the QoS",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perch_passes_every_mqtt5_check_mosquitto_passes() {
@@ -202,6 +208,18 @@ async fn delivery_qos(addr: SocketAddr) -> Outcome {
     }
     expect(got == [QoS::AtMostOnce, QoS::AtLeastOnce], || {
         format!("delivered at {got:?} to a QoS 2 subscription")
+    })
+}
+
+async fn resubscribe_qos(addr: SocketAddr) -> Outcome {
+    let (s, mut rx) = client(addr, "prq-sub", |_| {}).await;
+    sub(&s, filter("prq/#", QoS::AtMostOnce), None).await;
+    sub(&s, filter("prq/#", QoS::AtLeastOnce), None).await;
+    let (p, _prx) = client(addr, "prq-pub", |_| {}).await;
+    publish(&p, "prq/x", QoS::AtLeastOnce, false, Default::default()).await;
+    let m = next(&mut rx, WAIT).await.ok_or("not delivered")?;
+    expect(m.qos == QoS::AtLeastOnce, || {
+        format!("delivered at {:?} after re-subscribing at QoS 1", m.qos)
     })
 }
 
