@@ -21,7 +21,7 @@ const MAX_LINES: usize = 800;
 /// such a file may shrink, never grow past it. Split it, then lower its
 /// entry, or remove it once the file is within the limit (the check asks
 /// for that).
-const OVERSIZED: &[(&str, usize)] = &[("buffer/store.rs", 856)];
+const OVERSIZED: &[(&str, usize)] = &[];
 
 /// The longest a function in `gateway/src` may be, from its `fn` line to
 /// its closing brace.

@@ -128,6 +128,7 @@ mod counters;
 mod degrade;
 mod events;
 mod reads;
+mod record;
 mod store;
 mod writer;
 
@@ -142,10 +143,9 @@ pub use self::counters::{LinkTotals, Row as LinkRow, Slot, Stage, Totals, MAX_ST
 pub use self::events::{max_event_bytes, KeptEvent, NewEvent};
 pub use self::reads::replay_dead_letters;
 pub use self::reads::DeadLetter;
-pub use self::store::{
-    Batch, Reader, RecordRef, StoredRecord, KIND_AGGREGATE, KIND_RECORD, KIND_SUMMARY,
-};
+pub use self::record::{Batch, RecordRef, StoredRecord};
 use self::store::{NewRecord, Store};
+pub use self::store::{Reader, KIND_AGGREGATE, KIND_RECORD, KIND_SUMMARY};
 use self::writer::{publish_gauges, FreeSpace, Writer};
 use crate::aggregate::{AggregateConfig, Aggregator};
 use crate::kit::clock::now_ms;

@@ -10,7 +10,8 @@ use std::path::Path;
 use rusqlite::params;
 
 use super::config::Synchronous;
-use super::store::{open_connection, Reader, StoredRecord};
+use super::record::StoredRecord;
+use super::store::{open_connection, Reader};
 use super::BufferError;
 
 impl Reader {
@@ -35,15 +36,7 @@ impl Reader {
             "SELECT seq, stream, kind, created_ms, payload FROM records \
              WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![after, until, limit as i64], |r| {
-            Ok(StoredRecord {
-                seq: r.get(0)?,
-                stream: r.get(1)?,
-                kind: r.get(2)?,
-                created_ms: r.get(3)?,
-                payload: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![after, until, limit as i64], StoredRecord::from_row)?;
         rows.collect()
     }
 }
@@ -66,13 +59,7 @@ impl Reader {
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(DeadLetter {
-                record: StoredRecord {
-                    seq: r.get(0)?,
-                    stream: r.get(1)?,
-                    kind: r.get(2)?,
-                    created_ms: r.get(3)?,
-                    payload: r.get(4)?,
-                },
+                record: StoredRecord::from_row(r)?,
                 status: r.get(5)?,
                 response: r.get(6)?,
                 failed_ms: r.get(7)?,
